@@ -1,0 +1,68 @@
+"""A small Python API over the engine.
+
+    from explorer import decode
+    out = decode("once upon a time", gen_length=32, steps=8)
+    print(out.text)                      # prompt + generated text
+    for step in out.steps:               # StepRecords: committed positions, tokens, metrics
+        print(step.step, step.committed, step.tokens)
+
+Pass `store=TrajectoryStore(url)` to record the run (its id is `out.run_id`), `model=` a
+model name or an already loaded Denoiser, and any `DecodeConfig` field as a keyword.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from explorer.adapters import Denoiser, load_denoiser
+from explorer.callbacks import Callback, CollectSteps
+from explorer.config import DecodeConfig
+from explorer.engine import run_decode
+from explorer.records import DecodeResult, StepRecord
+from explorer.store import StoreWriter, TrajectoryStore
+from explorer.strategies import STRATEGIES
+
+
+@dataclass(frozen=True)
+class Decoded:
+    result: DecodeResult
+    prompt_ids: list[int]
+    steps: list[StepRecord]
+    mask_id: int
+    prompt_text: str
+
+    @property
+    def run_id(self) -> int | None:
+        return self.result.run_id
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.result.token_ids
+
+    @property
+    def text(self) -> str:
+        """The prompt followed by the generated text."""
+        return f"{self.prompt_text} {self.result.text}".strip()
+
+
+def prepare(prompt: str, denoiser: Denoiser, config: DecodeConfig) -> list[int]:
+    """Tokenise the prompt and validate the config against the model; raise ValueError subclasses."""
+    prompt_ids = denoiser.encode(prompt)
+    config.validate(denoiser.context_length, len(prompt_ids), tuple(STRATEGIES))
+    return prompt_ids
+
+
+def decode(prompt: str, model: str | Denoiser = "embedded", config: DecodeConfig | None = None,
+           store: TrajectoryStore | None = None, callbacks: Sequence[Callback] = (),
+           **settings) -> Decoded:
+    denoiser = load_denoiser(model) if isinstance(model, str) else model
+    config = replace(config or DecodeConfig(), **settings)
+    prompt_ids = prepare(prompt, denoiser, config)
+    collector = CollectSteps()
+    writer = StoreWriter(store, denoiser.token_text) if store is not None else None
+    all_callbacks = [collector, *([writer] if writer else []), *callbacks]
+    result = run_decode(denoiser, prompt_ids, config, all_callbacks, prompt_text=prompt)
+    if writer is not None:
+        result = replace(result, run_id=writer.run_id)
+    return Decoded(result, prompt_ids, collector.steps, denoiser.mask_id,
+                   denoiser.decode(prompt_ids))

@@ -1,0 +1,143 @@
+"""Command line: `python -m explorer decode|runs|show`.
+
+Bad input gets one line `error: ...` on stderr naming the problem and the valid range, exit
+status 2, and nothing written to the database.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from explorer.adapters import MODELS, load_denoiser
+from models.checker import check
+from explorer.api import decode, prepare
+from explorer.callbacks import ProgressBar
+from explorer.config import DecodeConfig
+from explorer.store import StoreError, TrajectoryStore, existing_sqlite_file, resolve_url
+from explorer.strategies import STRATEGIES
+
+EXIT_BAD_INPUT = 2
+
+
+class CliError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `error:` line and exit status 2 like every other."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m explorer", description="Diffusion-LM Trajectory Explorer")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("decode", help="decode a prompt step by step")
+    d.add_argument("--prompt", required=True)
+    d.add_argument("--model", default="embedded", help=f"one of: {', '.join(sorted(MODELS))}")
+    d.add_argument("--gen-length", type=int, default=64)
+    d.add_argument("--steps", type=int, default=None, help="default: gen-length (one token per step)")
+    d.add_argument("--block-length", type=int, default=None, help="default: gen-length (one block)")
+    d.add_argument("--strategy", default="low_confidence", help=f"one of: {', '.join(STRATEGIES)}")
+    d.add_argument("--threshold", type=float, default=0.9)
+    d.add_argument("--temperature", type=float, default=0.0)
+    d.add_argument("--seed", type=int, default=0)
+    store = d.add_mutually_exclusive_group()
+    store.add_argument("--db", default=None, help="SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)")
+    store.add_argument("--no-store", action="store_true", help="do not record the run")
+    d.add_argument("--data-dir", default=None)
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+
+    r = sub.add_parser("runs", help="list stored runs")
+    r.add_argument("--db", default=None)
+    r.add_argument("--data-dir", default=None)
+    r.add_argument("--limit", type=int, default=20)
+
+    s = sub.add_parser("show", help="print a stored run and its steps")
+    s.add_argument("run_id", type=int)
+    s.add_argument("--db", default=None)
+    s.add_argument("--data-dir", default=None)
+    return parser
+
+
+def _decode(args: argparse.Namespace) -> None:
+    config = DecodeConfig(gen_length=args.gen_length, steps=args.gen_length if args.steps is None else args.steps,
+                          block_length=args.block_length, strategy=args.strategy,
+                          threshold=args.threshold, temperature=args.temperature, seed=args.seed)
+    denoiser = load_denoiser(args.model)
+    prepare(args.prompt, denoiser, config)  # all input checks before the database is touched
+    store = None if args.no_store else TrajectoryStore(args.db, args.data_dir)
+    callbacks = [ProgressBar()] if sys.stderr.isatty() and not args.json else []
+    out = decode(args.prompt, denoiser, config, store=store, callbacks=callbacks)
+    if args.json:
+        print(json.dumps({
+            "run_id": out.run_id, "mask_id": out.mask_id, "text": out.text, "token_ids": out.token_ids,
+            "steps": [{"step": r.step, "block": r.block, "committed": r.committed.tolist(),
+                       "tokens": r.tokens.tolist()} for r in out.steps]}))
+        return
+    print(out.text)
+    print()
+    for r in out.steps:
+        words = " ".join(f"{p}:{denoiser.token_text(t)}({q:.2f})"
+                         for p, t, q in zip(r.committed.tolist(), r.tokens.tolist(), r.probs.tolist()))
+        print(f"step {r.step:3d}  block {r.block}  +{r.n_committed}  {words}")
+    if args.model == "embedded":  # the story grammar's exact checker applies to this model only
+        print(f"\nchecker: {check(out.text).summary()}")
+    where = f"run {out.run_id} stored in {store.url}" if store else "not stored (--no-store)"
+    print(f"\n{out.result.n_steps} steps, {out.result.status}; {where}")
+
+
+def _runs(args: argparse.Namespace) -> None:
+    url = resolve_url(args.db, args.data_dir)
+    if existing_sqlite_file(url) is False:
+        print(f"no runs: no database at {url} yet")
+        return
+    store = TrajectoryStore(url)
+    runs = store.list_runs(limit=args.limit)
+    if not runs:
+        print(f"no runs in {store.url}")
+        return
+    print(f"{'id':>5}  {'created (UTC)':19}  {'status':9}  {'model':10}  {'strategy':14}  {'len':>4}  {'steps':>5}  prompt")
+    for r in runs:
+        print(f"{r['id']:>5}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['status']:9}  {r['model']:10}  "
+              f"{r['strategy']:14}  {r['gen_length']:>4}  {r['n_steps']:>5}  {r['prompt'][:40]}")
+
+
+def _show(args: argparse.Namespace) -> None:
+    url = resolve_url(args.db, args.data_dir)
+    if existing_sqlite_file(url) is False:  # do not create an empty database just to read it
+        raise CliError(f"no run with id {args.run_id}: no database at {url} yet")
+    store = TrajectoryStore(url)
+    run = store.get_run(args.run_id)
+    if run is None:
+        raise CliError(f"no run with id {args.run_id} in {store.url} (see `python -m explorer runs`)")
+    print(f"run {run['id']}  {run['status']}  model {run['model']}  device {run['device']}  "
+          f"created {run['created_at']:%Y-%m-%d %H:%M:%S} UTC")
+    print(f"config {json.dumps(run['config'], sort_keys=True)}")
+    print(f"prompt: {run['prompt']}")
+    print(f"text:   {run['final_text']}")
+    if run["error"]:
+        print(f"error:  {run['error']}")
+    for s in store.step_summaries(args.run_id):
+        words = " ".join(f"{p}:{w}({q:.2f})" for p, w, q in zip(s["committed"], s["token_texts"], s["probs"]))
+        print(f"step {s['step']:3d}  block {s['block']}  +{len(s['committed'])}  {words}")
+
+
+COMMANDS = {"decode": _decode, "runs": _runs, "show": _show}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, StoreError, CliError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # output piped into `head`: not an error
+        sys.stderr.close()
+    return 0

@@ -1,0 +1,194 @@
+"""The command line, run as a subprocess: `python -m explorer decode|runs|show`.
+
+Every process pays the torch import (~2 s), so the independent invocations are started
+together once per module (a few at a time) and the tests check their results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "once upon a time"
+GOOD = ["decode", "--prompt", PROMPT, "--gen-length", "32", "--steps", "8", "--strategy", "low_confidence"]
+WORKERS = 4
+TIMEOUT = 120
+
+
+def _env(tmp: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("EXPLORER_DB_URL",)}
+    env["EXPLORER_DATA_DIR"] = str(tmp / "data-dir")  # never the user's home, whatever a case does
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "explorer", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+
+
+def _db(tmp: Path, name: str) -> tuple[str, Path]:
+    path = tmp / f"{name}.db"
+    return f"sqlite:///{path}", path
+
+
+# name -> (extra decode args, words the error line must mention); each gets its own --db file
+BAD_INPUT = {
+    "gen_length_zero": (["--gen-length", "0"], ["gen-length", "0"]),
+    "gen_length_huge": (["--gen-length", "10000"], ["gen-length", "10000"]),
+    "steps_zero": (["--gen-length", "32", "--steps", "0"], ["steps", "0"]),
+    "steps_too_many": (["--gen-length", "32", "--steps", "100"], ["steps", "100"]),
+    "block_not_divisor": (["--gen-length", "32", "--block-length", "5"], ["block-length", "5"]),
+    "steps_not_multiple_of_blocks": (["--gen-length", "32", "--block-length", "8", "--steps", "6"], ["steps", "6"]),
+    "unknown_strategy": (["--gen-length", "32", "--strategy", "nope"], ["strategy", "nope"]),
+    "threshold_zero": (["--gen-length", "32", "--threshold", "0"], ["threshold", "0"]),
+    "threshold_above_one": (["--gen-length", "32", "--threshold", "1.5"], ["threshold", "1.5"]),
+    "negative_temperature": (["--gen-length", "32", "--temperature", "-1"], ["temperature", "-1"]),
+    "unknown_model": (["--gen-length", "32", "--model", "nope"], ["model", "nope"]),
+}
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    """Run every independent invocation concurrently; return name -> (CompletedProcess, db path)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    env = _env(tmp)
+    (tmp / "afile").write_text("a regular file, so afile/x.db cannot be created\n")
+    jobs: dict[str, tuple[list[str], Path | None]] = {
+        "json_no_store": ([*GOOD, "--json", "--no-store"], None),
+        "text_no_store": ([*GOOD, "--no-store"], None),
+    }
+    url, path = _db(tmp, "stored")
+    jobs["json_stored"] = ([*GOOD, "--json", "--db", url], path)
+    for name, (extra, _) in BAD_INPUT.items():
+        url, path = _db(tmp, name)
+        jobs[name] = (["decode", "--prompt", PROMPT, *extra, "--db", url], path)
+    url, path = _db(tmp, "unknown_word")
+    jobs["unknown_word"] = ([*GOOD[:1], "--prompt", "once upon a zebra", *GOOD[3:], "--db", url], path)
+    jobs["unwritable_db"] = ([*GOOD, "--db", f"sqlite:///{tmp / 'afile' / 'x.db'}"], None)
+    url, path = _db(tmp, "show_missing")
+    jobs["show_missing"] = (["show", "999", "--db", url], path)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        futures = {name: pool.submit(_run, args, env) for name, (args, _) in jobs.items()}
+        results = {name: (future.result(), jobs[name][1]) for name, future in futures.items()}
+    return {"tmp": tmp, "env": env, **results}
+
+
+def _runs_in(path: Path) -> int:
+    """Rows of the runs table; 0 if the file or the table does not exist."""
+    if not path.exists():
+        return 0
+    con = sqlite3.connect(path)
+    try:
+        if not con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='runs'").fetchall():
+            return 0
+        return con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    finally:
+        con.close()
+
+
+def _check_json_decode(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert set(out) == {"run_id", "mask_id", "text", "token_ids", "steps"}
+    assert isinstance(out["mask_id"], int)
+    assert len(out["token_ids"]) == 32
+    assert out["mask_id"] not in out["token_ids"]
+    assert out["text"].startswith(PROMPT)
+    steps = out["steps"]
+    assert [s["step"] for s in steps] == list(range(8))
+    committed = []
+    for s in steps:
+        assert len(s["committed"]) == 4 and len(s["tokens"]) == 4
+        assert [out["token_ids"][p] for p in s["committed"]] == s["tokens"]
+        committed += s["committed"]
+    assert sorted(committed) == list(range(32))  # every position exactly once
+    return out
+
+
+def test_decode_json_no_store(cli):
+    proc, _ = cli["json_no_store"]
+    out = _check_json_decode(proc)
+    assert out["run_id"] is None
+    assert proc.stderr == ""
+    assert not (cli["tmp"] / "data-dir").exists()  # --no-store touches no database
+
+
+def test_decode_stored_then_show_and_runs(cli):
+    proc, path = cli["json_stored"]
+    out = _check_json_decode(proc)
+    assert isinstance(out["run_id"], int)
+    assert _runs_in(path) == 1
+    # the same decode as the unstored one (temperature 0, same seed)
+    assert out["token_ids"] == json.loads(cli["json_no_store"][0].stdout)["token_ids"]
+    url = f"sqlite:///{path}"
+    with ThreadPoolExecutor(2) as pool:
+        show_f = pool.submit(_run, ["show", str(out["run_id"]), "--db", url], cli["env"])
+        runs_f = pool.submit(_run, ["runs", "--db", url], cli["env"])
+        show, runs = show_f.result(), runs_f.result()
+
+    assert show.returncode == 0, show.stderr
+    lines = show.stdout.splitlines()
+    assert lines[0].startswith(f"run {out['run_id']}  completed")
+    step_lines = [line for line in lines if line.startswith("step ")]
+    assert len(step_lines) == 8
+    assert all("+4" in line for line in step_lines)
+    assert any(line.startswith("prompt: " + PROMPT) for line in lines)
+    text_line = next(line for line in lines if line.startswith("text:"))
+    assert text_line.split(None, 1)[1] == out["text"][len(PROMPT) + 1:]
+
+    assert runs.returncode == 0, runs.stderr
+    rows = [line.split() for line in runs.stdout.splitlines()[1:]]
+    assert len(rows) == 1
+    assert rows[0][0] == str(out["run_id"])
+    assert "completed" in rows[0] and "low_confidence" in rows[0] and "embedded" in rows[0]
+    assert rows[0][-4:] == PROMPT.split()
+
+
+@pytest.mark.parametrize("case", [*BAD_INPUT, "unknown_word"])
+def test_bad_input_is_one_error_line_and_nothing_stored(cli, case):
+    proc, path = cli[case]
+    mentions = BAD_INPUT[case][1] if case in BAD_INPUT else ["zebra"]
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:")
+    for word in mentions:
+        assert word in lines[0], (word, lines[0])
+    assert _runs_in(path) == 0
+
+
+def test_unwritable_db_location(cli):
+    proc, _ = cli["unwritable_db"]
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "afile" in lines[0], proc.stderr
+    assert (cli["tmp"] / "afile").is_file()
+
+
+def test_show_missing_run(cli):
+    proc, path = cli["show_missing"]
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "999" in lines[0], proc.stderr
+    assert _runs_in(path) == 0
+
+
+def test_no_progress_bar_when_stderr_is_not_a_tty(cli):
+    proc, _ = cli["text_no_store"]
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # no tqdm bar (nor anything else) on a pipe
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(PROMPT)
+    assert sum(line.startswith("step ") for line in lines) == 8
+    assert lines[-1] == "8 steps, completed; not stored (--no-store)"
