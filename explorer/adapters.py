@@ -7,13 +7,14 @@ turns a model name into an adapter (later issues register LLaDA, Dream, MDLM, ma
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from models.tokenizer import WordTokenizer
-from models.transformer import Transformer, load_model
+from models.transformer import Transformer, TransformerConfig, load_model
 
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "models" / "embedded"
 
@@ -78,3 +79,34 @@ def load_denoiser(name: str, **overrides) -> Denoiser:
         raise UnknownModelError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
     family, kwargs = MODELS[name]
     return MODEL_FAMILIES[family](**{**kwargs, **overrides})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the UI process needs to validate a request without loading the model's weights."""
+
+    name: str
+    family: str
+    context_length: int
+    mask_id: int
+    encode: Callable[[str], list[int]]
+    token_text: Callable[[int], str]
+    description: str
+
+
+def describe_embedded(directory: str | Path = EMBEDDED_DIR) -> ModelSpec:
+    directory = Path(directory)
+    tokenizer = WordTokenizer.load(directory / "vocab.json")
+    config = TransformerConfig.from_json((directory / "mdlm.json").read_text())
+    return ModelSpec("embedded", "embedded", config.context_length, tokenizer.mask_id, tokenizer.encode,
+                     tokenizer.token, f"story-grammar MDLM shipped with the app ({len(tokenizer)} words, CPU)")
+
+
+MODEL_DESCRIBERS: dict[str, Callable[..., ModelSpec]] = {"embedded": describe_embedded}
+
+
+def describe_model(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise UnknownModelError(f"unknown model {name!r}; valid: {', '.join(sorted(MODELS))}")
+    family, kwargs = MODELS[name]
+    return MODEL_DESCRIBERS[family](**{k: v for k, v in kwargs.items() if k != "device"})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from explorer.callbacks import Callback, RunStart
 from explorer.records import DecodeResult, StepRecord
+from explorer.trajectory import Commits, RunArrays, assemble, fit_top
 
 DEFAULT_DATA_DIR = Path(os.environ.get("EXPLORER_DATA_DIR", Path.home() / ".diffusion-explorer"))
 DB_URL_ENV = "EXPLORER_DB_URL"
@@ -149,22 +149,6 @@ def _blob(array: np.ndarray, dtype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
-@dataclass(frozen=True)
-class RunArrays:
-    """A stored run as (position x step) arrays, for plotting. NaN/-1 where undefined."""
-
-    run: dict
-    steps: np.ndarray  # (S,) step indices
-    blocks: np.ndarray  # (S,)
-    n_committed: np.ndarray  # (S,)
-    argmax: np.ndarray  # (G, S) int32
-    confidence: np.ndarray  # (G, S) float32
-    entropy: np.ndarray  # (G, S) float32
-    margin: np.ndarray  # (G, S) float32
-    commit_step: np.ndarray  # (G,) int32: the step that committed each position, -1 if none
-    tokens: np.ndarray  # (G, S) int32: the sequence after each step (mask id where masked)
-
-
 class TrajectoryStore:
     def __init__(self, url: str | None = None, data_dir: str | Path | None = None) -> None:
         self.url = resolve_url(url, data_dir)
@@ -231,14 +215,30 @@ class TrajectoryStore:
             return s.execute(delete(Run).where(Run.id == run_id)).rowcount > 0
 
     # ---- reading -------------------------------------------------------------------------
-    def list_runs(self, limit: int = 50, status: str | None = None, model: str | None = None) -> list[dict]:
+    def list_runs(self, limit: int = 50, status: str | None = None, model: str | None = None,
+                  strategy: str | None = None, since: str | None = None, text: str | None = None) -> list[dict]:
+        """Newest first, filtered; `since` is an ISO date (YYYY-MM-DD), `text` searches prompt and text."""
         query = select(Run).order_by(Run.id.desc()).limit(limit)
-        if status:
-            query = query.where(Run.status == status)
-        if model:
-            query = query.where(Run.model == model)
+        for column, value in ((Run.status, status), (Run.model, model), (Run.strategy, strategy)):
+            if value:
+                query = query.where(column == value)
+        if since:
+            try:
+                start = datetime.fromisoformat(since)
+            except ValueError:
+                raise ValueError(f"'since' must be a date like 2026-11-27, got {since!r}") from None
+            query = query.where(Run.created_at >= start.replace(tzinfo=None))
+        if text:
+            pattern = f"%{text}%"
+            query = query.where(Run.prompt.ilike(pattern) | Run.final_text.ilike(pattern))
         with self.session() as s:
             return [_run_dict(r) for r in s.scalars(query)]
+
+    def token_texts(self, run_id: int) -> dict[int, str]:
+        """token id -> text of every token a run committed (for runs of models not loaded here)."""
+        with self.session() as s:
+            rows = s.execute(select(Event.token_id, Event.token_text).where(Event.run_id == run_id).distinct())
+            return {token_id: text for token_id, text in rows}
 
     def get_run(self, run_id: int) -> dict | None:
         with self.session() as s:
@@ -270,7 +270,8 @@ class TrajectoryStore:
             rows = s.execute(select(Step.step, Step.block, Step.n_committed, Step.argmax, Step.confidence,
                                     Step.entropy, Step.margin).where(Step.run_id == run_id)
                              .order_by(Step.step)).all()
-            commits = s.execute(select(Event.step, Event.position, Event.token_id)
+            commits = s.execute(select(Event.step, Event.position, Event.token_id, Event.prob, Event.top_ids,
+                                       Event.top_probs)
                                 .where(Event.run_id == run_id, Event.kind == "commit")).all()
             info = _run_dict(run)
         G, S = info["gen_length"], len(rows)
@@ -281,21 +282,29 @@ class TrajectoryStore:
             joined = np.frombuffer(b"".join(r[index] for r in rows), dtype=dtype).reshape(S, G)
             return np.ascontiguousarray(joined.T.astype(np.int32 if dtype == "<i4" else np.float32))
 
-        commit_step = np.full(G, -1, dtype=np.int32)
-        final = np.full(G, info["mask_id"], dtype=np.int32)
-        for step, position, token in commits:
-            commit_step[position], final[position] = step, token
-        step_index = np.arange(S)[None, :]  # (1, S)
-        tokens = np.where((commit_step[:, None] >= 0) & (commit_step[:, None] <= step_index),
-                          final[:, None], info["mask_id"]).astype(np.int32)  # (G, S)
-        return RunArrays(run=info, steps=np.array([r[0] for r in rows]), blocks=np.array([r[1] for r in rows]),
-                         n_committed=np.array([r[2] for r in rows]), argmax=stack(3, "<i4"),
-                         confidence=stack(4, "<f2"), entropy=stack(5, "<f2"), margin=stack(6, "<f2"),
-                         commit_step=commit_step, tokens=tokens)
+        return assemble(info, steps=np.array([r[0] for r in rows], dtype=np.int64),
+                        blocks=np.array([r[1] for r in rows], dtype=np.int64),
+                        n_committed=np.array([r[2] for r in rows], dtype=np.int64), argmax=stack(3, "<i4"),
+                        confidence=stack(4, "<f2"), entropy=stack(5, "<f2"), margin=stack(6, "<f2"),
+                        commits=_commits(commits))
 
     def count_runs(self) -> int:
         with self.session() as s:
             return s.scalar(select(func.count(Run.id)))
+
+
+def _commits(rows) -> Commits:
+    """Commit event rows (step, position, token_id, prob, top_ids, top_probs) as Commits."""
+    if not rows:
+        return Commits.empty()
+    n = len(rows)
+    # Rows may hold fewer or more than K alternatives: pad/cut each to K before stacking.
+    top_ids = np.stack([fit_top([r[4]], -1, np.int32, 1)[0] for r in rows])  # (n, K)
+    top_probs = np.stack([fit_top([r[5]], np.nan, np.float32, 1)[0] for r in rows])  # (n, K)
+    return Commits(step=np.fromiter((r[0] for r in rows), np.int64, n),
+                   position=np.fromiter((r[1] for r in rows), np.int64, n),
+                   token=np.fromiter((r[2] for r in rows), np.int64, n),
+                   prob=np.fromiter((r[3] for r in rows), np.float32, n), top_ids=top_ids, top_probs=top_probs)
 
 
 def _run_dict(run: Run) -> dict:

@@ -33,7 +33,7 @@ def write_card(directory: Path) -> Path:
         f"| layers / heads / width | {m['n_layer']} / {m['n_head']} / {m['d_model']} | "
         f"{ar['model']['n_layer']} / {ar['model']['n_head']} / {ar['model']['d_model']} |",
         f"| context | {m['context_length']} tokens (rotary positions) | {ar['model']['context_length']} tokens |",
-        f"| objective | MDLM: t ~ U(0,1), mask w.p. t, masked CE / t | next-token CE |",
+        "| objective | MDLM: t ~ U(0,1), mask w.p. t, masked CE / t | next-token CE |",
         f"| steps x batch | {mdlm['train']['steps']} x {mdlm['train']['batch_size']} windows "
         f"| {ar['train']['steps']} x {ar['train']['batch_size']} windows |",
         f"| held-out | NELBO **{mdlm['held_out_nats_per_token']:.4f}** nats/token | "

@@ -15,9 +15,10 @@ from sqlalchemy import func, select, text
 
 from explorer import store as store_module
 from explorer.api import decode
-from explorer.callbacks import RunStart, StopFlag
+from explorer.callbacks import RunStart
 from explorer.config import DecodeConfig
 from explorer.engine import run_decode
+from synthetic_runs import StopAfter
 from explorer.records import DecodeResult, StepRecord
 from explorer.store import (DB_URL_ENV, Event, Step, StoreError, StoreWriter, TrajectoryStore,
                             resolve_url)
@@ -141,14 +142,6 @@ def test_sqlite_pragmas(stored_decode):
 
 # ---- the status lifecycle ------------------------------------------------------------------------
 
-class StopAfter(StopFlag):
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-
-    def on_step(self, record: StepRecord) -> None:
-        if record.step == self.step:
-            self.stop()
 
 
 def test_cancelled_run_keeps_its_steps(denoiser, store):

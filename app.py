@@ -1,0 +1,52 @@
+"""Start the Diffusion-LM Trajectory Explorer: `python app.py [--host H] [--port P] [--db URL]`.
+
+Starts the model worker process (embedded model preloaded) and the Gradio UI. Honours
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; flags win over them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--db", default=None, help="SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)")
+    parser.add_argument("--data-dir", default=None, help="where the default SQLite file lives")
+    parser.add_argument("--workers", type=int, default=1, help="model worker processes (jobs run one at a time on each)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    parser.add_argument("--max-gen-length", type=int, default=256)
+    parser.add_argument("--max-steps", type=int, default=256)
+    parser.add_argument("--max-pending", type=int, default=32, help="jobs allowed to wait in line")
+    return parser.parse_args(argv)
+
+
+def launch_kwargs() -> dict:
+    """Gradio 6 takes css/js at launch; both live in static/."""
+    return {"css": (STATIC / "tokens.css").read_text(), "js": (STATIC / "app.js").read_text()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from explorer.services import Limits, Services
+    from explorer.store import resolve_url
+    from explorer.ui import build_app
+
+    limits = Limits(max_gen_length=args.max_gen_length, max_steps=args.max_steps, max_pending_jobs=args.max_pending)
+    services = Services.create(resolve_url(args.db, args.data_dir), n_workers=args.workers,
+                               threads=args.threads, limits=limits)
+    try:
+        app = build_app(services)
+        app.queue(default_concurrency_limit=None)
+        app.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+    finally:
+        services.close()
+
+
+if __name__ == "__main__":
+    main()

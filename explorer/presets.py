@@ -1,0 +1,43 @@
+"""One-click teaching scenarios on the embedded model, each reproducible (fixed seed)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    explanation: str  # two sentences: what to look at
+    settings: dict = field(default_factory=dict)  # DecodeConfig fields, "prompt", "model", "pace_ms"
+
+
+PRESETS: tuple[Preset, ...] = (
+    Preset("a/an violation at 8 tokens per step",
+           "Eight tokens are committed per step from independent marginals, so the article and the "
+           "noun after it can be chosen in the same step without seeing each other: look for 'an girl'. "
+           "Scrub to the step that committed them and compare their colours: same colour, same step.",
+           {"prompt": "once upon a time there was", "gen_length": 32, "steps": 4,
+            "strategy": "low_confidence", "temperature": 0.7, "seed": 5, "pace_ms": 400}),
+    Preset("One token per step stays grammatical",
+           "With one token per step every commit sees all earlier ones, and the story checks valid. "
+           "Note the order: full stops and fixed words first, names and adjectives (the real choices) last.",
+           {"prompt": "once upon a time", "gen_length": 64, "steps": 64, "strategy": "low_confidence",
+            "temperature": 0.0, "seed": 0}),
+    Preset("16 tokens per step breaks the story",
+           "The same prompt with 4 steps for 64 tokens: whole phrases are guessed at once and repeat or "
+           "collide (double full stops, missing nouns). Compare with the one-token-per-step preset in the Compare tab.",
+           {"prompt": "once upon a time", "gen_length": 64, "steps": 4, "strategy": "low_confidence",
+            "temperature": 0.0, "seed": 0}),
+    Preset("Entropy order drifts to left-to-right",
+           "Committing the lowest-entropy position first makes decoding nearly autoregressive: the "
+           "commit-order map is close to a diagonal and the AR-ness tau is high (about 0.7). "
+           "Try strategy random on the same prompt for a tau near 0.",
+           {"prompt": "once upon a time", "gen_length": 64, "steps": 64, "strategy": "entropy",
+            "temperature": 0.0, "seed": 0, "pace_ms": 60}),
+    Preset("Fast-dLLM threshold: adaptive steps",
+           "The threshold rule commits every position whose confidence is at least 0.9 (and always one), "
+           "so easy stretches go in parallel and hard words one at a time. The tokens-per-step bars show "
+           "where the model was sure.",
+           {"prompt": "once upon a time", "gen_length": 64, "steps": 64, "strategy": "threshold",
+            "threshold": 0.9, "temperature": 0.0, "seed": 0}),
+)

@@ -1,0 +1,136 @@
+"""A run as (position x step) arrays: the one shape every plot and token view reads.
+
+`RunArrays` is built either from the store (`TrajectoryStore.read_arrays`, float16 metrics)
+or from StepRecords still in memory (`RunArrays.from_records`, float32 metrics), for the live
+view of a run that is still streaming and not yet (fully) in the store. Both go through
+`assemble`, so the two paths cannot drift apart.
+
+G = generation length (positions), S = steps recorded so far, K = TOP_ALTERNATIVES.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from explorer.records import StepRecord
+
+TOP_ALTERNATIVES = 3  # alternatives kept per committed position, for the token hover
+
+
+@dataclass(frozen=True)
+class Commits:
+    """The commit events of a run, one entry per commit (any order)."""
+
+    step: np.ndarray  # (n,) int
+    position: np.ndarray  # (n,) int
+    token: np.ndarray  # (n,) int
+    prob: np.ndarray  # (n,) float32 p(token) at commit
+    top_ids: np.ndarray  # (n, K) int32, -1 where fewer than K were recorded
+    top_probs: np.ndarray  # (n, K) float32, NaN where fewer than K were recorded
+
+    @staticmethod
+    def empty() -> Commits:
+        return Commits(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                       np.zeros(0, np.float32), np.full((0, TOP_ALTERNATIVES), -1, np.int32),
+                       np.full((0, TOP_ALTERNATIVES), np.nan, np.float32))
+
+
+@dataclass(frozen=True)
+class RunArrays:
+    """A run as (position x step) arrays, for plotting. NaN/-1 where undefined."""
+
+    run: dict  # the run row (at least gen_length and mask_id)
+    steps: np.ndarray  # (S,) step indices
+    blocks: np.ndarray  # (S,)
+    n_committed: np.ndarray  # (S,)
+    argmax: np.ndarray  # (G, S) int32
+    confidence: np.ndarray  # (G, S) float32
+    entropy: np.ndarray  # (G, S) float32
+    margin: np.ndarray  # (G, S) float32
+    commit_step: np.ndarray  # (G,) int32: the step that committed each position, -1 if none
+    tokens: np.ndarray  # (G, S) int32: the sequence after each step (mask id where masked)
+    commit_prob: np.ndarray  # (G,) float32: p(token) at commit, NaN if not committed
+    commit_top_ids: np.ndarray  # (G, K) int32: the K most probable tokens at commit, -1 if none
+    commit_top_probs: np.ndarray  # (G, K) float32: and their probabilities, NaN if none
+
+    @property
+    def gen_length(self) -> int:
+        return int(self.commit_step.shape[0])
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.steps.shape[0])
+
+    @classmethod
+    def from_records(cls, run: dict, records: Sequence[StepRecord]) -> RunArrays:
+        """The same arrays as `TrajectoryStore.read_arrays`, from in-memory StepRecords.
+
+        `run` needs at least `gen_length` and `mask_id`; it is kept as `arrays.run`. Metrics
+        stay float32 (the store rounds them to float16), otherwise the arrays are identical.
+        """
+        G = int(run["gen_length"])
+
+        def stack(name: str, dtype) -> np.ndarray:  # (G, S)
+            if not records:
+                return np.zeros((G, 0), dtype=dtype)
+            return np.ascontiguousarray(np.stack([getattr(r, name) for r in records], axis=1), dtype=dtype)
+
+        return assemble(run, steps=np.array([r.step for r in records], dtype=np.int64),
+                        blocks=np.array([r.block for r in records], dtype=np.int64),
+                        n_committed=np.array([r.n_committed for r in records], dtype=np.int64),
+                        argmax=stack("argmax", np.int32), confidence=stack("confidence", np.float32),
+                        entropy=stack("entropy", np.float32), margin=stack("margin", np.float32),
+                        commits=commits_from_records(records))
+
+
+def commits_from_records(records: Sequence[StepRecord]) -> Commits:
+    """Every record's commits, flattened into one Commits."""
+    if not records or not any(r.n_committed for r in records):
+        return Commits.empty()
+    return Commits(
+        step=np.concatenate([np.full(r.n_committed, r.step, dtype=np.int64) for r in records]),
+        position=np.concatenate([r.committed for r in records]).astype(np.int64),
+        token=np.concatenate([r.tokens for r in records]).astype(np.int64),
+        prob=np.concatenate([r.probs for r in records]).astype(np.float32),
+        top_ids=np.concatenate([fit_top(r.top_ids, -1, np.int32, r.n_committed) for r in records]),
+        top_probs=np.concatenate([fit_top(r.top_probs, np.nan, np.float32, r.n_committed) for r in records]))
+
+
+def fit_top(values, fill, dtype, n: int) -> np.ndarray:
+    """(n, k) alternatives cut or padded with `fill` to (n, K): models may record more or fewer."""
+    out = np.full((n, TOP_ALTERNATIVES), fill, dtype=dtype)
+    values = np.asarray(values, dtype=dtype).reshape(n, -1) if n else np.zeros((0, 0), dtype)
+    k = min(TOP_ALTERNATIVES, values.shape[1])
+    out[:, :k] = values[:, :k]
+    return out
+
+
+def assemble(run: dict, *, steps: np.ndarray, blocks: np.ndarray, n_committed: np.ndarray,
+             argmax: np.ndarray, confidence: np.ndarray, entropy: np.ndarray, margin: np.ndarray,
+             commits: Commits) -> RunArrays:
+    """RunArrays from per-step arrays (G, S) and the run's commits; derives the per-position ones."""
+    G, S, mask_id = int(run["gen_length"]), int(steps.shape[0]), int(run["mask_id"])
+    commit_step = np.full(G, -1, dtype=np.int32)
+    final = np.full(G, mask_id, dtype=np.int32)
+    commit_prob = np.full(G, np.nan, dtype=np.float32)
+    top_ids = np.full((G, TOP_ALTERNATIVES), -1, dtype=np.int32)
+    top_probs = np.full((G, TOP_ALTERNATIVES), np.nan, dtype=np.float32)
+    # Sorted by step so that, should a position ever be committed twice (remasking), the
+    # latest commit wins, whatever order the events came in.
+    order = np.argsort(commits.step, kind="stable")
+    positions = commits.position[order]
+    commit_step[positions] = commits.step[order]
+    final[positions] = commits.token[order]
+    commit_prob[positions] = commits.prob[order]
+    top_ids[positions] = commits.top_ids[order]
+    top_probs[positions] = commits.top_probs[order]
+    # The sequence after each step; columns are steps 0..S-1 in order.
+    step_index = np.arange(S)[None, :]  # (1, S)
+    committed_by = (commit_step[:, None] >= 0) & (commit_step[:, None] <= step_index)  # (G, S)
+    tokens = np.where(committed_by, final[:, None], mask_id).astype(np.int32)  # (G, S)
+    return RunArrays(run=run, steps=steps, blocks=blocks, n_committed=n_committed, argmax=argmax,
+                     confidence=confidence, entropy=entropy, margin=margin, commit_step=commit_step,
+                     tokens=tokens, commit_prob=commit_prob, commit_top_ids=top_ids,
+                     commit_top_probs=top_probs)

@@ -1,0 +1,321 @@
+"""The model worker: a separate process that owns the models and runs the engine.
+
+The UI process never loads a model. It submits jobs to a `WorkerPool`, which hands each job
+to an idle worker process over a pipe and routes the worker's events (started, step, done,
+error) to the job's queue. A worker that dies (killed, out of memory, segfault) is noticed
+within a fraction of a second: its run is marked `failed` in the store (the steps it wrote
+stay), the job's client gets a clear error, and the next job starts a fresh worker.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection, wait
+
+from explorer.callbacks import Callback, RunStart
+from explorer.config import DecodeConfig
+from explorer.records import StepRecord
+
+TERMINAL = ("done", "error", "failed")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: int
+    prompt: str
+    model: str
+    config: dict  # DecodeConfig fields
+    pace_ms: int = 0  # slow motion for teaching: pause after each step (does not change the result)
+
+
+# ---- inside the worker process -----------------------------------------------------------
+class _Stream(Callback):
+    """Sends the run id and every step record to the UI process as they happen."""
+
+    def __init__(self, conn: Connection, job_id: int, writer) -> None:
+        self.conn, self.job_id, self.writer = conn, job_id, writer
+
+    def on_start(self, start: RunStart) -> None:
+        self.conn.send(("started", self.job_id, self.writer.run_id))
+
+    def on_step(self, record: StepRecord) -> None:
+        self.conn.send(("step", self.job_id, record))
+
+
+class _Pace(Callback):
+    """Pauses after each step so a person can follow a fast model; cancel still works."""
+
+    def __init__(self, pace_ms: int) -> None:
+        self.seconds = pace_ms / 1000
+
+    def on_step(self, record: StepRecord) -> None:
+        time.sleep(self.seconds)
+
+
+class _CancelCheck(Callback):
+    """Reads the job pipe between steps: a ('cancel', job_id) message stops the run."""
+
+    def __init__(self, conn: Connection, job_id: int) -> None:
+        self.conn, self.job_id, self.cancelled = conn, job_id, False
+
+    def should_stop(self) -> bool:
+        while self.conn.poll():
+            message = self.conn.recv()
+            if message is None or message == ("cancel", self.job_id):
+                self.cancelled = True
+        return self.cancelled
+
+
+def worker_main(jobs: Connection, events: Connection, db_url: str, threads: int | None,
+                preload: tuple[str, ...] = ()) -> None:
+    """Entry point of a worker process: load `preload` models, then run jobs until told to stop."""
+    import torch
+
+    from explorer.adapters import load_denoiser
+    from explorer.api import prepare
+    from explorer.engine import run_decode
+    from explorer.store import StoreWriter, TrajectoryStore
+
+    if threads:
+        torch.set_num_threads(threads)
+    store = TrajectoryStore(db_url)
+    models = {name: load_denoiser(name) for name in preload}
+    events.send(("ready", None, None))
+    while True:
+        job = jobs.recv()
+        if job is None:
+            return
+        if not isinstance(job, Job):
+            continue  # a cancel for a job that already ended
+        try:
+            denoiser = models.get(job.model) or models.setdefault(job.model, load_denoiser(job.model))
+            config = DecodeConfig(**job.config)
+            prompt_ids = prepare(job.prompt, denoiser, config)
+            writer = StoreWriter(store, denoiser.token_text)
+            callbacks = [writer, _Stream(events, job.job_id, writer), _CancelCheck(jobs, job.job_id)]
+            if job.pace_ms > 0:
+                callbacks.append(_Pace(job.pace_ms))
+            result = run_decode(denoiser, prompt_ids, config, callbacks, prompt_text=job.prompt)
+            events.send(("done", job.job_id, replace(result, run_id=writer.run_id)))
+        except Exception as exc:  # noqa: BLE001 - the run is already marked failed by the writer
+            events.send(("error", job.job_id, f"{type(exc).__name__}: {exc}"))
+
+
+# ---- inside the UI process ---------------------------------------------------------------
+@dataclass
+class JobHandle:
+    """A submitted job as its client sees it: events arrive on `events` as (kind, payload)."""
+
+    job: Job
+    events: "queue.Queue[tuple[str, object]]" = field(default_factory=queue.Queue)
+    run_id: int | None = None
+    submitted_at: float = field(default_factory=time.monotonic)
+
+    def iter_events(self, timeout: float = 600.0):
+        """Yield (kind, payload) until the job ends: done (DecodeResult), error or failed (str)."""
+        while True:
+            try:
+                kind, payload = self.events.get(timeout=timeout)
+            except queue.Empty:
+                yield "failed", f"no news from the worker for {timeout:.0f} s"
+                return
+            yield kind, payload
+            if kind in TERMINAL:
+                return
+
+
+@dataclass
+class _Slot:
+    """One worker process and the job it is running."""
+
+    process: mp.process.BaseProcess | None = None
+    jobs: Connection | None = None  # UI -> worker
+    events: Connection | None = None  # worker -> UI
+    handle: JobHandle | None = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+
+class WorkerPool:
+    """Runs jobs on `n_workers` worker processes (one at a time each); more jobs wait in line."""
+
+    def __init__(self, db_url: str, n_workers: int = 1, threads: int | None = None,
+                 max_pending: int = 64, preload: tuple[str, ...] = ("embedded",),
+                 start_method: str = "spawn") -> None:
+        self.db_url = db_url
+        self.threads = threads
+        self.preload = preload
+        self.max_pending = max_pending
+        self._ctx = mp.get_context(start_method)
+        self._slots = [_Slot() for _ in range(n_workers)]
+        self._pending: deque[JobHandle] = deque()
+        self._handles: dict[int, JobHandle] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        # A self-pipe: submit() wakes the dispatcher out of its wait() on the workers' pipes.
+        self._wake_recv, self._wake_send = self._ctx.Pipe(duplex=False)
+        self._closed = False
+        self.deaths = 0  # worker processes found dead mid-job (for the UI and tests)
+        self._store_instance = None
+        for slot in self._slots:  # warm workers: the first Run should not wait for torch to import
+            self._start(slot)
+        self._thread = threading.Thread(target=self._dispatch, name="worker-dispatch", daemon=True)
+        self._thread.start()
+
+    # ---- client side ---------------------------------------------------------------------
+    def submit(self, prompt: str, model: str, config: DecodeConfig, pace_ms: int = 0) -> JobHandle:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker pool is shut down")
+            if len(self._pending) >= self.max_pending:
+                raise QueueFullError(f"{len(self._pending)} jobs are already waiting; try again shortly")
+            from dataclasses import asdict
+
+            handle = JobHandle(Job(next(self._ids), prompt, model, asdict(config), int(pace_ms)))
+            self._handles[handle.job.job_id] = handle
+            self._pending.append(handle)
+            handle.events.put(("queued", len(self._pending) - 1 + self.busy()))
+        self._wake_send.send(None)
+        return handle
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a waiting job at once, or a running one at its next step."""
+        with self._lock:
+            handle = self._handles.get(job_id)
+            if handle is None:
+                return False
+            if handle in self._pending:
+                self._pending.remove(handle)
+                self._handles.pop(job_id, None)
+                handle.events.put(("error", "cancelled before it started"))
+                return True
+            for slot in self._slots:
+                if slot.handle is handle and slot.alive():
+                    try:
+                        slot.jobs.send(("cancel", job_id))
+                    except OSError:
+                        pass
+                    return True
+        return False
+
+    def busy(self) -> int:
+        return sum(slot.handle is not None for slot in self._slots)
+
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def worker_pids(self) -> list[int]:
+        return [slot.process.pid for slot in self._slots if slot.alive()]
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._closed = True
+        self._wake_send.send(None)
+        self._thread.join(timeout)
+        for slot in self._slots:
+            if slot.alive():
+                try:
+                    slot.jobs.send(None)
+                except OSError:
+                    pass
+                slot.process.join(timeout)
+                if slot.process.is_alive():
+                    slot.process.kill()
+
+    # ---- dispatcher thread ---------------------------------------------------------------
+    def _start(self, slot: _Slot) -> None:
+        jobs_recv, jobs_send = self._ctx.Pipe(duplex=False)
+        events_recv, events_send = self._ctx.Pipe(duplex=False)
+        slot.process = self._ctx.Process(target=worker_main, args=(jobs_recv, events_send, self.db_url, self.threads, self.preload),
+                                         name="explorer-worker", daemon=True)
+        slot.process.start()
+        jobs_recv.close()
+        events_send.close()
+        slot.jobs, slot.events = jobs_send, events_recv
+
+    def _assign(self) -> None:
+        with self._lock:
+            for slot in self._slots:
+                if not self._pending:
+                    return
+                if slot.handle is None:
+                    if not slot.alive():
+                        self._start(slot)
+                    slot.handle = self._pending.popleft()
+                    slot.jobs.send(slot.handle.job)
+
+    def _dispatch(self) -> None:
+        while not self._closed:
+            try:
+                self._dispatch_once()
+            except Exception:  # noqa: BLE001 - the dispatcher must outlive any one bad event
+                log.exception("worker dispatcher: unexpected error; carrying on")
+                time.sleep(0.1)
+
+    def _dispatch_once(self) -> None:
+        self._assign()
+        conns = [slot.events for slot in self._slots if slot.events is not None]
+        ready = wait([self._wake_recv, *conns], timeout=0.1)
+        while self._wake_recv.poll():
+            self._wake_recv.recv()
+        for slot in self._slots:
+            if slot.events is not None and slot.events in ready:
+                self._drain(slot)
+            if slot.process is not None and not slot.alive():
+                self._drain(slot)  # whatever it sent before dying
+                self._worker_died(slot)
+
+    def _drain(self, slot: _Slot) -> None:
+        try:
+            while slot.events.poll():
+                self._route(slot, *slot.events.recv())
+        except (EOFError, OSError):
+            pass  # the worker is gone; the liveness check handles its job
+
+    def _route(self, slot: _Slot, kind: str, job_id, payload) -> None:
+        handle = self._handles.get(job_id)
+        if kind == "ready" or handle is None:
+            return
+        if kind == "started":
+            handle.run_id = payload
+        handle.events.put((kind, payload))
+        if kind in TERMINAL:
+            with self._lock:
+                slot.handle = None
+                self._handles.pop(job_id, None)
+
+    def _worker_died(self, slot: _Slot) -> None:
+        """Fail the dead worker's job (its stored steps stay) and free the slot for a fresh one."""
+        handle, code = slot.handle, slot.process.exitcode
+        slot.process = slot.jobs = slot.events = None
+        if not self._closed:
+            self._start(slot)  # warm again before the next job arrives
+        if handle is None:
+            return
+        self.deaths += 1
+        message = f"the model worker died (exit code {code}) during this run; a fresh worker will run the next job"
+        if handle.run_id is not None:
+            self._store().mark_failed(handle.run_id, message)
+        handle.events.put(("failed", message))
+        with self._lock:
+            self._handles.pop(handle.job.job_id, None)
+            slot.handle = None
+
+    def _store(self):
+        if self._store_instance is None:
+            from explorer.store import TrajectoryStore
+
+            self._store_instance = TrajectoryStore(self.db_url)
+        return self._store_instance
+
+
+class QueueFullError(RuntimeError):
+    pass

@@ -1,0 +1,9 @@
+() => {
+  // Tap or click a token to pin its tooltip (step, probability, top-3), for touch screens
+  // where hover does not exist; click again or elsewhere to unpin.
+  document.addEventListener("click", (event) => {
+    const token = event.target.closest(".tok[data-tip]");
+    document.querySelectorAll(".tok.pinned").forEach((el) => { if (el !== token) el.classList.remove("pinned"); });
+    if (token) token.classList.toggle("pinned");
+  });
+}

@@ -1,0 +1,478 @@
+"""Run bundles (explorer/bundle.py): export a stored run as JSON and import it back.
+
+Real decodes of the embedded model (gen 32, steps 8: greedy, temperature 1, threshold,
+cancelled, and a run left `running` by a dead writer) are recorded in a SQLite file, exported,
+imported into a second store and into the same store, and compared row by row (raw SQL values,
+blobs byte for byte), through read_arrays, and by re-exporting. Every malformed bundle must
+raise BundleError with a one-line message and leave the target store exactly as it was.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from dataclasses import fields
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select, text
+
+from explorer import bundle as bundle_module
+from explorer.api import decode
+from explorer.bundle import (FORMAT, MAX_BUNDLE_BYTES, RUN_FIELDS, RUNNING_IMPORT_ERROR, VERSION, BundleError,
+                             UnknownRunError, export_run, export_run_json, import_run)
+from explorer.config import DecodeConfig
+from explorer.engine import run_decode
+from synthetic_runs import StopAfter
+from explorer.store import Event, Run, Step, StoreError, StoreWriter, TrajectoryStore
+
+PROMPT = "once upon a time"
+G, S = 32, 8
+
+
+
+
+class DiesBeforeFinishing(StoreWriter):
+    """A writer whose worker was killed after its last flush: the run stays `running`."""
+
+    def on_end(self, result) -> None:
+        self.flush()
+
+
+@pytest.fixture(scope="module")
+def source(denoiser, tmp_path_factory):
+    """A SQLite file with real runs; returns (store, {kind: run_id}, {kind: Decoded})."""
+    path = tmp_path_factory.mktemp("bundle-source") / "a.db"
+    store = TrajectoryStore(f"sqlite:///{path}")
+    outs = {
+        "greedy": decode(PROMPT, denoiser, store=store, gen_length=G, steps=S),
+        "sampled": decode(PROMPT, denoiser, store=store, gen_length=G, steps=S, temperature=1.0, seed=7),
+        "threshold": decode(PROMPT, denoiser, store=store, gen_length=G, steps=S, strategy="threshold",
+                            threshold=0.8),
+        "cancelled": decode(PROMPT, denoiser, store=store, gen_length=G, steps=S, callbacks=[StopAfter(2)]),
+    }
+    ids = {kind: out.run_id for kind, out in outs.items()}
+    writer = DiesBeforeFinishing(store, denoiser.token_text, batch_steps=2, max_delay=3600)
+    run_decode(denoiser, denoiser.encode(PROMPT), DecodeConfig(gen_length=G, steps=S),
+               [writer, StopAfter(3)], prompt_text=PROMPT)
+    ids["running"] = writer.run_id
+    yield store, ids, outs
+    store.engine.dispose()
+
+
+@pytest.fixture
+def target(tmp_path):
+    store = TrajectoryStore(f"sqlite:///{tmp_path}/b.db")
+    yield store
+    store.engine.dispose()
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+def raw_rows(store: TrajectoryStore, run_id: int) -> tuple[dict, list[dict], list[dict]]:
+    """The run's rows as SQLite holds them (text, blobs, NULLs), without the local ids."""
+    with store.engine.connect() as conn:
+        run = conn.execute(text("SELECT *, typeof(final_token_ids) AS t_final FROM runs WHERE id = :i"),
+                           {"i": run_id}).mappings().one()
+        steps = conn.execute(text("SELECT *, typeof(extras) AS t_extras FROM steps WHERE run_id = :i ORDER BY step"),
+                             {"i": run_id}).mappings().all()
+        events = conn.execute(text("SELECT *, typeof(violation_score) AS t_violation FROM events "
+                                   "WHERE run_id = :i ORDER BY id"), {"i": run_id}).mappings().all()
+    run = {k: v for k, v in run.items() if k not in ("id", "parent_run_id")}
+    steps = [{k: v for k, v in r.items() if k != "run_id"} for r in steps]
+    events = [{k: v for k, v in r.items() if k not in ("id", "run_id")} for r in events]
+    return run, steps, events
+
+
+def orm_run(store: TrajectoryStore, run_id: int) -> dict:
+    with store.session() as s:
+        run = s.get(Run, run_id)
+        return {c.name: getattr(run, c.name) for c in Run.__table__.columns if c.name not in ("id", "parent_run_id")}
+
+
+def counts(store: TrajectoryStore) -> tuple[int, int, int]:
+    with store.session() as s:
+        return tuple(s.scalar(select(func.count()).select_from(t)) for t in (Run, Step, Event))
+
+
+def assert_same_arrays(store_a, id_a, store_b, id_b) -> None:
+    a, b = store_a.read_arrays(id_a), store_b.read_arrays(id_b)
+    for f in fields(a):
+        if f.name == "run":
+            strip = lambda d: {k: v for k, v in d.items() if k not in ("id", "parent_run_id")}  # noqa: E731
+            assert strip(a.run) == strip(b.run)
+        else:
+            x, y = getattr(a, f.name), getattr(b, f.name)
+            assert x.dtype == y.dtype and x.shape == y.shape, f.name
+            np.testing.assert_array_equal(x, y, err_msg=f.name)
+
+
+def assert_identical(store_a, id_a, store_b, id_b) -> None:
+    raw_a, raw_b = raw_rows(store_a, id_a), raw_rows(store_b, id_b)
+    assert raw_a[0] == raw_b[0]
+    assert len(raw_a[1]) == len(raw_b[1]) and raw_a[1] == raw_b[1]  # blobs compared as bytes
+    assert all(isinstance(r["argmax"], bytes) for r in raw_b[1])
+    assert raw_a[2] == raw_b[2]
+    assert orm_run(store_a, id_a) == orm_run(store_b, id_b)
+    assert_same_arrays(store_a, id_a, store_b, id_b)
+
+
+# ---- export ------------------------------------------------------------------------------------
+
+def test_bundle_layout(source):
+    store, ids, outs = source
+    out = outs["greedy"]
+    data = export_run_json(store, ids["greedy"])
+    assert isinstance(data, bytes)
+    bundle = json.loads(data.decode("utf-8"))
+    assert bundle == export_run(store, ids["greedy"])
+    assert list(bundle) == ["format", "version", "run", "steps", "events"]
+    assert bundle["format"] == FORMAT == "diffusion-explorer-run" and bundle["version"] == VERSION == 1
+    run = bundle["run"]
+    assert tuple(run) == RUN_FIELDS and "id" not in run
+    assert run["status"] == "completed" and run["final_token_ids"] == out.token_ids
+    assert DecodeConfig(**run["config"]) == DecodeConfig(gen_length=G, steps=S)
+    from datetime import datetime
+    created = datetime.fromisoformat(run["created_at"])
+    assert created.utcoffset().total_seconds() == 0 and run["created_at"].endswith("+00:00")
+    assert datetime.fromisoformat(run["finished_at"]) >= created
+    assert [s["step"] for s in bundle["steps"]] == list(range(S))
+    for step, record in zip(bundle["steps"], out.steps, strict=True):
+        assert "run_id" not in step
+        assert step["argmax"]["dtype"] == "<i4" and step["argmax"]["length"] == G
+        np.testing.assert_array_equal(np.frombuffer(base64.b64decode(step["argmax"]["data"]), "<i4"), record.argmax)
+        for name in ("confidence", "entropy", "margin"):
+            assert step[name]["dtype"] == "<f2" and step[name]["length"] == G
+            np.testing.assert_array_equal(np.frombuffer(base64.b64decode(step[name]["data"]), "<f2"),
+                                          getattr(record, name).astype(np.float16))
+    assert len(bundle["events"]) == G
+    assert all("id" not in e and "run_id" not in e for e in bundle["events"])
+    assert [(e["step"], e["position"], e["token_id"]) for e in bundle["events"]] == [
+        (r.step, p, t) for r in out.steps for p, t in zip(r.committed.tolist(), r.tokens.tolist())]
+    assert export_run_json(store, ids["greedy"]) == data  # deterministic
+
+
+def test_export_unknown_run(source):
+    store, ids, _ = source
+    missing = max(ids.values()) + 1000
+    with pytest.raises(UnknownRunError) as info:
+        export_run(store, missing)
+    assert isinstance(info.value, KeyError)
+    assert str(info.value).startswith(f"no run with id {missing}")
+    with pytest.raises(KeyError, match=str(missing)):
+        export_run_json(store, missing)
+
+
+# ---- round trips --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["greedy", "sampled", "threshold", "cancelled"])
+def test_round_trip_into_second_store(source, target, kind):
+    store, ids, outs = source
+    data = export_run_json(store, ids[kind])
+    new_id = import_run(target, data)
+    assert isinstance(new_id, int) and target.count_runs() == 1
+    assert_identical(store, ids[kind], target, new_id)
+    assert target.get_run(new_id)["parent_run_id"] is None
+    assert export_run_json(target, new_id) == data
+    run = target.get_run(new_id)
+    assert run["final_token_ids"] == outs[kind].token_ids
+    assert run["n_steps"] == len(outs[kind].steps)
+
+
+def test_round_trip_into_same_store(source):
+    store, ids, _ = source
+    data = export_run_json(store, ids["sampled"])
+    before = counts(store)
+    new_id = import_run(store, data)
+    try:
+        assert new_id not in ids.values()
+        after = counts(store)
+        assert after == (before[0] + 1, before[1] + S, before[2] + G)
+        assert_identical(store, ids["sampled"], store, new_id)
+        assert export_run_json(store, new_id) == data
+    finally:
+        assert store.delete_run(new_id)
+    assert counts(store) == before
+
+
+def test_cancelled_run_keeps_its_status(source, target):
+    store, ids, outs = source
+    new_id = import_run(target, export_run(store, ids["cancelled"]))
+    run = target.get_run(new_id)
+    assert run["status"] == "cancelled" and run["error"] is None and run["n_steps"] == 3
+    assert run["final_token_ids"].count(outs["cancelled"].mask_id) == G - 3 * (G // S)
+    arrays = target.read_arrays(new_id)
+    assert arrays.tokens.shape == (G, 3) and int((arrays.commit_step == -1).sum()) == G - 3 * (G // S)
+
+
+def test_running_run_imports_as_failed(source, target):
+    store, ids, _ = source
+    original = store.get_run(ids["running"])
+    assert original["status"] == "running" and original["n_steps"] == 4 and original["final_token_ids"] is None
+    bundle = export_run(store, ids["running"])
+    assert bundle["run"]["status"] == "running" and len(bundle["steps"]) == 4
+    new_id = import_run(target, bundle)
+    run = target.get_run(new_id)
+    assert run["status"] == "failed" and run["error"] == RUNNING_IMPORT_ERROR == "imported while still running"
+    assert run["finished_at"] is None and run["final_token_ids"] is None
+    # everything else is as recorded: steps, events, arrays, and the other run columns
+    raw_a, raw_b = raw_rows(store, ids["running"]), raw_rows(target, new_id)
+    assert raw_a[1] == raw_b[1] and raw_a[2] == raw_b[2]
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("status", "error")}  # noqa: E731
+    assert strip(raw_a[0]) == strip(raw_b[0])
+    assert raw_b[0]["t_final"] == "null"  # SQL NULL, as the store leaves it, not the JSON text 'null'
+    again = export_run(target, new_id)
+    bundle["run"].update(status="failed", error=RUNNING_IMPORT_ERROR)
+    assert again == bundle
+
+
+def test_parent_run_id_dropped_branch_step_kept(source, tmp_path):
+    store, ids, _ = source
+    a = TrajectoryStore(f"sqlite:///{tmp_path}/parent.db")
+    b = TrajectoryStore(f"sqlite:///{tmp_path}/child.db")
+    try:
+        parent = import_run(a, export_run_json(store, ids["greedy"]))
+        child = import_run(a, export_run_json(store, ids["threshold"]))
+        with a.session() as s, s.begin():
+            row = s.get(Run, child)
+            row.parent_run_id, row.branch_step = parent, 3
+        exported = export_run_json(a, child)
+        assert json.loads(exported)["run"]["parent_run_id"] == parent
+        new_id = import_run(b, exported)
+        run = b.get_run(new_id)
+        assert run["parent_run_id"] is None and run["branch_step"] == 3
+        assert_identical(a, child, b, new_id)
+        # byte-identical apart from the (database-local) parent id
+        assert export_run_json(b, new_id) == exported.replace(f'"parent_run_id":{parent},'.encode(),
+                                                              b'"parent_run_id":null,')
+    finally:
+        a.engine.dispose()
+        b.engine.dispose()
+
+
+def test_accepts_bytes_str_dict_without_mutating(source, target):
+    store, ids, _ = source
+    data = export_run_json(store, ids["greedy"])
+    bundle = export_run(store, ids["greedy"])
+    pristine = copy.deepcopy(bundle)
+    run_ids = [import_run(target, data), import_run(target, data.decode("utf-8")),
+               import_run(target, bytearray(data)), import_run(target, bundle),
+               import_run(target, b"\xef\xbb\xbf" + data)]  # a UTF-8 byte-order mark is tolerated
+    assert bundle == pristine
+    assert len(set(run_ids)) == 5 and target.count_runs() == 5
+    assert all(export_run_json(target, i) == data for i in run_ids)
+
+
+# ---- refused bundles ----------------------------------------------------------------------------
+
+def _set(path: str, value):
+    """A mutation setting bundle[path] (dotted, integers index arrays) to value."""
+    def mutate(b: dict) -> None:
+        *head, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+        node = b
+        for p in head:
+            node = node[p]
+        node[last] = value
+    return mutate
+
+
+def _delete(path: str):
+    def mutate(b: dict) -> None:
+        *head, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+        node = b
+        for p in head:
+            node = node[p]
+        del node[last]
+    return mutate
+
+
+def _blob(step: int, name: str, transform):
+    def mutate(b: dict) -> None:
+        blob = b["steps"][step][name]
+        raw = base64.b64decode(blob["data"])
+        blob["data"] = base64.b64encode(transform(raw)).decode()
+    return mutate
+
+
+def _drop_event_of_step(step: int):
+    def mutate(b: dict) -> None:
+        index = next(i for i, e in enumerate(b["events"]) if e["step"] == step)
+        del b["events"][index]
+    return mutate
+
+
+def _remove_step(step: int):
+    def mutate(b: dict) -> None:
+        del b["steps"][step]
+        b["events"] = [e for e in b["events"] if e["step"] != step]
+        b["run"]["n_steps"] -= 1
+    return mutate
+
+
+def _inf_confidence(raw: bytes) -> bytes:
+    values = np.frombuffer(raw, "<f2").copy()
+    values[5] = np.inf
+    return values.tobytes()
+
+
+DICT_CASES = {
+    "wrong format tag": (_set("format", "diffusion-explorer-runs"),
+                         r"not a run bundle: format is 'diffusion-explorer-runs'"),
+    "wrong version": (_set("version", 2), r"unsupported bundle version 2; this explorer reads version 1"),
+    "version as string": (_set("version", "1"), r"unsupported bundle version '1'"),
+    "unknown top-level field": (_set("comment", "hi"), r"the bundle: unknown field comment"),
+    "missing steps": (_delete("steps"), r"the bundle: missing field steps"),
+    "truncated blob (whole values)": (_blob(3, "confidence", lambda r: r[:-4]),
+                                      r"^step 3: confidence blob has 30 values, expected 32$"),
+    "truncated blob (half a value)": (_blob(2, "argmax", lambda r: r[:-1]),
+                                      r"step 2: argmax blob is 127 bytes, not a whole number of int32 values"),
+    "blob too long": (_blob(1, "entropy", lambda r: r + r[:2]), r"step 1: entropy blob has 33 values, expected 32"),
+    "blob length field wrong": (_set("steps.0.margin.length", 31), r"step 0: margin blob has 32 values but states length 31"),
+    "blob dtype wrong": (_set("steps.0.argmax.dtype", "<i8"), r"step 0: argmax blob has dtype '<i8', expected '<i4'"),
+    "blob not base64": (_set("steps.4.entropy.data", "!!not base64!!"), r"step 4: entropy blob is not valid base64"),
+    "blob data not a string": (_set("steps.4.entropy.data", [1, 2]), r"step 4: entropy blob: data must be a base64 string"),
+    "infinity in a blob": (_blob(6, "confidence", _inf_confidence), r"step 6: confidence blob: position 5 is inf"),
+    "negative argmax": (_blob(0, "argmax", lambda r: np.full(G, -3, "<i4").tobytes()),
+                        r"step 0: argmax blob: position 0 holds token id -3"),
+    "event position out of range": (_set("events.5.position", G), r"event 5 \(step 1\): position 32 is outside 0\.\.31"),
+    "event position negative": (_set("events.0.position", -1), r"event 0 \(step 0\): position -1 is outside 0\.\.31"),
+    "event step missing": (_set("events.7.step", S), r"event 7: step 8 does not exist \(the bundle has steps 0\.\.7\)"),
+    "step numbers with a gap": (_remove_step(4), r"step 5: steps must be numbered 0, 1, 2, \.\.\. in order; "
+                                                 r"step 5 leaves a gap \(expected step 4\)"),
+    "repeated step number": (_set("steps.2.step", 1), r"step 1: .* step 1 repeats an earlier step"),
+    "steps not from 0": (_set("steps.0.step", 1), r"step 1: .* leaves a gap \(expected step 0\)"),
+    "n_steps disagrees": (_set("run.n_steps", S + 1), r"run: n_steps is 9 but the bundle has 8 steps"),
+    "events missing for a step": (_drop_event_of_step(6), r"step 6: n_committed is 4 but the bundle has 3 commit events"),
+    "status not allowed": (_set("run.status", "done"), r"run: status 'done' is not one of running, completed, failed, cancelled"),
+    "missing run field": (_delete("run.prompt"), r"run: missing field prompt"),
+    "unknown step field": (_set("steps.0.energy", 1.0), r"step 0: unknown field energy"),
+    "negative token id": (_set("events.3.token_id", -1), r"^event 3: token_id must be >= 0, got -1$"),
+    "token id not an integer": (_set("events.3.token_id", 4.0), r"event 3: token_id must be an integer, got number 4\.0"),
+    "boolean as integer": (_set("run.seed", True), r"run: seed must be an integer, got boolean True"),
+    "negative prompt id": (_set("run.prompt_ids.0", -2), r"run: prompt_ids\[0\] must be a non-negative integer token id"),
+    "final tokens wrong length": (_set("run.final_token_ids", [1] * (G - 1)),
+                                  r"run: final_token_ids has 31 token ids, expected 32 \(gen_length\)"),
+    "token text not a string": (_set("events.2.token_text", 17), r"event 2: token_text must be a string, got integer 17"),
+    "prompt not a string": (_set("run.prompt", ["once"]), r"run: prompt must be a string, got array"),
+    "error not a string": (_set("run.error", 1), r"run: error must be a string or null, got integer 1"),
+    "model name too long": (_set("run.model", "m" * 201), r"run: model is 201 characters, over the column's 200"),
+    "bad datetime": (_set("run.created_at", "yesterday"), r"run: created_at 'yesterday' is not an ISO 8601 date"),
+    "config not an object": (_set("run.config", "{}"), r"run: config must be an object, got string"),
+    "config disagrees with run": (_set("run.config.gen_length", 64), r"run: config gen_length 64 differs from the run's gen_length 32"),
+    "top ids and probs differ": (_set("events.1.top_probs", [0.5]), r"event 1: top_ids has 3 entries but top_probs has 1"),
+    "event kind unknown": (_set("events.1.kind", "flip"), r"event 1: kind 'flip' is not one of commit, remask"),
+    "integer beyond 64 bits": (_set("run.seed", 2**64), r"run: seed 18446744073709551616 does not fit in a 64-bit integer"),
+    "negative seconds": (_set("steps.1.seconds", -0.5), r"step 1: seconds -0\.5 is below 0\.0"),
+    "steps not an array": (_set("steps", {"0": {}}), r"steps must be an array, got object"),
+    "step not an object": (_set("steps.0", 7), r"steps\[0\] must be an object, got integer"),
+    "run not an object": (_set("run", None), r"run must be an object, got null"),
+}
+
+BYTES_CASES = {
+    "malformed JSON": (lambda d: d[:-10], r"the bundle is not valid JSON: Unterminated string .*\(line 1, column \d+\)$"),
+    "empty input": (lambda d: b"", r"the bundle is not valid JSON: Expecting value"),
+    "not an object": (lambda d: b"[1, 2, 3]", r"a bundle is a JSON object, got array"),
+    "non-UTF-8 bytes": (lambda d: d.replace(b'"prompt":"once', b'"prompt":"\xffnce', 1),
+                        r"the bundle is not valid UTF-8: byte 0xff at offset \d+"),
+    "NaN in JSON": (lambda d: d.replace(b'"seconds":', b'"seconds":NaN,"x":', 1), r"^the JSON holds NaN, which is not a JSON number"),
+    "Infinity in JSON": (lambda d: d.replace(b'"prob":', b'"prob":Infinity,"y":', 1), r"the JSON holds Infinity"),
+    "repeated key": (lambda d: d.replace(b'"version":1', b'"version":1,"version":1', 1),
+                     r"^the JSON repeats the key 'version' in one object$"),
+    "unpaired surrogate in text": (lambda d: d.replace(b'"prompt":"once', b'"prompt":"\\ud800once', 1),
+                                   r"run: prompt is not valid Unicode text \(unpaired surrogate at character 0\)"),
+    "deeply nested": (lambda d: b"[" * 100_000 + b"]" * 100_000, r"the bundle is not valid JSON"),
+}
+
+
+@pytest.fixture
+def loaded_target(source, target):
+    """The target store already holding one imported run, so 'unchanged' is not just 'empty'."""
+    store, ids, _ = source
+    import_run(target, export_run_json(store, ids["threshold"]))
+    return target
+
+
+def _assert_refused(store: TrajectoryStore, data, pattern: str) -> BundleError:
+    before, runs_before = counts(store), store.list_runs()
+    with pytest.raises(BundleError, match=pattern) as info:
+        import_run(store, data)
+    assert isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert message and "\n" not in message and len(message) < 300, message
+    assert counts(store) == before and store.list_runs() == runs_before
+    return info.value
+
+
+@pytest.mark.parametrize("case", list(DICT_CASES))
+def test_refused_bundle(source, loaded_target, case):
+    store, ids, _ = source
+    mutate, pattern = DICT_CASES[case]
+    bundle = export_run(store, ids["greedy"])
+    mutate(bundle)
+    _assert_refused(loaded_target, bundle, pattern)  # as a dict ...
+    data = json.dumps(bundle, allow_nan=True).encode()
+    _assert_refused(loaded_target, data, pattern)  # ... and as the JSON bytes
+
+
+@pytest.mark.parametrize("case", list(BYTES_CASES))
+def test_refused_bytes(source, loaded_target, case):
+    store, ids, _ = source
+    make, pattern = BYTES_CASES[case]
+    _assert_refused(loaded_target, make(export_run_json(store, ids["greedy"])), pattern)
+
+
+def test_refused_input_type(loaded_target):
+    _assert_refused(loaded_target, 42, r"a bundle is bytes, str or dict, not int")
+    _assert_refused(loaded_target, ["not", "a", "bundle"], r"not list")
+    _assert_refused(loaded_target, "\ud800", r"cannot be encoded as UTF-8")
+
+
+def test_refused_dict_values_json_cannot_carry(source, loaded_target):
+    store, ids, _ = source
+    bundle = export_run(store, ids["greedy"])
+    bundle["run"]["config"]["extra"] = {1, 2}
+    _assert_refused(loaded_target, bundle, r"run: config is not plain JSON \(Object of type set")
+    bundle = export_run(store, ids["greedy"])
+    bundle["steps"][2]["extras"] = {"energy": float("nan")}
+    _assert_refused(loaded_target, bundle, r"step 2: extras is not plain JSON \(Out of range float")
+    bundle = export_run(store, ids["greedy"])
+    bundle["events"][4]["prob"] = float("inf")
+    _assert_refused(loaded_target, bundle, r"event 4: prob must be finite, got inf")
+
+
+def test_size_limit(source, loaded_target, monkeypatch):
+    store, ids, _ = source
+    assert MAX_BUNDLE_BYTES == 64 * 1024 * 1024
+    data = export_run_json(store, ids["greedy"])
+    monkeypatch.setattr(bundle_module, "MAX_BUNDLE_BYTES", len(data) - 1)
+    _assert_refused(loaded_target, data, rf"^the bundle is {len(data)} bytes, over the limit of {len(data) - 1}")
+    _assert_refused(loaded_target, data.decode(), rf"the bundle is at least {len(data)} bytes .*, over the limit of")
+    # a str is measured in UTF-8 bytes, not characters
+    wide = data.decode().replace('"prompt":"once', '"prompt":"\u00e9nce', 1)
+    monkeypatch.setattr(bundle_module, "MAX_BUNDLE_BYTES", len(wide))
+    _assert_refused(loaded_target, wide, r"over the limit")
+    # refused before parsing: oversized garbage reports the size, not the JSON error
+    monkeypatch.setattr(bundle_module, "MAX_BUNDLE_BYTES", 10)
+    _assert_refused(loaded_target, b"{" * 11, r"over the limit of 10")
+    _assert_refused(loaded_target, "x" * 11, r"at least 11 bytes \(11 characters\), over the limit of 10")
+    monkeypatch.setattr(bundle_module, "MAX_BUNDLE_BYTES", len(data))
+    new_id = import_run(loaded_target, data)
+    assert export_run_json(loaded_target, new_id) == data
+
+
+def test_database_failure_mid_import_writes_nothing(source, loaded_target):
+    """A failure after the run row and the steps were inserted rolls the whole import back."""
+    store, ids, _ = source
+    data = export_run_json(store, ids["greedy"])
+    with loaded_target.engine.begin() as conn:
+        conn.execute(text("CREATE TRIGGER no_events BEFORE INSERT ON events "
+                          "BEGIN SELECT RAISE(ABORT, 'events are read-only today'); END"))
+    before = counts(loaded_target)
+    with pytest.raises(StoreError, match="events are read-only today"):
+        import_run(loaded_target, data)
+    assert counts(loaded_target) == before
+    with loaded_target.engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER no_events"))
+    new_id = import_run(loaded_target, data)
+    assert counts(loaded_target) == (before[0] + 1, before[1] + S, before[2] + G)
+    assert_identical(store, ids["greedy"], loaded_target, new_id)

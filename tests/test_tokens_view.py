@@ -1,0 +1,126 @@
+"""The token view's HTML: escaping, masked positions at a step, tooltips, colours, legend."""
+from __future__ import annotations
+
+import html
+import re
+
+import numpy as np
+import pytest
+
+from explorer.tokens_view import MASK_GLYPH, render_tokens, step_colour, visible_commits
+from synthetic_runs import synthetic_arrays
+
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+def words(token_id: int) -> str:
+    return f"w{token_id}"
+
+
+def evil(token_id: int) -> str:
+    return EVIL if token_id % 2 else f'"q{token_id}" & <b>'
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    return synthetic_arrays(20, 5, seed=7)
+
+
+def _line(fragment: str) -> str:
+    """The sequence itself, without the legend (which shows a sample masked / outlined token)."""
+    return fragment.split('<div class="tokens-legend">')[0]
+
+
+def _spans(fragment: str) -> list[str]:
+    return re.findall(r'<span class="tok[^"]*"[^>]*>.*?</span>', fragment)
+
+
+def test_everything_is_escaped(arrays):
+    out = render_tokens(arrays, evil, None, prompt_text=f"prompt {EVIL} & 'quote'")
+    assert "<img" not in out and "<b>" not in out
+    assert html.escape(EVIL, quote=True) in out  # shown as text, in tokens and tooltips
+    assert "&lt;img src=x onerror=alert(1)&gt;" in out
+    assert "&#x27;quote&#x27;" in out and "&quot;q" in out
+    # every data-tip value is one attribute: no raw quote breaks out of it
+    for tip in re.findall(r'data-tip="([^"]*)"', out):
+        assert "<" not in tip and ">" not in tip
+    assert out.count('data-tip="') == arrays.gen_length
+
+
+@pytest.mark.parametrize("step", [None, 0, 2, 4, 10, -1])
+def test_masked_count(arrays, step):
+    out = render_tokens(arrays, words, step, prompt_text="once upon a time")
+    expected = arrays.gen_length - int(visible_commits(arrays.commit_step, step).sum())
+    if step is None or step >= 4:
+        expected_direct = 0
+    elif step < 0:
+        expected_direct = arrays.gen_length
+    else:
+        expected_direct = int((arrays.commit_step > step).sum())
+    assert expected == expected_direct
+    masked = re.findall(rf'<span class="tok masked"[^>]*>{MASK_GLYPH}</span>', _line(out))
+    assert len(masked) == expected
+    assert len(_spans(_line(out))) - len(masked) == arrays.gen_length - expected
+
+
+def test_just_committed_are_outlined(arrays):
+    out = render_tokens(arrays, words, 2, prompt_text="p")
+    just = re.findall(r'<span class="tok just"[^>]*data-tip="([^"]*)"', _line(out))
+    assert len(just) == int((arrays.commit_step == 2).sum()) > 0
+    assert all("committed at step 2" in tip for tip in just)
+    assert 'class="tok just"' not in _line(render_tokens(arrays, words, None, prompt_text="p"))
+
+
+def test_tooltip_content(arrays):
+    out = render_tokens(arrays, words, None, prompt_text="p")
+    p = 5
+    s = int(arrays.commit_step[p])
+    prob = float(arrays.commit_prob[p])
+    ids, probs = arrays.commit_top_ids[p], arrays.commit_top_probs[p]
+    top3 = ", ".join(f"w{int(t)} {float(q):.2f}" for t, q in zip(ids, probs))
+    expected = f"position {p} · committed at step {s} · p = {prob:.2f} · top-3: {top3}"
+    assert f'data-tip="{html.escape(expected, quote=True)}"' in out
+    # the token text itself is the final token
+    assert f'>w{int(arrays.tokens[p, -1])}</span>' in out
+
+
+def test_masked_tooltip(arrays):
+    out = render_tokens(arrays, words, 0, prompt_text="p")
+    masked_position = int(np.flatnonzero(arrays.commit_step > 0)[0])
+    assert f'data-tip="position {masked_position} · still masked after step 0"' in out
+
+
+def test_colours_differ_first_to_last_and_text_contrasts(arrays):
+    first_bg, first_fg = step_colour(0, arrays.n_steps)
+    last_bg, last_fg = step_colour(arrays.n_steps - 1, arrays.n_steps)
+    assert first_bg != last_bg
+    assert (first_fg, last_fg) == ("#ffffff", "#000000")  # dark purple start, yellow end
+    out = render_tokens(arrays, words, None, prompt_text="p")
+    first_p = int(np.flatnonzero(arrays.commit_step == 0)[0])
+    last_p = int(np.flatnonzero(arrays.commit_step == arrays.n_steps - 1)[0])
+    spans = _spans(_line(out))
+    assert f"background: {first_bg}" in spans[first_p] and f"background: {last_bg}" in spans[last_p]
+    assert f"color: {first_fg}" in spans[first_p] and f"color: {last_fg}" in spans[last_p]
+
+
+def test_prompt_and_legend(arrays):
+    out = render_tokens(arrays, words, 1, prompt_text="once upon a time")
+    assert out.index('<span class="prompt">once upon a time</span>') < out.index('<span class="tok')
+    assert "colour = step at which the token was committed: early → late" in out
+    assert "= still masked" in out and "committed at step 1" in out.split('<div class="tokens-legend">')[1]
+
+
+def test_live_run_without_steps():
+    empty = type(synthetic_arrays(3, 1)).from_records({"gen_length": 3, "mask_id": 1}, [])
+    out = render_tokens(empty, words, None, prompt_text="")
+    assert out.count(MASK_GLYPH) == 3 + 1  # three positions and the legend
+    assert 'class="prompt"' not in out
+
+
+def test_highlight_marks_positions(arrays):
+    out = _line(render_tokens(arrays, evil, None, prompt_text="p", highlight={2, 7}, highlight_label="<differs>"))
+    spans = _spans(out)
+    assert [i for i, span in enumerate(spans) if " diff" in span.split(">")[0]] == [2, 7]
+    assert "&lt;differs&gt;" in spans[2] and "differs" not in spans[3]
+    masked_out = _line(render_tokens(arrays, words, -1, prompt_text="p", highlight=[0]))
+    assert _spans(masked_out)[0].startswith('<span class="tok masked diff"')

@@ -1,0 +1,81 @@
+"""RunArrays built in memory (from_records) against the store's read_arrays of the same run,
+and the per-position commit fields (probability and top-3 alternatives at commit)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from explorer import store as store_module
+from explorer.api import decode
+from explorer.store import TrajectoryStore
+from explorer.trajectory import RunArrays
+from synthetic_runs import MASK_ID, synthetic_records
+
+PROMPT = "once upon a time"
+
+
+@pytest.fixture(scope="module")
+def stored(denoiser, tmp_path_factory):
+    path = tmp_path_factory.mktemp("traj") / "t.db"
+    store = TrajectoryStore(f"sqlite:///{path}")
+    out = decode(PROMPT, denoiser, store=store, gen_length=32, steps=8, block_length=16, temperature=1.0, seed=3)
+    yield store, out
+    store.engine.dispose()
+
+
+def test_store_module_still_exports_run_arrays():
+    assert store_module.RunArrays is RunArrays
+
+
+def test_from_records_equals_read_arrays(stored):
+    store, out = stored
+    stored_arrays = store.read_arrays(out.run_id)
+    live = RunArrays.from_records({"gen_length": 32, "mask_id": out.mask_id}, out.steps)
+    for name in ("steps", "blocks", "n_committed", "argmax", "commit_step", "tokens", "commit_top_ids"):
+        a, b = getattr(live, name), getattr(stored_arrays, name)
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    for name in ("confidence", "entropy", "margin"):  # the store keeps float16
+        a, b = getattr(live, name), getattr(stored_arrays, name)
+        assert a.dtype == b.dtype == np.float32
+        np.testing.assert_array_equal(a.astype(np.float16).astype(np.float32), b, err_msg=name)
+    np.testing.assert_allclose(live.commit_prob, stored_arrays.commit_prob, rtol=1e-6)
+    np.testing.assert_allclose(live.commit_top_probs, stored_arrays.commit_top_probs, atol=1e-5)  # 5 decimals
+
+
+def test_commit_fields_match_the_records(stored):
+    store, out = stored
+    arrays = store.read_arrays(out.run_id)
+    assert arrays.commit_prob.shape == (32,) and arrays.commit_prob.dtype == np.float32
+    assert arrays.commit_top_ids.shape == (32, 3) and arrays.commit_top_ids.dtype == np.int32
+    assert arrays.commit_top_probs.shape == (32, 3) and arrays.commit_top_probs.dtype == np.float32
+    for r in out.steps:
+        np.testing.assert_allclose(arrays.commit_prob[r.committed], r.probs, rtol=1e-6)
+        np.testing.assert_array_equal(arrays.commit_top_ids[r.committed], r.top_ids[:, :3])
+        np.testing.assert_allclose(arrays.commit_top_probs[r.committed], r.top_probs[:, :3], atol=1e-5)
+
+
+def test_partial_run_has_nan_and_minus_one_where_uncommitted():
+    records = synthetic_records(12, 4)[:2]
+    arrays = RunArrays.from_records({"gen_length": 12, "mask_id": MASK_ID}, records)
+    done = np.concatenate([r.committed for r in records])
+    undone = np.setdiff1d(np.arange(12), done)
+    assert arrays.confidence.shape == (12, 2) and arrays.n_steps == 2
+    assert (arrays.commit_step[undone] == -1).all() and np.isnan(arrays.commit_prob[undone]).all()
+    assert (arrays.commit_top_ids[undone] == -1).all() and np.isnan(arrays.commit_top_probs[undone]).all()
+    assert np.isfinite(arrays.commit_prob[done]).all()
+    assert (arrays.tokens[undone] == MASK_ID).all()
+
+
+def test_from_records_without_records():
+    arrays = RunArrays.from_records({"gen_length": 5, "mask_id": MASK_ID}, [])
+    assert arrays.confidence.shape == (5, 0) and arrays.tokens.shape == (5, 0)
+    assert (arrays.commit_step == -1).all() and arrays.commit_top_ids.shape == (5, 3)
+
+
+def test_fewer_alternatives_are_padded():
+    (record,) = synthetic_records(4, 1)
+    narrow = type(record)(**{**record.__dict__, "top_ids": record.top_ids[:, :1], "top_probs": record.top_probs[:, :1]})
+    arrays = RunArrays.from_records({"gen_length": 4, "mask_id": MASK_ID}, [narrow])
+    assert (arrays.commit_top_ids[:, 1:] == -1).all() and np.isnan(arrays.commit_top_probs[:, 1:]).all()
+    np.testing.assert_array_equal(arrays.commit_top_ids[:, 0], record.top_ids[:, 0])
