@@ -102,6 +102,24 @@ def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job
 
     view_outputs = [status, tokens, heat, order, bars]
 
+    def stored_view(run_id: int, metric_v: str, status_html: str | None = None) -> tuple:
+        """A run as the store holds it (after it ended), with the slider on its last step."""
+        cache.forget(run_id)
+        arrays = cache.get(run_id)
+        last_step = max(len(arrays.steps) - 1, 0)
+        text = f"{arrays.run['prompt']} {arrays.run['final_text'] or ''}"
+        shown = render_view(services, arrays, None, metric_v, text)
+        return ((status_html or shown[0]), *shown[1:],
+                gr.Slider(0, max(last_step, 1), value=last_step, step=1, interactive=True), run_id, None)
+
+    def live_view(run: dict, records: list, config, began: float, metric_v: str, job_id: int) -> tuple:
+        arrays = RunArrays.from_records(run, records)
+        _, tok, h, o, b = render_view(services, arrays, None, metric_v, None)
+        done = int((arrays.commit_step >= 0).sum())
+        line = (f"Decoding… step {records[-1].step + 1} · {done}/{config.gen_length} tokens · "
+                f"{time.monotonic() - began:.1f} s")
+        return (_status("busy", line), tok, h, o, b, gr.skip(), run["id"], job_id)
+
     def run(prompt_v, model_v, gen_v, steps_v, block_v, strategy_v, thr_v, temp_v, seed_v, metric_v, pace_v=0):
         try:
             config = build_request(services, prompt_v, model_v, gen_v, steps_v, block_v, strategy_v,
@@ -110,50 +128,33 @@ def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job
                                           pace_ms=min(max(int(pace_v or 0), 0), services.limits.max_pace_ms))
         except (RequestError, RuntimeError) as exc:
             raise gr.Error(str(exc)) from None
-        spec = services.models[model_v]
+        job_id = handle.job.job_id
         run = {"id": None, "model": model_v, "status": "running", "gen_length": config.gen_length,
-               "mask_id": spec.mask_id, "prompt": prompt_v.strip()}
+               "mask_id": services.models[model_v].mask_id, "prompt": prompt_v.strip()}
         records, last, began = [], 0.0, time.monotonic()
         # The slider belongs to the finished run: locked at 0 while this one streams.
-        yield (_status("busy", "Queued…"), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
-               gr.Slider(0, 1, value=0, step=1, interactive=False), None, handle.job.job_id)
+        yield (_status("busy", "Queued…"), *(gr.skip(),) * 4,
+               gr.Slider(0, 1, value=0, step=1, interactive=False), None, job_id)
         for kind, payload in handle.iter_events():
-            if kind == "queued":
-                if payload:
-                    yield (_status("busy", f"Waiting for the worker: {payload} job(s) ahead"),) + \
-                        (gr.skip(),) * 5 + (None, handle.job.job_id)
+            if kind == "queued" and payload:
+                yield (_status("busy", f"Waiting for the worker: {payload} job(s) ahead"),
+                       *(gr.skip(),) * 5, None, job_id)
             elif kind == "started":
                 run["id"] = payload
             elif kind == "step":
                 records.append(payload)
                 if time.monotonic() - last >= LIVE_REFRESH_S:
                     last = time.monotonic()
-                    arrays = RunArrays.from_records(run, records)
-                    _, tok, h, o, b = render_view(services, arrays, None, metric_v, None)
-                    done = int((arrays.commit_step >= 0).sum())
-                    line = (f"Decoding… step {payload.step + 1} · {done}/{config.gen_length} tokens · "
-                            f"{time.monotonic() - began:.1f} s")
-                    yield (_status("busy", line), tok, h, o, b, gr.skip(), run["id"], handle.job.job_id)
+                    yield live_view(run, records, config, began, metric_v, job_id)
             elif kind == "done":
-                cache.forget(payload.run_id)
-                arrays = cache.get(payload.run_id)
-                last_step = max(len(arrays.steps) - 1, 0)
-                text = f"{arrays.run['prompt']} {arrays.run['final_text'] or ''}"
-                yield (*render_view(services, arrays, None, metric_v, text),
-                       gr.Slider(0, max(last_step, 1), value=last_step, step=1, interactive=True),
-                       payload.run_id, None)
-            else:  # error or failed: show what was stored, so the partial run can be scrubbed
+                yield stored_view(payload.run_id, metric_v)
+            elif kind in ("error", "failed"):  # show what was stored, so a partial run can be scrubbed
                 message = f"The run ended with an error: {payload}"
                 gr.Warning(message)
                 if run["id"] is None:
-                    yield (_status("error", message),) + (gr.skip(),) * 4 + (gr.Slider(interactive=True), None, None)
-                    continue
-                cache.forget(run["id"])
-                arrays = cache.get(run["id"])
-                last_step = max(len(arrays.steps) - 1, 0)
-                _, tok, h, o, b = render_view(services, arrays, None, metric_v, None)
-                yield (_status("error", message), tok, h, o, b,
-                       gr.Slider(0, max(last_step, 1), value=last_step, step=1, interactive=True), run["id"], None)
+                    yield (_status("error", message), *(gr.skip(),) * 4, gr.Slider(interactive=True), None, None)
+                else:
+                    yield stored_view(run["id"], metric_v, _status("error", message))
 
     def stop(job_id):
         if job_id is not None and services.pool is not None:

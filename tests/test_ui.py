@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -241,3 +243,20 @@ def test_list_runs_filters(client, services, two_runs):
 
     _table, message = client.predict("any", "any", "any", "2026-13-45", "", api_name="/list_runs")
     assert "must be a date like" in message
+
+
+def test_worker_death_shows_an_error_and_the_next_run_completes(server, services):
+    client = Client(server[1], verbose=False)
+    job = client.submit(*decode_args(gen_length=64, steps=64, pace_ms=100), api_name="/decode")
+    for outputs in job:
+        if "Decoding…" in outputs[0]:
+            break
+    else:
+        pytest.fail("the run ended before it was seen decoding")
+    os.kill(services.pool.worker_pids()[0], signal.SIGKILL)
+    final = job.result(timeout=30)
+    assert "worker died" in final[0] and "status-error" in final[0]
+    failed = services.store.list_runs(limit=1)[0]
+    assert failed["status"] == "failed" and "worker died" in failed["error"]
+    assert failed["n_steps"] == n_step_rows(services, failed["id"])
+    run_id_of(client.predict(*decode_args(), api_name="/decode")[0])  # a fresh worker: completed
