@@ -1,15 +1,22 @@
 """Start the Diffusion-LM Trajectory Explorer: `python app.py [--host H] [--port P] [--db URL]`.
 
 Starts the model worker process (embedded model preloaded) and the Gradio UI. Honours
-GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; flags win over them.
+GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; flags win over them. `--replay-only` (or
+EXPLORER_REPLAY_ONLY=1) serves the stored runs with no worker and no model loaded.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 STATIC = Path(__file__).resolve().parent / "static"
+REPLAY_ONLY_ENV = "EXPLORER_REPLAY_ONLY"
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-gen-length", type=int, default=256)
     parser.add_argument("--max-steps", type=int, default=256)
     parser.add_argument("--max-pending", type=int, default=32, help="jobs allowed to wait in line")
+    parser.add_argument("--models-config", default=None,
+                        help="operator configuration of the models offered (JSON/TOML; also $EXPLORER_MODELS_CONFIG); "
+                             "without it only the embedded model is offered")
+    parser.add_argument("--replay-only", action="store_true", default=env_flag(REPLAY_ONLY_ENV),
+                        help=f"serve stored runs only: no model, no worker process (also ${REPLAY_ONLY_ENV}=1)")
     return parser.parse_args(argv)
 
 
@@ -31,15 +43,35 @@ def launch_kwargs() -> dict:
     return {"css": (STATIC / "tokens.css").read_text(), "js": (STATIC / "app.js").read_text()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def create_services(args: argparse.Namespace):
+    from explorer.model_config import use_models_config
     from explorer.services import Limits, Services
     from explorer.store import resolve_url
-    from explorer.ui import build_app
 
     limits = Limits(max_gen_length=args.max_gen_length, max_steps=args.max_steps, max_pending_jobs=args.max_pending)
-    services = Services.create(resolve_url(args.db, args.data_dir), n_workers=args.workers,
-                               threads=args.threads, limits=limits)
+    # Validated now; exported to the environment so the spawned workers offer the same models.
+    registry = use_models_config(args.models_config)
+    return Services.create(resolve_url(args.db, args.data_dir), model_names=tuple(registry.names()),
+                           n_workers=args.workers, threads=args.threads, limits=limits,
+                           replay_only=args.replay_only)
+
+
+def stop_on_sigterm() -> None:
+    """`docker stop` and a Space restart send SIGTERM. Python as a container's PID 1 would ignore
+    it (no default action for PID 1): treat it as Ctrl-C, so Gradio closes the server and the
+    worker pool is shut down in `main`'s finally."""
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from explorer.ui import build_app
+
+    stop_on_sigterm()
+    services = create_services(args)
     try:
         app = build_app(services)
         app.queue(default_concurrency_limit=None)

@@ -7,7 +7,9 @@
         print(step.step, step.committed, step.tokens)
 
 Pass `store=TrajectoryStore(url)` to record the run (its id is `out.run_id`), `model=` a
-model name or an already loaded Denoiser, and any `DecodeConfig` field as a keyword.
+model name or an already loaded Denoiser, `registry=` the operator's `ModelRegistry` to look a
+name up in (default: the active one, see explorer/model_config.py), and any `DecodeConfig`
+field as a keyword.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from explorer.adapters import Denoiser, load_denoiser
 from explorer.callbacks import Callback, CollectSteps
 from explorer.config import DecodeConfig
 from explorer.engine import run_decode
+from explorer.model_config import ModelRegistry
 from explorer.records import DecodeResult, StepRecord
 from explorer.store import StoreWriter, TrajectoryStore
 from explorer.strategies import STRATEGIES
@@ -54,8 +57,8 @@ def prepare(prompt: str, denoiser: Denoiser, config: DecodeConfig) -> list[int]:
 
 def decode(prompt: str, model: str | Denoiser = "embedded", config: DecodeConfig | None = None,
            store: TrajectoryStore | None = None, callbacks: Sequence[Callback] = (),
-           **settings) -> Decoded:
-    denoiser = load_denoiser(model) if isinstance(model, str) else model
+           registry: ModelRegistry | None = None, **settings) -> Decoded:
+    denoiser = load_denoiser(model, registry=registry) if isinstance(model, str) else model
     config = replace(config or DecodeConfig(), **settings)
     prompt_ids = prepare(prompt, denoiser, config)
     collector = CollectSteps()

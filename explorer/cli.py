@@ -10,7 +10,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from explorer.adapters import MODELS, load_denoiser
+from explorer.adapters import load_denoiser
+from explorer.model_config import ENV_VAR, resolve_registry
 from models.checker import check
 from explorer.api import decode, prepare
 from explorer.callbacks import ProgressBar
@@ -39,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("decode", help="decode a prompt step by step")
     d.add_argument("--prompt", required=True)
-    d.add_argument("--model", default="embedded", help=f"one of: {', '.join(sorted(MODELS))}")
+    d.add_argument("--model", default="embedded",
+                   help="'embedded' or a model listed in the operator's model configuration")
+    d.add_argument("--models-config", default=None, metavar="FILE",
+                   help=f"the operator's model configuration, JSON or TOML (default: ${ENV_VAR})")
     d.add_argument("--gen-length", type=int, default=64)
     d.add_argument("--steps", type=int, default=None, help="default: gen-length (one token per step)")
     d.add_argument("--block-length", type=int, default=None, help="default: gen-length (one block)")
@@ -69,7 +73,7 @@ def _decode(args: argparse.Namespace) -> None:
     config = DecodeConfig(gen_length=args.gen_length, steps=args.gen_length if args.steps is None else args.steps,
                           block_length=args.block_length, strategy=args.strategy,
                           threshold=args.threshold, temperature=args.temperature, seed=args.seed)
-    denoiser = load_denoiser(args.model)
+    denoiser = load_denoiser(args.model, registry=resolve_registry(args.models_config))
     prepare(args.prompt, denoiser, config)  # all input checks before the database is touched
     store = None if args.no_store else TrajectoryStore(args.db, args.data_dir)
     callbacks = [ProgressBar()] if sys.stderr.isatty() and not args.json else []

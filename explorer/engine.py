@@ -44,17 +44,25 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
 
 @torch.no_grad()
 def iter_steps(denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConfig) -> Iterator[StepRecord]:
-    """Yield one StepRecord per step until every generated position is committed."""
+    """Yield one StepRecord per step until every generated position is committed.
+
+    On a GPU the step runs on the device without waiting for it: the only host synchronisation
+    of a step is the copy of its results to the host (`_to_host`, once per step). Which
+    positions are still masked is mirrored on the host from those results, so the loop
+    condition and the schedule never read a device tensor.
+    """
     strategy = STRATEGIES[config.strategy]
-    state = DecodeState(prompt_ids, config.gen_length, denoiser.mask_id, denoiser.device)
-    generator = make_generator(config.seed, denoiser.device)
+    device = denoiser.device
+    state = DecodeState(prompt_ids, config.gen_length, denoiser.mask_id, device)
+    generator = make_generator(config.seed, device)
     P, step = state.prompt_length, 0
+    masked_host = state.masked().cpu().numpy().copy()  # (G,) bool, kept in step with the device
     for block, (start, end) in enumerate(block_bounds(config.gen_length, config.block_size)):
-        in_block = torch.zeros(config.gen_length, dtype=torch.bool, device=denoiser.device)
+        in_block = torch.zeros(config.gen_length, dtype=torch.bool, device=device)
         in_block[start:end] = True
-        schedule = tokens_per_step(int(state.masked()[start:end].sum()), config.steps_per_block)
+        schedule = tokens_per_step(int(masked_host[start:end].sum()), config.steps_per_block)
         j = 0
-        while bool((state.masked() & in_block).any()):
+        while masked_host[start:end].any():
             began = time.perf_counter()
             logits = denoiser.logits(state.x)[0, P:].clone()  # (G, V)
             logits[:, denoiser.mask_id] = float("-inf")  # the mask is never a proposal
@@ -69,27 +77,54 @@ def iter_steps(denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConf
                 step_in_block=j, steps_per_block=config.steps_per_block,
                 threshold=config.threshold, origin_eps=config.origin_eps, generator=generator))
             commit = selection.commit & masked & in_block
-            state.generated[commit] = metrics.proposal[commit]
-            yield _record(step, block, commit, metrics, int(masked.sum()), time.perf_counter() - began)
+            # torch.where, not boolean indexing: indexing by a mask needs its size on the host.
+            state.generated.copy_(torch.where(commit, metrics.proposal, state.generated))
+            host = _to_host(commit, metrics)
+            masked_before = int(masked_host.sum())
+            masked_host &= ~host.commit
+            yield _record(step, block, host, masked_before, time.perf_counter() - began)
             step, j = step + 1, j + 1
 
 
-def _record(step: int, block: int, commit: torch.Tensor, metrics, masked_before: int, seconds: float) -> StepRecord:
-    positions = commit.nonzero().squeeze(-1)
-    # One host transfer per array, once per step.
-    host = {name: t.cpu().numpy() for name, t in {
-        "positions": positions, "tokens": metrics.proposal[positions],
-        "probs": metrics.proposal_prob[positions], "top_ids": metrics.top_ids[positions],
-        "top_probs": metrics.top_probs[positions], "argmax": metrics.argmax,
-        "confidence": metrics.confidence, "entropy": metrics.entropy, "margin": metrics.margin,
-    }.items()}
+class _HostStep:
+    """One step's per-position results on the host: two device-to-host copies in all."""
+
+    __slots__ = ("commit", "entropy", "margin", "proposal", "proposal_prob", "top_ids", "top_probs")
+
+    def __init__(self, ints: np.ndarray, floats: np.ndarray, k: int) -> None:
+        self.top_ids = ints[:k].T  # (G, K)
+        self.proposal = ints[k]
+        self.commit = ints[k + 1].astype(bool)
+        floats = floats.astype(np.float32)
+        self.top_probs = floats[:k].T  # (G, K)
+        self.proposal_prob, self.entropy, self.margin = floats[k], floats[k + 1], floats[k + 2]
+
+
+def _to_host(commit: torch.Tensor, metrics) -> _HostStep:
+    """Stack the step's per-position arrays on the device and copy them to the host at once.
+
+    Floats travel as float16: (K + 3, G) = top-K probabilities, p(x̂), entropy, margin. That is
+    the precision the store keeps (DESIGN section 4) and halves the transfer; the strategies
+    already ranked on the device in full precision, so no decision depends on the rounding.
+    float16 keeps 11 significant bits: every value to within 2^-11 (0.05%) relative error.
+    Ints (token ids, the commit mask) travel as one (K + 2, G) int64 array.
+    """
+    k = metrics.top_ids.shape[-1]
+    floats = torch.cat([metrics.top_probs.T, metrics.proposal_prob[None], metrics.entropy[None],
+                        metrics.margin[None]]).to(torch.float16)
+    ints = torch.cat([metrics.top_ids.T, metrics.proposal[None], commit[None].to(metrics.top_ids.dtype)])
+    floats_host = floats.cpu()  # the step's one synchronisation with the device
+    return _HostStep(ints.cpu().numpy(), floats_host.numpy(), k)
+
+
+def _record(step: int, block: int, host: _HostStep, masked_before: int, seconds: float) -> StepRecord:
+    positions = np.flatnonzero(host.commit)
     return StepRecord(
-        step=step, block=block, committed=host["positions"].astype(np.int64),
-        tokens=host["tokens"].astype(np.int64), probs=host["probs"].astype(np.float32),
-        top_ids=host["top_ids"].astype(np.int64), top_probs=host["top_probs"].astype(np.float32),
-        argmax=host["argmax"].astype(np.int32), confidence=host["confidence"].astype(np.float32),
-        entropy=host["entropy"].astype(np.float32), margin=host["margin"].astype(np.float32),
-        masked_before=masked_before, seconds=seconds)
+        step=step, block=block, committed=positions.astype(np.int64),
+        tokens=host.proposal[positions].astype(np.int64), probs=host.proposal_prob[positions],
+        top_ids=host.top_ids[positions].astype(np.int64), top_probs=host.top_probs[positions],
+        argmax=host.top_ids[:, 0].astype(np.int32), confidence=np.ascontiguousarray(host.top_probs[:, 0]),
+        entropy=host.entropy, margin=host.margin, masked_before=masked_before, seconds=seconds)
 
 
 def run_decode(denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConfig,

@@ -28,17 +28,28 @@ class Limits:
 class Services:
     store: TrajectoryStore
     pool: WorkerPool | None  # None: replay-only (serves stored runs, runs nothing)
-    models: dict[str, ModelSpec]
+    models: dict[str, ModelSpec]  # empty in replay-only mode
     limits: Limits = field(default_factory=Limits)
     presets: tuple[Preset, ...] = PRESETS
 
+    @property
+    def replay_only(self) -> bool:
+        return self.pool is None
+
     @classmethod
     def create(cls, db_url: str, model_names: tuple[str, ...] = ("embedded",), n_workers: int = 1,
-               threads: int | None = None, limits: Limits | None = None) -> "Services":
+               threads: int | None = None, limits: Limits | None = None, replay_only: bool = False) -> "Services":
+        """The store, and unless `replay_only` the worker pool (its workers start loading the
+        models now) and the models' specs. Replay-only: no worker, no model, no weights read;
+        the app serves the stored runs (token texts come from the runs' stored events)."""
         limits = limits or Limits()
         store = TrajectoryStore(db_url)
-        pool = WorkerPool(store.url, n_workers=n_workers, threads=threads,
-                          max_pending=limits.max_pending_jobs, preload=model_names)
+        if replay_only:
+            return cls(store, None, {}, limits)
+        # Only the embedded model is loaded ahead (milliseconds, and the first Run must be quick);
+        # the large families load lazily on their first job, as an operator would expect.
+        pool = WorkerPool(store.url, n_workers=n_workers, threads=threads, max_pending=limits.max_pending_jobs,
+                          preload=tuple(name for name in model_names if name == "embedded"))
         return cls(store, pool, {name: describe_model(name) for name in model_names}, limits)
 
     def close(self) -> None:

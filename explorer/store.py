@@ -1,9 +1,14 @@
-"""The trajectory store: SQLAlchemy 2.0 ORM over SQLite (or any SQLAlchemy URL).
+"""The trajectory store: SQLAlchemy 2.0 ORM over SQLite or PostgreSQL (or any SQLAlchemy URL).
 
 Tables: `runs` (one per decode), `steps` (per-position arrays as compact typed blobs) and
 `events` (one row per commit, for SQL across runs). `StoreWriter` is the engine callback
 that writes a run: its row first (status `running`), steps in batched transactions, then the
 final status. `TrajectoryStore.read_arrays` reads a run back as (position x step) arrays.
+
+The same code runs on every backend (the tests run it on SQLite and on PostgreSQL through
+psycopg, `postgresql+psycopg://user@host/db`): times are stored as naive UTC (`UTCDateTime`,
+independent of the server's or session's time zone) and read back naive UTC; the seed is a
+64-bit column (DecodeConfig allows 0..2^63-1); SQLite gets its pragmas (WAL, foreign keys).
 """
 from __future__ import annotations
 
@@ -14,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import (JSON, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
-                        create_engine, delete, event, func, insert, select)
+from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String,
+                        Text, TypeDecorator, create_engine, delete, event, func, insert, select)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
@@ -33,8 +38,31 @@ class StoreError(RuntimeError):
     """The database cannot be opened or written; the message says which and why."""
 
 
+class UTCDateTime(TypeDecorator):
+    """A point in time stored as naive UTC (`TIMESTAMP WITHOUT TIME ZONE`, SQLite text).
+
+    An aware datetime is converted to UTC before binding, a naive one is taken as UTC already;
+    values come back naive UTC on every backend. Without this, psycopg sends an aware datetime
+    as `timestamptz`, which PostgreSQL casts to the *session's* local time, and SQLite keeps the
+    wall-clock time and drops the offset.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is not None:  # a driver that returns aware values
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+
 class Base(DeclarativeBase):
-    pass
+    type_annotation_map = {datetime: UTCDateTime}
 
 
 class Run(Base):
@@ -49,7 +77,7 @@ class Run(Base):
     prompt: Mapped[str] = mapped_column(Text)
     prompt_ids: Mapped[list] = mapped_column(JSON)
     config: Mapped[dict] = mapped_column(JSON)
-    seed: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)  # 0..2^63-1
     gen_length: Mapped[int] = mapped_column(Integer)
     mask_id: Mapped[int] = mapped_column(Integer)
     device: Mapped[str] = mapped_column(String(64), default="cpu")
@@ -227,7 +255,7 @@ class TrajectoryStore:
                 start = datetime.fromisoformat(since)
             except ValueError:
                 raise ValueError(f"'since' must be a date like 2026-11-27, got {since!r}") from None
-            query = query.where(Run.created_at >= start.replace(tzinfo=None))
+            query = query.where(Run.created_at >= start)  # naive: UTC; aware: converted to UTC
         if text:
             pattern = f"%{text}%"
             query = query.where(Run.prompt.ilike(pattern) | Run.final_text.ilike(pattern))
@@ -272,7 +300,7 @@ class TrajectoryStore:
                              .order_by(Step.step)).all()
             commits = s.execute(select(Event.step, Event.position, Event.token_id, Event.prob, Event.top_ids,
                                        Event.top_probs)
-                                .where(Event.run_id == run_id, Event.kind == "commit")).all()
+                                .where(Event.run_id == run_id, Event.kind == "commit").order_by(Event.id)).all()
             info = _run_dict(run)
         G, S = info["gen_length"], len(rows)
 

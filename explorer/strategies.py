@@ -37,13 +37,16 @@ Strategy = Callable[[StepInput], Selection]
 def top_k_commit(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
     """The k highest-scoring candidates. Scores are -inf outside the candidates and the top-k
     runs over the whole vector, as LLaDA does, so ties resolve the same way."""
-    ranked = torch.where(candidates, scores.double(), torch.tensor(float("-inf"), dtype=torch.float64,
-                                                                     device=scores.device))
+    # masked_fill takes -inf as a kernel argument: a torch.tensor(-inf) made here would be a
+    # blocking host-to-device copy on every step of a GPU run.
+    ranked = scores.double().masked_fill(~candidates, float("-inf"))
     commit = torch.zeros_like(candidates)
-    k = min(k, int(candidates.sum()))
+    # No int(candidates.sum()) here (a host synchronisation on a GPU): when k exceeds the
+    # number of candidates the top-k also picks -inf positions, which `& candidates` drops.
+    k = min(k, candidates.numel())
     if k > 0:
         commit[torch.topk(ranked, k).indices] = True
-    return commit
+    return commit & candidates
 
 
 def _scored(score: Callable[[StepInput], torch.Tensor]) -> Strategy:

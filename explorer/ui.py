@@ -16,7 +16,7 @@ from explorer.services import Services
 from explorer.strategies import STRATEGIES
 from explorer.tokens_view import render_tokens
 from explorer.trajectory import RunArrays
-from explorer.ui_logic import ArraysCache, RequestError, build_request, summarise, token_text_for
+from explorer.ui_logic import ArraysCache, RequestError, build_request, device_label, summarise, token_text_for
 from explorer.ui_runs import runs_tab
 from explorer.ui_compare import compare_tab
 
@@ -27,6 +27,12 @@ HEADER = """# Diffusion-LM Trajectory Explorer
 Watch a masked diffusion language model fill in a text step by step. Pick a preset or type a prompt,
 choose how many tokens to commit per step (generation length / steps) and an unmasking strategy, then **Run**.
 Every step is stored: scrub it with the slider, reopen it in **Runs**, put two runs side by side in **Compare**."""
+
+REPLAY_ONLY_NOTE = """**Replay-only server: no model is loaded here, so Run is disabled.** This server shows stored runs.
+Open one from the **Runs** tab (click a row, then *Open in Decode*) and scrub it with the step slider,
+or put two side by side in **Compare**. To bring runs recorded elsewhere: on a server that runs models,
+select a run in **Runs** and press *Export bundle*; here, drop that `.json` file on *Import a bundle* in **Runs**."""
+REPLAY_ONLY_STATUS = "Replay-only: no model on this server. Open or import a stored run in the Runs tab."
 
 
 def _status(kind: str, text: str) -> str:
@@ -49,11 +55,14 @@ def build_app(services: Services) -> gr.Blocks:
     return app
 
 
-def render_view(services: Services, arrays: RunArrays, step: int | None, metric: str, text: str | None):
-    """The Decode tab's outputs for one state of a run: summary, tokens and figures."""
+def render_view(services: Services, arrays: RunArrays, step: int | None, metric: str, text: str | None,
+                device: str | None = None):
+    """The Decode tab's outputs for one state of a run: summary, tokens and figures.
+    `device`: the worker's device line, appended to the summary of a run it just decoded."""
     token_text = token_text_for(services, arrays)
     summary = summarise(arrays, text, arrays.run["model"])
-    return (_status("ok" if summary.status in ("completed", "running") else "warn", summary.line()),
+    line = summary.line() + (f" · {device}" if device else "")
+    return (_status("ok" if summary.status in ("completed", "running") else "warn", line),
             render_tokens(arrays, token_text, step, arrays.run.get("prompt", "")),
             plots.metric_heatmap(arrays, metric, step=step),
             plots.commit_order_map(arrays, step=step),
@@ -62,10 +71,13 @@ def render_view(services: Services, arrays: RunArrays, step: int | None, metric:
 
 def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job_state: gr.State) -> dict:
     models = list(services.models)
+    replay_only = services.pool is None
+    if replay_only:
+        gr.Markdown(REPLAY_ONLY_NOTE, elem_id="replay-only-note")
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
             preset = gr.Dropdown([p.name for p in services.presets], label="Teaching presets",
-                                 value=None, info="one click fills the settings below")
+                                 value=None, info="one click fills the settings below", visible=not replay_only)
             preset_note = gr.Markdown(elem_classes=["preset-note"])
             prompt = gr.Textbox("once upon a time", label="Prompt", lines=2, elem_id="prompt",
                                 info="the embedded model knows the ~120 words of its story grammar")
@@ -73,8 +85,11 @@ def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job
             with gr.Row():
                 run_btn = gr.Button("Run", variant="primary", elem_id="run-btn", scale=2, min_width=100,
                                     interactive=services.pool is not None)
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", min_width=80)
-            model = gr.Dropdown(models, value=models[0] if models else None, label="Model")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn", min_width=80,
+                                     interactive=not replay_only)
+            # Replay-only offers no model; any name then reaches the handler, which says why it refuses.
+            model = gr.Dropdown(models, value=models[0] if models else None, label="Model",
+                                allow_custom_value=replay_only)
             with gr.Row():
                 # No min/max on the fields: the server's own check names the field and its range.
                 gen_length = gr.Number(32, label="Generation length", precision=0, elem_id="gen-length",
@@ -90,7 +105,8 @@ def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job
             pace = gr.Slider(0, 500, value=0, step=10, label="Slow motion: pause per step (ms)",
                              info="for watching a fast model; does not change the result", elem_id="pace")
         with gr.Column(scale=3):
-            status = gr.HTML(_status("idle", "Ready. Press Run."), elem_id="status")
+            status = gr.HTML(_status("warn", REPLAY_ONLY_STATUS) if replay_only else _status("idle", "Ready. Press Run."),
+                             elem_id="status")
             tokens = gr.HTML(elem_id="tokens")
             slider = gr.Slider(0, 1, value=0, step=1, label="Step (the state after this step)",
                                elem_id="step-slider", interactive=True)
@@ -102,25 +118,29 @@ def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job
 
     view_outputs = [status, tokens, heat, order, bars]
 
-    def stored_view(run_id: int, metric_v: str, status_html: str | None = None) -> tuple:
+    def stored_view(run_id: int, metric_v: str, status_html: str | None = None, device: str | None = None) -> tuple:
         """A run as the store holds it (after it ended), with the slider on its last step."""
         cache.forget(run_id)
         arrays = cache.get(run_id)
         last_step = max(len(arrays.steps) - 1, 0)
         text = f"{arrays.run['prompt']} {arrays.run['final_text'] or ''}"
-        shown = render_view(services, arrays, None, metric_v, text)
+        shown = render_view(services, arrays, None, metric_v, text, device=device)
         return ((status_html or shown[0]), *shown[1:],
                 gr.Slider(0, max(last_step, 1), value=last_step, step=1, interactive=True), run_id, None)
 
-    def live_view(run: dict, records: list, config, began: float, metric_v: str, job_id: int) -> tuple:
+    def live_view(run: dict, records: list, config, began: float, metric_v: str, job_id: int,
+                  device: str | None = None) -> tuple:
         arrays = RunArrays.from_records(run, records)
         _, tok, h, o, b = render_view(services, arrays, None, metric_v, None)
         done = int((arrays.commit_step >= 0).sum())
         line = (f"Decoding… step {records[-1].step + 1} · {done}/{config.gen_length} tokens · "
-                f"{time.monotonic() - began:.1f} s")
+                f"{time.monotonic() - began:.1f} s" + (f" · {device}" if device else ""))
         return (_status("busy", line), tok, h, o, b, gr.skip(), run["id"], job_id)
 
     def run(prompt_v, model_v, gen_v, steps_v, block_v, strategy_v, thr_v, temp_v, seed_v, metric_v, pace_v=0):
+        if services.pool is None:
+            raise gr.Error("this server is replay-only: it runs no model, so Run is disabled. Open a stored run "
+                           "in the Runs tab, or import a run bundle (.json) there.")
         try:
             config = build_request(services, prompt_v, model_v, gen_v, steps_v, block_v, strategy_v,
                                    thr_v, temp_v, seed_v)
@@ -141,13 +161,16 @@ def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job
                        *(gr.skip(),) * 5, None, job_id)
             elif kind == "started":
                 run["id"] = payload
+                # Not yet "Decoding…" (that line carries the first step); says where the run runs.
+                yield (_status("busy", "Starting…" + (f" · {device_label(handle.device)}" if handle.device else "")),
+                       *(gr.skip(),) * 5, payload, job_id)
             elif kind == "step":
                 records.append(payload)
                 if time.monotonic() - last >= LIVE_REFRESH_S:
                     last = time.monotonic()
-                    yield live_view(run, records, config, began, metric_v, job_id)
+                    yield live_view(run, records, config, began, metric_v, job_id, device_label(handle.device))
             elif kind == "done":
-                yield stored_view(payload.run_id, metric_v)
+                yield stored_view(payload.run_id, metric_v, device=device_label(handle.device))
             elif kind in ("error", "failed"):  # show what was stored, so a partial run can be scrubbed
                 message = f"The run ended with an error: {payload}"
                 gr.Warning(message)
@@ -174,7 +197,7 @@ def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job
             return (gr.skip(),) * 11
         s = chosen.settings
         return (f"**{html.escape(chosen.name)}.** {html.escape(chosen.explanation)}", s.get("prompt"),
-                s.get("model", models[0]), s.get("gen_length"), s.get("steps"), s.get("block_length") or 0,
+                s.get("model", models[0] if models else None), s.get("gen_length"), s.get("steps"), s.get("block_length") or 0,
                 s.get("strategy"), s.get("threshold", 0.9), s.get("temperature", 0.0), s.get("seed", 0),
                 s.get("pace_ms", 0))
 

@@ -79,6 +79,17 @@ class ArraysCache:
             self._items.pop(run_id, None)
 
 
+def device_label(info: dict | None) -> str | None:
+    """The worker's device report (explorer.worker.device_info) for the status line:
+    'device: cpu' or 'device: cuda:0 · 3.2 GiB in use' (memory held by tensors)."""
+    if not info or not info.get("device"):
+        return None
+    text = f"device: {info['device']}"
+    if info.get("allocated") is not None:
+        text += f" · {info['allocated'] / 2**30:.1f} GiB in use"
+    return text
+
+
 def token_text_for(services: Services, arrays: RunArrays):
     """Token ids -> text: the model's own vocabulary when offered here, else what the run stored."""
     spec = services.models.get(arrays.run["model"])

@@ -4,10 +4,18 @@ The UI process never loads a model. It submits jobs to a `WorkerPool`, which han
 to an idle worker process over a pipe and routes the worker's events (started, step, done,
 error) to the job's queue. A worker that dies (killed, out of memory, segfault) is noticed
 within a fraction of a second: its run is marked `failed` in the store (the steps it wrote
-stay), the job's client gets a clear error, and the next job starts a fresh worker.
+stay), the job's client gets a clear error, and the next job starts a fresh worker. A run
+that runs out of memory (CUDA or CPU) fails with a message saying so, and the worker frees
+its cached device memory and takes the next job.
+
+The worker reports the device it decodes on (and, on CUDA, the memory in use) when it is
+ready and while a job runs; the pool keeps the latest report on the job's handle
+(`JobHandle.device`) and on the pool (`WorkerPool.device_info`) without adding events to the
+job's stream.
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import multiprocessing as mp
@@ -21,8 +29,10 @@ from multiprocessing.connection import Connection, wait
 from explorer.callbacks import Callback, RunStart
 from explorer.config import DecodeConfig
 from explorer.records import StepRecord
+from explorer.zerogpu import gpu
 
 TERMINAL = ("done", "error", "failed")
+DEVICE_REPORT_S = 1.0  # while a job runs, the device's memory in use is reported at most this often
 log = logging.getLogger(__name__)
 
 
@@ -37,16 +47,70 @@ class Job:
 
 # ---- inside the worker process -----------------------------------------------------------
 class _Stream(Callback):
-    """Sends the run id and every step record to the UI process as they happen."""
+    """Sends the device, the run id and every step record to the UI process as they happen."""
 
-    def __init__(self, conn: Connection, job_id: int, writer) -> None:
-        self.conn, self.job_id, self.writer = conn, job_id, writer
+    def __init__(self, conn: Connection, job_id: int, writer, device=None) -> None:
+        self.conn, self.job_id, self.writer, self.device = conn, job_id, writer, device
+        self._reported = 0.0
+
+    def report_device(self) -> None:
+        self.conn.send(("device", self.job_id, device_info(self.device)))
+        self._reported = time.monotonic()
 
     def on_start(self, start: RunStart) -> None:
+        self.report_device()
         self.conn.send(("started", self.job_id, self.writer.run_id))
 
     def on_step(self, record: StepRecord) -> None:
         self.conn.send(("step", self.job_id, record))
+        if time.monotonic() - self._reported >= DEVICE_REPORT_S:
+            self.report_device()
+
+
+def device_info(device=None) -> dict:
+    """Where the worker decodes: {"device": "cpu"} or, on CUDA, the GPU's name and the memory
+    in use (bytes held by tensors, by the caching allocator, and the card's total). Host-side
+    queries only: nothing here waits for the GPU."""
+    import torch
+
+    device = torch.device(device if device is not None else "cpu")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return {"device": str(device)}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return {"device": f"cuda:{index}", "name": torch.cuda.get_device_name(index),
+            "allocated": int(torch.cuda.memory_allocated(index)),
+            "reserved": int(torch.cuda.memory_reserved(index)),
+            "total": int(torch.cuda.get_device_properties(index).total_memory)}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, a MemoryError, or a RuntimeError saying it ran out of memory
+    (older torch, other backends, and the CPU allocator's "can't allocate memory")."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def out_of_memory_message(exc: BaseException, device) -> str:
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    if len(first_line) > 200:
+        first_line = first_line[:199] + "…"
+    return (f"out of memory on {device}: the run was stopped (the steps before it are kept) and the worker "
+            f"freed its memory for the next run. Try a shorter generation length or a smaller model. "
+            f"[{type(exc).__name__}: {first_line}]")
+
+
+def free_device_memory() -> None:
+    """After an out-of-memory error: drop the failed step's tensors and return CUDA's cached blocks."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class _Pace(Callback):
@@ -79,33 +143,56 @@ def worker_main(jobs: Connection, events: Connection, db_url: str, threads: int 
     import torch
 
     from explorer.adapters import load_denoiser
-    from explorer.api import prepare
-    from explorer.engine import run_decode
-    from explorer.store import StoreWriter, TrajectoryStore
+    from explorer.store import TrajectoryStore
 
     if threads:
         torch.set_num_threads(threads)
     store = TrajectoryStore(db_url)
     models = {name: load_denoiser(name) for name in preload}
-    events.send(("ready", None, None))
+    first = next(iter(models.values()), None)
+    events.send(("ready", None, device_info(first.device if first is not None else None)))
     while True:
         job = jobs.recv()
         if job is None:
             return
         if not isinstance(job, Job):
             continue  # a cancel for a job that already ended
+        message, oom, device = None, False, "the model's device"
         try:
             denoiser = models.get(job.model) or models.setdefault(job.model, load_denoiser(job.model))
-            config = DecodeConfig(**job.config)
-            prompt_ids = prepare(job.prompt, denoiser, config)
-            writer = StoreWriter(store, denoiser.token_text)
-            callbacks = [writer, _Stream(events, job.job_id, writer), _CancelCheck(jobs, job.job_id)]
-            if job.pace_ms > 0:
-                callbacks.append(_Pace(job.pace_ms))
-            result = run_decode(denoiser, prompt_ids, config, callbacks, prompt_text=job.prompt)
-            events.send(("done", job.job_id, replace(result, run_id=writer.run_id)))
+            device = denoiser.device
+            result = run_job(job, denoiser, store, jobs, events)
+            events.send(("done", job.job_id, result))
         except Exception as exc:  # noqa: BLE001 - the run is already marked failed by the writer
-            events.send(("error", job.job_id, f"{type(exc).__name__}: {exc}"))
+            oom = is_out_of_memory(exc)
+            message = out_of_memory_message(exc, device) if oom else f"{type(exc).__name__}: {exc}"
+        if message is not None:
+            if oom:  # outside the except block: the failed step's tensors are unreferenced by now
+                free_device_memory()
+            events.send(("error", job.job_id, message))
+
+
+@gpu
+def run_job(job: Job, denoiser, store, jobs: Connection, events: Connection):
+    """One job on a loaded model: decode, write every step to the store, stream it to the UI.
+
+    Where the model's forward passes run. `gpu` is ZeroGPU's `spaces.GPU` only when this is
+    called in the Gradio process on a ZeroGPU Space, else the identity (explorer/zerogpu.py).
+    """
+    from explorer.api import prepare
+    from explorer.engine import run_decode
+    from explorer.store import StoreWriter
+
+    config = DecodeConfig(**job.config)
+    prompt_ids = prepare(job.prompt, denoiser, config)
+    writer = StoreWriter(store, denoiser.token_text)
+    stream = _Stream(events, job.job_id, writer, denoiser.device)
+    callbacks = [writer, stream, _CancelCheck(jobs, job.job_id)]
+    if job.pace_ms > 0:
+        callbacks.append(_Pace(job.pace_ms))
+    result = run_decode(denoiser, prompt_ids, config, callbacks, prompt_text=job.prompt)
+    stream.report_device()  # the memory in use at the end of the run
+    return replace(result, run_id=writer.run_id)
 
 
 # ---- inside the UI process ---------------------------------------------------------------
@@ -117,6 +204,7 @@ class JobHandle:
     events: "queue.Queue[tuple[str, object]]" = field(default_factory=queue.Queue)
     run_id: int | None = None
     submitted_at: float = field(default_factory=time.monotonic)
+    device: dict | None = None  # the worker's latest device report for this job (device_info)
 
     def iter_events(self, timeout: float = 600.0):
         """Yield (kind, payload) until the job ends: done (DecodeResult), error or failed (str)."""
@@ -164,6 +252,7 @@ class WorkerPool:
         self._wake_recv, self._wake_send = self._ctx.Pipe(duplex=False)
         self._closed = False
         self.deaths = 0  # worker processes found dead mid-job (for the UI and tests)
+        self.device_info: dict | None = None  # the latest device report of any worker
         self._store_instance = None
         for slot in self._slots:  # warm workers: the first Run should not wait for torch to import
             self._start(slot)
@@ -281,8 +370,16 @@ class WorkerPool:
             pass  # the worker is gone; the liveness check handles its job
 
     def _route(self, slot: _Slot, kind: str, job_id, payload) -> None:
+        if kind == "ready":
+            self.device_info = payload or self.device_info
+            return
         handle = self._handles.get(job_id)
-        if kind == "ready" or handle is None:
+        if kind == "device":  # kept on the handle, not put in the job's stream
+            self.device_info = payload
+            if handle is not None:
+                handle.device = payload
+            return
+        if handle is None:
             return
         if kind == "started":
             handle.run_id = payload

@@ -39,9 +39,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(tmp_dir: Path, **create_kwargs):
-    """Yield (services, url) for a running app; always closes the server and the worker."""
-    services = Services.create(f"sqlite:///{Path(tmp_dir) / 'ui.db'}", threads=1, **create_kwargs)
+def running_app(tmp_dir: Path, services: Services | None = None, **create_kwargs):
+    """Yield (services, url) for a running app; always closes the server and the worker.
+    `services`: serve these (e.g. from app.create_services) instead of new ones on tmp_dir/ui.db."""
+    if services is None:
+        services = Services.create(f"sqlite:///{Path(tmp_dir) / 'ui.db'}", threads=1, **create_kwargs)
     demo = None
     try:
         demo = build_app(services)

@@ -2,9 +2,14 @@
 
 Real decodes of the embedded model (gen 32, steps 8: greedy, temperature 1, threshold,
 cancelled, and a run left `running` by a dead writer) are recorded in a SQLite file, exported,
-imported into a second store and into the same store, and compared row by row (raw SQL values,
-blobs byte for byte), through read_arrays, and by re-exporting. Every malformed bundle must
-raise BundleError with a one-line message and leave the target store exactly as it was.
+imported into a second store and into the same store, and compared row by row (raw SQL values
+where both stores are the same backend, typed values across backends, blobs byte for byte),
+through read_arrays, and by re-exporting. The second store (`target`) is a SQLite file and a
+PostgreSQL database in turn (conftest.py's `db_url`), so SQLite -> PostgreSQL -> export gives
+the same bytes; runs recorded on PostgreSQL travel to SQLite and back the same way. Every
+malformed bundle must raise BundleError with a one-line message and leave the target store
+exactly as it was (checked on SQLite: validation comes before any write; a database failure
+mid-import is rolled back, checked on both backends).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import base64
 import copy
 import json
 from dataclasses import fields
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
@@ -24,6 +30,7 @@ from explorer.bundle import (FORMAT, MAX_BUNDLE_BYTES, RUN_FIELDS, RUNNING_IMPOR
 from explorer.config import DecodeConfig
 from explorer.engine import run_decode
 from synthetic_runs import StopAfter
+from conftest import new_db_url
 from explorer.store import Event, Run, Step, StoreError, StoreWriter, TrajectoryStore
 
 PROMPT = "once upon a time"
@@ -61,7 +68,15 @@ def source(denoiser, tmp_path_factory):
 
 
 @pytest.fixture
-def target(tmp_path):
+def target(db_url):
+    """An empty store on each backend in turn."""
+    store = TrajectoryStore(db_url)
+    yield store
+    store.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_target(tmp_path):
     store = TrajectoryStore(f"sqlite:///{tmp_path}/b.db")
     yield store
     store.engine.dispose()
@@ -69,19 +84,44 @@ def target(tmp_path):
 
 # ---- helpers ----------------------------------------------------------------------------------
 
-def raw_rows(store: TrajectoryStore, run_id: int) -> tuple[dict, list[dict], list[dict]]:
-    """The run's rows as SQLite holds them (text, blobs, NULLs), without the local ids."""
-    with store.engine.connect() as conn:
-        run = conn.execute(text("SELECT *, typeof(final_token_ids) AS t_final FROM runs WHERE id = :i"),
-                           {"i": run_id}).mappings().one()
-        steps = conn.execute(text("SELECT *, typeof(extras) AS t_extras FROM steps WHERE run_id = :i ORDER BY step"),
-                             {"i": run_id}).mappings().all()
-        events = conn.execute(text("SELECT *, typeof(violation_score) AS t_violation FROM events "
-                                   "WHERE run_id = :i ORDER BY id"), {"i": run_id}).mappings().all()
+def _without_ids(run, steps, events) -> tuple[dict, list[dict], list[dict]]:
     run = {k: v for k, v in run.items() if k not in ("id", "parent_run_id")}
     steps = [{k: v for k, v in r.items() if k != "run_id"} for r in steps]
     events = [{k: v for k, v in r.items() if k not in ("id", "run_id")} for r in events]
     return run, steps, events
+
+
+def raw_rows(store: TrajectoryStore, run_id: int) -> tuple[dict, list[dict], list[dict]]:
+    """The run's rows as the database driver returns them (text, blobs, NULLs), without the local
+    ids; t_* say what a nullable column holds (SQLite's storage class; on PostgreSQL 'null' for
+    SQL NULL, else 'value')."""
+    if store.engine.dialect.name == "sqlite":
+        kind = "typeof({})".format
+    else:
+        kind = "CASE WHEN {0} IS NULL THEN 'null' ELSE 'value' END".format
+    with store.engine.connect() as conn:
+        run = conn.execute(text(f"SELECT *, {kind('final_token_ids')} AS t_final FROM runs WHERE id = :i"),
+                           {"i": run_id}).mappings().one()
+        steps = conn.execute(text(f"SELECT *, {kind('extras')} AS t_extras FROM steps WHERE run_id = :i ORDER BY step"),
+                             {"i": run_id}).mappings().all()
+        events = conn.execute(text(f"SELECT *, {kind('violation_score')} AS t_violation FROM events "
+                                   "WHERE run_id = :i ORDER BY id"), {"i": run_id}).mappings().all()
+    return _without_ids(run, steps, events)
+
+
+def typed_rows(store: TrajectoryStore, run_id: int) -> tuple[dict, list[dict], list[dict]]:
+    """The run's rows as SQLAlchemy reads them on any backend (naive UTC datetimes, decoded JSON,
+    bytes), with whether each nullable JSON or float column is SQL NULL; without the local ids.
+    Comparable across backends."""
+    runs, steps, events = Run.__table__, Step.__table__, Event.__table__
+    with store.engine.connect() as conn:
+        run = conn.execute(select(runs, runs.c.final_token_ids.is_(None).label("final_is_null"))
+                           .where(runs.c.id == run_id)).mappings().one()
+        step_rows = conn.execute(select(steps, steps.c.extras.is_(None).label("extras_is_null"))
+                                 .where(steps.c.run_id == run_id).order_by(steps.c.step)).mappings().all()
+        event_rows = conn.execute(select(events, events.c.violation_score.is_(None).label("violation_is_null"))
+                                  .where(events.c.run_id == run_id).order_by(events.c.id)).mappings().all()
+    return _without_ids(dict(run), [dict(r) for r in step_rows], [dict(r) for r in event_rows])
 
 
 def orm_run(store: TrajectoryStore, run_id: int) -> dict:
@@ -108,11 +148,14 @@ def assert_same_arrays(store_a, id_a, store_b, id_b) -> None:
 
 
 def assert_identical(store_a, id_a, store_b, id_b) -> None:
-    raw_a, raw_b = raw_rows(store_a, id_a), raw_rows(store_b, id_b)
-    assert raw_a[0] == raw_b[0]
-    assert len(raw_a[1]) == len(raw_b[1]) and raw_a[1] == raw_b[1]  # blobs compared as bytes
-    assert all(isinstance(r["argmax"], bytes) for r in raw_b[1])
-    assert raw_a[2] == raw_b[2]
+    pairs = [(typed_rows(store_a, id_a), typed_rows(store_b, id_b))]
+    if store_a.engine.dialect.name == store_b.engine.dialect.name:
+        pairs.append((raw_rows(store_a, id_a), raw_rows(store_b, id_b)))
+    for rows_a, rows_b in pairs:
+        assert rows_a[0] == rows_b[0]
+        assert len(rows_a[1]) == len(rows_b[1]) and rows_a[1] == rows_b[1]  # blobs compared as bytes
+        assert all(isinstance(r["argmax"], bytes) for r in rows_b[1])
+        assert rows_a[2] == rows_b[2]
     assert orm_run(store_a, id_a) == orm_run(store_b, id_b)
     assert_same_arrays(store_a, id_a, store_b, id_b)
 
@@ -216,20 +259,21 @@ def test_running_run_imports_as_failed(source, target):
     assert run["status"] == "failed" and run["error"] == RUNNING_IMPORT_ERROR == "imported while still running"
     assert run["finished_at"] is None and run["final_token_ids"] is None
     # everything else is as recorded: steps, events, arrays, and the other run columns
-    raw_a, raw_b = raw_rows(store, ids["running"]), raw_rows(target, new_id)
-    assert raw_a[1] == raw_b[1] and raw_a[2] == raw_b[2]
+    rows_a, rows_b = typed_rows(store, ids["running"]), typed_rows(target, new_id)
+    assert rows_a[1] == rows_b[1] and rows_a[2] == rows_b[2]
     strip = lambda d: {k: v for k, v in d.items() if k not in ("status", "error")}  # noqa: E731
-    assert strip(raw_a[0]) == strip(raw_b[0])
-    assert raw_b[0]["t_final"] == "null"  # SQL NULL, as the store leaves it, not the JSON text 'null'
+    assert strip(rows_a[0]) == strip(rows_b[0])
+    assert rows_b[0]["final_is_null"] is True  # SQL NULL, as the store leaves it, not the JSON text 'null'
+    assert raw_rows(target, new_id)[0]["t_final"] == "null"
     again = export_run(target, new_id)
     bundle["run"].update(status="failed", error=RUNNING_IMPORT_ERROR)
     assert again == bundle
 
 
-def test_parent_run_id_dropped_branch_step_kept(source, tmp_path):
+def test_parent_run_id_dropped_branch_step_kept(source, target, tmp_path):
     store, ids, _ = source
     a = TrajectoryStore(f"sqlite:///{tmp_path}/parent.db")
-    b = TrajectoryStore(f"sqlite:///{tmp_path}/child.db")
+    b = target
     try:
         parent = import_run(a, export_run_json(store, ids["greedy"]))
         child = import_run(a, export_run_json(store, ids["threshold"]))
@@ -247,7 +291,6 @@ def test_parent_run_id_dropped_branch_step_kept(source, tmp_path):
                                                               b'"parent_run_id":null,')
     finally:
         a.engine.dispose()
-        b.engine.dispose()
 
 
 def test_accepts_bytes_str_dict_without_mutating(source, target):
@@ -385,11 +428,11 @@ BYTES_CASES = {
 
 
 @pytest.fixture
-def loaded_target(source, target):
-    """The target store already holding one imported run, so 'unchanged' is not just 'empty'."""
+def loaded_target(source, sqlite_target):
+    """A SQLite store already holding one imported run, so 'unchanged' is not just 'empty'."""
     store, ids, _ = source
-    import_run(target, export_run_json(store, ids["threshold"]))
-    return target
+    import_run(sqlite_target, export_run_json(store, ids["threshold"]))
+    return sqlite_target
 
 
 def _assert_refused(store: TrajectoryStore, data, pattern: str) -> BundleError:
@@ -460,19 +503,86 @@ def test_size_limit(source, loaded_target, monkeypatch):
     assert export_run_json(loaded_target, new_id) == data
 
 
-def test_database_failure_mid_import_writes_nothing(source, loaded_target):
+_BLOCK_EVENTS = {  # a trigger refusing every insert into events, per backend
+    "sqlite": ["CREATE TRIGGER no_events BEFORE INSERT ON events "
+               "BEGIN SELECT RAISE(ABORT, 'events are read-only today'); END"],
+    "postgresql": ["CREATE FUNCTION no_events() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$ BEGIN RAISE EXCEPTION 'events are read-only today'; END $$",
+                   "CREATE TRIGGER no_events BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION no_events()"],
+}
+_UNBLOCK_EVENTS = {"sqlite": ["DROP TRIGGER no_events"],
+                   "postgresql": ["DROP TRIGGER no_events ON events", "DROP FUNCTION no_events()"]}
+
+
+def test_database_failure_mid_import_writes_nothing(source, target):
     """A failure after the run row and the steps were inserted rolls the whole import back."""
     store, ids, _ = source
     data = export_run_json(store, ids["greedy"])
-    with loaded_target.engine.begin() as conn:
-        conn.execute(text("CREATE TRIGGER no_events BEFORE INSERT ON events "
-                          "BEGIN SELECT RAISE(ABORT, 'events are read-only today'); END"))
-    before = counts(loaded_target)
+    import_run(target, export_run_json(store, ids["threshold"]))  # not just empty
+    dialect = target.engine.dialect.name
+    with target.engine.begin() as conn:
+        for statement in _BLOCK_EVENTS[dialect]:
+            conn.execute(text(statement))
+    before = counts(target)
     with pytest.raises(StoreError, match="events are read-only today"):
-        import_run(loaded_target, data)
-    assert counts(loaded_target) == before
-    with loaded_target.engine.begin() as conn:
-        conn.execute(text("DROP TRIGGER no_events"))
-    new_id = import_run(loaded_target, data)
-    assert counts(loaded_target) == (before[0] + 1, before[1] + S, before[2] + G)
-    assert_identical(store, ids["greedy"], loaded_target, new_id)
+        import_run(target, data)
+    assert counts(target) == before
+    with target.engine.begin() as conn:
+        for statement in _UNBLOCK_EVENTS[dialect]:
+            conn.execute(text(statement))
+    new_id = import_run(target, data)
+    assert counts(target) == (before[0] + 1, before[1] + S, before[2] + G)
+    assert_identical(store, ids["greedy"], target, new_id)
+
+
+# ---- across backends ------------------------------------------------------------------------------
+
+@pytest.mark.postgresql
+def test_sqlite_to_postgresql_and_back(request, source, tmp_path):
+    """SQLite -> PostgreSQL -> SQLite: every hop exports the same bytes as the original."""
+    store, ids, _ = source
+    pg = TrajectoryStore(new_db_url(request, "postgresql", tmp_path))
+    back = TrajectoryStore(f"sqlite:///{tmp_path}/back.db")
+    try:
+        for kind in ("greedy", "threshold", "running"):
+            data = export_run_json(store, ids[kind])
+            on_pg = import_run(pg, data)
+            hop = export_run_json(pg, on_pg)
+            if kind == "running":  # imported as failed: the only change
+                expected = json.loads(data)
+                expected["run"].update(status="failed", error=RUNNING_IMPORT_ERROR)
+                assert json.loads(hop) == expected
+            else:
+                assert hop == data
+                assert_identical(store, ids[kind], pg, on_pg)
+            home = import_run(back, hop)
+            assert export_run_json(back, home) == hop
+            assert_identical(pg, on_pg, back, home)
+    finally:
+        pg.engine.dispose()
+        back.engine.dispose()
+
+
+@pytest.mark.postgresql
+def test_recorded_on_postgresql(request, denoiser, tmp_path):
+    """Runs decoded straight into PostgreSQL export, import into SQLite and into the same
+    PostgreSQL database, and export again, byte for byte."""
+    pg = TrajectoryStore(new_db_url(request, "postgresql", tmp_path))
+    lite = TrajectoryStore(f"sqlite:///{tmp_path}/lite.db")
+    try:
+        outs = [decode(PROMPT, denoiser, store=pg, gen_length=G, steps=S, temperature=1.0, seed=2**40),
+                decode(PROMPT, denoiser, store=pg, gen_length=G, steps=S, callbacks=[StopAfter(2)])]
+        for out in outs:
+            data = export_run_json(pg, out.run_id)
+            bundle = json.loads(data)
+            assert bundle["run"]["created_at"].endswith("+00:00")
+            assert datetime.fromisoformat(bundle["run"]["created_at"]) == pg.get_run(out.run_id)["created_at"].replace(
+                tzinfo=timezone.utc)
+            for other in (lite, pg):
+                new_id = import_run(other, data)
+                assert export_run_json(other, new_id) == data
+                assert_identical(pg, out.run_id, other, new_id)
+        assert pg.get_run(outs[0].run_id)["seed"] == 2**40
+    finally:
+        pg.engine.dispose()
+        lite.engine.dispose()

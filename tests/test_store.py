@@ -1,18 +1,24 @@
-"""The trajectory store, on a real SQLite file under tmp_path, through TrajectoryStore.
+"""The trajectory store through TrajectoryStore, on both backends: a real SQLite file under
+tmp_path and a database of its own on a throwaway PostgreSQL server (tests/pg_server.py);
+tests taking `db_url` (or `store`) run once on each (conftest.py).
 
 Covers: a real decode's round trip (run row, config JSON, step summaries, read_arrays), the
-SQLite pragmas, the status lifecycle (completed / cancelled / failed / mark_failed), deletion,
-URL resolution and the data directory, unwritable locations, and StoreWriter's batching.
+status lifecycle (completed / cancelled / failed / mark_failed), deletion (and the database's
+own cascades), list_runs filters, UTC timestamps whatever the server's time zone, 64-bit seeds,
+and StoreWriter's batching. SQLite only: the pragmas, URL resolution and the data directory,
+unwritable locations.
 """
 from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 
+from conftest import BACKENDS, new_db_url
 from explorer import store as store_module
 from explorer.api import decode
 from explorer.callbacks import RunStart
@@ -20,16 +26,11 @@ from explorer.config import DecodeConfig
 from explorer.engine import run_decode
 from synthetic_runs import StopAfter
 from explorer.records import DecodeResult, StepRecord
-from explorer.store import (DB_URL_ENV, Event, Step, StoreError, StoreWriter, TrajectoryStore,
+from explorer.store import (DB_URL_ENV, Event, Run, Step, StoreError, StoreWriter, TrajectoryStore,
                             resolve_url)
 
 PROMPT = "once upon a time"
 G, S = 32, 8
-
-
-@pytest.fixture
-def db_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path}/t.db"
 
 
 @pytest.fixture
@@ -46,11 +47,10 @@ def _count(store: TrajectoryStore, model, run_id: int) -> int:
 
 # ---- a real decode, round-tripped ---------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def stored_decode(denoiser, tmp_path_factory):
-    """One real decode (gen 32, steps 8) recorded in a fresh SQLite file, shared by the module."""
-    path = tmp_path_factory.mktemp("roundtrip") / "t.db"
-    store = TrajectoryStore(f"sqlite:///{path}")
+@pytest.fixture(scope="module", params=BACKENDS)
+def stored_decode(request, denoiser, tmp_path_factory):
+    """One real decode (gen 32, steps 8) recorded in a fresh database, shared by the module."""
+    store = TrajectoryStore(new_db_url(request, request.param, tmp_path_factory.mktemp("roundtrip")))
     out = decode(PROMPT, denoiser, store=store, gen_length=G, steps=S, strategy="low_confidence")
     yield store, out
     store.engine.dispose()
@@ -125,19 +125,31 @@ def test_read_arrays(stored_decode):
         store.read_arrays(out.run_id + 1000)
 
 
-def test_sqlite_pragmas(stored_decode):
-    store, _ = stored_decode
-    with store.engine.connect() as conn:
-        assert conn.execute(text("PRAGMA journal_mode")).scalar().lower() == "wal"
-        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
-        assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+def test_sqlite_pragmas(tmp_path):
+    store = TrajectoryStore(f"sqlite:///{tmp_path}/t.db")
+    try:
+        store.create_run(_run_start())
+        with store.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar().lower() == "wal"
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
+    finally:
+        store.engine.dispose()
     # and persisted in the file: a plain sqlite3 connection sees WAL too
-    path = store.url.removeprefix("sqlite:///")
-    con = sqlite3.connect(path)
+    con = sqlite3.connect(tmp_path / "t.db")
     try:
         assert con.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
     finally:
         con.close()
+
+
+def test_backend_of_the_store(store, db_url):
+    """The parametrization really reaches both databases (and PostgreSQL through psycopg)."""
+    assert store.engine.dialect.name == db_url.split(":")[0].split("+")[0]
+    if store.engine.dialect.name == "postgresql":
+        assert store.engine.dialect.driver == "psycopg"
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SHOW TimeZone")).scalar() != "UTC"  # see test_timestamps_are_utc
 
 
 # ---- the status lifecycle ------------------------------------------------------------------------
@@ -383,3 +395,97 @@ def test_config_json_round_trip_non_default(denoiser, store):
     assert {f.name for f in dataclasses.fields(DecodeConfig)} == set(stored)
     assert store.get_run(out.run_id)["seed"] == 7
     assert {s["block"] for s in store.step_summaries(out.run_id)} == {0, 1, 2, 3}
+
+
+# ---- what differs between databases ---------------------------------------------------------------
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def test_timestamps_are_utc(store):
+    """Stored and read back as naive UTC on both backends, whatever the server's time zone
+    (the throwaway PostgreSQL server runs at UTC+05:30) and whatever zone a datetime is given in."""
+    before = _utcnow()
+    run_id = store.create_run(_run_start())
+    store.finish_run(run_id, DecodeResult("completed", [5] * G, "x", S))
+    after = _utcnow()
+    run = store.get_run(run_id)
+    for name in ("created_at", "finished_at"):
+        assert run[name].tzinfo is None, name
+        assert before - timedelta(seconds=1) <= run[name] <= after + timedelta(seconds=1), (name, run[name])
+    assert run["created_at"] <= run["finished_at"]
+    # a datetime in another zone is converted to UTC, a naive one taken as UTC
+    kolkata = timezone(timedelta(hours=5, minutes=30))
+    with store.session() as s, s.begin():
+        s.get(Run, run_id).created_at = datetime(2026, 1, 1, 5, 30, tzinfo=kolkata)
+        s.get(Run, run_id).finished_at = datetime(2026, 1, 1, 0, 0, 1)
+    run = store.get_run(run_id)
+    assert run["created_at"] == datetime(2026, 1, 1, 0, 0) and run["finished_at"] == datetime(2026, 1, 1, 0, 0, 1)
+    assert [r["id"] for r in store.list_runs(since="2026-01-01")] == [run_id]
+    assert store.list_runs(since="2026-01-01T00:00:01") == []
+    assert [r["id"] for r in store.list_runs(since="2026-01-01T05:30:00+05:30")] == [run_id]
+
+
+def test_list_runs_filters(store):
+    def add(prompt: str, model: str = "embedded", strategy: str = "low_confidence", text: str | None = None,
+            status: str = "completed") -> int:
+        config = DecodeConfig(gen_length=G, steps=S, strategy=strategy)
+        run_id = store.create_run(RunStart(model=model, prompt=prompt, prompt_ids=[1], config=config, mask_id=1,
+                                           device="cpu"))
+        if status != "running":
+            store.finish_run(run_id, DecodeResult(status, [5] * G, text or "", S))
+        return run_id
+
+    a = add("Once upon a time", text="there was a Fox")
+    b = add("the quick brown", model="other", strategy="margin", text="jumps over")
+    c = add("100% sure_thing", status="cancelled")
+    d = add("still going", status="running")
+    ids = lambda **kw: [r["id"] for r in store.list_runs(**kw)]  # noqa: E731
+    assert ids() == [d, c, b, a]  # newest first
+    assert ids(limit=2) == [d, c]
+    assert ids(status="completed") == [b, a] and ids(status="running") == [d]
+    assert ids(model="other") == [b] and ids(strategy="margin") == [b]
+    assert ids(model="embedded", status="cancelled") == [c]
+    assert ids(text="ONCE") == [a] and ids(text="fox") == [a]  # case-insensitive, prompt or text
+    assert ids(text="o") == [d, b, a] and ids(text="SURE_") == [c] and ids(text="nowhere") == []
+    today = _utcnow().date()
+    assert ids(since=today.isoformat()) == [d, c, b, a]
+    assert ids(since=(today + timedelta(days=1)).isoformat()) == []
+    with pytest.raises(ValueError, match="'since' must be a date"):
+        store.list_runs(since="last week")
+
+
+def test_large_seed_round_trip(store):
+    """The seed is any 0..2^63-1 (DecodeConfig's range): a 64-bit column, also on PostgreSQL."""
+    config = DecodeConfig(gen_length=G, steps=S, seed=2**63 - 1)
+    run_id = store.create_run(RunStart(model="embedded", prompt=PROMPT, prompt_ids=[1, 2], config=config,
+                                       mask_id=1, device="cpu"))
+    run = store.get_run(run_id)
+    assert run["seed"] == 2**63 - 1 and run["config"]["seed"] == 2**63 - 1
+
+
+def test_database_cascades_and_token_texts(store):
+    """Deleting a run row in SQL removes its steps and events (ON DELETE CASCADE: SQLite needs
+    foreign_keys=ON) and unlinks its branches (ON DELETE SET NULL)."""
+    rng = np.random.default_rng(3)
+    run_ids = []
+    for _ in range(2):
+        writer = StoreWriter(store, lambda t: f"tok{t}", batch_steps=2)
+        writer.on_start(_run_start())
+        for i in range(4):
+            writer.on_step(_synthetic_record(i, i, rng))
+        writer.on_end(DecodeResult("completed", [0] * G, "", 4))
+        run_ids.append(writer.run_id)
+    parent, child = run_ids
+    assert store.token_texts(parent) == {int(t): f"tok{t}" for t in
+                                         {e for s in store.step_summaries(parent) for e in s["tokens"]}}
+    with store.session() as s, s.begin():
+        s.get(Run, child).parent_run_id, s.get(Run, child).branch_step = parent, 2
+    with store.engine.begin() as conn:
+        assert conn.execute(delete(Run).where(Run.id == parent)).rowcount == 1
+    assert _count(store, Step, parent) == 0 and _count(store, Event, parent) == 0
+    child_run = store.get_run(child)
+    assert child_run["parent_run_id"] is None and child_run["branch_step"] == 2
+    assert _count(store, Step, child) == 4 and _count(store, Event, child) == 4
+    assert store.token_texts(parent) == {}

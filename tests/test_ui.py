@@ -78,6 +78,9 @@ def test_decode_streams_updates_and_stores_the_run(server, services):
     assert "completed" in statuses[-1] and final[0] == statuses[-1]
     run_id = run_id_of(final[0])
     assert "8 steps" in final[0] and "32/32 tokens committed" in final[0]
+    # where the worker decoded: on this machine's CPU (on CUDA: 'device: cuda:0 · 3.2 GiB in use')
+    assert final[0].count("device: cpu") == 1
+    assert all("device: cpu" in s for s in statuses if "Decoding…" in s), statuses
     slider = final[-1]
     assert slider["maximum"] == 7 and slider["value"] == 7  # the step slider covers the run
 

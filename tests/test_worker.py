@@ -6,6 +6,7 @@ behind, so the order of the tests does not matter.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -19,7 +20,7 @@ from sqlalchemy import func, select
 from explorer.config import DecodeConfig
 from explorer.records import DecodeResult, StepRecord
 from explorer.store import Step, TrajectoryStore
-from explorer.worker import TERMINAL, WorkerPool
+from explorer.worker import TERMINAL, Job, WorkerPool
 
 PROMPT = "once upon a time"
 
@@ -80,6 +81,8 @@ def test_job_streams_events_and_is_stored(pool, store):
     assert events[0][1] == 0  # nothing ahead of it
     run_id = events[1][1]
     assert isinstance(run_id, int) and handle.run_id == run_id
+    # the worker's device reports go to the handle and the pool, not into the event stream
+    assert handle.device == {"device": "cpu"} and pool.device_info == {"device": "cpu"}
     records = [payload for kind, payload in events if kind == "step"]
     assert all(isinstance(r, StepRecord) for r in records)
     assert [r.step for r in records] == list(range(8))
@@ -222,3 +225,129 @@ def test_bad_job_gives_error_and_worker_survives(pool, store):
     assert events[-1][0] == "done" and events[-1][1].status == "completed"
     assert pool.worker_pids() == [pid]
     assert store.count_runs() == runs_before + 1
+
+
+# ---- out of memory -----------------------------------------------------------------------------
+def test_out_of_memory_is_recognised_and_explained():
+    import torch
+
+    from explorer.worker import is_out_of_memory, out_of_memory_message
+
+    for exc in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)"),
+                RuntimeError("CUDA error: out of memory"), MemoryError(),
+                RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")):
+        assert is_out_of_memory(exc), exc
+    for exc in (RuntimeError("boom"), ValueError("out of memory? no: a bad setting"), KeyError("x")):
+        assert not is_out_of_memory(exc), exc
+    message = out_of_memory_message(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"),
+                                     "cuda:0")
+    assert message.startswith("out of memory on cuda:0: the run was stopped")
+    assert "next run" in message and "shorter generation length" in message
+    assert "[OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB]" in message
+
+
+class _RunsOutOfMemory:
+    """The embedded model, whose forward raises CUDA's OutOfMemoryError on call `fail_on` (once)."""
+
+    def __init__(self, denoiser, fail_on: int) -> None:
+        self._inner, self.calls, self.fail_on = denoiser, 0, fail_on
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def logits(self, ids):
+        import torch
+
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total "
+                                         "capacity of 79.10 GiB of which 3.19 GiB is free.")
+        return self._inner.logits(ids)
+
+
+def test_out_of_memory_fails_the_run_and_the_worker_takes_the_next_job(denoiser, tmp_path, monkeypatch):
+    """worker_main on a thread of this process (so the model can be patched): the third forward
+    of the first job raises OutOfMemoryError; the run ends failed with its two steps stored, the
+    client gets a message saying so, the worker frees device memory and completes the next job."""
+    import multiprocessing
+
+    import explorer.adapters
+    from explorer import worker
+
+    store = TrajectoryStore(f"sqlite:///{tmp_path / 'oom.db'}")
+    model = _RunsOutOfMemory(denoiser, fail_on=3)
+    monkeypatch.setattr(explorer.adapters, "load_denoiser", lambda name: model)
+    freed = []
+    monkeypatch.setattr(worker, "free_device_memory", lambda: freed.append(True))
+    jobs_recv, jobs_send = multiprocessing.Pipe(duplex=False)
+    events_recv, events_send = multiprocessing.Pipe(duplex=False)
+    thread = threading.Thread(target=worker.worker_main, args=(jobs_recv, events_send, store.url, None, ("embedded",)),
+                              daemon=True)
+    thread.start()
+
+    def events_until_terminal() -> list:
+        got = []
+        while not got or got[-1][0] not in TERMINAL:
+            assert events_recv.poll(30), f"no event from the worker after {got}"
+            kind, _job_id, payload = events_recv.recv()
+            got.append((kind, payload))
+        return got
+
+    try:
+        assert events_recv.poll(30)
+        assert events_recv.recv() == ("ready", None, {"device": "cpu"})
+        jobs_send.send(Job(1, PROMPT, "embedded", dataclasses.asdict(DecodeConfig(gen_length=16, steps=8))))
+        events = events_until_terminal()
+        # ("device" reports also come mid-run, at most once a second: not counted here)
+        assert kinds(events)[0] == "device"
+        assert [k for k in kinds(events) if k != "device"] == ["started", "step", "step", "error"]
+        message = events[-1][1]
+        assert message.startswith("out of memory on cpu: the run was stopped"), message
+        assert "OutOfMemoryError" in message and freed == [True]
+        run = store.get_run(next(payload for kind, payload in events if kind == "started"))
+        assert run["status"] == "failed" and "out of memory" in run["error"]
+        assert run["n_steps"] == 2 == n_step_rows(store, run["id"])
+
+        jobs_send.send(Job(2, PROMPT, "embedded", dataclasses.asdict(DecodeConfig(gen_length=16, steps=4))))
+        events = events_until_terminal()
+        assert kinds(events)[0] == "device" and kinds(events)[-2] == "device"  # at the start and the end
+        assert [k for k in kinds(events) if k != "device"] == ["started"] + ["step"] * 4 + ["done"]
+        assert events[-1][1].status == "completed" and freed == [True]
+        assert store.get_run(events[-1][1].run_id)["status"] == "completed"
+    finally:
+        jobs_send.send(None)
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_device_report_and_its_status_line():
+    from explorer.ui_logic import device_label
+    from explorer.worker import device_info
+
+    assert device_info() == device_info("cpu") == {"device": "cpu"}
+    assert device_label(device_info("cpu")) == "device: cpu"
+    cuda = {"device": "cuda:0", "name": "NVIDIA H200", "allocated": int(3.2 * 2**30), "reserved": 4 * 2**30,
+            "total": 140 * 2**30}
+    assert device_label(cuda) == "device: cuda:0 · 3.2 GiB in use"
+    assert device_label(None) is None and device_label({}) is None
+
+
+def test_gpu_decorator_is_spaces_gpu_only_in_the_main_process_on_zerogpu(monkeypatch):
+    import multiprocessing
+    import sys
+    import types
+
+    from explorer import zerogpu
+    from explorer.worker import run_job
+
+    assert zerogpu.gpu is zerogpu._identity  # here: no ZeroGPU
+    assert zerogpu.gpu(run_job) is run_job and zerogpu.gpu(duration=60)(run_job) is run_job
+    fake = types.ModuleType("spaces")
+    fake.GPU = lambda fn=None, **kw: fn
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert zerogpu._resolve() is fake.GPU
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: object())  # as in a worker process
+    assert zerogpu._resolve() is zerogpu._identity
+    monkeypatch.setenv("SPACES_ZERO_GPU", "")
+    assert zerogpu._resolve() is zerogpu._identity
