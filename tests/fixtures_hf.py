@@ -88,7 +88,7 @@ def _write_weights(folder: Path, auto_key: str, seed: int, init=None) -> None:
     from transformers import AutoConfig
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    from explorer.hf_adapters import apply_class_bridges, bridge_use_cache
+    from explorer.hf_bridges import apply_class_bridges, bridge_use_cache
 
     scratch = unique(folder.parent, "scratch")
     try:

@@ -216,7 +216,7 @@ def test_each_llada_bridge_is_needed_on_transformers_5(folders):
     section 2 measured, and uncovers the next."""
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    from explorer.hf_adapters import bridge_all_tied_weights_keys, bridge_tie_weights_signature, bridge_use_cache
+    from explorer.hf_bridges import bridge_all_tied_weights_keys, bridge_tie_weights_signature, bridge_use_cache
 
     folder = fresh_copy(folders["llada"], folders["parent"], "llada_unbridged")
     with pytest.raises(AttributeError, match="all_tied_weights_keys"):
@@ -278,7 +278,7 @@ def test_dream_decodes_end_to_end(dream):
 def test_each_dream_bridge_is_needed_on_transformers_5(folders):
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    from explorer.hf_adapters import (bridge_generation_config_validate, bridge_non_persistent_buffers,
+    from explorer.hf_bridges import (bridge_generation_config_validate, bridge_non_persistent_buffers,
                                       bridge_rope_default)
 
     folder = fresh_copy(folders["dream"], folders["parent"], "dream_unbridged")

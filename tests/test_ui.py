@@ -54,6 +54,14 @@ def decode(client: Client, **settings) -> int:
     return run_id_of(client.predict(*decode_args(**settings), api_name="/decode")[0])
 
 
+def wait_until_decoding(job) -> None:
+    """Consume a streaming /decode job's outputs until its status says it is decoding."""
+    for outputs in job:
+        if "Decoding…" in outputs[0]:
+            return
+    pytest.fail("the run ended before it was seen decoding")
+
+
 def n_step_rows(services, run_id: int) -> int:
     with services.store.session() as s:
         return s.scalar(select(func.count()).select_from(Step).where(Step.run_id == run_id))
@@ -127,11 +135,7 @@ def test_bad_request_is_refused_and_nothing_is_stored(client, services, settings
 def test_stop_cancels_this_sessions_run(server, services):
     client = Client(server[1], verbose=False)  # its own session: Stop reaches its own job
     job = client.submit(*decode_args(gen_length=64, steps=64, pace_ms=100), api_name="/decode")
-    for outputs in job:
-        if "Decoding…" in outputs[0]:
-            break
-    else:
-        pytest.fail("the run ended before it was seen decoding")
+    wait_until_decoding(job)
     stopping = client.predict(api_name="/stop")
     assert "Stopping" in stopping
     final = job.result(timeout=60)
@@ -251,11 +255,7 @@ def test_list_runs_filters(client, services, two_runs):
 def test_worker_death_shows_an_error_and_the_next_run_completes(server, services):
     client = Client(server[1], verbose=False)
     job = client.submit(*decode_args(gen_length=64, steps=64, pace_ms=100), api_name="/decode")
-    for outputs in job:
-        if "Decoding…" in outputs[0]:
-            break
-    else:
-        pytest.fail("the run ended before it was seen decoding")
+    wait_until_decoding(job)
     os.kill(services.pool.worker_pids()[0], signal.SIGKILL)
     final = job.result(timeout=30)
     assert "worker died" in final[0] and "status-error" in final[0]
