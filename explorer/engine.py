@@ -18,7 +18,7 @@ from explorer.config import DecodeConfig
 from explorer.records import DecodeResult, StepRecord
 from explorer.sampling import step_metrics
 from explorer.schedule import block_bounds, tokens_per_step
-from explorer.strategies import ADAPTIVE, STRATEGIES, StepInput
+from explorer.strategies import STRATEGIES, StepInput
 
 
 class DecodeState:
@@ -68,9 +68,9 @@ def iter_steps(denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConf
             logits[:, denoiser.mask_id] = float("-inf")  # the mask is never a proposal
             metrics = step_metrics(logits, config.temperature, generator)
             masked = state.masked()
+            # Past the schedule (only adaptive strategies such as `threshold` get there, and they
+            # ignore the count) one token per step is the natural default.
             scheduled = schedule[j] if j < len(schedule) else 1
-            if config.strategy in ADAPTIVE:
-                scheduled = 1
             selection = strategy(StepInput(
                 candidates=masked & in_block, confidence=metrics.proposal_prob,
                 entropy=metrics.entropy, margin=metrics.margin, n_scheduled=scheduled,

@@ -114,24 +114,22 @@ class ModelRegistry:
         return (EMBEDDED, *(m.name for m in self.models))
 
     def get(self, name: str) -> ModelEntry:
-        if name == EMBEDDED:
-            return EMBEDDED_ENTRY
-        for entry in self.models:
-            if entry.name == name:
-                return entry
-        raise UnknownModelError(f"unknown model {name!r}; valid: {', '.join(self.names())} ({self._where()})")
+        return self._find(name, EMBEDDED_ENTRY, self.models, "model", self.names())
 
     def ar_scorer_names(self) -> tuple[str, ...]:
         return (EMBEDDED, *(s.name for s in self.ar_scorers))
 
     def get_ar_scorer(self, name: str) -> ArScorerEntry:
+        return self._find(name, EMBEDDED_AR_ENTRY, self.ar_scorers, "AR scorer", self.ar_scorer_names())
+
+    def _find(self, name: str, builtin, entries: tuple, what: str, valid: tuple[str, ...]):
+        """The entry called `name` (the built-in one for 'embedded'), or an error listing the valid names."""
         if name == EMBEDDED:
-            return EMBEDDED_AR_ENTRY
-        for entry in self.ar_scorers:
+            return builtin
+        for entry in entries:
             if entry.name == name:
                 return entry
-        raise UnknownModelError(f"unknown AR scorer {name!r}; valid: {', '.join(self.ar_scorer_names())} "
-                                f"({self._where()})")
+        raise UnknownModelError(f"unknown {what} {name!r}; valid: {', '.join(valid)} ({self._where()})")
 
     def _where(self) -> str:
         if self.source is None:

@@ -94,7 +94,8 @@ def origin(s: StepInput) -> Selection:
 
 def threshold(s: StepInput) -> Selection:
     """Fast-dLLM: every candidate with confidence >= tau, and always the most confident one.
-    The number of steps becomes adaptive."""
+    The scheduled count is ignored: the number of steps becomes adaptive (the engine keeps
+    stepping until the block is full)."""
     commit = top_k_commit(s.confidence, s.candidates, 1)
     return Selection(commit | (s.candidates & (s.confidence >= s.threshold)))
 
@@ -107,6 +108,3 @@ STRATEGIES: dict[str, Strategy] = {
     "origin": origin,
     "threshold": threshold,
 }
-
-# Strategies whose step count is not fixed by the schedule: the block runs until it is full.
-ADAPTIVE = frozenset({"threshold"})

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from explorer.schedule import block_bounds, tokens_per_step
-from explorer.strategies import ADAPTIVE, STRATEGIES, StepInput, top_k_commit
+from explorer.strategies import STRATEGIES, StepInput, top_k_commit
 
 
 # ---- schedule ------------------------------------------------------------------------------
@@ -156,8 +156,11 @@ def test_threshold_with_no_candidates_commits_nothing():
     assert committed(STRATEGIES["threshold"](s)) == []
 
 
-def test_adaptive_set():
-    assert ADAPTIVE == {"threshold"}
+def test_threshold_is_adaptive_it_ignores_the_scheduled_count():
+    confidence = [0.95, 0.5, 0.92, 0.3]
+    picks = {n: committed(STRATEGIES["threshold"](make_input([True] * 4, confidence, n_scheduled=n)))
+             for n in (0, 1, 3, 10)}
+    assert all(p == [0, 2] for p in picks.values()), picks
     assert set(STRATEGIES) == {"low_confidence", "margin", "entropy", "random", "origin", "threshold"}
 
 
