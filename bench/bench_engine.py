@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     torch.set_num_threads(args.threads)
     denoiser = load_embedded()
-    config = DecodeConfig(gen_length=args.gen_length, steps=args.steps, strategy=args.strategy, temperature=0.0)
+    # violations=False: this measures the engine itself; the violation pass has its own benchmark
+    # (bench/bench_violations.py).
+    config = DecodeConfig(gen_length=args.gen_length, steps=args.steps, strategy=args.strategy, temperature=0.0,
+                          violations=False)
     prompt_ids = prepare(args.prompt, denoiser, config)
 
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:

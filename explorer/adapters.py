@@ -49,6 +49,9 @@ class Denoiser(Protocol):
 class EmbeddedDenoiser:
     """The masked diffusion transformer shipped in models/embedded (word-level vocabulary)."""
 
+    violations_default = True  # small enough that the extra pass of each step is cheap
+    default_ar_scorer = "embedded"  # the AR energy's model: the AR twin shipped alongside
+
     def __init__(self, model: Transformer, tokenizer: WordTokenizer, name: str = "embedded") -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -56,6 +59,7 @@ class EmbeddedDenoiser:
         self.mask_id = tokenizer.mask_id
         self.context_length = model.config.context_length
         self.device = next(model.parameters()).device
+        self.vocab_size = model.config.vocab_size
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         logits = self.model(ids)  # (B, L, V)

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from explorer.adapters import Denoiser, load_denoiser
+from explorer.ar_scorers import scorer_for
 from explorer.callbacks import Callback, CollectSteps
 from explorer.config import DecodeConfig
+from explorer.energies import ENERGY_TERMS
 from explorer.engine import run_decode
 from explorer.model_config import ModelRegistry
 from explorer.records import DecodeResult, StepRecord
@@ -51,7 +53,7 @@ class Decoded:
 def prepare(prompt: str, denoiser: Denoiser, config: DecodeConfig) -> list[int]:
     """Tokenise the prompt and validate the config against the model; raise ValueError subclasses."""
     prompt_ids = denoiser.encode(prompt)
-    config.validate(denoiser.context_length, len(prompt_ids), tuple(STRATEGIES))
+    config.validate(denoiser.context_length, len(prompt_ids), tuple(STRATEGIES), tuple(ENERGY_TERMS))
     return prompt_ids
 
 
@@ -64,7 +66,8 @@ def decode(prompt: str, model: str | Denoiser = "embedded", config: DecodeConfig
     collector = CollectSteps()
     writer = StoreWriter(store, denoiser.token_text) if store is not None else None
     all_callbacks = [collector, *([writer] if writer else []), *callbacks]
-    result = run_decode(denoiser, prompt_ids, config, all_callbacks, prompt_text=prompt)
+    scorer = scorer_for(config, denoiser, registry)
+    result = run_decode(denoiser, prompt_ids, config, all_callbacks, prompt_text=prompt, ar_scorer=scorer)
     if writer is not None:
         result = replace(result, run_id=writer.run_id)
     return Decoded(result, prompt_ids, collector.steps, denoiser.mask_id,

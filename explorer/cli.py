@@ -51,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--threshold", type=float, default=0.9)
     d.add_argument("--temperature", type=float, default=0.0)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--factor", type=float, default=1.0, help="the `factor` strategy's f")
+    d.add_argument("--eb-gamma", type=float, default=0.1, help="the `eb` strategy's gamma (nats)")
+    d.add_argument("--prophet", action="store_true", help="Prophet early commit on the logit gap")
+    d.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance w (0: off)")
+    d.add_argument("--energy", action="append", default=[], metavar="TERM=WEIGHT",
+                   help="an energy term and its weight, repeatable: ar, ind, inv, uni (e.g. --energy uni=1)")
+    d.add_argument("--candidates", type=int, default=4, help="energy candidates k per step")
+    d.add_argument("--energy-window", type=float, nargs=2, default=(0.4, 1.0), metavar=("START", "END"),
+                   help="apply energies while the masked fraction t is in [START, END]")
+    d.add_argument("--energy-tau", type=float, default=1.0)
+    d.add_argument("--energy-orders", type=int, default=1, help="orders S for Inv-E / Uni-E (1: left to right)")
+    d.add_argument("--ar-scorer", default=None, help="the AR energy's model (default: the model's own)")
+    d.add_argument("--violations", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure dependency violations (default: on for the embedded model)")
+    d.add_argument("--violation-cap", type=int, default=16)
     store = d.add_mutually_exclusive_group()
     store.add_argument("--db", default=None, help="SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)")
     store.add_argument("--no-store", action="store_true", help="do not record the run")
@@ -72,7 +87,13 @@ def _parser() -> argparse.ArgumentParser:
 def _decode(args: argparse.Namespace) -> None:
     config = DecodeConfig(gen_length=args.gen_length, steps=args.gen_length if args.steps is None else args.steps,
                           block_length=args.block_length, strategy=args.strategy,
-                          threshold=args.threshold, temperature=args.temperature, seed=args.seed)
+                          threshold=args.threshold, temperature=args.temperature, seed=args.seed,
+                          factor=args.factor, eb_gamma=args.eb_gamma, prophet=args.prophet,
+                          cfg_scale=args.cfg_scale, energies=_energy_terms(args.energy),
+                          energy_candidates=args.candidates, energy_window=tuple(args.energy_window),
+                          energy_tau=args.energy_tau, energy_orders=args.energy_orders,
+                          ar_scorer=args.ar_scorer, violations=args.violations,
+                          violation_cap=args.violation_cap)
     denoiser = load_denoiser(args.model, registry=resolve_registry(args.models_config))
     prepare(args.prompt, denoiser, config)  # all input checks before the database is touched
     store = None if args.no_store else TrajectoryStore(args.db, args.data_dir)
@@ -82,18 +103,45 @@ def _decode(args: argparse.Namespace) -> None:
         print(json.dumps({
             "run_id": out.run_id, "mask_id": out.mask_id, "text": out.text, "token_ids": out.token_ids,
             "steps": [{"step": r.step, "block": r.block, "committed": r.committed.tolist(),
-                       "tokens": r.tokens.tolist()} for r in out.steps]}))
+                       "tokens": r.tokens.tolist(), "remasked": r.remasked.tolist(),
+                       "forward_passes": r.forward_passes, **r.extras} for r in out.steps]}))
         return
     print(out.text)
     print()
     for r in out.steps:
         words = " ".join(f"{p}:{denoiser.token_text(t)}({q:.2f})"
                          for p, t, q in zip(r.committed.tolist(), r.tokens.tolist(), r.probs.tolist()))
-        print(f"step {r.step:3d}  block {r.block}  +{r.n_committed}  {words}")
+        print(f"step {r.step:3d}  block {r.block}  +{r.n_committed}  {words}{_step_notes(r, denoiser)}")
     if args.model == "embedded":  # the story grammar's exact checker applies to this model only
         print(f"\nchecker: {check(out.text).summary()}")
     where = f"run {out.run_id} stored in {store.url}" if store else "not stored (--no-store)"
     print(f"\n{out.result.n_steps} steps, {out.result.status}; {where}")
+
+
+def _energy_terms(items: list[str]) -> tuple[tuple[str, float], ...]:
+    """'uni=1' -> ('uni', 1.0); a bare 'uni' has weight 1."""
+    terms = []
+    for item in items:
+        name, _, weight = item.partition("=")
+        try:
+            terms.append((name.strip(), float(weight) if weight else 1.0))
+        except ValueError:
+            raise CliError(f"--energy {item!r}: the weight must be a number, e.g. --energy uni=1") from None
+    return tuple(terms)
+
+
+def _step_notes(r, denoiser) -> str:
+    """The step's re-masks, violation total and kept energy candidate, when there are any."""
+    notes = []
+    if r.remasked.size:
+        notes.append("re-masked " + " ".join(f"{p}:{denoiser.token_text(t)}"
+                                             for p, t in zip(r.remasked.tolist(), r.remasked_tokens.tolist())))
+    if "violations" in r.extras:
+        notes.append(f"violation total {r.extras['violations']['total']:.2f}")
+    if "energy" in r.extras:
+        e = r.extras["energy"]
+        notes.append(f"energy kept {e['chosen']} of {len(e['total'])} (E = {e['total'][e['chosen']]:.2f})")
+    return ("   [" + "; ".join(notes) + "]") if notes else ""
 
 
 def _runs(args: argparse.Namespace) -> None:

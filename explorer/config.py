@@ -19,7 +19,28 @@ class DecodeConfig:
     threshold: float = 0.9  # the `threshold` strategy's confidence bar tau
     temperature: float = 0.0  # 0: argmax; > 0: Gumbel-max sampling in float64
     seed: int = 0
-    origin_eps: float = 1e-3  # the `origin` strategy's final time t = eps
+    origin_eps: float = 1e-3  # final time t = eps of the `origin` / `remdm_conf` time grid
+    factor: float = 1.0  # the `factor` strategy's f: commit the prefix with (n+1)(1 - c(n)) <= f
+    eb_gamma: float = 0.1  # the `eb` strategy's bound on sum(H) - max(H), nats
+    prophet: bool = False  # Prophet early commit: fill every mask once the logit gap is large
+    cfg_scale: float = 0.0  # classifier-free guidance w (0: off; > 0: a second, prompt-masked pass)
+    # Energies (DESIGN 3.2): weighted terms, e.g. (("ar", 1.0),) or (("uni", 1.0),); () = none.
+    energies: tuple[tuple[str, float], ...] = ()
+    energy_candidates: int = 4  # k candidates drawn from the product of marginals
+    energy_window: tuple[float, float] = (0.4, 1.0)  # apply while the masked fraction t is inside
+    energy_tau: float = 1.0  # keep candidate j with probability softmax(-E / tau)
+    energy_orders: int = 1  # orders S of Inv-E / Uni-E: 1 = the deterministic left-to-right chain
+    ar_scorer: str | None = None  # the AR energy's model; None: the denoiser's own (embedded)
+    # Dependency violations (DESIGN 3.3): None = the model's default (on for the embedded one).
+    violations: bool | None = None
+    violation_cap: int = 16  # at most this many (the most confident) committed tokens per step
+
+    def __post_init__(self) -> None:
+        # JSON (the store, the worker pipe) turns tuples into lists: normalise them back, so a
+        # config read from a run compares equal to the one that made it.
+        energies = tuple((str(name), weight) for name, weight in (self.energies or ()))
+        object.__setattr__(self, "energies", energies)
+        object.__setattr__(self, "energy_window", tuple(self.energy_window))
 
     @property
     def block_size(self) -> int:
@@ -33,7 +54,8 @@ class DecodeConfig:
     def steps_per_block(self) -> int:
         return self.steps // self.num_blocks
 
-    def validate(self, context_length: int, prompt_length: int, strategies: tuple[str, ...]) -> "DecodeConfig":
+    def validate(self, context_length: int, prompt_length: int, strategies: tuple[str, ...],
+                 energy_terms: tuple[str, ...] = ()) -> "DecodeConfig":
         """Raise ConfigError for the first bad setting; return self when all are fine."""
         room = context_length - prompt_length
         if prompt_length <= 0:
@@ -63,7 +85,29 @@ class DecodeConfig:
         if not (0.0 < self.origin_eps < 1.0):
             raise ConfigError(f"origin-eps {self.origin_eps} is outside (0, 1)")
         _check_int("seed", self.seed, 0, 2**63 - 1, "0..2^63-1")
+        _check_number("factor", self.factor, 0.0, None, "> 0", open_low=True)
+        _check_number("eb-gamma", self.eb_gamma, 0.0, None, ">= 0")
+        _check_number("cfg-scale", self.cfg_scale, 0.0, 100.0, "0..100")
+        self._validate_energies(energy_terms)
+        _check_int("violation-cap", self.violation_cap, 2, 256, "2..256")
         return self
+
+    def _validate_energies(self, energy_terms: tuple[str, ...]) -> None:
+        names = [name for name, _ in self.energies]
+        for name, weight in self.energies:
+            if name not in energy_terms:
+                raise ConfigError(f"unknown energy {name!r}; valid: {', '.join(energy_terms)}")
+            _check_number(f"weight of energy {name!r}", weight, None, None, "a finite number")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"energy terms repeat: {', '.join(names)}; give each at most once")
+        _check_int("energy-candidates", self.energy_candidates, 1, 64, "1..64")
+        _check_int("energy-orders", self.energy_orders, 1, 64, "1..64")
+        _check_number("energy-tau", self.energy_tau, 0.0, None, "> 0", open_low=True)
+        low, high = self.energy_window
+        _check_number("energy-window start", low, 0.0, 1.0, "0..1")
+        _check_number("energy-window end", high, 0.0, 1.0, "0..1")
+        if low > high:
+            raise ConfigError(f"energy-window ({low}, {high}) is empty: the start must be <= the end")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -78,6 +122,16 @@ def _check_int(name: str, value: object, low: int, high: int, valid: str) -> Non
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be a whole number, got {value!r}")
     if not low <= value <= high:
+        raise ConfigError(f"{name} {value} is out of range; valid: {valid}")
+
+
+def _check_number(name: str, value: object, low: float | None, high: float | None, valid: str,
+                  open_low: bool = False) -> None:
+    """A finite real number in [low, high] ((low, high] with open_low); None = unbounded."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    too_low = low is not None and (value <= low if open_low else value < low)
+    if too_low or (high is not None and value > high):
         raise ConfigError(f"{name} {value} is out of range; valid: {valid}")
 
 

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from explorer.adapters import Denoiser
+from explorer.ar_scorers import ARScorer
 from explorer.callbacks import Callback, RunStart
 from explorer.config import DecodeConfig
+from explorer.energies import Candidates, choose, draw, random_orders
 from explorer.records import DecodeResult, StepRecord
 from explorer.sampling import step_metrics
 from explorer.schedule import block_bounds, tokens_per_step
-from explorer.strategies import STRATEGIES, StepInput
+from explorer.strategies import STRATEGIES, Selection, StepInput, prophet_early_commit
+from explorer.violations import measure
 
 
 class DecodeState:
@@ -42,99 +46,247 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def resolve_config(config: DecodeConfig, denoiser: Denoiser) -> DecodeConfig:
+    """Fill the settings whose default depends on the model (violations: on for the embedded one)."""
+    if config.violations is None:
+        config = replace(config, violations=bool(getattr(denoiser, "violations_default", False)))
+    return config
+
+
+class ModelPass:
+    """Every denoiser forward of a run goes through here: CFG, the mask logit, counting.
+
+    With classifier-free guidance (w > 0) each sequence runs twice, as the prompt-masked copy
+    gives the unconditional logits: l = l_u + (w + 1)(l_c - l_u) (LLaDA)."""
+
+    def __init__(self, denoiser: Denoiser, prompt_length: int, cfg_scale: float) -> None:
+        self.denoiser, self.P, self.w = denoiser, prompt_length, cfg_scale
+        self.sequences = 0  # sequence forwards run so far (a batch of n counts n)
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, G, V) logits of the generated positions, the mask never a proposal."""
+        B = ids.shape[0]
+        if self.w > 0:
+            uncond = ids.clone()
+            uncond[:, : self.P] = self.denoiser.mask_id
+            both = self.denoiser.logits(torch.cat([ids, uncond]))[:, self.P:]  # (2B, G, V)
+            cond, free = both[:B], both[B:]
+            out = free + (self.w + 1) * (cond - free)
+        else:
+            out = self.denoiser.logits(ids)[:, self.P:].clone()
+        self.sequences += B * (2 if self.w > 0 else 1)
+        out[..., self.denoiser.mask_id] = float("-inf")
+        return out
+
+    def log_probs(self, ids: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(B, L), (B, m) -> (B, m, V) log-probabilities at generated positions `cols`, in
+        batched chunks of at most ~1 GiB of float32 logits (a few rows for an 8B vocabulary)."""
+        L, V = ids.shape[1], None
+        out, lo, rows = [], 0, ids.shape[0]
+        while lo < rows:
+            chunk = 256 if V is None else max(1, min(256, 2**28 // (L * V)))
+            hi = min(rows, lo + chunk)
+            logits = self.logits(ids[lo:hi])  # (b, G, V)
+            V = logits.shape[-1]
+            picked = logits.gather(1, cols[lo:hi, :, None].expand(-1, -1, V))  # (b, m, V)
+            out.append(torch.log_softmax(picked.float(), dim=-1))
+            lo = hi
+        return torch.cat(out)
+
+
 @torch.no_grad()
-def iter_steps(denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConfig) -> Iterator[StepRecord]:
+def iter_steps(denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConfig,
+               ar_scorer: ARScorer | None = None) -> Iterator[StepRecord]:
     """Yield one StepRecord per step until every generated position is committed.
 
-    On a GPU the step runs on the device without waiting for it: the only host synchronisation
-    of a step is the copy of its results to the host (`_to_host`, once per step). Which
+    On a GPU a plain step runs on the device without waiting for it: its only host
+    synchronisation is the copy of its results to the host (`_to_host`, once per step). Which
     positions are still masked is mirrored on the host from those results, so the loop
-    condition and the schedule never read a device tensor.
+    condition and the schedule never read a device tensor. Energies, violations and Prophet's
+    check read small results on the host as well (they need the committed set).
     """
+    config = resolve_config(config, denoiser)
     strategy = STRATEGIES[config.strategy]
     device = denoiser.device
     state = DecodeState(prompt_ids, config.gen_length, denoiser.mask_id, device)
+    model = ModelPass(denoiser, state.prompt_length, config.cfg_scale)
     generator = make_generator(config.seed, device)
-    P, step = state.prompt_length, 0
+    order_generator = torch.Generator().manual_seed(config.seed ^ 0x5EED)  # Inv-E orders, on the host
+    G, step = config.gen_length, 0
     masked_host = state.masked().cpu().numpy().copy()  # (G,) bool, kept in step with the device
-    for block, (start, end) in enumerate(block_bounds(config.gen_length, config.block_size)):
-        in_block = torch.zeros(config.gen_length, dtype=torch.bool, device=device)
+    commit_conf = torch.zeros(G, dtype=torch.float32, device=device)  # p(token) at its last commit
+    for block, (start, end) in enumerate(block_bounds(G, config.block_size)):
+        in_block = torch.zeros(G, dtype=torch.bool, device=device)
         in_block[start:end] = True
         schedule = tokens_per_step(int(masked_host[start:end].sum()), config.steps_per_block)
         j = 0
         while masked_host[start:end].any():
             began = time.perf_counter()
-            logits = denoiser.logits(state.x)[0, P:].clone()  # (G, V)
-            logits[:, denoiser.mask_id] = float("-inf")  # the mask is never a proposal
+            passes_before = model.sequences
+            x_before = state.x.clone() if config.violations else None
+            logits = model.logits(state.x)[0]  # (G, V)
             metrics = step_metrics(logits, config.temperature, generator)
+            forward_seconds = _synced_seconds(began, device) if config.violations else None
             masked = state.masked()
-            # Past the schedule (only adaptive strategies such as `threshold` get there, and they
-            # ignore the count) one token per step is the natural default.
-            scheduled = schedule[j] if j < len(schedule) else 1
-            selection = strategy(StepInput(
-                candidates=masked & in_block, confidence=metrics.proposal_prob,
-                entropy=metrics.entropy, margin=metrics.margin, n_scheduled=scheduled,
-                step_in_block=j, steps_per_block=config.steps_per_block,
-                threshold=config.threshold, origin_eps=config.origin_eps, generator=generator))
-            commit = selection.commit & masked & in_block
+            extras: dict = {}
+            early = config.prophet and _prophet_fires(logits, masked, step, config.steps, extras)
+            if early:
+                selection = Selection(masked.clone())  # fill every remaining mask, every block
+            else:
+                selection = strategy(StepInput(
+                    candidates=masked & in_block, confidence=metrics.proposal_prob,
+                    entropy=metrics.entropy, margin=metrics.margin,
+                    n_scheduled=schedule[j] if j < len(schedule) else 1,  # past it: adaptive rules
+                    step_in_block=j, steps_per_block=config.steps_per_block,
+                    threshold=config.threshold, origin_eps=config.origin_eps, generator=generator,
+                    committed=~masked & in_block, commit_confidence=commit_conf,
+                    n_later=sum(schedule[j + 1:]), factor=config.factor, eb_gamma=config.eb_gamma))
+            commit = selection.commit & masked & (masked if early else in_block)
+            remask = (selection.remask & ~masked & in_block) if selection.remask is not None else None
+            tokens = metrics.proposal
+            ar_passes = 0
+            if config.energies and _in_window(config, int(masked_host.sum()) / G):
+                tokens, ar_passes = _energy_stage(state, model, metrics, commit, masked, config,
+                                                  ar_scorer, generator, order_generator, extras)
+            before, conf_before = state.generated.clone(), commit_conf  # what a re-mask takes away
             # torch.where, not boolean indexing: indexing by a mask needs its size on the host.
-            state.generated.copy_(torch.where(commit, metrics.proposal, state.generated))
-            host = _to_host(commit, metrics)
+            state.generated.copy_(torch.where(commit, tokens, state.generated))
+            token_prob = metrics.log_p.gather(-1, tokens[:, None]).squeeze(-1).exp()  # (G,)
+            commit_conf = torch.where(commit, token_prob, commit_conf)
+            if remask is not None:
+                state.generated.copy_(torch.where(remask, torch.full_like(tokens, denoiser.mask_id),
+                                                  state.generated))
+            host = _to_host(commit, remask, tokens, token_prob, metrics, before, conf_before)
             masked_before = int(masked_host.sum())
             masked_host &= ~host.commit
-            yield _record(step, block, host, masked_before, time.perf_counter() - began)
+            masked_host |= host.remask
+            if config.violations and host.commit.sum() >= 2:
+                _violation_stage(model, x_before, state.prompt_length, host, metrics.log_p, config,
+                                 forward_seconds, extras)
+            passes = model.sequences - passes_before + ar_passes
+            yield _record(step, block, host, masked_before, time.perf_counter() - began, passes, extras)
             step, j = step + 1, j + 1
+
+
+def _synced_seconds(began: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - began
+
+
+def _in_window(config: DecodeConfig, masked_fraction: float) -> bool:
+    low, high = config.energy_window
+    return low <= masked_fraction <= high
+
+
+def _prophet_fires(logits: torch.Tensor, masked: torch.Tensor, step: int, total_steps: int, extras: dict) -> bool:
+    """Prophet: the mean top-1 minus top-2 logit gap over the still-masked positions."""
+    top2 = logits.topk(2, dim=-1).values  # (G, 2)
+    gaps = (top2[:, 0] - top2[:, 1]).nan_to_num(posinf=1e4)
+    n = masked.sum()
+    mean_gap = float((gaps * masked).sum() / n.clamp_min(1))
+    fires = prophet_early_commit(mean_gap, step, total_steps)
+    extras["prophet"] = {"mean_gap": round(mean_gap, 4), "early_commit": fires}
+    return fires
+
+
+def _energy_stage(state: DecodeState, model: ModelPass, metrics, commit: torch.Tensor, masked: torch.Tensor,
+                  config: DecodeConfig, ar_scorer: ARScorer | None, generator: torch.Generator,
+                  order_generator: torch.Generator, extras: dict) -> tuple[torch.Tensor, int]:
+    """Draw k candidates, keep one by importance sampling; return the step's tokens and AR passes."""
+    positions = torch.nonzero(commit).flatten()  # (n,) ascending
+    if positions.numel() == 0:
+        return metrics.proposal, 0
+    temperature = config.temperature if config.temperature > 0 else 1.0
+    # The proposal: the marginals at the run's temperature (1 for greedy runs, whose point
+    # mass would make every candidate the same).
+    log_q = metrics.log_p if temperature == 1.0 else torch.log_softmax(metrics.log_p / temperature, -1)  # (G, V)
+    cands = Candidates(
+        x=state.x, prompt_length=state.prompt_length, masked=masked, positions=positions,
+        tokens=draw(log_q, masked, state.generated, config.energy_candidates, generator),
+        log_q=log_q, log_p=metrics.log_p, log_probs=model.log_probs,
+        orders=random_orders(positions.numel(), config.energy_orders, order_generator, positions.device),
+        ar_log_probs=ar_scorer.log_probs if ar_scorer is not None else None)
+    choice = choose(cands, dict(config.energies), config.energy_tau, generator)
+    extras["energy"] = {**choice.to_json(), "positions": positions.tolist()}
+    return torch.where(commit, cands.tokens[choice.chosen], metrics.proposal), choice.passes["ar"]
+
+
+def _violation_stage(model: ModelPass, x_before: torch.Tensor, prompt_length: int, host, log_p: torch.Tensor,
+                     config: DecodeConfig, forward_seconds: float, extras: dict) -> None:
+    began = time.perf_counter()
+    committed = np.flatnonzero(host.commit)
+    result = measure(model.log_probs, x_before, prompt_length, committed, host.tokens, log_p,
+                     host.proposal_prob, config.violation_cap)
+    extras["violations"] = result.to_json(len(committed), time.perf_counter() - began)
+    extras["violations"]["forward_seconds"] = round(forward_seconds, 6)
 
 
 class _HostStep:
     """One step's per-position results on the host: two device-to-host copies in all."""
 
-    __slots__ = ("commit", "entropy", "margin", "proposal", "proposal_prob", "top_ids", "top_probs")
+    __slots__ = ("before", "commit", "conf_before", "entropy", "margin", "proposal_prob", "remask", "tokens",
+                 "top_ids", "top_probs")
 
     def __init__(self, ints: np.ndarray, floats: np.ndarray, k: int) -> None:
         self.top_ids = ints[:k].T  # (G, K)
-        self.proposal = ints[k]
+        self.tokens = ints[k]  # the token a commit writes at each position (x̂ or the energy's pick)
         self.commit = ints[k + 1].astype(bool)
+        self.remask = ints[k + 2].astype(bool)
+        self.before = ints[k + 3]  # the generated part before this step
+        self.conf_before = floats[k + 3].astype(np.float32)  # p(token) at each position's last commit
         floats = floats.astype(np.float32)
         self.top_probs = floats[:k].T  # (G, K)
         self.proposal_prob, self.entropy, self.margin = floats[k], floats[k + 1], floats[k + 2]
 
 
-def _to_host(commit: torch.Tensor, metrics) -> _HostStep:
+def _to_host(commit: torch.Tensor, remask: torch.Tensor | None, tokens: torch.Tensor, token_prob: torch.Tensor,
+             metrics, before: torch.Tensor, conf_before: torch.Tensor) -> _HostStep:
     """Stack the step's per-position arrays on the device and copy them to the host at once.
 
-    Floats travel as float16: (K + 3, G) = top-K probabilities, p(x̂), entropy, margin. That is
+    Floats travel as float16: (K + 4, G) = top-K probabilities, p(token), entropy, margin, the
+    confidence of each position's last commit (for re-mask events). That is
     the precision the store keeps (DESIGN section 4) and halves the transfer; the strategies
     already ranked on the device in full precision, so no decision depends on the rounding.
     float16 keeps 11 significant bits: every value to within 2^-11 (0.05%) relative error.
-    Ints (token ids, the commit mask) travel as one (K + 2, G) int64 array.
+    Ints (token ids, the commit and re-mask masks, the previous tokens) travel as one (K + 4, G)
+    int64 array.
     """
     k = metrics.top_ids.shape[-1]
-    floats = torch.cat([metrics.top_probs.T, metrics.proposal_prob[None], metrics.entropy[None],
-                        metrics.margin[None]]).to(torch.float16)
-    ints = torch.cat([metrics.top_ids.T, metrics.proposal[None], commit[None].to(metrics.top_ids.dtype)])
+    floats = torch.cat([metrics.top_probs.T, token_prob[None], metrics.entropy[None],
+                        metrics.margin[None], conf_before[None]]).to(torch.float16)
+    remask = torch.zeros_like(commit) if remask is None else remask
+    as_int = metrics.top_ids.dtype
+    ints = torch.cat([metrics.top_ids.T, tokens[None], commit[None].to(as_int), remask[None].to(as_int),
+                      before[None].to(as_int)])
     floats_host = floats.cpu()  # the step's one synchronisation with the device
     return _HostStep(ints.cpu().numpy(), floats_host.numpy(), k)
 
 
-def _record(step: int, block: int, host: _HostStep, masked_before: int, seconds: float) -> StepRecord:
+def _record(step: int, block: int, host: _HostStep, masked_before: int, seconds: float, passes: int,
+            extras: dict) -> StepRecord:
     positions = np.flatnonzero(host.commit)
     return StepRecord(
         step=step, block=block, committed=positions.astype(np.int64),
-        tokens=host.proposal[positions].astype(np.int64), probs=host.proposal_prob[positions],
+        tokens=host.tokens[positions].astype(np.int64), probs=host.proposal_prob[positions],
         top_ids=host.top_ids[positions].astype(np.int64), top_probs=host.top_probs[positions],
         argmax=host.top_ids[:, 0].astype(np.int32), confidence=np.ascontiguousarray(host.top_probs[:, 0]),
-        entropy=host.entropy, margin=host.margin, masked_before=masked_before, seconds=seconds)
+        entropy=host.entropy, margin=host.margin, masked_before=masked_before, seconds=seconds,
+        forward_passes=passes, remasked=(remasked := np.flatnonzero(host.remask).astype(np.int64)),
+        remasked_tokens=host.before[remasked].astype(np.int64), remasked_probs=host.conf_before[remasked],
+        extras=extras)
 
 
 def run_decode(denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConfig,
-               callbacks: Sequence[Callback] = (), prompt_text: str = "") -> DecodeResult:
+               callbacks: Sequence[Callback] = (), prompt_text: str = "",
+               ar_scorer: ARScorer | None = None) -> DecodeResult:
     """Run a whole decode, calling each callback's hooks; returns the final result.
 
     A callback's `should_stop()` returning True cancels the run before the next step; an
     exception in the engine or a callback ends it as failed (and is re-raised after every
     callback's `on_end` ran, so the store records it).
     """
+    config = resolve_config(config, denoiser)
     start = RunStart(model=denoiser.name, prompt=prompt_text, prompt_ids=list(prompt_ids),
                      config=config, mask_id=denoiser.mask_id, device=str(denoiser.device))
     for cb in callbacks:
@@ -142,8 +294,9 @@ def run_decode(denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConf
     generated = np.full(config.gen_length, denoiser.mask_id, dtype=np.int64)
     n_steps, status = 0, "completed"
     try:
-        for record in iter_steps(denoiser, prompt_ids, config):
+        for record in iter_steps(denoiser, prompt_ids, config, ar_scorer):
             generated[record.committed] = record.tokens
+            generated[record.remasked] = denoiser.mask_id
             n_steps += 1
             for cb in callbacks:
                 cb.on_step(record)

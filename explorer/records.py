@@ -25,8 +25,15 @@ class StepRecord:
     margin: np.ndarray  # (G,) float32 p_top1 - p_top2
     masked_before: int  # masked positions in the generated part before this step
     seconds: float  # wall time of this step (forward, metrics, selection)
-    forward_passes: int = 1  # denoiser passes this step ran (energies add copies later)
-    extras: dict = field(default_factory=dict)  # room for energies / violations
+    # Sequence forwards this step ran, of any model: the step's pass (2 with CFG), the energies'
+    # chain copies and AR candidates, the violation pass (a batch of n counts n).
+    forward_passes: int = 1
+    remasked: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (r,) positions masked again
+    remasked_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (r,) the tokens removed
+    remasked_probs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (r,) p at their commit
+    # JSON-ready step extras: "energy" (every candidate's terms, the kept one), "violations"
+    # (D, S, A, flip, scores of the committed set), "prophet" (the logit gap) when they ran.
+    extras: dict = field(default_factory=dict)
 
     @property
     def n_committed(self) -> int:

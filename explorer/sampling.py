@@ -33,6 +33,7 @@ class StepMetrics:
     top_ids: torch.Tensor  # (G, K) ... and ids; K = TOP_K_ALTERNATIVES
     entropy: torch.Tensor  # nats
     margin: torch.Tensor  # p_top1 - p_top2
+    log_p: torch.Tensor  # (G, V) log-probabilities (temperature 1), for energies and violations
 
     @property
     def confidence(self) -> torch.Tensor:
@@ -49,4 +50,4 @@ def step_metrics(logits: torch.Tensor, temperature: float, generator: torch.Gene
     proposal = top_ids[:, 0] if temperature == 0 else propose(logits, temperature, generator)
     proposal_prob = p.gather(-1, proposal[:, None]).squeeze(-1)
     margin = top_probs[:, 0] - (top_probs[:, 1] if k > 1 else 0.0)
-    return StepMetrics(proposal, proposal_prob, top_ids[:, 0], top_probs, top_ids, entropy, margin)
+    return StepMetrics(proposal, proposal_prob, top_ids[:, 0], top_probs, top_ids, entropy, margin, log_p)

@@ -27,7 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from explorer.callbacks import Callback, RunStart
 from explorer.records import DecodeResult, StepRecord
-from explorer.trajectory import Commits, RunArrays, assemble, fit_top
+from explorer.trajectory import Remasks, Commits, RunArrays, assemble, fit_top
 
 DEFAULT_DATA_DIR = Path(os.environ.get("EXPLORER_DATA_DIR", Path.home() / ".diffusion-explorer"))
 DB_URL_ENV = "EXPLORER_DB_URL"
@@ -173,6 +173,14 @@ def open_engine(url: str) -> Engine:
     return engine
 
 
+def violation_scores(record: StepRecord) -> dict[int, float]:
+    """position -> violation score (most negative S_ij) of the step's co-committed tokens."""
+    violations = record.extras.get("violations") if record.extras else None
+    if not violations:
+        return {}
+    return dict(zip(violations["positions"], violations["scores"]))
+
+
 def _blob(array: np.ndarray, dtype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=dtype).tobytes()
 
@@ -208,11 +216,18 @@ class TrajectoryStore:
                 "argmax": _blob(r.argmax, "<i4"), "confidence": _blob(r.confidence, "<f2"),
                 "entropy": _blob(r.entropy, "<f2"), "margin": _blob(r.margin, "<f2"),
                 "extras": r.extras or None})
+            scores = violation_scores(r)
             for i, (pos, tok, prob) in enumerate(zip(r.committed.tolist(), r.tokens.tolist(), r.probs.tolist())):
                 event_rows.append({
                     "run_id": run_id, "step": r.step, "position": pos, "kind": "commit", "token_id": tok,
                     "token_text": token_text(tok), "prob": prob, "top_ids": r.top_ids[i].tolist(),
-                    "top_probs": [round(p, 5) for p in r.top_probs[i].tolist()]})
+                    "top_probs": [round(p, 5) for p in r.top_probs[i].tolist()],
+                    "violation_score": scores.get(pos)})
+            for pos, tok, prob in zip(r.remasked.tolist(), r.remasked_tokens.tolist(), r.remasked_probs.tolist()):
+                event_rows.append({
+                    "run_id": run_id, "step": r.step, "position": pos, "kind": "remask", "token_id": tok,
+                    "token_text": token_text(tok), "prob": prob, "top_ids": [], "top_probs": [],
+                    "violation_score": None})
         with self.session() as s, s.begin():
             s.execute(insert(Step), step_rows)
             if event_rows:
@@ -296,11 +311,13 @@ class TrajectoryStore:
             if run is None:
                 raise KeyError(f"no run with id {run_id}")
             rows = s.execute(select(Step.step, Step.block, Step.n_committed, Step.argmax, Step.confidence,
-                                    Step.entropy, Step.margin).where(Step.run_id == run_id)
+                                    Step.entropy, Step.margin, Step.extras).where(Step.run_id == run_id)
                              .order_by(Step.step)).all()
             commits = s.execute(select(Event.step, Event.position, Event.token_id, Event.prob, Event.top_ids,
                                        Event.top_probs)
                                 .where(Event.run_id == run_id, Event.kind == "commit").order_by(Event.id)).all()
+            remasks = s.execute(select(Event.step, Event.position, Event.token_id)
+                                .where(Event.run_id == run_id, Event.kind == "remask").order_by(Event.id)).all()
             info = _run_dict(run)
         G, S = info["gen_length"], len(rows)
 
@@ -314,7 +331,8 @@ class TrajectoryStore:
                         blocks=np.array([r[1] for r in rows], dtype=np.int64),
                         n_committed=np.array([r[2] for r in rows], dtype=np.int64), argmax=stack(3, "<i4"),
                         confidence=stack(4, "<f2"), entropy=stack(5, "<f2"), margin=stack(6, "<f2"),
-                        commits=_commits(commits))
+                        commits=_commits(commits), extras=[r[7] or {} for r in rows],
+                        remasks=Remasks.of([(r[0], r[1], r[2]) for r in remasks]))
 
     def count_runs(self) -> int:
         with self.session() as s:

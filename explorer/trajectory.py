@@ -38,6 +38,20 @@ class Commits:
 
 
 @dataclass(frozen=True)
+class Remasks:
+    """The re-mask events of a run (remasking strategies): the token taken away, where, when."""
+
+    step: np.ndarray  # (r,) int
+    position: np.ndarray  # (r,) int
+    token: np.ndarray  # (r,) int
+
+    @staticmethod
+    def of(rows: Sequence[tuple[int, int, int]]) -> Remasks:
+        a = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        return Remasks(a[:, 0].copy(), a[:, 1].copy(), a[:, 2].copy())
+
+
+@dataclass(frozen=True)
 class RunArrays:
     """A run as (position x step) arrays, for plotting. NaN/-1 where undefined."""
 
@@ -54,6 +68,11 @@ class RunArrays:
     commit_prob: np.ndarray  # (G,) float32: p(token) at commit, NaN if not committed
     commit_top_ids: np.ndarray  # (G, K) int32: the K most probable tokens at commit, -1 if none
     commit_top_probs: np.ndarray  # (G, K) float32: and their probabilities, NaN if none
+    remasks: Remasks  # re-mask events (empty unless a remasking strategy ran)
+    remask_count: np.ndarray  # (G,) int32: how often each position was masked again
+    violation: np.ndarray  # (G, S) float32: violation score (most negative S_ij) at commit, NaN elsewhere
+    energy: np.ndarray  # (G, S) float32: the kept candidate's energy at the positions it committed
+    extras: list  # (S,) each step's extras dict (energy candidates, violation matrices), {} if none
 
     @property
     def gen_length(self) -> int:
@@ -82,7 +101,9 @@ class RunArrays:
                         n_committed=np.array([r.n_committed for r in records], dtype=np.int64),
                         argmax=stack("argmax", np.int32), confidence=stack("confidence", np.float32),
                         entropy=stack("entropy", np.float32), margin=stack("margin", np.float32),
-                        commits=commits_from_records(records))
+                        commits=commits_from_records(records), extras=[r.extras for r in records],
+                        remasks=Remasks.of([(r.step, p, t) for r in records
+                                            for p, t in zip(r.remasked.tolist(), r.remasked_tokens.tolist())]))
 
 
 def commits_from_records(records: Sequence[StepRecord]) -> Commits:
@@ -109,8 +130,8 @@ def fit_top(values, fill, dtype, n: int) -> np.ndarray:
 
 def assemble(run: dict, *, steps: np.ndarray, blocks: np.ndarray, n_committed: np.ndarray,
              argmax: np.ndarray, confidence: np.ndarray, entropy: np.ndarray, margin: np.ndarray,
-             commits: Commits) -> RunArrays:
-    """RunArrays from per-step arrays (G, S) and the run's commits; derives the per-position ones."""
+             commits: Commits, extras: Sequence[dict] | None = None, remasks: Remasks | None = None) -> RunArrays:
+    """RunArrays from per-step arrays (G, S) and the run's events; derives the per-position ones."""
     G, S, mask_id = int(run["gen_length"]), int(steps.shape[0]), int(run["mask_id"])
     commit_step = np.full(G, -1, dtype=np.int32)
     final = np.full(G, mask_id, dtype=np.int32)
@@ -126,11 +147,51 @@ def assemble(run: dict, *, steps: np.ndarray, blocks: np.ndarray, n_committed: n
     commit_prob[positions] = commits.prob[order]
     top_ids[positions] = commits.top_ids[order]
     top_probs[positions] = commits.top_probs[order]
-    # The sequence after each step; columns are steps 0..S-1 in order.
-    step_index = np.arange(S)[None, :]  # (1, S)
-    committed_by = (commit_step[:, None] >= 0) & (commit_step[:, None] <= step_index)  # (G, S)
-    tokens = np.where(committed_by, final[:, None], mask_id).astype(np.int32)  # (G, S)
+    remasks = remasks if remasks is not None else Remasks.of([])
+    extras = list(extras) if extras is not None else [{} for _ in range(S)]
+    if remasks.step.size == 0:
+        # The sequence after each step; columns are steps 0..S-1 in order.
+        step_index = np.arange(S)[None, :]  # (1, S)
+        committed_by = (commit_step[:, None] >= 0) & (commit_step[:, None] <= step_index)  # (G, S)
+        tokens = np.where(committed_by, final[:, None], mask_id).astype(np.int32)  # (G, S)
+    else:
+        tokens = _replay(G, S, mask_id, steps, commits, remasks)
+    violation, energy = _step_maps(G, steps, extras)
     return RunArrays(run=run, steps=steps, blocks=blocks, n_committed=n_committed, argmax=argmax,
                      confidence=confidence, entropy=entropy, margin=margin, commit_step=commit_step,
                      tokens=tokens, commit_prob=commit_prob, commit_top_ids=top_ids,
-                     commit_top_probs=top_probs)
+                     commit_top_probs=top_probs, remasks=remasks,
+                     remask_count=np.bincount(remasks.position, minlength=G)[:G].astype(np.int32),
+                     violation=violation, energy=energy, extras=extras)
+
+
+def _replay(G: int, S: int, mask_id: int, steps: np.ndarray, commits: Commits, remasks: Remasks) -> np.ndarray:
+    """(G, S) the sequence after each step, replaying commits and re-masks step by step."""
+    column = {int(step): i for i, step in enumerate(steps.tolist())}
+    tokens = np.full((G, S), mask_id, dtype=np.int32)
+    current = np.full(G, mask_id, dtype=np.int32)
+    by_step: dict[int, list] = {}
+    for step, pos in zip(remasks.step.tolist(), remasks.position.tolist()):
+        by_step.setdefault(step, []).append((pos, mask_id))
+    for step, pos, tok in zip(commits.step.tolist(), commits.position.tolist(), commits.token.tolist()):
+        by_step.setdefault(step, []).append((pos, tok))
+    for step in sorted(column):
+        for pos, tok in by_step.get(step, []):
+            current[pos] = tok
+        tokens[:, column[step]] = current
+    return tokens
+
+
+def _step_maps(G: int, steps: np.ndarray, extras: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(G, S) violation scores and kept-candidate energies at the positions each step committed."""
+    S = len(steps)
+    violation = np.full((G, S), np.nan, dtype=np.float32)
+    energy = np.full((G, S), np.nan, dtype=np.float32)
+    for i, extra in enumerate(extras):
+        v = (extra or {}).get("violations")
+        if v:
+            violation[v["positions"], i] = v["scores"]
+        e = (extra or {}).get("energy")
+        if e and e.get("per_position"):
+            energy[e["positions"], i] = e["per_position"]
+    return violation, energy

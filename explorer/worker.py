@@ -180,6 +180,7 @@ def run_job(job: Job, denoiser, store, jobs: Connection, events: Connection):
     called in the Gradio process on a ZeroGPU Space, else the identity (explorer/zerogpu.py).
     """
     from explorer.api import prepare
+    from explorer.ar_scorers import scorer_for
     from explorer.engine import run_decode
     from explorer.store import StoreWriter
 
@@ -190,7 +191,8 @@ def run_job(job: Job, denoiser, store, jobs: Connection, events: Connection):
     callbacks = [writer, stream, _CancelCheck(jobs, job.job_id)]
     if job.pace_ms > 0:
         callbacks.append(_Pace(job.pace_ms))
-    result = run_decode(denoiser, prompt_ids, config, callbacks, prompt_text=job.prompt)
+    scorer = scorer_for(config, denoiser)
+    result = run_decode(denoiser, prompt_ids, config, callbacks, prompt_text=job.prompt, ar_scorer=scorer)
     stream.report_device()  # the memory in use at the end of the run
     return replace(result, run_id=writer.run_id)
 

@@ -141,6 +141,11 @@ def assert_same_arrays(store_a, id_a, store_b, id_b) -> None:
         if f.name == "run":
             strip = lambda d: {k: v for k, v in d.items() if k not in ("id", "parent_run_id")}  # noqa: E731
             assert strip(a.run) == strip(b.run)
+        elif f.name == "extras":
+            assert a.extras == b.extras
+        elif f.name == "remasks":
+            for g in fields(a.remasks):
+                np.testing.assert_array_equal(getattr(a.remasks, g.name), getattr(b.remasks, g.name), err_msg=g.name)
         else:
             x, y = getattr(a, f.name), getattr(b, f.name)
             assert x.dtype == y.dtype and x.shape == y.shape, f.name
@@ -174,7 +179,7 @@ def test_bundle_layout(source):
     run = bundle["run"]
     assert tuple(run) == RUN_FIELDS and "id" not in run
     assert run["status"] == "completed" and run["final_token_ids"] == out.token_ids
-    assert DecodeConfig(**run["config"]) == DecodeConfig(gen_length=G, steps=S)
+    assert DecodeConfig(**run["config"]) == DecodeConfig(gen_length=G, steps=S, violations=True)
     from datetime import datetime
     created = datetime.fromisoformat(run["created_at"])
     assert created.utcoffset().total_seconds() == 0 and run["created_at"].endswith("+00:00")
@@ -412,7 +417,7 @@ DICT_CASES = {
 }
 
 BYTES_CASES = {
-    "malformed JSON": (lambda d: d[:-10], r"the bundle is not valid JSON: Unterminated string .*\(line 1, column \d+\)$"),
+    "malformed JSON": (lambda d: d[: d.index(b'"prompt":"') + 14], r"the bundle is not valid JSON: Unterminated string .*\(line 1, column \d+\)$"),
     "empty input": (lambda d: b"", r"the bundle is not valid JSON: Expecting value"),
     "not an object": (lambda d: b"[1, 2, 3]", r"a bundle is a JSON object, got array"),
     "non-UTF-8 bytes": (lambda d: d.replace(b'"prompt":"once', b'"prompt":"\xffnce', 1),

@@ -3,6 +3,8 @@ step records, config validation and the run lifecycle with callbacks."""
 import itertools
 import math
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -24,21 +26,25 @@ def run(denoiser, **settings):
 
 
 def assert_complete(out, denoiser, gen_length=G):
-    """No mask left, every position committed exactly once, records consistent with the result."""
+    """No mask left, every position committed once more than it was re-masked (exactly once
+    without a remasking strategy), records consistent with the result."""
     assert out.result.status == "completed"
     assert len(out.token_ids) == gen_length
     assert denoiser.mask_id not in out.token_ids
-    positions = np.concatenate([r.committed for r in out.steps])
-    assert sorted(positions.tolist()) == list(range(gen_length))
+    commits = np.bincount(np.concatenate([r.committed for r in out.steps]), minlength=gen_length)
+    remasks = np.bincount(np.concatenate([r.remasked for r in out.steps]), minlength=gen_length)
+    assert (commits - remasks == 1).all()
     rebuilt = np.full(gen_length, -1)
     masked = gen_length
     for i, r in enumerate(out.steps):
         assert r.step == i
         assert r.masked_before == masked
         assert len(r.tokens) == len(r.committed) == r.n_committed
-        assert (rebuilt[r.committed] == -1).all()
+        assert (rebuilt[r.committed] == -1).all()  # only masked positions are committed
+        assert (rebuilt[r.remasked] == r.remasked_tokens).all()  # a re-mask takes the token there
         rebuilt[r.committed] = r.tokens
-        masked -= r.n_committed
+        rebuilt[r.remasked] = -1
+        masked += len(r.remasked) - r.n_committed
     assert rebuilt.tolist() == out.token_ids
     assert out.result.n_steps == len(out.steps)
     assert out.result.text == denoiser.decode(out.token_ids)
@@ -336,7 +342,8 @@ def test_completed_run_calls_every_hook(denoiser):
     config = DecodeConfig(gen_length=16, steps=4)
     result = run_decode(denoiser, denoiser.encode(PROMPT), config, [cb], prompt_text=PROMPT)
     assert result.status == "completed" and result.n_steps == 4 and result.error is None
-    assert cb.started[0].config == config and cb.started[0].prompt == PROMPT
+    # The run starts with the model-dependent default resolved (violations on for the embedded model).
+    assert cb.started[0].config == replace(config, violations=True) and cb.started[0].prompt == PROMPT
     assert cb.started[0].mask_id == denoiser.mask_id
     assert len(cb.steps) == 4 and cb.ended == [result]
 
@@ -416,8 +423,10 @@ HOST_READS = ("__bool__", "__int__", "__index__", "item", "tolist", "nonzero", "
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_a_step_reads_the_device_once(denoiser, monkeypatch, strategy):
+    # Violations, energies and Prophet read small results on the host by design (they need the
+    # committed set); a plain step must not.
     config = DecodeConfig(gen_length=16, steps=8, block_length=8, strategy=strategy, threshold=0.5,
-                          temperature=0.5, seed=1)
+                          temperature=0.5, seed=1, violations=False)
     steps = iter_steps(denoiser, prepare(PROMPT, denoiser, config), config)
     next(steps)  # setting up the run may read the device (the initial mask); steps may not
     counts = {name: 0 for name in HOST_READS}

@@ -69,7 +69,8 @@ def test_run_row_round_trip(stored_decode):
     assert run["prompt"] == PROMPT and run["prompt_ids"] == out.prompt_ids
     assert run["model"] == "embedded" and run["strategy"] == "low_confidence"
     assert run["gen_length"] == G and run["mask_id"] == out.mask_id
-    expected = DecodeConfig(gen_length=G, steps=S, strategy="low_confidence")
+    # Stored as run: the model-dependent default (violations on for the embedded model) resolved.
+    expected = DecodeConfig(gen_length=G, steps=S, strategy="low_confidence", violations=True)
     assert DecodeConfig(**run["config"]) == expected
     assert DecodeConfig.from_json(expected.to_json()) == expected
     assert [r["id"] for r in store.list_runs()] == [out.run_id]
@@ -388,7 +389,8 @@ def test_store_writer_without_start_ignores_end(store):
 
 
 def test_config_json_round_trip_non_default(denoiser, store):
-    config = DecodeConfig(gen_length=G, steps=S, block_length=8, strategy="margin", temperature=0.5, seed=7)
+    config = DecodeConfig(gen_length=G, steps=S, block_length=8, strategy="margin", temperature=0.5, seed=7,
+                          energies=(("uni", 0.5), ("ar", 1.0)), energy_window=(0.2, 0.9), violations=False)
     out = decode(PROMPT, denoiser, config=config, store=store)
     stored = store.get_run(out.run_id)["config"]
     assert DecodeConfig(**stored) == config

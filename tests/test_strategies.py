@@ -161,7 +161,8 @@ def test_threshold_is_adaptive_it_ignores_the_scheduled_count():
     picks = {n: committed(STRATEGIES["threshold"](make_input([True] * 4, confidence, n_scheduled=n)))
              for n in (0, 1, 3, 10)}
     assert all(p == [0, 2] for p in picks.values()), picks
-    assert set(STRATEGIES) == {"low_confidence", "margin", "entropy", "random", "origin", "threshold"}
+    assert set(STRATEGIES) == {"low_confidence", "margin", "entropy", "random", "origin", "threshold",
+                               "factor", "eb", "rcr", "remdm_conf"}
 
 
 # ---- origin --------------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""Dependency violations between the tokens one step commits together (DESIGN 3.3).
+
+For a step that commits n >= 2 tokens y_1..y_n at positions u_1..u_n from the state x, one
+batched extra pass of n sequences (x with one committed token y_i revealed) gives
+`log p(y_j | x + y_i)` for every pair. With `log q_j(y_j)` from the step's own pass:
+
+    D_ij = log p(y_j | x + y_i) - log q_j(y_j)   how revealing y_i changes the belief in y_j
+    S_ij = (D_ij + D_ji) / 2                      pointwise mutual information for a consistent
+                                                  model; strongly negative = contradiction
+    A_ij = D_ij - D_ji                            0 for a consistent joint: order dependence
+    flip_ij = argmax p(. | x + y_i)_j != y_j      revealing y_i would change the choice of y_j
+
+A token's violation score is its most negative S_ij over the others; a step's total is the
+sum over pairs i < j of the negative parts min(S_ij, 0) (a positive PMI is agreement, not a
+violation). For large models the pass is capped at the `cap` most confident committed tokens.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# (ids (B, L), cols (B, m) generated-part positions) -> log-probabilities (B, m, V) at those
+# positions, mask token excluded. Implementations batch (and chunk) the forward calls.
+LogProbFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PairwiseViolations:
+    positions: np.ndarray  # (n,) int64 generated-part positions, ascending
+    tokens: np.ndarray  # (n,) int64
+    D: np.ndarray  # (n, n) float64, diagonal 0
+    S: np.ndarray  # (n, n)
+    A: np.ndarray  # (n, n)
+    flip: np.ndarray  # (n, n) bool, diagonal False
+    token_scores: np.ndarray  # (n,) most negative S_ij over j != i
+    total: float  # sum over i < j of min(S_ij, 0)
+
+    def to_json(self, n_committed: int, seconds: float) -> dict:
+        """The record kept with the step (rounded: these are read by people and plots)."""
+        r = lambda a: (np.round(a, 4) + 0.0).tolist()  # noqa: E731  (+ 0.0 turns -0.0 into 0.0)
+        return {"positions": self.positions.tolist(), "tokens": self.tokens.tolist(), "S": r(self.S),
+                "A": r(self.A), "D": r(self.D), "flip": self.flip.astype(int).tolist(),
+                "scores": r(self.token_scores), "total": round(float(self.total), 4) + 0.0,
+                "n_committed": n_committed, "capped": n_committed > len(self.positions),
+                "seconds": round(seconds, 6)}
+
+
+def pairwise(logp_revealed: np.ndarray, log_q: np.ndarray, argmax_revealed: np.ndarray,
+             positions: np.ndarray, tokens: np.ndarray) -> PairwiseViolations:
+    """The matrices from the extra pass, pure arithmetic.
+
+    logp_revealed[i, j] = log p(y_j | x + y_i); argmax_revealed[i, j] the top token at u_j in
+    that pass; log_q[j] = log q_j(y_j) from the step's own pass. All (n, n) / (n,)."""
+    n = len(tokens)
+    off = ~np.eye(n, dtype=bool)
+    D = np.where(off, logp_revealed - log_q[None, :], 0.0)  # (n, n)
+    S = (D + D.T) / 2
+    A = D - D.T
+    flip = off & (argmax_revealed != tokens[None, :])
+    scores = np.where(off, S, np.inf).min(axis=1)  # (n,) most negative S over the others
+    upper = np.triu(off)
+    total = float(np.minimum(S[upper], 0.0).sum())
+    return PairwiseViolations(positions, tokens, D, S, A, flip, scores, total)
+
+
+def reveal_each(x: torch.Tensor, prompt_length: int, positions: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(n, L): row i is the state x (1, L) with only token i of the committed set revealed."""
+    n = positions.numel()
+    batch = x.expand(n, -1).clone()
+    batch[torch.arange(n, device=x.device), prompt_length + positions] = tokens
+    return batch
+
+
+def capped(positions: np.ndarray, confidence: np.ndarray, cap: int) -> np.ndarray:
+    """The `cap` most confident of the committed positions (all of them when n <= cap), ascending."""
+    if len(positions) <= cap:
+        return positions
+    keep = np.argsort(-confidence[positions], kind="stable")[:cap]
+    return np.sort(positions[keep])
+
+
+def measure(log_probs: LogProbFn, x: torch.Tensor, prompt_length: int, committed: np.ndarray,
+            tokens_of: np.ndarray, log_q_step: torch.Tensor, confidence: np.ndarray, cap: int) -> PairwiseViolations:
+    """Run the one batched extra pass for a step and return its matrices.
+
+    x (1, L) is the state before the commit; committed (n,) the positions committed, tokens_of
+    (G,) the committed token at each position; log_q_step (G, V) the step's log-probabilities."""
+    positions = capped(committed, confidence, cap)
+    tokens = tokens_of[positions]
+    pos_t = torch.as_tensor(positions, device=x.device)
+    tok_t = torch.as_tensor(tokens, device=x.device)
+    n = len(positions)
+    lp = log_probs(reveal_each(x, prompt_length, pos_t, tok_t), pos_t.expand(n, -1))  # (n, n, V)
+    logp_revealed = lp.gather(-1, tok_t.expand(n, -1)[..., None]).squeeze(-1)  # (n, n)
+    log_q = log_q_step[pos_t].gather(-1, tok_t[:, None]).squeeze(-1)  # (n,)
+    return pairwise(logp_revealed.double().cpu().numpy(), log_q.double().cpu().numpy(),
+                    lp.argmax(-1).cpu().numpy(), positions.astype(np.int64), tokens.astype(np.int64))
