@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[{i}/{len(tasks)}] {runs[0]['key']} +{len(runs)} ({time.perf_counter() - began:.0f} s)",
                       flush=True)
     from bench.sweep_report import report
-    report(RAW, ROOT / "bench" / "results", ROOT / "docs")
+    report(RAW, ROOT / "docs", ROOT / "docs")
 
 
 def _done_seeds(key: str) -> set[int]:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--tps", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "sweep_misses.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "sweep_misses.json")
     args = parser.parse_args(argv)
     result = analyse(args.seeds, tuple(args.tps))
     args.json.write_text(json.dumps(result, indent=1))

@@ -2,7 +2,7 @@
 
     python bench/sweep_report.py        # reads bench/results/sweep_raw/*.jsonl
 
-Writes bench/results/sweep_summary.json, bench/results/sweep_table.md, docs/sweep.html (the
+Writes docs/sweep_summary.json, docs/sweep_table.md, docs/sweep.html (the
 interactive Plotly figure, self-contained) and docs/sweep.png (the same figure rendered by
 Chromium through Playwright, so PNG and HTML cannot disagree).
 """
@@ -134,7 +134,8 @@ def figure(cells: list[dict]):
         fig.update_xaxes(type="log", title_text="tokens committed per step (mean, log scale)", row=row, col=1,
                          tickvals=[1, 2, 4, 8, 16, 32], ticktext=["1", "2", "4", "8", "16", "32"])
         fig.update_xaxes(type="log", title_text="sequence forward passes per generated token (log scale)",
-                         row=row, col=2)
+                         row=row, col=2, tickvals=[0.05, 0.1, 0.2, 0.5, 1, 2, 5],
+                         ticktext=["0.05", "0.1", "0.2", "0.5", "1", "2", "5"])
     fig.update_yaxes(title_text="valid samples (%, 95% Wilson CI)", range=[-3, 103], row=1)
     fig.update_yaxes(title_text="AR model NLL (nats/token, 95% CI)", row=2)
     fig.update_layout(
@@ -199,4 +200,4 @@ def report(raw: Path, results: Path, docs: Path) -> dict:
 
 
 if __name__ == "__main__":
-    report(ROOT / "bench" / "results" / "sweep_raw", ROOT / "bench" / "results", ROOT / "docs")
+    report(ROOT / "bench" / "results" / "sweep_raw", ROOT / "docs", ROOT / "docs")

@@ -95,6 +95,8 @@ class ModelSpec:
     encode: Callable[[str], list[int]]
     token_text: Callable[[int], str]
     description: str
+    violations_default: bool = False  # measure dependency violations unless the user turns them off
+    default_ar_scorer: str | None = None  # the AR energy's model when the run names none
 
 
 def describe_embedded(directory: str | Path = EMBEDDED_DIR, name: str = "embedded") -> ModelSpec:
@@ -102,7 +104,9 @@ def describe_embedded(directory: str | Path = EMBEDDED_DIR, name: str = "embedde
     tokenizer = WordTokenizer.load(directory / "vocab.json")
     config = TransformerConfig.from_json((directory / "mdlm.json").read_text())
     return ModelSpec(name, "embedded", config.context_length, tokenizer.mask_id, tokenizer.encode,
-                     tokenizer.token, f"story-grammar MDLM shipped with the app ({len(tokenizer)} words, CPU)")
+                     tokenizer.token, f"story-grammar MDLM shipped with the app ({len(tokenizer)} words, CPU)",
+                     violations_default=EmbeddedDenoiser.violations_default,
+                     default_ar_scorer=EmbeddedDenoiser.default_ar_scorer)
 
 
 def _embedded_device(entry: ModelEntry) -> str:

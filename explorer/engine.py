@@ -21,7 +21,7 @@ from explorer.energies import Candidates, choose, draw, random_orders
 from explorer.records import DecodeResult, StepRecord
 from explorer.sampling import step_metrics
 from explorer.schedule import block_bounds, tokens_per_step
-from explorer.strategies import STRATEGIES, Selection, StepInput, prophet_early_commit
+from explorer.strategies import STRATEGIES, StepInput, prophet_early_commit
 from explorer.violations import measure
 
 
@@ -59,38 +59,49 @@ class ModelPass:
     With classifier-free guidance (w > 0) each sequence runs twice, as the prompt-masked copy
     gives the unconditional logits: l = l_u + (w + 1)(l_c - l_u) (LLaDA)."""
 
+    # Bytes of temporaries one extra-pass chunk may hold: ~10 bytes per logit (the model's
+    # (B, L, V) output, its float copy, the guided combination), so a few rows of an 8B
+    # model's 126k vocabulary at a time and every row of the embedded model's.
+    CHUNK_BYTES = 2**32
+
     def __init__(self, denoiser: Denoiser, prompt_length: int, cfg_scale: float) -> None:
         self.denoiser, self.P, self.w = denoiser, prompt_length, cfg_scale
         self.sequences = 0  # sequence forwards run so far (a batch of n counts n)
+        self.vocab: int | None = None  # known after the first pass (the step's own)
 
-    def logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) -> (B, G, V) logits of the generated positions, the mask never a proposal."""
+    def _guided(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, G, V) logits of the generated positions (with CFG when w > 0)."""
         B = ids.shape[0]
-        if self.w > 0:
+        self.sequences += B * (2 if self.w > 0 else 1)
+        if self.w <= 0:
+            out = self.denoiser.logits(ids)[:, self.P:]
+        else:
             uncond = ids.clone()
             uncond[:, : self.P] = self.denoiser.mask_id
             both = self.denoiser.logits(torch.cat([ids, uncond]))[:, self.P:]  # (2B, G, V)
-            cond, free = both[:B], both[B:]
-            out = free + (self.w + 1) * (cond - free)
-        else:
-            out = self.denoiser.logits(ids)[:, self.P:].clone()
-        self.sequences += B * (2 if self.w > 0 else 1)
+            out = both[B:] + (self.w + 1) * (both[:B] - both[B:])
+        self.vocab = out.shape[-1]
+        return out
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, G, V) logits of the generated positions, the mask never a proposal."""
+        out = self._guided(ids).clone()
         out[..., self.denoiser.mask_id] = float("-inf")
         return out
 
     def log_probs(self, ids: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """(B, L), (B, m) -> (B, m, V) log-probabilities at generated positions `cols`, in
-        batched chunks of at most ~1 GiB of float32 logits (a few rows for an 8B vocabulary)."""
-        L, V = ids.shape[1], None
-        out, lo, rows = [], 0, ids.shape[0]
-        while lo < rows:
-            chunk = 256 if V is None else max(1, min(256, 2**28 // (L * V)))
-            hi = min(rows, lo + chunk)
-            logits = self.logits(ids[lo:hi])  # (b, G, V)
-            V = logits.shape[-1]
-            picked = logits.gather(1, cols[lo:hi, :, None].expand(-1, -1, V))  # (b, m, V)
-            out.append(torch.log_softmax(picked.float(), dim=-1))
-            lo = hi
+        """(B, L), (B, m) -> (B, m, V) log-probabilities at generated positions `cols`, from
+        batched forward calls of as many rows as `CHUNK_BYTES` allows."""
+        L, copies = ids.shape[1], 2 if self.w > 0 else 1
+        per_row = 10 * L * (self.vocab or 1) * copies
+        chunk = max(1, min(256, self.CHUNK_BYTES // per_row)) if self.vocab else 1
+        out = []
+        for lo in range(0, ids.shape[0], chunk):
+            logits = self._guided(ids[lo:lo + chunk])  # (b, G, V)
+            # gather makes a new (b, m, V) tensor: the mask column is set on it, not on the model's.
+            picked = logits.gather(1, cols[lo:lo + chunk, :, None].expand(-1, -1, logits.shape[-1])).float()
+            picked[..., self.denoiser.mask_id] = float("-inf")
+            out.append(torch.log_softmax(picked, dim=-1))
         return torch.cat(out)
 
 
@@ -129,20 +140,8 @@ def iter_steps(denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConf
             forward_seconds = _synced_seconds(began, device) if config.violations else None
             masked = state.masked()
             extras: dict = {}
-            early = config.prophet and _prophet_fires(logits, masked, step, config.steps, extras)
-            if early:
-                selection = Selection(masked.clone())  # fill every remaining mask, every block
-            else:
-                selection = strategy(StepInput(
-                    candidates=masked & in_block, confidence=metrics.proposal_prob,
-                    entropy=metrics.entropy, margin=metrics.margin,
-                    n_scheduled=schedule[j] if j < len(schedule) else 1,  # past it: adaptive rules
-                    step_in_block=j, steps_per_block=config.steps_per_block,
-                    threshold=config.threshold, origin_eps=config.origin_eps, generator=generator,
-                    committed=~masked & in_block, commit_confidence=commit_conf,
-                    n_later=sum(schedule[j + 1:]), factor=config.factor, eb_gamma=config.eb_gamma))
-            commit = selection.commit & masked & (masked if early else in_block)
-            remask = (selection.remask & ~masked & in_block) if selection.remask is not None else None
+            commit, remask = _select(strategy, config, metrics, logits, masked, in_block, commit_conf,
+                                     schedule, j, step, generator, extras)
             tokens = metrics.proposal
             ar_passes = 0
             if config.energies and _in_window(config, int(masked_host.sum()) / G):
@@ -166,6 +165,25 @@ def iter_steps(denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConf
             passes = model.sequences - passes_before + ar_passes
             yield _record(step, block, host, masked_before, time.perf_counter() - began, passes, extras)
             step, j = step + 1, j + 1
+
+
+def _select(strategy, config: DecodeConfig, metrics, logits: torch.Tensor, masked: torch.Tensor,
+            in_block: torch.Tensor, commit_conf: torch.Tensor, schedule: list[int], j: int, step: int,
+            generator: torch.Generator, extras: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The step's commit set (masked positions of the block, or every mask on a Prophet early
+    commit) and re-mask set (committed positions of the block), from the strategy."""
+    if config.prophet and _prophet_fires(logits, masked, step, config.steps, extras):
+        return masked.clone(), None  # fill every remaining mask, every block
+    selection = strategy(StepInput(
+        candidates=masked & in_block, confidence=metrics.proposal_prob, entropy=metrics.entropy,
+        margin=metrics.margin, n_scheduled=schedule[j] if j < len(schedule) else 1,  # past it: adaptive rules
+        step_in_block=j, steps_per_block=config.steps_per_block, threshold=config.threshold,
+        origin_eps=config.origin_eps, generator=generator, committed=~masked & in_block,
+        commit_confidence=commit_conf, n_later=sum(schedule[j + 1:]), factor=config.factor,
+        eb_gamma=config.eb_gamma))
+    commit = selection.commit & masked & in_block
+    remask = None if selection.remask is None else selection.remask & ~masked & in_block
+    return commit, remask
 
 
 def _synced_seconds(began: float, device: torch.device) -> float:

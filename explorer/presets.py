@@ -1,4 +1,5 @@
-"""One-click teaching scenarios on the embedded model, each reproducible (fixed seed)."""
+"""One-click teaching scenarios on the embedded model, each reproducible (fixed seed) and each
+verified by tests/test_presets.py to show what its explanation promises."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ class Preset:
     name: str
     explanation: str  # two sentences: what to look at
     settings: dict = field(default_factory=dict)  # DecodeConfig fields, "prompt", "model", "pace_ms"
+    # (a field not named here gets the Decode form's default when the preset is loaded)
 
 
 PRESETS: tuple[Preset, ...] = (
@@ -40,4 +42,24 @@ PRESETS: tuple[Preset, ...] = (
            "where the model was sure.",
            {"prompt": "once upon a time", "gen_length": 64, "steps": 64, "strategy": "threshold",
             "threshold": 0.9, "temperature": 0.0, "seed": 0}),
+    Preset("Two full stops in one step: a dependency violation",
+           "Two tokens per step at temperature 0.7: step 7 commits '.' and '.' side by side, neither seeing the "
+           "other, and the story breaks ('him . .'). The violation map shows them in deep red, and the pairwise "
+           "S matrix of step 7 reads about −11 nats: each token makes the other very unlikely.",
+           {"prompt": "once upon a time", "gen_length": 32, "steps": 16, "strategy": "low_confidence",
+            "temperature": 0.7, "seed": 3, "violations": True}),
+    Preset("Energy repairs the violation (Uni-E)",
+           "The same run with the Uni-E energy: each step draws 8 candidates and keeps one with probability "
+           "softmax(−E), which favours those the model's own left-to-right chain agrees with. The two full stops "
+           "are gone and the story checks valid. The candidates figure shows the energies each step chose "
+           "between; compare this run with the previous preset's in the Compare tab.",
+           {"prompt": "once upon a time", "gen_length": 32, "steps": 16, "strategy": "low_confidence",
+            "temperature": 0.7, "seed": 3, "violations": True, "energies": (("uni", 1.0),), "energy_candidates": 8,
+            "energy_window": (0.0, 1.0)}),
+    Preset("Re-masking (RCR): tokens taken back",
+           "Running-confidence remasking fills every mask each step, then takes back the least confident tokens "
+           "so that only the scheduled number stays. Tokens that were taken back carry an orange ↺ badge (hover: "
+           "at which step, and which word was removed); scrub the step slider to watch masks come back.",
+           {"prompt": "once upon a time", "gen_length": 32, "steps": 8, "strategy": "rcr", "temperature": 0.0,
+            "seed": 0}),
 )

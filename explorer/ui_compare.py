@@ -18,7 +18,7 @@ def compare_tab(services: Services, cache: ArraysCache) -> None:
     with gr.Row():
         a_id = gr.Number(label="Run A", precision=0, elem_id="compare-a")
         b_id = gr.Number(label="Run B", precision=0, elem_id="compare-b")
-        metric = gr.Radio(["confidence", "entropy", "margin"], value="confidence", label="Heatmap")
+        metric = gr.Radio(list(COMPARE_MAPS), value="confidence", label="Heatmap")
         go_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
     summary = gr.HTML(elem_id="compare-summary")
     with gr.Row():
@@ -42,13 +42,32 @@ def compare_tab(services: Services, cache: ArraysCache) -> None:
                 raise gr.Error(f"there is no run with id {int(rid)} (run {label})") from None
         a, b = runs
         differ = _differing_positions(a, b)
-        zmax = plots.common_zmax(metric_v, a, b)
         views = [render_tokens(r, token_text_for(services, r), None, r.run["prompt"], highlight=differ)
                  for r in (a, b)]
-        figures = [plots.metric_heatmap(r, metric_v, zmax=zmax) for r in (a, b)]
+        figures = COMPARE_MAPS[metric_v](a, b)
         return _summary_table(a, b, differ), views[0], figures[0], views[1], figures[1]
 
     go_btn.click(compare, [a_id, b_id, metric], [summary, tokens_a, heat_a, tokens_b, heat_b], api_name="compare")
+
+
+def _metric_pair(metric: str):
+    def draw(a, b):
+        zmax = plots.common_zmax(metric, a, b)
+        return [plots.metric_heatmap(r, metric, zmax=zmax) for r in (a, b)]
+    return draw
+
+
+def _nats_pair(name: str, figure):
+    def draw(a, b):
+        bound = plots.common_bound(name, a, b)
+        return [figure(r, bound=bound) for r in (a, b)]
+    return draw
+
+
+# The Heatmap choices of the Compare tab: each draws both runs on one colour scale.
+COMPARE_MAPS = {**{m: _metric_pair(m) for m in ("confidence", "entropy", "margin")},
+                "violations": _nats_pair("violation", plots.violation_heatmap),
+                "energy": _nats_pair("energy", plots.energy_heatmap)}
 
 
 def _differing_positions(a, b) -> set[int]:
@@ -70,9 +89,22 @@ def _summary_table(a, b, differ: set[int]) -> str:
               ("tokens / step", f"{sa.committed / max(sa.n_steps, 1):.2f}", f"{sb.committed / max(sb.n_steps, 1):.2f}"),
               ("AR-ness τ", f"{sa.arness:+.2f}", f"{sb.arness:+.2f}"),
               ("mean p at commit", f"{sa.mean_commit_prob:.3f}", f"{sb.mean_commit_prob:.3f}"),
+              ("energies", _energies_text(a), _energies_text(b)),
+              ("violations: Σ S < 0 (nats)", _violation_total(a), _violation_total(b)),
               ("checker", sa.verdict or "n/a", sb.verdict or "n/a")]
     for name, va, vb in fields:
         rows.append(f"<tr><th>{html.escape(str(name))}</th><td>{html.escape(str(va))}</td>"
                     f"<td>{html.escape(str(vb))}</td></tr>")
     return (f'<table class="compare"><tr><th></th><th>A</th><th>B</th></tr>{"".join(rows)}</table>'
             f"<p>{len(differ)} position(s) differ in the final text.</p>")
+
+
+def _energies_text(arrays) -> str:
+    energies = (arrays.run.get("config") or {}).get("energies") or ()
+    return ", ".join(f"{name} × {float(weight):g}" for name, weight in energies) or "off"
+
+
+def _violation_total(arrays) -> str:
+    """The run's summed violation (negative parts of S over the co-committed pairs of every step)."""
+    totals = [e["violations"]["total"] for e in arrays.extras if (e or {}).get("violations")]
+    return f"{sum(totals):+.2f}" if totals else "not measured"

@@ -9,7 +9,10 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
+
 from explorer.config import ConfigError, DecodeConfig
+from explorer.energies import ENERGY_TERMS
 from explorer.metrics import arness
 from explorer.services import Services
 from explorer.strategies import STRATEGIES
@@ -20,37 +23,176 @@ class RequestError(ValueError):
     """A request the server refuses before queuing anything; the message is shown to the user."""
 
 
+# The Decode form, in the order of the /decode endpoint's inputs, with its initial values.
+# Strategy knobs and energy settings start at DecodeConfig's defaults; `violations` None means
+# "the model's default" (on for the embedded model), resolved by `violations_default`.
+_CONFIG = DecodeConfig()
+FORM_DEFAULTS: dict[str, object] = {
+    "prompt": "once upon a time", "model": None, "gen_length": 32, "steps": 8, "block_length": 0,
+    "strategy": "low_confidence", "threshold": _CONFIG.threshold, "temperature": 0.0, "seed": 0,
+    "metric": "confidence", "pace_ms": 0,
+    "factor": _CONFIG.factor, "eb_gamma": _CONFIG.eb_gamma, "prophet": False, "cfg_scale": _CONFIG.cfg_scale,
+    "energy_terms": [], **{f"weight_{term}": 1.0 for term in ENERGY_TERMS},
+    "energy_candidates": _CONFIG.energy_candidates, "window_start": _CONFIG.energy_window[0],
+    "window_end": _CONFIG.energy_window[1], "energy_tau": _CONFIG.energy_tau,
+    "energy_orders": _CONFIG.energy_orders, "violations": None,
+}
+DECODE_FIELDS = tuple(FORM_DEFAULTS)
+
+# This server's caps on the energies' cost (k candidates, S orders: k * S * (n - 1) extra
+# sequences per step that commits n tokens), on top of DecodeConfig's own ranges.
+MAX_ENERGY_CANDIDATES = 16
+MAX_ENERGY_ORDERS = 8
+
+# Which form field tunes which strategy (opened for the user when the strategy is picked).
+STRATEGY_KNOBS = {"threshold": "threshold", "factor": "factor", "eb": "eb_gamma"}
+STRATEGY_NOTES = {
+    "low_confidence": "commits the scheduled number of most confident positions each step (LLaDA).",
+    "margin": "commits the positions with the largest gap between the top two tokens.",
+    "entropy": "commits the lowest-entropy positions first.",
+    "random": "commits random positions (the scheduled number per step).",
+    "origin": "MDLM ancestral sampling: each masked position unmasks with probability (t − s)/t.",
+    "threshold": "Fast-dLLM: commits every position with confidence ≥ τ (at least one); adaptive steps.",
+    "factor": "Fast-dLLM factor rule: commits the longest prefix of confidences with (n+1)(1 − c(n)) ≤ f.",
+    "eb": "EB-sampler: commits low-entropy positions while Σ H − max H ≤ γ (bounds the dependency error).",
+    "rcr": "running-confidence remasking: fills every mask, then re-masks the least confident tokens (↺ in the text).",
+    "remdm_conf": "ReMDM-conf: MDLM steps that may re-mask low-confidence committed tokens (↺ in the text).",
+}
+
+
+def strategy_note(name: str) -> str:
+    """One line on what a strategy does (its docstring's first line for one without a note)."""
+    note = STRATEGY_NOTES.get(name) or (STRATEGIES[name].__doc__ or "").strip().split("\n")[0]
+    return f"**{name}**: {note}" + (" Its knob is in *Strategy knobs*." if name in STRATEGY_KNOBS else "")
+
+
+def violations_default(spec) -> bool:
+    """The Dependency violations box for a model: on for the embedded model (its extra pass is
+    cheap), off for the others (a batched pass of n copies per step)."""
+    return spec is not None and spec.violations_default
+
+
 def _as_int(name: str, value) -> int:
-    if value is None or (isinstance(value, float) and (math.isnan(value) or value != int(value))):
+    not_whole = isinstance(value, float) and (not math.isfinite(value) or value != int(value))
+    if value is None or isinstance(value, bool) or not_whole:
         raise RequestError(f"{name} must be a whole number, got {value!r}")
-    return int(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be a whole number, got {value!r}") from None
 
 
-def build_request(services: Services, prompt: str, model: str, gen_length, steps, block_length,
-                  strategy: str, threshold, temperature, seed) -> DecodeConfig:
-    """Validate every field against the model and the server caps; raise RequestError."""
-    limits = services.limits
+def _as_float(name: str, value) -> float:
+    """A number from the form; NaN and infinities pass through to DecodeConfig.validate, which names them."""
+    if value is None or isinstance(value, bool):
+        raise RequestError(f"{name} is empty: give a number")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RequestError(f"{name} must be a number, got {value!r}") from None
+
+
+def build_config(services: Services, form: dict) -> DecodeConfig:
+    """Validate every field of the Decode form against the model and the server caps; the
+    DecodeConfig to run, or RequestError with a message that names the field."""
+    spec = _checked_model(services, form.get("model"))
+    prompt = (form.get("prompt") or "").strip()
+    if not prompt:
+        raise RequestError("the prompt is empty: type a few words, e.g. 'once upon a time'")
+    config = DecodeConfig(**_base_fields(services, form), **_strategy_knobs(form), **_energy_fields(form, spec),
+                          violations=bool(form.get("violations")))
+    try:
+        config.validate(spec.context_length, len(spec.encode(prompt)), tuple(STRATEGIES), tuple(ENERGY_TERMS))
+    except (ConfigError, ValueError) as exc:
+        raise RequestError(str(exc)) from None
+    return config
+
+
+def _checked_model(services: Services, model):
     if services.pool is None:
         raise RequestError("this server is in replay-only mode: it shows stored runs but runs no model")
     if model not in services.models:
         raise RequestError(f"unknown model {model!r}; offered here: {', '.join(services.models)}")
-    prompt = (prompt or "").strip()
-    if not prompt:
-        raise RequestError("the prompt is empty: type a few words, e.g. 'once upon a time'")
-    gen_length, steps, seed = _as_int("generation length", gen_length), _as_int("steps", steps), _as_int("seed", seed)
+    return services.models[model]
+
+
+def _base_fields(services: Services, form: dict) -> dict:
+    limits = services.limits
+    gen_length, steps = _as_int("generation length", form.get("gen_length")), _as_int("steps", form.get("steps"))
     if not 1 <= gen_length <= limits.max_gen_length:
         raise RequestError(f"generation length {gen_length} is outside this server's range 1..{limits.max_gen_length}")
     if not 1 <= steps <= limits.max_steps:
         raise RequestError(f"steps {steps} is outside this server's range 1..{limits.max_steps}")
-    block = _as_int("block length", block_length) if block_length not in (None, 0, "") else None
-    spec = services.models[model]
-    config = DecodeConfig(gen_length=gen_length, steps=steps, block_length=block, strategy=strategy,
-                          threshold=float(threshold), temperature=float(temperature), seed=seed)
-    try:
-        config.validate(spec.context_length, len(spec.encode(prompt)), tuple(STRATEGIES))
-    except (ConfigError, ValueError) as exc:
-        raise RequestError(str(exc)) from None
-    return config
+    block = form.get("block_length")
+    return {"gen_length": gen_length, "steps": steps, "seed": _as_int("seed", form.get("seed")),
+            "block_length": _as_int("block length", block) if block not in (None, 0, "") else None,
+            "strategy": form.get("strategy"), "temperature": _as_float("temperature", form.get("temperature"))}
+
+
+def _strategy_knobs(form: dict) -> dict:
+    return {"threshold": _as_float("threshold τ", form.get("threshold")),
+            "factor": _as_float("factor f", form.get("factor")),
+            "eb_gamma": _as_float("EB γ", form.get("eb_gamma")), "prophet": bool(form.get("prophet")),
+            "cfg_scale": _as_float("CFG scale", form.get("cfg_scale"))}
+
+
+def _energy_fields(form: dict, spec) -> dict:
+    terms = list(form.get("energy_terms") or [])
+    unknown = [t for t in terms if t not in ENERGY_TERMS]
+    if unknown:
+        raise RequestError(f"unknown energy term {unknown[0]!r}; valid: {', '.join(ENERGY_TERMS)}")
+    if "ar" in terms and spec.default_ar_scorer is None:
+        raise RequestError(f"the AR energy (ar) needs an autoregressive model with the same tokenizer as "
+                           f"{spec.name!r}, and none is paired with it here: use ind, inv or uni instead")
+    k = _as_int("energy candidates k", form.get("energy_candidates"))
+    orders = _as_int("orders S", form.get("energy_orders"))
+    if terms and k > MAX_ENERGY_CANDIDATES:
+        raise RequestError(f"energy candidates k = {k} is over this server's limit of {MAX_ENERGY_CANDIDATES}")
+    if terms and orders > MAX_ENERGY_ORDERS:
+        raise RequestError(f"orders S = {orders} is over this server's limit of {MAX_ENERGY_ORDERS}")
+    return {"energies": tuple((t, _as_float(f"weight of energy {t!r}", form.get(f"weight_{t}"))) for t in terms),
+            "energy_candidates": k, "energy_orders": orders,
+            "energy_window": (_as_float("window start", form.get("window_start")),
+                              _as_float("window end", form.get("window_end"))),
+            "energy_tau": _as_float("temperature τ of the energies", form.get("energy_tau"))}
+
+
+def preset_form(preset, services: Services) -> dict:
+    """Every Decode form field for a preset: its settings over FORM_DEFAULTS, so a field it does
+    not name is reset (loading a plain preset after an energy one turns the energies off)."""
+    s = dict(preset.settings)
+    form = {**FORM_DEFAULTS, "model": next(iter(services.models), None)}
+    form.update({k: v for k, v in s.items() if k in form})
+    for term, weight in s.get("energies", ()):
+        form[f"weight_{term}"] = weight
+    form["energy_terms"] = [term for term, _ in s.get("energies", ())]
+    if "energy_window" in s:
+        form["window_start"], form["window_end"] = s["energy_window"]
+    if form["violations"] is None:
+        form["violations"] = violations_default(services.models.get(form["model"]))
+    form["block_length"] = form["block_length"] or 0
+    return form
+
+
+def violation_cost_note(arrays: RunArrays | None) -> str:
+    """The line next to the Dependency violations box: the measured cost of the extra pass on a
+    run (mean over its steps of extra-pass seconds / the step's own forward seconds), or before
+    any run what it costs in principle."""
+    if arrays is None:
+        return VIOLATION_COST_BEFORE
+    ratios = [v["seconds"] / v["forward_seconds"] for v in (e.get("violations") for e in arrays.extras)
+              if v and v.get("forward_seconds")]
+    name = f"run {arrays.run['id']}" if arrays.run.get("id") is not None else "this run"
+    if ratios:
+        return (f"Cost on {name}: the extra pass took ≈ {np.mean(ratios):.2g}× a plain step "
+                f"(mean over its {len(ratios)} step(s) that committed 2 or more tokens).")
+    if (arrays.run.get("config") or {}).get("violations") is False:
+        return f"Off for {name}. " + VIOLATION_COST_BEFORE
+    return f"No step of {name} committed 2 or more tokens, so no extra pass ran. " + VIOLATION_COST_BEFORE
+
+
+VIOLATION_COST_BEFORE = ("Cost: one extra batched pass of n copies of the sequence per step (n = tokens the step "
+                         "commits, at most 16): ≈ n× a plain step on a CPU.")
 
 
 class ArraysCache:

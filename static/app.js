@@ -6,4 +6,9 @@
     document.querySelectorAll(".tok.pinned").forEach((el) => { if (el !== token) el.classList.remove("pinned"); });
     if (token) token.classList.toggle("pinned");
   });
+  // A tooltip is up to 28em of 12 px text wide: near the right edge it opens to the left.
+  document.addEventListener("mouseover", (event) => {
+    const token = event.target.closest(".tok[data-tip]");
+    if (token) token.classList.toggle("tip-left", window.innerWidth - token.getBoundingClientRect().left < 28 * 12 + 24);
+  });
 }

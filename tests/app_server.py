@@ -18,11 +18,11 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network here: n
 import app  # noqa: E402  (the repo root is on sys.path via conftest.py)
 from explorer.services import Services  # noqa: E402
 from explorer.ui import build_app  # noqa: E402
+from explorer.ui_logic import FORM_DEFAULTS  # noqa: E402
 
-# The /decode endpoint's inputs, in order, with the values most tests use.
-DECODE_DEFAULTS = {"prompt": "once upon a time", "model": "embedded", "gen_length": 32, "steps": 8,
-                   "block_length": 0, "strategy": "low_confidence", "threshold": 0.9, "temperature": 0.0,
-                   "seed": 0, "metric": "confidence", "pace_ms": 0}
+# The /decode endpoint's inputs, in order (the Decode form's fields), with the values most tests
+# use: the form's own initial values on the embedded model (dependency violations on).
+DECODE_DEFAULTS = {**FORM_DEFAULTS, "model": "embedded", "violations": True}
 
 
 def decode_args(**overrides) -> list:

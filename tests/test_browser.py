@@ -1,10 +1,13 @@
 """The app in a real browser (Chromium through Playwright): live decoding, scrubbing, tooltips,
-the Runs and Compare tabs, and HTML injection through a prompt, a stored token and a stored prompt.
+the Runs and Compare tabs, energies and dependency violations, re-masking, and HTML injection
+through a prompt, a stored token and a stored prompt.
 
 One server (one model worker, a SQLite file in a temporary directory) and one browser serve
 the module; each test opens its own page. Screenshots go to $EXPLORER_ARTIFACTS (default
 tests/artifacts/): decode_mid_run.png, decode_after_run.png, decode_scrubbed.png,
-runs_tab.png, compare_tab.png. Skipped when /usr/bin/chromium or playwright is missing.
+runs_tab.png, compare_tab.png, energies_violations.png and energies.png (a run with Uni-E),
+violations.png (the violations and energies section of the two-full-stops preset),
+violations_full.png, remasking.png and remasking_tokens.png (the RCR preset). Skipped when /usr/bin/chromium or playwright is missing.
 """
 from __future__ import annotations
 
@@ -276,3 +279,103 @@ def test_stored_token_and_prompt_markup_are_shown_as_text(page, server, two_runs
     if with_alt.count():
         assert TOKEN_PAYLOAD in tooltip_of(page, with_alt.first)
     assert_not_injected(page)
+
+
+# ---- energies, dependency violations, re-masking ------------------------------------------------------
+
+def run_and_wait(page) -> str:
+    """Press Run and wait until the status names a newly completed run; its status line. (The
+    status keeps the last run's line under Gradio's progress overlay while the next one starts.)"""
+    before = re.search(r"run (\d+) · ", page.inner_text("#status"))
+    previous = before.group(1) if before else ""
+    page.click("#run-btn")
+    page.wait_for_function(f"""() => {{ const m = document.querySelector('#status').innerText
+                                                .match(/run (\\d+) · completed/);
+        return m !== null && m[1] !== '{previous}'; }}""", timeout=120_000)
+    return page.inner_text("#status")
+
+
+def choose_preset(page, name: str) -> None:
+    page.get_by_label("Teaching presets").click()
+    page.get_by_role("option", name=name).click()
+    page.wait_for_function(f"() => document.querySelector('.preset-note').innerText.includes({name!r})")
+
+
+def plot_drawn(page, selector: str) -> None:
+    page.wait_for_function(f"() => document.querySelector('{selector} .main-svg') !== null")
+
+
+def screenshot_between(page, path: Path, top: str, bottom: str) -> None:
+    """A full-width screenshot from the top of one element to the bottom of another."""
+    first, last = page.locator(top).bounding_box(), page.locator(bottom).bounding_box()
+    scroll = page.evaluate("window.scrollY")
+    clip = {"x": 0, "y": first["y"] + scroll - 8, "width": VIEWPORT["width"],
+            "height": last["y"] + last["height"] - first["y"] + 16}
+    page.screenshot(path=path, full_page=True, clip=clip)
+
+
+def test_energies_and_violations(page, artifacts):
+    # Before any run: violations on for the embedded model, and what they cost in principle.
+    assert page.is_checked("#violations input[type=checkbox]")
+    assert "≈ n× a plain step on a CPU" in page.inner_text("#violation-cost")
+    # The energy preset by hand: Uni-E, 8 candidates, over the whole trajectory, 2 tokens per step.
+    page.locator("#energies").get_by_text("Energies", exact=True).first.click()
+    page.wait_for_function("() => document.querySelector('#energies').innerText"
+                           ".includes('whose full text we do not have')")
+    page.get_by_label("uni (Uni-E)").check()
+    set_number(page, "#energy-k input", 8)
+    set_number(page, "#window-start input", 0)
+    set_number(page, "#steps input", 16)
+    page.fill("#prompt textarea", "once upon a time")
+    for label, value in (("Temperature", "0.7"), ("Seed", "3")):
+        page.get_by_label(label, exact=True).fill(value)
+        page.get_by_label(label, exact=True).press("Enter")
+    status = run_and_wait(page)
+    assert "32/32 tokens committed" in status and "checker: valid" in status, status
+
+    for figure in ("#violation-heatmap", "#energy-heatmap", "#pairwise-s", "#pairwise-a", "#candidates"):
+        plot_drawn(page, figure)
+    assert page.locator("#energy-heatmap .heatmaplayer image").count() >= 1  # data, not the empty state
+    assert page.locator("#candidates .barlayer .point").count() == 8  # one bar per candidate
+    assert page.locator("#pairwise-s .xtick").count() >= 2  # the committed tokens label the matrix
+    assert re.search(r"Cost on run \d+: the extra pass took ≈ [\d.]+× a plain step", page.inner_text("#violation-cost"))
+    page.screenshot(path=artifacts / "energies_violations.png", full_page=True)
+    screenshot_between(page, artifacts / "energies.png", "#analysis-note", "#candidates")
+
+    # The violation preset: step 7 commits '.' '.' together, S about -11 nats.
+    choose_preset(page, "Two full stops in one step: a dependency violation")
+    page.wait_for_function("() => document.querySelector('#steps input').value === '16'")
+    assert not page.get_by_label("uni (Uni-E)").is_checked()  # the preset turned the energy off again
+    status = run_and_wait(page)
+    assert "checker: 1 violation(s)" in status, status
+    page.wait_for_function("""() => Array.from(document.querySelectorAll('#pairwise-s .gtitle'))
+                                          .some(t => t.textContent.startsWith('Step 7'))""")
+    ticks = [t.strip() for t in page.locator("#pairwise-s .ytick text").all_text_contents()]
+    assert ticks == ["19 .", "20 ."], ticks
+    screenshot_between(page, artifacts / "violations.png", "#analysis-note", "#candidates")
+    page.screenshot(path=artifacts / "violations_full.png", full_page=True)
+
+
+def test_remasking_preset(page, artifacts):
+    # Picking a strategy with a knob explains it and opens the knobs.
+    assert not page.locator("#factor input").is_visible()
+    page.get_by_label("Unmasking strategy").click()
+    page.get_by_role("option", name="factor", exact=True).click()
+    page.wait_for_function("() => document.querySelector('.strategy-note').innerText.includes('factor rule')")
+    page.locator("#factor input").wait_for(state="visible")
+    choose_preset(page, "Re-masking (RCR): tokens taken back")
+    assert page.input_value("#strategy input") == "rcr"
+    run_and_wait(page)
+    remasked = page.locator("#tokens .tokens-line .tok.remasked")
+    assert remasked.count() >= 1
+    badge = remasked.first.evaluate("el => getComputedStyle(el, '::before').content")
+    assert "↺" in badge, badge
+    tip = tooltip_of(page, remasked.first)
+    assert re.search(r"↺ re-masked \d+× \(step \d+ took away '[^']+'", tip), tip
+    page.screenshot(path=artifacts / "remasking.png", full_page=True)
+    screenshot_between(page, artifacts / "remasking_tokens.png", "#status", "#bars")
+    # Scrub to the step of that re-mask: the token is a mask again, with its badge.
+    step = int(re.search(r"step (\d+) took away", tip).group(1))
+    set_number(page, "#step-slider input[type=number]", step)
+    page.wait_for_function("() => document.querySelectorAll('#tokens .tokens-line .tok.masked.remasked').length > 0")
+    assert f"still masked after step {step}" in tooltip_of(page, page.locator("#tokens .tok.masked.remasked").first)

@@ -1,18 +1,22 @@
 """Plotly figures from synthetic RunArrays: matrices, blanks after commit, downsampling,
-labels, payload size, step markers, the AR-ness title."""
+labels, payload size, step markers, the AR-ness title; the violation and energy maps, the
+pairwise matrices of a step (escaped token labels) and the candidates' energies."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import plotly.graph_objects as go
 import pytest
 
 from explorer import plots
+from explorer import plots_pairwise as pairwise
 from explorer.metrics import arness
 from explorer.plots import (block_nanmean, commit_order_map, common_zmax, figure_payload_bytes,
                             masked_metric, metric_heatmap, tokens_per_step)
-from synthetic_runs import synthetic_arrays
+from explorer.trajectory import RunArrays
+from synthetic_runs import MASK_ID, synthetic_arrays, synthetic_records
 
 METRICS = ("confidence", "entropy", "margin")
 
@@ -67,9 +71,9 @@ def test_heatmap_labels(small, metric):
 
 
 def test_uncommitted_positions_stay_visible():
-    arrays = synthetic_arrays(10, 5, seed=3)
-    partial = type(arrays)(**{**arrays.__dict__, "commit_step": np.where(arrays.commit_step > 2, -1,
-                                                                         arrays.commit_step).astype(np.int32)})
+    # a run stopped after 3 of its 5 steps: the positions it never committed show at every step
+    partial = RunArrays.from_records({"gen_length": 10, "mask_id": MASK_ID}, synthetic_records(10, 5, seed=3)[:3])
+    assert (partial.commit_step == -1).any()
     z = masked_metric(partial, "confidence")
     assert np.isfinite(z[partial.commit_step == -1]).all()
 
@@ -185,3 +189,159 @@ def test_live_run_figures(small):
 def test_unknown_metric(small):
     with pytest.raises(ValueError, match="confidence"):
         metric_heatmap(small, "energy")
+
+
+# ---- dependency violations and energies ----------------------------------------------------------
+
+EVIL_TOKEN = "<b>x</b>"
+
+
+def _step_extras(record, rng: np.random.Generator, k: int = 3) -> dict:
+    """Violations (n >= 2) and energy extras shaped as the engine records them."""
+    n, off = record.n_committed, ~np.eye(record.n_committed, dtype=bool)
+    D = np.where(off, rng.normal(0, 2, (n, n)), 0.0)
+    S, A = (D + D.T) / 2, D - D.T
+    flip = off & (rng.random((n, n)) < 0.4)
+    out = {}
+    if n >= 2:
+        out["violations"] = {
+            "positions": record.committed.tolist(), "tokens": record.tokens.tolist(), "D": D.tolist(), "S": S.tolist(),
+            "A": A.tolist(), "flip": flip.astype(int).tolist(), "scores": np.where(off, S, np.inf).min(1).tolist(),
+            "total": float(np.minimum(S[np.triu_indices(n, 1)], 0).sum()), "n_committed": n, "capped": False,
+            "seconds": 0.01, "forward_seconds": 0.02}
+    total = rng.normal(0, 1, k)
+    keep = np.exp(-total) / np.exp(-total).sum()
+    out["energy"] = {"chosen": int(rng.integers(k)), "terms": {"uni": total.tolist()}, "total": total.tolist(),
+                     "keep_probs": keep.tolist(), "per_position": rng.normal(0, 1, n).tolist(),
+                     "positions": record.committed.tolist(), "passes": {"denoiser": 3, "ar": 0}}
+    return out
+
+
+def analysed(G: int = 12, S: int = 4, seed: int = 0, config: dict | None = None) -> RunArrays:
+    rng = np.random.default_rng(seed)
+    records = [replace(r, extras=_step_extras(r, rng)) for r in synthetic_records(G, S, seed=seed)]
+    config = {"energies": [["uni", 1.0]], "energy_orders": 1, "violations": True, **(config or {})}
+    return RunArrays.from_records({"gen_length": G, "mask_id": MASK_ID, "id": 7, "config": config}, records)
+
+
+def plain_run(violations: bool = False) -> RunArrays:
+    config = {"energies": [], "violations": violations, "energy_window": [0.4, 1.0]}
+    return RunArrays.from_records({"gen_length": 8, "mask_id": MASK_ID, "id": 8, "config": config},
+                                  synthetic_records(8, 4))
+
+
+def evil_text(arrays: RunArrays):
+    """Token text with one of step 1's committed tokens spelled as markup."""
+    target = arrays.extras[1]["violations"]["tokens"][0]
+    return lambda t: EVIL_TOKEN if t == target else f"w{t}"
+
+
+def test_violation_heatmap():
+    arrays = analysed()
+    fig = plots.violation_heatmap(arrays, step=2)
+    np.testing.assert_array_equal(_z(fig), arrays.violation)  # NaN where no token was committed
+    heat = fig.data[0]
+    assert heat.zmid == 0 and heat.zmin == -heat.zmax and heat.zmax >= 1.0  # diverging, 0 white, at least +-1 nat
+    assert heat.colorscale[len(heat.colorscale) // 2][1] == "#ffffff"
+    assert heat.colorscale[0][1] != heat.colorscale[-1][1]
+    assert "nats" in heat.colorbar.title.text and "nats" in heat.hovertemplate
+    title = _title(fig)
+    assert "Dependency violations" in title and "most negative S_ij in nats" in title
+    assert "red (negative) = contradicts" in title
+    assert fig.layout.xaxis.title.text == "decoding step"
+    assert fig.layout.yaxis.title.text == "position in generated text"
+    assert _vlines(fig) == [2] and fig.layout.plot_bgcolor == plots.BLANK_COLOUR  # grey, so white = 0
+    # off for the run: an empty state that says so and how to turn it on
+    off = plots.violation_heatmap(plain_run(violations=False))
+    assert len(off.data) == 0 and "off for this run" in off.layout.annotations[0].text
+
+
+def test_energy_heatmap_and_the_non_decomposable_note():
+    arrays = analysed()
+    fig = plots.energy_heatmap(arrays)
+    np.testing.assert_array_equal(_z(fig), arrays.energy)
+    assert "kept candidate" in _title(fig) and "at the positions it committed" in _title(fig)
+    assert "nats" in fig.data[0].colorbar.title.text and fig.data[0].zmid == 0
+    assert "not a sum over positions" not in _title(fig)
+    inv = plots.energy_heatmap(analysed(config={"energies": [["inv", 1.0]]}))
+    assert "inv is not a sum over positions" in _title(inv)
+    multi = plots.energy_heatmap(analysed(config={"energies": [["uni", 1.0]], "energy_orders": 4}))
+    assert "the order part of uni (4 orders) is not a sum over positions" in _title(multi)
+    off = plots.energy_heatmap(plain_run())
+    assert "Energies were off for this run" in off.layout.annotations[0].text
+    outside = {**plain_run().run, "config": {"energies": [["uni", 1.0]], "energy_window": [0.0, 0.1]}}
+    never = plots.energy_heatmap(RunArrays.from_records(outside, synthetic_records(8, 4)))
+    assert "window [0, 0.1]" in never.layout.annotations[0].text
+
+
+def test_violation_heatmap_downsamples_and_says_so():
+    arrays = analysed(G=300, S=60, seed=3)
+    fig = plots.violation_heatmap(arrays, max_positions=64, max_steps=32)
+    assert _z(fig).shape == (60, 30)
+    assert "downsampled for display: each cell = 5 positions x 2 steps" in _title(fig)
+    assert tuple(fig.layout.yaxis.range) == (299.5, -0.5)  # nothing cut off
+
+
+@pytest.mark.parametrize("which", ["S", "A"])
+def test_pairwise_matrix(which):
+    arrays = analysed()
+    data = arrays.extras[1]["violations"]
+    fig = pairwise.pairwise_matrix(arrays, 1, which, evil_text(arrays))
+    z = _z(fig)
+    n = len(data["positions"])
+    expected = np.array(data[which], dtype=np.float64)
+    np.fill_diagonal(expected, np.nan)
+    np.testing.assert_allclose(z, expected)
+    assert _title(fig).startswith(f"Step 1 · {which}:") and "nats" in _title(fig)
+    assert "nats" in fig.data[0].colorbar.title.text and fig.data[0].zmid == 0
+    # the committed tokens, with their positions, label both axes, escaped for Plotly
+    labels = list(fig.layout.xaxis.ticktext)
+    assert labels == list(fig.layout.yaxis.ticktext) and len(labels) == n
+    assert labels[0] == f"{data['positions'][0]} &lt;b&gt;x&lt;/b&gt;"
+    assert labels[1] == f"{data['positions'][1]} w{data['tokens'][1]}"
+    assert EVIL_TOKEN not in fig.to_json().replace("\\u003c", "<").replace("\\u003e", ">")
+    # flips: one ✕ marker per flipped cell
+    flips = fig.data[1]
+    cells = {(int(y), int(x)) for x, y in zip(flips.x, flips.y)}
+    assert cells == {(i, j) for i in range(n) for j in range(n) if data["flip"][i][j]}
+    assert fig.layout.xaxis.title.text == "token j" and fig.layout.yaxis.title.text == "token i (revealed)"
+
+
+def test_pairwise_matrix_picks_a_step_and_explains_empty_states():
+    arrays = analysed()
+    totals = [e.get("violations", {}).get("total", np.inf) for e in arrays.extras]
+    worst = int(np.argmin(totals))
+    assert pairwise.focus_step(arrays) == worst
+    auto = pairwise.pairwise_matrix(arrays, None, "S", lambda t: f"w{t}")
+    assert _title(auto).startswith(f"Step {worst} ·") and "the run's most negative step" in _title(auto)
+    mixed = analysed(G=7, S=5)  # 2, 2, 1, 1, 1 tokens per step
+    empty = pairwise.pairwise_matrix(mixed, 2, "S", lambda t: f"w{t}")
+    assert len(empty.data) == 0 and "Step 2 committed 1 token" in empty.layout.annotations[0].text
+    assert empty.layout.height == plots.FIGURE_HEIGHT  # the same height as a drawn figure (see empty_figure)
+    single = analysed(G=5, S=5)  # one token per step: no pair anywhere
+    for fig in (pairwise.pairwise_matrix(single, 2, "S", lambda t: f"w{t}"), plots.violation_heatmap(single)):
+        assert "Every step so far committed a single token" in fig.layout.annotations[0].text
+    off = pairwise.pairwise_matrix(plain_run(violations=False), 1, "A", lambda t: f"w{t}")
+    assert "off for this run" in off.layout.annotations[0].text
+
+
+def test_candidate_energies():
+    arrays = analysed()
+    data = arrays.extras[2]["energy"]
+    fig = pairwise.candidate_energies(arrays, 2)
+    kept = data["chosen"]
+    bars = {trace.name: trace for trace in fig.data}
+    assert list(bars["kept"].x) == [kept + 1] and bars["kept"].marker.color == plots.MARKER_COLOUR
+    assert bars["kept"].y[0] == pytest.approx(data["total"][kept])
+    others = [j for j in range(3) if j != kept]
+    assert list(bars["not kept"].x) == [j + 1 for j in others]
+    assert list(bars["kept"].text) == [f"p={data['keep_probs'][kept]:.2f}"]
+    assert "uni" in bars["kept"].customdata[0][0] and "kept with probability" in bars["kept"].hovertemplate
+    assert _title(fig).startswith("Step 2: energy of each candidate (nats)") and "softmax(−E/τ)" in _title(fig)
+    assert fig.layout.yaxis.title.text == "energy E (nats)" and "kept" in fig.layout.xaxis.title.text
+    off = pairwise.candidate_energies(plain_run(), 1)
+    assert "Energies were off" in off.layout.annotations[0].text
+
+
+def test_plotly_text_escapes_markup_but_not_quotes():
+    assert plots.plotly_text("<b>x</b> & 'y' \"z\"") == "&lt;b&gt;x&lt;/b&gt; &amp; 'y' \"z\""

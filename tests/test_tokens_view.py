@@ -1,4 +1,4 @@
-"""The token view's HTML: escaping, masked positions at a step, tooltips, colours, legend."""
+"""The token view's HTML: escaping, masked positions at a step, tooltips, colours, legend, re-masks."""
 from __future__ import annotations
 
 import html
@@ -7,7 +7,9 @@ import re
 import numpy as np
 import pytest
 
+from explorer.records import StepRecord
 from explorer.tokens_view import MASK_GLYPH, render_tokens, step_colour, visible_commits
+from explorer.trajectory import RunArrays
 from synthetic_runs import synthetic_arrays
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -124,3 +126,61 @@ def test_highlight_marks_positions(arrays):
     assert "&lt;differs&gt;" in spans[2] and "differs" not in spans[3]
     masked_out = _line(render_tokens(arrays, words, -1, prompt_text="p", highlight=[0]))
     assert _spans(masked_out)[0].startswith('<span class="tok masked diff"')
+
+
+# ---- re-masks ---------------------------------------------------------------------------------------
+
+def _record(step: int, committed, tokens, remasked=(), remasked_tokens=(), G: int = 4) -> StepRecord:
+    n = len(committed)
+    return StepRecord(
+        step=step, block=0, committed=np.array(committed, np.int64), tokens=np.array(tokens, np.int64),
+        probs=np.full(n, 0.5, np.float32), top_ids=np.array([[t, 2, 3] for t in tokens], np.int64).reshape(n, 3),
+        top_probs=np.tile(np.array([0.5, 0.3, 0.1], np.float32), (n, 1)), argmax=np.zeros(G, np.int32),
+        confidence=np.full(G, 0.5, np.float32), entropy=np.ones(G, np.float32), margin=np.full(G, 0.2, np.float32),
+        masked_before=G, seconds=0.0, remasked=np.array(remasked, np.int64),
+        remasked_tokens=np.array(remasked_tokens, np.int64), remasked_probs=np.full(len(remasked), 0.4, np.float32))
+
+
+@pytest.fixture(scope="module")
+def remasked():
+    """4 positions, 4 steps (mask id 1): position 1 is re-masked at step 1 (token 11 taken away) and
+    committed again at step 2; position 0 is re-masked at step 2 (token 10) and committed again at step 3."""
+    records = [_record(0, [0, 1], [10, 11]), _record(1, [2], [12], [1], [11]),
+               _record(2, [1, 3], [13, 14], [0], [10]), _record(3, [0], [15])]
+    return RunArrays.from_records({"gen_length": 4, "mask_id": 1}, records)
+
+
+def _tip(span: str) -> str:
+    return html.unescape(re.search(r'data-tip="([^"]*)"', span).group(1))
+
+
+def test_scrubbing_shows_masks_that_came_back(remasked):
+    after = {step: _spans(_line(render_tokens(remasked, words, step, prompt_text="p"))) for step in range(4)}
+    assert ">w10<" in after[0][0] and ">w11<" in after[0][1] and MASK_GLYPH in after[0][2]
+    # step 1 took token 11 away: position 1 is a mask again, with the re-mask badge and its story
+    assert after[1][1].startswith('<span class="tok masked remasked" data-remasks="1"')
+    assert "still masked after step 1 · ↺ re-masked 1× (step 1 took away 'w11')" in _tip(after[1][1])
+    # the token at position 0 still stands after step 1; it is the commit of step 0, re-masked later
+    assert ">w10<" in after[1][0] and "committed at step 0 · re-masked later" in _tip(after[1][0])
+    assert "p = " not in _tip(after[1][0])  # p and alternatives belong to the position's last commit
+    assert MASK_GLYPH in after[2][0] and ">w13<" in after[2][1]
+    assert ">w15<" in after[3][0] and "committed at step 3 · p = 0.50" in _tip(after[3][0])
+
+
+def test_remasked_tokens_get_a_badge_and_the_full_story(remasked):
+    out = render_tokens(remasked, words, None, prompt_text="p")
+    spans = _spans(_line(out))
+    assert [('data-remasks="1"' in s) for s in spans] == [True, True, False, False]
+    assert all(" remasked" in s.split(">")[0] for s in spans[:2])
+    assert _tip(spans[0]).endswith("↺ re-masked 1× (step 2 took away 'w10')")
+    assert _tip(spans[1]).startswith("position 1 · committed at step 2 · p = 0.50")
+    assert "↺ re-masked 1× (step 1 took away 'w11')" in _tip(spans[1])
+    assert "re-masked" in out.split('<div class="tokens-legend">')[1]  # the legend explains the badge
+    plain = render_tokens(synthetic_arrays(6, 3), words, None, prompt_text="p")
+    assert "remask" not in plain  # no badge, no legend entry for a run without re-masks
+
+
+def test_remask_tooltips_are_escaped(remasked):
+    out = render_tokens(remasked, evil, 1, prompt_text="p")
+    assert "<img" not in out and "<b>" not in out
+    assert html.escape(f"took away '{evil(11)}'", quote=True) in out

@@ -79,3 +79,28 @@ def test_fewer_alternatives_are_padded():
     arrays = RunArrays.from_records({"gen_length": 4, "mask_id": MASK_ID}, [narrow])
     assert (arrays.commit_top_ids[:, 1:] == -1).all() and np.isnan(arrays.commit_top_probs[:, 1:]).all()
     np.testing.assert_array_equal(arrays.commit_top_ids[:, 0], record.top_ids[:, 0])
+
+
+@pytest.mark.parametrize("strategy", ["rcr", "remdm_conf"])
+def test_remasks_replay_the_same_from_store_and_records(denoiser, tmp_path, strategy):
+    """Re-masked positions show a mask again after their re-mask step, from both sources; the
+    store keeps remask events with the token taken away and commit events with violation scores."""
+    store = TrajectoryStore(f"sqlite:///{tmp_path}/r.db")
+    out = decode(PROMPT, denoiser, store=store, gen_length=32, steps=8, strategy=strategy, temperature=1.0,
+                 seed=5, violations=True)
+    remasks = [(r.step, p, t) for r in out.steps for p, t in zip(r.remasked.tolist(), r.remasked_tokens.tolist())]
+    assert remasks, "this seed re-masks nothing: pick another"
+    stored_arrays = store.read_arrays(out.run_id)
+    live = RunArrays.from_records({"gen_length": 32, "mask_id": out.mask_id}, out.steps)
+    for arrays in (stored_arrays, live):
+        np.testing.assert_array_equal(arrays.tokens[:, -1], out.token_ids)
+        for step, position, token in remasks:
+            assert arrays.tokens[position, step] == out.mask_id  # masked again after that step
+            assert step == 0 or arrays.tokens[position, step - 1] == token  # it held that token before
+        assert arrays.remask_count.sum() == len(remasks)
+    np.testing.assert_array_equal(stored_arrays.tokens, live.tokens)
+    np.testing.assert_array_equal(stored_arrays.violation, live.violation)
+    scored = [r for r in out.steps if "violations" in r.extras]
+    assert scored and all(np.isfinite(live.violation[r.extras["violations"]["positions"], r.step]).all()
+                          for r in scored)
+    store.engine.dispose()

@@ -114,6 +114,20 @@ BAD_REQUESTS = [
     pytest.param({"prompt": "once upon a zebra"}, r"'zebra'", id="unknown-word"),
     pytest.param({"strategy": "threshold", "threshold": 0.0}, r"0(\.0)?\b.*(minimum value 0\.05|\(0, 1\])",
                  id="threshold-0"),
+    pytest.param({"energy_terms": ["uni"], "window_start": 0.9, "window_end": 0.2},
+                 r"energy-window \(0\.9, 0\.2\) is empty: the start must be <= the end", id="window-start-after-end"),
+    pytest.param({"energy_terms": ["uni"], "window_end": 1.5}, r"energy-window end 1\.5 is out of range; valid: 0\.\.1",
+                 id="window-end-over-1"),
+    pytest.param({"energy_terms": ["zzz"]}, r"'zzz'.*not in the list of choices.*'uni'", id="unknown-energy-term"),
+    pytest.param({"energy_terms": ["uni"], "weight_uni": None}, r"weight of energy 'uni' is empty", id="empty-weight"),
+    pytest.param({"energy_terms": ["ind"], "energy_candidates": 100}, r"candidates k = 100 .*limit of 16",
+                 id="too-many-candidates"),
+    pytest.param({"energy_terms": ["inv"], "energy_orders": 0}, r"energy-orders 0 is out of range", id="orders-0"),
+    pytest.param({"energy_terms": ["ind"], "energy_tau": 0}, r"energy-tau 0(\.0)? is out of range; valid: > 0",
+                 id="energy-tau-0"),
+    pytest.param({"strategy": "factor", "factor": 0}, r"factor 0(\.0)? is out of range; valid: > 0", id="factor-0"),
+    pytest.param({"strategy": "eb", "eb_gamma": -1}, r"eb-gamma -1(\.0)? is out of range", id="eb-gamma-negative"),
+    pytest.param({"cfg_scale": -2}, r"cfg-scale -2(\.0)? is out of range; valid: 0\.\.100", id="cfg-negative"),
 ]
 
 
@@ -263,3 +277,89 @@ def test_worker_death_shows_an_error_and_the_next_run_completes(server, services
     assert failed["status"] == "failed" and "worker died" in failed["error"]
     assert failed["n_steps"] == n_step_rows(services, failed["id"])
     run_id_of(client.predict(*decode_args(), api_name="/decode")[0])  # a fresh worker: completed
+
+
+def _plot(output) -> dict:
+    """A gr.Plot output as the browser gets it: the figure's JSON."""
+    return json.loads(output["plot"])
+
+
+def _title_of(output) -> str:
+    return _plot(output)["layout"]["title"]["text"]
+
+
+def test_decode_with_energies_violations_and_remasking(client, services):
+    outputs = client.predict(*decode_args(strategy="rcr", energy_terms=["uni"], energy_candidates=4, window_start=0.0,
+                                          violations=True, seed=2), api_name="/decode")
+    status, tokens, _heat, _order, _bars, violation, energy, pair_s, pair_a, candidates, cost = outputs[:11]
+    run_id = run_id_of(status)
+    run = services.store.get_run(run_id)
+    assert run["strategy"] == "rcr" and run["config"]["energies"] == [["uni", 1.0]] and run["config"]["violations"]
+    # the token view marks the re-masked tokens and explains the badge
+    assert re.search(r'class="tok[^"]* remasked" [^>]*data-remasks="\d+"', tokens), tokens[:500]
+    assert "re-masked" in tokens.split('<div class="tokens-legend">')[1]
+    # both position x step maps carry data, not an empty state
+    assert "Dependency violations" in _title_of(violation) and _plot(violation)["data"]
+    assert "kept candidate" in _title_of(energy) and _plot(energy)["data"]
+    # with no step picked, the matrices and the candidates show the run's most negative step
+    assert "S: do the tokens committed together agree?" in _title_of(pair_s)
+    assert "most negative step" in _title_of(pair_s)
+    assert "A: does the order of revealing matter?" in _title_of(pair_a)
+    assert len(_plot(pair_s)["layout"]["xaxis"]["ticktext"]) >= 2
+    assert "energy of each candidate (nats)" in _title_of(candidates)
+    assert {t["name"] for t in _plot(candidates)["data"]} == {"kept", "not kept"}
+    assert re.search(rf"Cost on run {run_id}: the extra pass took ≈ [\d.]+× a plain step", cost), cost
+
+    # scrubbing to step 0 shows that step's matrices and candidates
+    first = client.predict(0, "confidence", api_name="/scrub")
+    assert _title_of(first[7]).startswith("Step 0 · S") and _title_of(first[9]).startswith("Step 0: energy")
+
+
+def test_violations_off_says_so_and_what_it_would_cost(client):
+    outputs = client.predict(*decode_args(violations=False), api_name="/decode")
+    violation, pair_s, cost = outputs[5], outputs[7], outputs[10]
+    for figure in (violation, pair_s):
+        assert "off for this run" in _plot(figure)["layout"]["annotations"][0]["text"]
+    assert cost.startswith("Off for run") and "≈ n× a plain step on a CPU" in cost
+
+
+def test_nan_weight_is_refused_with_the_field_named(server, services):
+    """NaN cannot come from the page or gradio_client (JSON has no NaN); a raw request can send it."""
+    import httpx
+
+    args = decode_args(energy_terms=["uni"], weight_uni=float("nan"))
+    runs_before = services.store.count_runs()
+    with httpx.Client(base_url=server[1], timeout=60) as http:
+        response = http.post("/gradio_api/call/decode", content=json.dumps({"data": args}),
+                             headers={"content-type": "application/json"})
+        event_id = response.raise_for_status().json()["event_id"]
+        body = http.get(f"/gradio_api/call/decode/{event_id}").text
+    assert "event: error" in body and "weight of energy 'uni' must be a finite number, got nan" in body, body
+    assert services.store.count_runs() == runs_before
+
+
+def test_form_defaults_and_presets_fill_every_field(services):
+    from explorer.presets import PRESETS
+    from explorer.ui_logic import DECODE_FIELDS, build_config, preset_form, violations_default
+
+    assert violations_default(services.models["embedded"])
+    assert not violations_default(dataclasses.replace(services.models["embedded"], family="llada",
+                                                      violations_default=False))
+    by_name = {p.name: p for p in PRESETS}
+    energy = preset_form(by_name["Energy repairs the violation (Uni-E)"], services)
+    assert set(energy) == set(DECODE_FIELDS)
+    assert energy["energy_terms"] == ["uni"] and (energy["window_start"], energy["window_end"]) == (0.0, 1.0)
+    assert build_config(services, energy).energies == (("uni", 1.0),)
+    # a preset that names no energy turns them off again (the form is reset, not merged)
+    plain = preset_form(by_name["One token per step stays grammatical"], services)
+    assert plain["energy_terms"] == [] and plain["violations"] is True and plain["strategy"] == "low_confidence"
+    assert build_config(services, plain).energies == ()
+
+
+def test_compare_violation_maps_share_one_scale(client, two_runs):
+    a, b = two_runs
+    summary, _ta, heat_a, _tb, heat_b = client.predict(a, b, "violations", api_name="/compare")
+    assert "violations: Σ S &lt; 0 (nats)" in summary and "<td>off</td>" in summary  # energies off in both
+    traces = [_plot(h)["data"][0] for h in (heat_a, heat_b)]
+    assert all("Dependency violations" in _title_of(h) for h in (heat_a, heat_b))
+    assert traces[0]["zmax"] == traces[1]["zmax"] >= 1.0 and traces[0]["zmid"] == 0

@@ -296,7 +296,9 @@ def test_out_of_memory_fails_the_run_and_the_worker_takes_the_next_job(denoiser,
     try:
         assert events_recv.poll(30)
         assert events_recv.recv() == ("ready", None, {"device": "cpu"})
-        jobs_send.send(Job(1, PROMPT, "embedded", dataclasses.asdict(DecodeConfig(gen_length=16, steps=8))))
+        # violations=False: the fake model counts forwards, and the violation pass adds one per step.
+        jobs_send.send(Job(1, PROMPT, "embedded", dataclasses.asdict(DecodeConfig(gen_length=16, steps=8,
+                                                                                  violations=False))))
         events = events_until_terminal()
         # ("device" reports also come mid-run, at most once a second: not counted here)
         assert kinds(events)[0] == "device"
@@ -308,7 +310,8 @@ def test_out_of_memory_fails_the_run_and_the_worker_takes_the_next_job(denoiser,
         assert run["status"] == "failed" and "out of memory" in run["error"]
         assert run["n_steps"] == 2 == n_step_rows(store, run["id"])
 
-        jobs_send.send(Job(2, PROMPT, "embedded", dataclasses.asdict(DecodeConfig(gen_length=16, steps=4))))
+        jobs_send.send(Job(2, PROMPT, "embedded", dataclasses.asdict(DecodeConfig(gen_length=16, steps=4,
+                                                                                  violations=False))))
         events = events_until_terminal()
         assert kinds(events)[0] == "device" and kinds(events)[-2] == "device"  # at the start and the end
         assert [k for k in kinds(events) if k != "device"] == ["started"] + ["step"] * 4 + ["done"]
