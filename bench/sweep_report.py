@@ -80,6 +80,7 @@ def auc_table(runs: list[dict]) -> list[dict]:
                 groups["adaptive (threshold, eb): all steps"].append(row)
             else:
                 groups[f"{n_step} tokens/step"].append(row)
+            groups[f"{r['strategy']}: all its steps"].append(row)
             groups["all"].append(row)
     table = []
     for name in sorted(groups, key=_group_order):
@@ -96,7 +97,7 @@ def auc_table(runs: list[dict]) -> list[dict]:
 
 def _group_order(name: str) -> tuple:
     head = name.split(" ")[0]
-    return (0, int(head)) if head.isdigit() else (1, name)
+    return (0, int(head)) if head.isdigit() else (2, name) if name.startswith(("adaptive", "all")) else (1, name)
 
 
 def figure(cells: list[dict]):
@@ -156,6 +157,25 @@ def markdown_table(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pivot_markdown(cells: list[dict]) -> str:
+    """One row per strategy and setting, the three energies side by side (the README's table)."""
+    by = {(c["strategy"], c["setting"], c["energy"]): c for c in cells}
+    rows = sorted({(c["strategy"], c["setting"]) for c in cells},
+                  key=lambda r: (r[0], by.get((*r, "none"), {}).get("tokens_per_step", 0)))
+    energies = ("none", "ar", "uni")
+    lines = ["| strategy | setting | tokens/step | valid % none / AR / Uni-E | AR NLL none / AR / Uni-E | "
+             "passes/token none / AR / Uni-E |", "|---|---|---:|---|---|---|"]
+    for strategy, setting in rows:
+        got = [by.get((strategy, setting, e)) for e in energies]
+        if None in got:
+            continue
+        fmt = lambda key, f: " / ".join(f(c[key]) for c in got)  # noqa: E731
+        lines.append(f"| {strategy} | {setting} | {got[0]['tokens_per_step']:.2f} | "
+                     f"{fmt('valid_rate', lambda v: f'{100 * v:.1f}')} | {fmt('ar_nll', lambda v: f'{v:.2f}')} | "
+                     f"{fmt('passes_per_token', lambda v: f'{v:.2f}')} |")
+    return "\n".join(lines)
+
+
 def auc_markdown(table: list[dict]) -> str:
     lines = ["| co-committed tokens | tokens | checker-named | AUC violation score | AUC 1 - confidence | AUC entropy |",
              "|---|---:|---:|---|---|---|"]
@@ -189,7 +209,7 @@ def report(raw: Path, results: Path, docs: Path) -> dict:
     summary = {"cells": cells, "auc": table, "runs": len(runs)}
     results.mkdir(parents=True, exist_ok=True)
     (results / "sweep_summary.json").write_text(json.dumps(summary, indent=1))
-    md = markdown_table(cells) + "\n\n" + auc_markdown(table) + "\n"
+    md = (pivot_markdown(cells) + "\n\n" + markdown_table(cells) + "\n\n" + auc_markdown(table) + "\n")
     (results / "sweep_table.md").write_text(md)
     fig = figure(cells)
     html = docs / "sweep.html"

@@ -34,6 +34,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+_DEFAULT = DecodeConfig()  # one source for the defaults of the decode flags
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m explorer", description="Diffusion-LM Trajectory Explorer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,24 +51,24 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="default: gen-length (one token per step)")
     d.add_argument("--block-length", type=int, default=None, help="default: gen-length (one block)")
     d.add_argument("--strategy", default="low_confidence", help=f"one of: {', '.join(STRATEGIES)}")
-    d.add_argument("--threshold", type=float, default=0.9)
+    d.add_argument("--threshold", type=float, default=_DEFAULT.threshold)
     d.add_argument("--temperature", type=float, default=0.0)
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--factor", type=float, default=1.0, help="the `factor` strategy's f")
-    d.add_argument("--eb-gamma", type=float, default=0.1, help="the `eb` strategy's gamma (nats)")
+    d.add_argument("--factor", type=float, default=_DEFAULT.factor, help="the `factor` strategy's f")
+    d.add_argument("--eb-gamma", type=float, default=_DEFAULT.eb_gamma, help="the `eb` strategy's gamma (nats)")
     d.add_argument("--prophet", action="store_true", help="Prophet early commit on the logit gap")
-    d.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance w (0: off)")
+    d.add_argument("--cfg-scale", type=float, default=_DEFAULT.cfg_scale, help="classifier-free guidance w (0: off)")
     d.add_argument("--energy", action="append", default=[], metavar="TERM=WEIGHT",
                    help="an energy term and its weight, repeatable: ar, ind, inv, uni (e.g. --energy uni=1)")
-    d.add_argument("--candidates", type=int, default=4, help="energy candidates k per step")
-    d.add_argument("--energy-window", type=float, nargs=2, default=(0.4, 1.0), metavar=("START", "END"),
+    d.add_argument("--candidates", type=int, default=_DEFAULT.energy_candidates, help="energy candidates k per step")
+    d.add_argument("--energy-window", type=float, nargs=2, default=_DEFAULT.energy_window, metavar=("START", "END"),
                    help="apply energies while the masked fraction t is in [START, END]")
-    d.add_argument("--energy-tau", type=float, default=1.0)
-    d.add_argument("--energy-orders", type=int, default=1, help="orders S for Inv-E / Uni-E (1: left to right)")
+    d.add_argument("--energy-tau", type=float, default=_DEFAULT.energy_tau)
+    d.add_argument("--energy-orders", type=int, default=_DEFAULT.energy_orders, help="orders S for Inv-E / Uni-E (1: left to right)")
     d.add_argument("--ar-scorer", default=None, help="the AR energy's model (default: the model's own)")
     d.add_argument("--violations", action=argparse.BooleanOptionalAction, default=None,
                    help="measure dependency violations (default: on for the embedded model)")
-    d.add_argument("--violation-cap", type=int, default=16)
+    d.add_argument("--violation-cap", type=int, default=_DEFAULT.violation_cap)
     store = d.add_mutually_exclusive_group()
     store.add_argument("--db", default=None, help="SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)")
     store.add_argument("--no-store", action="store_true", help="do not record the run")

@@ -31,6 +31,9 @@ class DecodeConfig:
     energy_tau: float = 1.0  # keep candidate j with probability softmax(-E / tau)
     energy_orders: int = 1  # orders S of Inv-E / Uni-E: 1 = the deterministic left-to-right chain
     ar_scorer: str | None = None  # the AR energy's model; None: the denoiser's own (embedded)
+    # A step whose chain terms (ind / inv / uni) would need more sequences than this, k S (n - 1),
+    # keeps its own proposal and records why (a Prophet fill or a low threshold commits many).
+    energy_max_sequences: int = 4096
     # Dependency violations (DESIGN 3.3): None = the model's default (on for the embedded one).
     violations: bool | None = None
     violation_cap: int = 16  # at most this many (the most confident) committed tokens per step
@@ -102,6 +105,7 @@ class DecodeConfig:
             raise ConfigError(f"energy terms repeat: {', '.join(names)}; give each at most once")
         _check_int("energy-candidates", self.energy_candidates, 1, 64, "1..64")
         _check_int("energy-orders", self.energy_orders, 1, 64, "1..64")
+        _check_int("energy-max-sequences", self.energy_max_sequences, 1, 2**20, "1..1048576")
         _check_number("energy-tau", self.energy_tau, 0.0, None, "> 0", open_low=True)
         low, high = self.energy_window
         _check_number("energy-window start", low, 0.0, 1.0, "0..1")

@@ -77,7 +77,8 @@ class Candidates:
         ids = self.x.expand(self.k, -1).clone()
         ids[:, self.prompt_length:] = self.tokens
         self.passes["ar"] += self.k
-        return self.ar_log_probs(ids)[:, self.prompt_length:].double()
+        # The scorer may live on another device than the denoiser: bring its result here.
+        return self.ar_log_probs(ids)[:, self.prompt_length:].double().to(self.x.device)
 
 
 def draw(log_q: torch.Tensor, masked: torch.Tensor, state: torch.Tensor, k: int,
@@ -159,8 +160,9 @@ ENERGY_TERMS: dict[str, Callable[[Candidates], torch.Tensor]] = {
 def per_position(c: Candidates, weights: dict[str, float], j: int) -> np.ndarray:
     """(n,) the kept candidate's energy split over the committed positions, for the heatmap.
 
-    `ar` and the left-to-right chain (`ind`, and `uni` with one order) are sums over positions;
-    `inv` (and the S-order part of `uni`) is not, and is left out of this split."""
+    The left-to-right chain (`ind`, and `uni` with one order) is a sum over the committed
+    positions. `ar` is a sum over every generated position, of which only the committed ones'
+    terms are shown. `inv` (and the S-order part of `uni`) is not a sum and is left out."""
     log_q = c.log_q_each[j, c.positions]  # (n,)
     out = torch.zeros_like(log_q)
     if "ar" in weights:

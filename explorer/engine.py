@@ -142,9 +142,10 @@ def iter_steps(denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConf
             extras: dict = {}
             commit, remask = _select(strategy, config, metrics, logits, masked, in_block, commit_conf,
                                      schedule, j, step, generator, extras)
-            tokens = metrics.proposal
+            early = "prophet" in extras and extras["prophet"]["early_commit"]
+            tokens = metrics.argmax if early else metrics.proposal  # Prophet fills with the argmax
             ar_passes = 0
-            if config.energies and _in_window(config, int(masked_host.sum()) / G):
+            if config.energies and not early and _in_window(config, int(masked_host.sum()) / G):
                 tokens, ar_passes = _energy_stage(state, model, metrics, commit, masked, config,
                                                   ar_scorer, generator, order_generator, extras)
             before, conf_before = state.generated.clone(), commit_conf  # what a re-mask takes away
@@ -215,6 +216,12 @@ def _energy_stage(state: DecodeState, model: ModelPass, metrics, commit: torch.T
     positions = torch.nonzero(commit).flatten()  # (n,) ascending
     if positions.numel() == 0:
         return metrics.proposal, 0
+    chain_rows = config.energy_candidates * config.energy_orders * (positions.numel() - 1)
+    if any(name != "ar" for name, _ in config.energies) and chain_rows > config.energy_max_sequences:
+        extras["energy"] = {"skipped": f"{positions.numel()} tokens at once: the chain would need {chain_rows} "
+                                       f"sequences, over energy_max_sequences = {config.energy_max_sequences}"}
+        return metrics.proposal, 0
+    sequences_before = model.sequences
     temperature = config.temperature if config.temperature > 0 else 1.0
     # The proposal: the marginals at the run's temperature (1 for greedy runs, whose point
     # mass would make every candidate the same).
@@ -227,6 +234,7 @@ def _energy_stage(state: DecodeState, model: ModelPass, metrics, commit: torch.T
         ar_log_probs=ar_scorer.log_probs if ar_scorer is not None else None)
     choice = choose(cands, dict(config.energies), config.energy_tau, generator)
     extras["energy"] = {**choice.to_json(), "positions": positions.tolist()}
+    extras["energy"]["passes"]["denoiser"] = model.sequences - sequences_before  # x2 with CFG
     return torch.where(commit, cands.tokens[choice.chosen], metrics.proposal), choice.passes["ar"]
 
 

@@ -132,6 +132,7 @@ class HFDenoiser:
         self.context_length = context_length
         self.device = device
         self.dtype = next(model.parameters()).dtype
+        self.vocab_size = int(getattr(model.config, "vocab_size", 0) or 0)  # checked against AR scorers
         self.suppress_ids = tuple(sorted(set(suppress_ids)))
         self.eos_ids = tuple(eos_ids)
         self.bridges = tuple(bridges)

@@ -22,7 +22,7 @@ from the `--models-config` flag or the `EXPLORER_MODELS_CONFIG` environment vari
     family = "masked_lm"
     path = "./checkpoints/bert-base-uncased"
 
-    [[ar_scorers]]                      # parsed and validated now; used by the AR energy later
+    [[ar_scorers]]                      # the AR energy's models (explorer/ar_scorers.py)
     name = "gpt2"
     family = "causal_lm"                # causal_lm | embedded_ar
     path = "gpt2"
@@ -85,7 +85,7 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class ArScorerEntry:
-    """An autoregressive scorer for the AR energy (a later issue uses these)."""
+    """An autoregressive scorer for the AR energy (loaded by explorer/ar_scorers.py)."""
 
     name: str
     family: str  # causal_lm | embedded_ar

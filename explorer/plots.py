@@ -264,11 +264,26 @@ def common_bound(name: str, *runs: RunArrays) -> float:
     return max(symmetric_bound(z) for z in maps) if maps else NATS_FLOOR
 
 
+def energy_terms_text(config: dict, empty: str, escape: bool = True) -> str:
+    """'uni × 1, ar × 0.5' from a run's config; names escaped for Plotly / HTML unless the caller
+    escapes the whole text itself (imported bundles may hold any text)."""
+    terms = []
+    for item in config.get("energies") or ():
+        try:
+            name, weight = item
+            terms.append(f"{html.escape(str(name)) if escape else name} × {float(weight):g}")
+        except (TypeError, ValueError):
+            terms.append("?")
+    return ", ".join(terms) or empty
+
+
 def non_decomposable_terms(config: dict) -> str:
-    """'inv' / 'uni with 3 orders' / both: the energy terms of a run that the per-position map omits."""
-    terms = [name for name, _ in config.get("energies") or ()]
+    """The energy terms of a run that the per-position map omits or shows only in part: inv,
+    the order part of a multi-order uni, and ar outside the committed positions."""
+    terms = [str(name) for name, _ in config.get("energies") or ()]
     orders = int(config.get("energy_orders") or 1)
-    out = ["inv"] if "inv" in terms else []
+    out = ["ar outside the positions committed (only its part at them is shown)"] if "ar" in terms else []
+    out += ["inv"] if "inv" in terms else []
     if "uni" in terms and orders > 1:
         out.append(f"the order part of uni ({orders} orders)")
     return " and ".join(out)

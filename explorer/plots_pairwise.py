@@ -14,7 +14,8 @@ import numpy as np
 import plotly.graph_objects as go
 
 from explorer.plots import (BAR_COLOUR, BLANK_COLOUR, DIVERGING, ENERGIES_OFF, MARKER_COLOUR, SINGLE_TOKEN_STEPS,
-                            VIOLATIONS_OFF, apply_layout, empty_figure, plotly_text, symmetric_bound)
+                            VIOLATIONS_OFF, apply_layout, empty_figure, energy_terms_text, plotly_text,
+                            symmetric_bound)
 from explorer.trajectory import RunArrays
 
 # Purple (negative) - white - green (positive): A's sign is a direction, not good or bad.
@@ -214,5 +215,4 @@ def _candidates_missing(arrays: RunArrays, step: int | None) -> str:
 
 
 def _weights_text(arrays: RunArrays) -> str:
-    energies = (arrays.run.get("config") or {}).get("energies") or ()
-    return ", ".join(f"{name} × {float(weight):g}" for name, weight in energies) or "n/a"
+    return energy_terms_text(arrays.run.get("config") or {}, "n/a")

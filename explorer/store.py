@@ -106,7 +106,7 @@ class Step(Base):
     confidence: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (G,)
     entropy: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (G,)
     margin: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (G,)
-    extras: Mapped[dict | None] = mapped_column(JSON)  # energies / violations (later issues)
+    extras: Mapped[dict | None] = mapped_column(JSON)  # energy candidates, violation matrices, Prophet gap
 
     run: Mapped[Run] = relationship(back_populates="steps")
 

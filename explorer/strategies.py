@@ -203,5 +203,3 @@ STRATEGIES: dict[str, Strategy] = {
     "rcr": rcr,
     "remdm_conf": remdm_conf,
 }
-
-REMASKING = frozenset({"rcr", "remdm_conf"})  # strategies that may return re-masks

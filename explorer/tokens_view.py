@@ -90,13 +90,6 @@ def remask_history(arrays: RunArrays, step: int | None) -> dict[int, list[tuple[
     return out
 
 
-def visible_commits(commit_step: np.ndarray, step: int | None) -> np.ndarray:
-    """(G,) bool: positions whose last commit happened by the end of `step` (None: the end).
-    Without re-masks, exactly the positions shown committed after `step`."""
-    done = commit_step >= 0
-    return done if step is None else done & (commit_step <= step)
-
-
 def step_colour(commit_step: int, n_steps: int) -> tuple[str, str]:
     """(background, text) colours for a token committed at `commit_step` of `n_steps`."""
     fraction = commit_step / max(n_steps - 1, 1)

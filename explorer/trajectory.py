@@ -188,10 +188,22 @@ def _step_maps(G: int, steps: np.ndarray, extras: Sequence[dict]) -> tuple[np.nd
     violation = np.full((G, S), np.nan, dtype=np.float32)
     energy = np.full((G, S), np.nan, dtype=np.float32)
     for i, extra in enumerate(extras):
-        v = (extra or {}).get("violations")
-        if v:
-            violation[v["positions"], i] = v["scores"]
-        e = (extra or {}).get("energy")
-        if e and e.get("per_position"):
-            energy[e["positions"], i] = e["per_position"]
+        extra = extra if isinstance(extra, dict) else {}
+        _place(violation, i, extra.get("violations"), "scores")
+        _place(energy, i, extra.get("energy"), "per_position")
     return violation, energy
+
+
+def _place(out: np.ndarray, column: int, record: object, key: str) -> None:
+    """out[positions, column] = record[key], when the record is well formed (an imported bundle
+    may hold anything: a malformed record is left out rather than breaking the view)."""
+    if not isinstance(record, dict) or not record.get(key):
+        return
+    try:
+        positions = np.asarray(record["positions"], dtype=np.int64)
+        values = np.asarray(record[key], dtype=np.float32)
+    except (KeyError, TypeError, ValueError):
+        return
+    G = out.shape[0]
+    if positions.shape == values.shape and positions.ndim == 1 and ((positions >= 0) & (positions < G)).all():
+        out[positions, column] = values

@@ -100,8 +100,7 @@ def _summary_table(a, b, differ: set[int]) -> str:
 
 
 def _energies_text(arrays) -> str:
-    energies = (arrays.run.get("config") or {}).get("energies") or ()
-    return ", ".join(f"{name} × {float(weight):g}" for name, weight in energies) or "off"
+    return plots.energy_terms_text(arrays.run.get("config") or {}, "off", escape=False)  # the table escapes
 
 
 def _violation_total(arrays) -> str:

@@ -8,7 +8,10 @@ batched extra pass of n sequences (x with one committed token y_i revealed) give
     S_ij = (D_ij + D_ji) / 2                      pointwise mutual information for a consistent
                                                   model; strongly negative = contradiction
     A_ij = D_ij - D_ji                            0 for a consistent joint: order dependence
-    flip_ij = argmax p(. | x + y_i)_j != y_j      revealing y_i would change the choice of y_j
+    flip_ij = argmax p(. | x + y_i)_j != argmax q_j  revealing y_i would change the model's top
+                                                  choice at u_j (DESIGN compares with y_j; the same
+                                                  at T = 0, and at T > 0 a sampled y_j would make
+                                                  every pair a "flip" without any dependency)
 
 A token's violation score is its most negative S_ij over the others; a step's total is the
 sum over pairs i < j of the negative parts min(S_ij, 0) (a positive PMI is agreement, not a
@@ -49,17 +52,19 @@ class PairwiseViolations:
 
 
 def pairwise(logp_revealed: np.ndarray, log_q: np.ndarray, argmax_revealed: np.ndarray,
-             positions: np.ndarray, tokens: np.ndarray) -> PairwiseViolations:
+             positions: np.ndarray, tokens: np.ndarray, argmax_step: np.ndarray | None = None) -> PairwiseViolations:
     """The matrices from the extra pass, pure arithmetic.
 
     logp_revealed[i, j] = log p(y_j | x + y_i); argmax_revealed[i, j] the top token at u_j in
-    that pass; log_q[j] = log q_j(y_j) from the step's own pass. All (n, n) / (n,)."""
+    that pass; log_q[j] = log q_j(y_j) and argmax_step[j] the top token at u_j from the step's
+    own pass (default: the committed tokens, as at T = 0). All (n, n) / (n,)."""
     n = len(tokens)
     off = ~np.eye(n, dtype=bool)
     D = np.where(off, logp_revealed - log_q[None, :], 0.0)  # (n, n)
     S = (D + D.T) / 2
     A = D - D.T
-    flip = off & (argmax_revealed != tokens[None, :])
+    reference = tokens if argmax_step is None else argmax_step
+    flip = off & (argmax_revealed != reference[None, :])
     scores = np.where(off, S, np.inf).min(axis=1)  # (n,) most negative S over the others
     upper = np.triu(off)
     total = float(np.minimum(S[upper], 0.0).sum())
@@ -96,5 +101,7 @@ def measure(log_probs: LogProbFn, x: torch.Tensor, prompt_length: int, committed
     lp = log_probs(reveal_each(x, prompt_length, pos_t, tok_t), pos_t.expand(n, -1))  # (n, n, V)
     logp_revealed = lp.gather(-1, tok_t.expand(n, -1)[..., None]).squeeze(-1)  # (n, n)
     log_q = log_q_step[pos_t].gather(-1, tok_t[:, None]).squeeze(-1)  # (n,)
+    argmax_step = log_q_step[pos_t].argmax(-1)  # (n,) the step's own top choice at each u_j
     return pairwise(logp_revealed.double().cpu().numpy(), log_q.double().cpu().numpy(),
-                    lp.argmax(-1).cpu().numpy(), positions.astype(np.int64), tokens.astype(np.int64))
+                    lp.argmax(-1).cpu().numpy(), positions.astype(np.int64), tokens.astype(np.int64),
+                    argmax_step.cpu().numpy())

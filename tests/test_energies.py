@@ -565,3 +565,16 @@ def test_engine_energy_decode_completes_without_masks(denoiser, ar_scorer):
     result = run_decode(denoiser, denoiser.encode(ENGINE_PROMPT), config, ar_scorer=ar_scorer)
     assert result.status == "completed"
     assert denoiser.mask_id not in result.token_ids and len(result.token_ids) == 16
+
+
+def test_energy_skips_a_step_whose_chain_is_too_long(denoiser):
+    """Over energy_max_sequences the step keeps its own proposal, says why, and draws nothing:
+    the run is token for token the run without energies."""
+    settings = dict(temperature=1.0, seed=4)
+    capped = engine_steps(denoiser, energies=(("uni", 1.0),), energy_window=(0.0, 1.0), energy_max_sequences=1,
+                          **settings)
+    plain = engine_steps(denoiser, **settings)
+    assert all("energy" not in r.extras for r in plain)
+    assert all("skipped" in r.extras["energy"] for r in capped)
+    assert [r.tokens.tolist() for r in capped] == [r.tokens.tolist() for r in plain]
+    assert [r.forward_passes for r in capped] == [1] * 4

@@ -12,7 +12,6 @@ from explorer.engine import ModelPass, iter_steps, run_decode
 from explorer.schedule import tokens_per_step
 from explorer.strategies import (
     PROPHET_THRESHOLDS,
-    REMASKING,
     STRATEGIES,
     StepInput,
     longest_prefix,
@@ -44,7 +43,6 @@ def picked(mask):
 
 def test_registry():
     assert {"factor", "eb", "rcr", "remdm_conf"} <= set(STRATEGIES)
-    assert REMASKING == {"rcr", "remdm_conf"}
 
 
 # ---- longest_prefix --------------------------------------------------------------------------
@@ -359,6 +357,16 @@ def test_engine_prophet(denoiser):
     _, plain = engine_steps(denoiser, steps=32)
     assert len(steps) < len(plain) and all("prophet" not in r.extras for r in plain)
 
+
+def test_engine_prophet_fills_with_the_argmax_and_skips_energies(denoiser):
+    """At T > 0 the early commit writes each position's argmax (DESIGN 3.1), not the sampled
+    proposal, and no energy runs on that step."""
+    _, steps = engine_steps(denoiser, prophet=True, steps=32, temperature=1.0, seed=2,
+                            energies=(("uni", 1.0),), energy_window=(0.0, 1.0))
+    last = steps[-1]
+    assert last.extras["prophet"]["early_commit"] and "energy" not in last.extras
+    np.testing.assert_array_equal(last.tokens, last.argmax[last.committed])
+    assert any("energy" in r.extras for r in steps[:-1])
 
 def test_engine_cfg_doubles_the_forward_passes(denoiser):
     _, plain = engine_steps(denoiser, gen_length=16, steps=4)

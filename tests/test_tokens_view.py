@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from explorer.records import StepRecord
-from explorer.tokens_view import MASK_GLYPH, render_tokens, step_colour, visible_commits
+from explorer.tokens_view import MASK_GLYPH, render_tokens, step_colour
 from explorer.trajectory import RunArrays
 from synthetic_runs import synthetic_arrays
 
@@ -48,6 +48,13 @@ def test_everything_is_escaped(arrays):
         assert "<" not in tip and ">" not in tip
     assert out.count('data-tip="') == arrays.gen_length
 
+
+
+def visible_commits(commit_step: np.ndarray, step: int | None) -> np.ndarray:
+    """(G,) bool: positions whose last commit happened by the end of `step` (None: the end).
+    Without re-masks, exactly the positions shown committed after `step`."""
+    done = commit_step >= 0
+    return done if step is None else done & (commit_step <= step)
 
 @pytest.mark.parametrize("step", [None, 0, 2, 4, 10, -1])
 def test_masked_count(arrays, step):

@@ -104,3 +104,21 @@ def test_remasks_replay_the_same_from_store_and_records(denoiser, tmp_path, stra
     assert scored and all(np.isfinite(live.violation[r.extras["violations"]["positions"], r.step]).all()
                           for r in scored)
     store.engine.dispose()
+
+
+def test_malformed_step_extras_are_left_out_not_fatal():
+    """An imported bundle may carry any JSON in a step's extras: positions out of range, lengths
+    that differ or non-numbers leave those cells NaN instead of breaking the view."""
+    from explorer.trajectory import Commits, assemble
+
+    G, S = 4, 3
+    zeros = np.zeros((G, S), np.float32)
+    extras = [{"violations": {"positions": [0, 9], "scores": [-1.0, -2.0]}},  # 9 is out of range
+              {"violations": {"positions": [1], "scores": [-1.0, -2.0]}, "energy": "nonsense"},
+              {"violations": {"positions": [2, 3], "scores": [-0.5, -4.0]},
+               "energy": {"positions": ["a"], "per_position": [1.0]}}]
+    arrays = assemble({"gen_length": G, "mask_id": 1}, steps=np.arange(S), blocks=np.zeros(S, np.int64),
+                      n_committed=np.zeros(S, np.int64), argmax=zeros.astype(np.int32), confidence=zeros,
+                      entropy=zeros, margin=zeros, commits=Commits.empty(), extras=extras)
+    assert np.isnan(arrays.violation[:, :2]).all() and np.isnan(arrays.energy).all()
+    np.testing.assert_array_equal(arrays.violation[2:, 2], [-0.5, -4.0])
