@@ -215,45 +215,44 @@ def violation_heatmap(arrays: RunArrays, step: int | None = None, max_positions:
     """Position x step map of each token's violation score at the step that committed it: its
     most negative S_ij with the tokens committed in the same step (nats; negative = contradiction).
     `bound`: the colour scale's +-limit (pass the same to two runs to compare them)."""
-    title = "Dependency violations: each token vs the tokens committed with it"
-    revision = uirevision or _uirevision(arrays, "violations")
-    full = np.asarray(arrays.violation, dtype=np.float32)  # (G, S)
-    if not np.isfinite(full).any():
-        return empty_figure(title, _violations_missing(arrays), revision)
-    grid = Grid.of(full, max_positions, max_steps)
-    bound = bound or symmetric_bound(full)
-    fig = go.Figure(go.Heatmap(
-        z=grid.z, x=grid.x, y=grid.y, zmin=-bound, zmax=bound, zmid=0.0, colorscale=DIVERGING,
-        hoverongaps=False, colorbar=dict(title=dict(text="min S<sub>ij</sub><br>(nats)"), thickness=12),
-        hovertemplate=_heatmap_hover("most negative S_ij", "nats", grid.fg, grid.fs)))
-    notes = [" · ".join(grid.notes() + ["most negative S_ij in nats, at the step that committed the token"]),
-             "red (negative) = contradicts a token committed in the same step · blue = agrees · grey = no value"]
-    apply_layout(fig, title, "<br>".join(notes), STEP_AXIS, POSITION_AXIS, revision)
-    _grid_axes(fig, full.shape, step)
-    return fig
+    return _nats_heatmap(
+        arrays, arrays.violation, "Dependency violations: each token vs the tokens committed with it",
+        uirevision or _uirevision(arrays, "violations"), _violations_missing, DIVERGING,
+        "min S<sub>ij</sub><br>(nats)", "most negative S_ij",
+        ["most negative S_ij in nats, at the step that committed the token",
+         "<br>red (negative) = contradicts a token committed in the same step · blue = agrees · grey = no value"],
+        step, max_positions, max_steps, bound)
 
 
 def energy_heatmap(arrays: RunArrays, step: int | None = None, max_positions: int = 256, max_steps: int = 256,
                    uirevision: str | None = None, bound: float | None = None) -> go.Figure:
     """Position x step map of the kept candidate's energy at the positions its step committed (nats).
     `bound`: the colour scale's +-limit (pass the same to two runs to compare them)."""
-    title = "Energy of the kept candidate at the positions it committed"
-    revision = uirevision or _uirevision(arrays, "energy")
-    full = np.asarray(arrays.energy, dtype=np.float32)  # (G, S)
+    notes = ["nats · red = disfavoured by the energy, blue = favoured", "grey = no value"]
+    undecomposed = non_decomposable_terms(arrays.run.get("config") or {})
+    if undecomposed:
+        notes.append(f"<br>not shown per position: {undecomposed} (see the candidates figure)")
+    return _nats_heatmap(
+        arrays, arrays.energy, "Energy of the kept candidate at the positions it committed",
+        uirevision or _uirevision(arrays, "energy"), _energies_missing, DIVERGING_REVERSED,
+        "energy<br>(nats)", "energy", notes, step, max_positions, max_steps, bound)
+
+
+def _nats_heatmap(arrays: RunArrays, values: np.ndarray, title: str, revision: str, missing, colorscale,
+                  colour_title: str, hover_name: str, notes: list[str], step: int | None, max_positions: int,
+                  max_steps: int, bound: float | None) -> go.Figure:
+    """A (position x step) map in nats on a symmetric diverging scale, or an empty state saying why."""
+    full = np.asarray(values, dtype=np.float32)  # (G, S)
     if not np.isfinite(full).any():
-        return empty_figure(title, _energies_missing(arrays), revision)
+        return empty_figure(title, missing(arrays), revision)
     grid = Grid.of(full, max_positions, max_steps)
     bound = bound or symmetric_bound(full)
     fig = go.Figure(go.Heatmap(
-        z=grid.z, x=grid.x, y=grid.y, zmin=-bound, zmax=bound, zmid=0.0, colorscale=DIVERGING_REVERSED,
-        hoverongaps=False, colorbar=dict(title=dict(text="energy<br>(nats)"), thickness=12),
-        hovertemplate=_heatmap_hover("energy", "nats", grid.fg, grid.fs)))
-    notes = [" · ".join(grid.notes() + ["nats · red = disfavoured by the energy, blue = favoured",
-                                         "grey = no value"])]
-    undecomposed = non_decomposable_terms(arrays.run.get("config") or {})
-    if undecomposed:
-        notes.append(f"{undecomposed} is not a sum over positions: left out here (see the candidates figure)")
-    apply_layout(fig, title, "<br>".join(notes), STEP_AXIS, POSITION_AXIS, revision)
+        z=grid.z, x=grid.x, y=grid.y, zmin=-bound, zmax=bound, zmid=0.0, colorscale=colorscale,
+        hoverongaps=False, colorbar=dict(title=dict(text=colour_title), thickness=12),
+        hovertemplate=_heatmap_hover(hover_name, "nats", grid.fg, grid.fs)))
+    apply_layout(fig, title, " · ".join(grid.notes() + notes).replace(" · <br>", "<br>"), STEP_AXIS,
+                 POSITION_AXIS, revision)
     _grid_axes(fig, full.shape, step)
     return fig
 
@@ -282,7 +281,7 @@ def non_decomposable_terms(config: dict) -> str:
     the order part of a multi-order uni, and ar outside the committed positions."""
     terms = [str(name) for name, _ in config.get("energies") or ()]
     orders = int(config.get("energy_orders") or 1)
-    out = ["ar outside the positions committed (only its part at them is shown)"] if "ar" in terms else []
+    out = ["ar at the positions not committed that step"] if "ar" in terms else []
     out += ["inv"] if "inv" in terms else []
     if "uni" in terms and orders > 1:
         out.append(f"the order part of uni ({orders} orders)")

@@ -262,11 +262,13 @@ def test_energy_heatmap_and_the_non_decomposable_note():
     np.testing.assert_array_equal(_z(fig), arrays.energy)
     assert "kept candidate" in _title(fig) and "at the positions it committed" in _title(fig)
     assert "nats" in fig.data[0].colorbar.title.text and fig.data[0].zmid == 0
-    assert "not a sum over positions" not in _title(fig)
+    assert "not shown per position" not in _title(fig)
     inv = plots.energy_heatmap(analysed(config={"energies": [["inv", 1.0]]}))
-    assert "inv is not a sum over positions" in _title(inv)
+    assert "not shown per position: inv (see the candidates figure)" in _title(inv)
     multi = plots.energy_heatmap(analysed(config={"energies": [["uni", 1.0]], "energy_orders": 4}))
-    assert "the order part of uni (4 orders) is not a sum over positions" in _title(multi)
+    assert "not shown per position: the order part of uni (4 orders)" in _title(multi)
+    ar = plots.energy_heatmap(analysed(config={"energies": [["ar", 1.0]]}))
+    assert "not shown per position: ar at the positions not committed that step" in _title(ar)
     off = plots.energy_heatmap(plain_run())
     assert "Energies were off for this run" in off.layout.annotations[0].text
     outside = {**plain_run().run, "config": {"energies": [["uni", 1.0]], "energy_window": [0.0, 0.1]}}
