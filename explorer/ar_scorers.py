@@ -47,24 +47,20 @@ class EmbeddedARScorer:
         self.vocab_size = model.config.vocab_size
         self.device = next(model.parameters()).device
 
-    @torch.no_grad()
-    def log_probs(self, ids: torch.Tensor) -> torch.Tensor:
-        return token_log_probs(self.model(ids.to(self.device)), ids.to(self.device))
-
-
-class CausalLMScorer:
-    """Any Hugging Face causal LM (transformers imported on first use)."""
-
-    def __init__(self, model, name: str) -> None:
-        self.model = model.eval()
-        self.name = name
-        self.vocab_size = model.config.vocab_size
-        self.device = next(model.parameters()).device
+    def next_token_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids)  # (B, L, V)
 
     @torch.no_grad()
     def log_probs(self, ids: torch.Tensor) -> torch.Tensor:
         ids = ids.to(self.device)
-        return token_log_probs(self.model(input_ids=ids).logits, ids)
+        return token_log_probs(self.next_token_logits(ids), ids)
+
+
+class CausalLMScorer(EmbeddedARScorer):
+    """Any Hugging Face causal LM (transformers imported on first use): only the call differs."""
+
+    def next_token_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids).logits  # (B, L, V)
 
 
 def _device(entry: ArScorerEntry) -> str:

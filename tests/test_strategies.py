@@ -44,7 +44,9 @@ def test_block_bounds():
 
 # ---- helpers -------------------------------------------------------------------------------
 def make_input(candidates, confidence=None, entropy=None, margin=None, n_scheduled=1, step_in_block=0,
-               steps_per_block=4, threshold=0.9, origin_eps=1e-3, generator=None):
+               steps_per_block=4, threshold=0.9, origin_eps=1e-3, generator=None, committed=None,
+               commit_confidence=None, n_later=0, factor=1.0, eb_gamma=0.1):
+    """A StepInput from plain lists (also used by tests/test_strategies_remask.py)."""
     candidates = torch.tensor(candidates, dtype=torch.bool)
     G = candidates.numel()
     def t(values, default):
@@ -52,7 +54,11 @@ def make_input(candidates, confidence=None, entropy=None, margin=None, n_schedul
     return StepInput(candidates=candidates, confidence=t(confidence, torch.linspace(0.1, 0.9, G)),
                      entropy=t(entropy, torch.linspace(2.0, 0.1, G)), margin=t(margin, torch.linspace(0.0, 0.8, G)),
                      n_scheduled=n_scheduled, step_in_block=step_in_block, steps_per_block=steps_per_block,
-                     threshold=threshold, origin_eps=origin_eps, generator=generator)
+                     threshold=threshold, origin_eps=origin_eps, generator=generator,
+                     committed=torch.tensor(committed, dtype=torch.bool) if committed is not None
+                     else torch.zeros(G, dtype=torch.bool),
+                     commit_confidence=t(commit_confidence, torch.zeros(G)), n_later=n_later,
+                     factor=factor, eb_gamma=eb_gamma)
 
 
 def committed(selection):

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_strategies import make_input
 
 from explorer.config import DecodeConfig
 from explorer.engine import ModelPass, iter_steps, run_decode
@@ -13,27 +14,9 @@ from explorer.schedule import tokens_per_step
 from explorer.strategies import (
     PROPHET_THRESHOLDS,
     STRATEGIES,
-    StepInput,
     longest_prefix,
     prophet_early_commit,
 )
-
-
-def make_input(candidates, confidence=None, entropy=None, margin=None, n_scheduled=1, step_in_block=0,
-               steps_per_block=4, threshold=0.9, origin_eps=1e-3, generator=None, committed=None,
-               commit_confidence=None, n_later=0, factor=1.0, eb_gamma=0.1):
-    candidates = torch.tensor(candidates, dtype=torch.bool)
-    G = candidates.numel()
-    def t(values, default):
-        return torch.tensor(values, dtype=torch.float32) if values is not None else default
-    return StepInput(candidates=candidates, confidence=t(confidence, torch.linspace(0.1, 0.9, G)),
-                     entropy=t(entropy, torch.linspace(2.0, 0.1, G)), margin=t(margin, torch.linspace(0.0, 0.8, G)),
-                     n_scheduled=n_scheduled, step_in_block=step_in_block, steps_per_block=steps_per_block,
-                     threshold=threshold, origin_eps=origin_eps, generator=generator,
-                     committed=torch.tensor(committed, dtype=torch.bool) if committed is not None
-                     else torch.zeros(G, dtype=torch.bool),
-                     commit_confidence=t(commit_confidence, torch.zeros(G)), n_later=n_later,
-                     factor=factor, eb_gamma=eb_gamma)
 
 
 def picked(mask):
