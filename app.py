@@ -4,6 +4,7 @@ Starts the model worker process (embedded model preloaded) and the Gradio UI. Ho
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; flags win over them. `--replay-only` (or
 EXPLORER_REPLAY_ONLY=1) serves the stored runs with no worker and no model loaded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,18 +24,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    parser.add_argument("--db", default=None, help="SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)")
+    parser.add_argument(
+        "--db", default=None, help="SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)"
+    )
     parser.add_argument("--data-dir", default=None, help="where the default SQLite file lives")
-    parser.add_argument("--workers", type=int, default=1, help="model worker processes (jobs run one at a time on each)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="model worker processes (jobs run one at a time on each)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     parser.add_argument("--max-gen-length", type=int, default=256)
     parser.add_argument("--max-steps", type=int, default=256)
     parser.add_argument("--max-pending", type=int, default=32, help="jobs allowed to wait in line")
-    parser.add_argument("--models-config", default=None,
-                        help="operator configuration of the models offered (JSON/TOML; also $EXPLORER_MODELS_CONFIG); "
-                             "without it only the embedded model is offered")
-    parser.add_argument("--replay-only", action="store_true", default=env_flag(REPLAY_ONLY_ENV),
-                        help=f"serve stored runs only: no model, no worker process (also ${REPLAY_ONLY_ENV}=1)")
+    parser.add_argument(
+        "--models-config",
+        default=None,
+        help="operator configuration of the models offered (JSON/TOML; also $EXPLORER_MODELS_CONFIG); "
+        "without it only the embedded model is offered",
+    )
+    parser.add_argument(
+        "--replay-only",
+        action="store_true",
+        default=env_flag(REPLAY_ONLY_ENV),
+        help=f"serve stored runs only: no model, no worker process (also ${REPLAY_ONLY_ENV}=1)",
+    )
     return parser.parse_args(argv)
 
 
@@ -44,22 +56,28 @@ def launch_kwargs() -> dict:
 
 
 def create_services(args: argparse.Namespace):
-    from explorer.model_config import use_models_config
+    from explorer.adapters.registry import resolve_registry
     from explorer.services import Limits, Services
-    from explorer.store import resolve_url
+    from explorer.store.database import resolve_url
 
     limits = Limits(max_gen_length=args.max_gen_length, max_steps=args.max_steps, max_pending_jobs=args.max_pending)
-    # Validated now; exported to the environment so the spawned workers offer the same models.
-    registry = use_models_config(args.models_config)
-    return Services.create(resolve_url(args.db, args.data_dir), model_names=tuple(registry.names()),
-                           n_workers=args.workers, threads=args.threads, limits=limits,
-                           replay_only=args.replay_only)
+    # Validated now; the services hand this registry to the worker processes they start.
+    registry = resolve_registry(args.models_config)
+    return Services.create(
+        resolve_url(args.db, args.data_dir),
+        registry,
+        n_workers=args.workers,
+        threads=args.threads,
+        limits=limits,
+        replay_only=args.replay_only,
+    )
 
 
 def stop_on_sigterm() -> None:
     """`docker stop` and a Space restart send SIGTERM. Python as a container's PID 1 would ignore
     it (no default action for PID 1): treat it as Ctrl-C, so Gradio closes the server and the
     worker pool is shut down in `main`'s finally."""
+
     def interrupt(_signum, _frame):
         raise KeyboardInterrupt
 
@@ -68,7 +86,7 @@ def stop_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from explorer.ui import build_app
+    from explorer.ui.app import build_app
 
     stop_on_sigterm()
     services = create_services(args)

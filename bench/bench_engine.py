@@ -10,6 +10,7 @@
 
 The three run interleaved, `--repeats` times each after a warm-up; medians are reported.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,11 +19,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import argparse  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import os
+import statistics
+import tempfile
+import time
 
 TARGET_RATIO = 1.3
 
@@ -50,8 +51,8 @@ def bare_decode(denoiser, prompt_ids: list[int], gen_length: int, steps: int) ->
 
 
 def engine_decode(denoiser, prompt_ids, config, db_path: Path | None):
-    from explorer.engine import run_decode
-    from explorer.store import StoreWriter, TrajectoryStore
+    from explorer.decoding.engine import run_decode
+    from explorer.store.database import StoreWriter, TrajectoryStore
 
     callbacks, store = [], None
     if db_path is not None:
@@ -79,17 +80,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from explorer.adapters import load_embedded
+    from explorer.adapters.embedded import load_embedded
     from explorer.api import prepare
-    from explorer.config import DecodeConfig
+    from explorer.decoding.config import DecodeConfig
 
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     torch.set_num_threads(args.threads)
     denoiser = load_embedded()
     # violations=False: this measures the engine itself; the violation pass has its own benchmark
     # (bench/bench_violations.py).
-    config = DecodeConfig(gen_length=args.gen_length, steps=args.steps, strategy=args.strategy, temperature=0.0,
-                          violations=False)
+    config = DecodeConfig(
+        gen_length=args.gen_length, steps=args.steps, strategy=args.strategy, temperature=0.0, violations=False
+    )
     prompt_ids = prepare(args.prompt, denoiser, config)
 
     with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
@@ -118,25 +120,35 @@ def main(argv: list[str] | None = None) -> int:
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
     labels = {"a": "(a) bare loop", "b": "(b) engine + store", "c": "(c) engine, no store"}
-    print(f"embedded model, prompt {args.prompt!r}, gen_length {args.gen_length}, steps {args.steps}, "
-          f"{args.strategy}, T=0, torch threads {args.threads}, {args.repeats} repeats (median)")
+    print(
+        f"embedded model, prompt {args.prompt!r}, gen_length {args.gen_length}, steps {args.steps}, "
+        f"{args.strategy}, T=0, torch threads {args.threads}, {args.repeats} repeats (median)"
+    )
     print(f"cpus {os.cpu_count()}, load average before the run {load_before}")
     if args.threads > 1 and os.getloadavg()[0] > (os.cpu_count() or 1) - args.threads + 0.5:
-        print(f"warning: other processes keep the CPUs busy; {args.threads} torch threads may oversubscribe "
-              f"them (OpenMP waits can make each forward many times slower): compare with --threads 1")
+        print(
+            f"warning: other processes keep the CPUs busy; {args.threads} torch threads may oversubscribe "
+            f"them (OpenMP waits can make each forward many times slower): compare with --threads 1"
+        )
     print(f"{'variant':22} {'median s':>9} {'ms/step':>8} {'vs bare':>8}   all runs (s)")
     for name in variants:
-        print(f"{labels[name]:22} {med[name]:9.3f} {1000 * med[name] / args.steps:8.2f} "
-              f"{med[name] / med['a']:7.2f}x   {' '.join(f'{t:.3f}' for t in times[name])}")
+        print(
+            f"{labels[name]:22} {med[name]:9.3f} {1000 * med[name] / args.steps:8.2f} "
+            f"{med[name] / med['a']:7.2f}x   {' '.join(f'{t:.3f}' for t in times[name])}"
+        )
     store_cost = med["b"] - med["c"]
     metrics_cost = med["c"] - med["a"]
-    print(f"engine metrics/records overhead (c - a): {1000 * metrics_cost / args.steps:+.2f} ms/step; "
-          f"store overhead (b - c): {1000 * store_cost / args.steps:+.2f} ms/step")
+    print(
+        f"engine metrics/records overhead (c - a): {1000 * metrics_cost / args.steps:+.2f} ms/step; "
+        f"store overhead (b - c): {1000 * store_cost / args.steps:+.2f} ms/step"
+    )
     same = outputs["a"] == outputs["b"] == outputs["c"]
     print(f"same tokens from a, b and c: {'yes' if same else 'NO'}")
     ratio = med["b"] / med["a"]
-    print(f"ratio engine+store / bare = {ratio:.2f}x (target <= {TARGET_RATIO}x)"
-          f"{'' if ratio <= TARGET_RATIO else '  MISSED'}")
+    print(
+        f"ratio engine+store / bare = {ratio:.2f}x (target <= {TARGET_RATIO}x)"
+        f"{'' if ratio <= TARGET_RATIO else '  MISSED'}"
+    )
     return 0
 
 

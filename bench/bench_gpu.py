@@ -25,6 +25,7 @@ reported as ms per step, with the ratio (b) / (a) against the target (<= 1.10x).
 CUDA device the script prints 'skipped: no CUDA device' and exits 0, unless `--device cpu`.
 The whole default run takes about 2 minutes on one H100 or H200 (most of it compiling (c)).
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,35 +34,82 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import statistics
+import tempfile
+import time
 
 TARGET_RATIO = 1.10
 LLADA_MASK_ID = 126336
-LLADA_8B = {"layers": 32, "hidden": 4096, "heads": 32, "kv_heads": 32, "intermediate": 12288, "vocab": 126464,
-            "prompt_length": 64, "gen_length": 256, "steps": 256}
-TINY = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 4, "intermediate": 128, "vocab": 512,
-        "prompt_length": 16, "gen_length": 32, "steps": 32}
+LLADA_8B = {
+    "layers": 32,
+    "hidden": 4096,
+    "heads": 32,
+    "kv_heads": 32,
+    "intermediate": 12288,
+    "vocab": 126464,
+    "prompt_length": 64,
+    "gen_length": 256,
+    "steps": 256,
+}
+TINY = {
+    "layers": 2,
+    "hidden": 64,
+    "heads": 4,
+    "kv_heads": 4,
+    "intermediate": 128,
+    "vocab": 512,
+    "prompt_length": 16,
+    "gen_length": 32,
+    "steps": 32,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model (2 layers, hidden 64): a smoke test")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None,
-                        help="weights and activations (default bf16; fp32 with --tiny on the CPU)")
-    for name in ("layers", "hidden", "heads", "kv_heads", "intermediate", "vocab", "prompt_length", "gen_length", "steps"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None,
-                            help=f"default {LLADA_8B[name]} ({TINY[name]} with --tiny)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs of (a), (b), (b') (default 3; 1 with --tiny)")
-    parser.add_argument("--compile", dest="compile", action="store_true", default=None,
-                        help="time (c), the torch.compile'd forward (default: on with CUDA)")
+    parser.add_argument(
+        "--dtype",
+        choices=("bf16", "fp16", "fp32"),
+        default=None,
+        help="weights and activations (default bf16; fp32 with --tiny on the CPU)",
+    )
+    for name in (
+        "layers",
+        "hidden",
+        "heads",
+        "kv_heads",
+        "intermediate",
+        "vocab",
+        "prompt_length",
+        "gen_length",
+        "steps",
+    ):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=None,
+            help=f"default {LLADA_8B[name]} ({TINY[name]} with --tiny)",
+        )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs of (a), (b), (b') (default 3; 1 with --tiny)"
+    )
+    parser.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_true",
+        default=None,
+        help="time (c), the torch.compile'd forward (default: on with CUDA)",
+    )
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode for (c)")
-    parser.add_argument("--peak-tflops", type=float, default=790.0,
-                        help="sustained bf16 matmul rate for the compute limit of (c) (default 790)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=790.0,
+        help="sustained bf16 matmul rate for the compute limit of (c) (default 790)",
+    )
     args = parser.parse_args(argv)
     preset = TINY if args.tiny else LLADA_8B
     for name, value in preset.items():
@@ -99,10 +147,19 @@ def build_model(args, device, dtype):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, max_position_embeddings=max(4096, args.prompt_length + args.gen_length),
-                         rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False, use_cache=False)
+    config = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=max(4096, args.prompt_length + args.gen_length),
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+        use_cache=False,
+    )
     config.is_causal = False  # a masked diffusion LM attends both ways (transformers' bidirectional mask)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
@@ -118,8 +175,11 @@ def forward_flops(args) -> float:
     """Matrix-multiply FLOPs of one forward on prompt + generation, logits for the generated part only."""
     L, H, head_dim = args.prompt_length + args.gen_length, args.hidden, args.hidden // args.heads
     per_layer = H * H * 2 + 2 * H * args.kv_heads * head_dim + 3 * H * args.intermediate  # q, o, k, v, MLP
-    return (2 * L * per_layer * args.layers + 4 * L * L * H * args.layers  # QK^T and AV
-            + 2 * args.gen_length * H * args.vocab)  # the LM head on the generated positions
+    return (
+        2 * L * per_layer * args.layers
+        + 4 * L * L * H * args.layers  # QK^T and AV
+        + 2 * args.gen_length * H * args.vocab
+    )  # the LM head on the generated positions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"skipped: no CUDA device (torch {torch.__version__}); "
-              f"`python bench/bench_gpu.py --tiny --device cpu` runs a smoke test of the script")
+        print(
+            f"skipped: no CUDA device (torch {torch.__version__}); "
+            f"`python bench/bench_gpu.py --tiny --device cpu` runs a smoke test of the script"
+        )
         return 0
     try:
         import transformers
@@ -136,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: this benchmark builds its model with transformers: pip install 'transformers>=5'")
         return 2
 
-    from explorer.config import DecodeConfig
-    from explorer.engine import run_decode
-    from explorer.store import StoreWriter, TrajectoryStore
+    from explorer.decoding.config import DecodeConfig
+    from explorer.decoding.engine import run_decode
+    from explorer.store.database import StoreWriter, TrajectoryStore
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -160,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(1)
     prompt_ids = torch.randint(0, mask_id, (P,), generator=generator).tolist()
     config = DecodeConfig(gen_length=G, steps=steps, strategy="low_confidence", temperature=0.0)
-    config.validate(P + G, P, ("low_confidence",))
+    config.validate(P + G, P)
 
     @torch.no_grad()
     def bare_loop() -> torch.Tensor:
@@ -217,32 +279,46 @@ def main(argv: list[str] | None = None) -> int:
     ms = {name: 1000 * med[name] / steps for name in med}
     gpu = torch.cuda.get_device_name(device) if cuda else "none (CPU run)"
     print(f"GPU: {gpu}; torch {torch.__version__}, transformers {transformers.__version__}, device {device}")
-    print(f"model: random-weight Llama, {args.layers} layers, hidden {args.hidden}, {args.heads} heads "
-          f"({args.kv_heads} kv), MLP {args.intermediate}, vocab {args.vocab}, {n_params / 1e9:.2f} B parameters, "
-          f"{dtype_name}, bidirectional attention (built in {built_s:.1f} s)")
-    print(f"sequence: prompt {P} + generation {G} = {P + G} tokens, {steps} steps "
-          f"({G // steps} token(s)/step), low_confidence, T=0; {args.repeats} repeats (median)")
+    print(
+        f"model: random-weight Llama, {args.layers} layers, hidden {args.hidden}, {args.heads} heads "
+        f"({args.kv_heads} kv), MLP {args.intermediate}, vocab {args.vocab}, {n_params / 1e9:.2f} B parameters, "
+        f"{dtype_name}, bidirectional attention (built in {built_s:.1f} s)"
+    )
+    print(
+        f"sequence: prompt {P} + generation {G} = {P + G} tokens, {steps} steps "
+        f"({G // steps} token(s)/step), low_confidence, T=0; {args.repeats} repeats (median)"
+    )
     if cuda:
         print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
     labels = {"a": "(a) bare loop", "b": "(b) engine + store", "b'": "(b') engine, no store"}
     print(f"{'variant':24} {'ms/step':>8} {'vs bare':>8}   all runs (s)")
     for name in variants:
-        print(f"{labels[name]:24} {ms[name]:8.2f} {med[name] / med['a']:7.2f}x   "
-              f"{' '.join(f'{t:.3f}' for t in times[name])}")
+        print(
+            f"{labels[name]:24} {ms[name]:8.2f} {med[name] / med['a']:7.2f}x   "
+            f"{' '.join(f'{t:.3f}' for t in times[name])}"
+        )
     no_store = ms["b'"]
-    print(f"engine metrics/records/transfer (b' - a): {no_store - ms['a']:+.2f} ms/step; "
-          f"store (b - b'): {ms['b'] - no_store:+.2f} ms/step")
+    print(
+        f"engine metrics/records/transfer (b' - a): {no_store - ms['a']:+.2f} ms/step; "
+        f"store (b - b'): {ms['b'] - no_store:+.2f} ms/step"
+    )
     same = outputs["a"] == outputs["b"] == outputs["b'"]
-    print(f"same tokens from a, b and b': {'yes' if same else 'no'} "
-          f"(random weights give near-uniform distributions: a near-tie may break differently)")
+    print(
+        f"same tokens from a, b and b': {'yes' if same else 'no'} "
+        f"(random weights give near-uniform distributions: a near-tie may break differently)"
+    )
     limit_ms = 1000 * forward_flops(args) / (args.peak_tflops * 1e12)
     if compiled_ms is not None:
-        print(f"(c) torch.compile forward, logits for the {G} generated positions only: {compiled_ms:.2f} ms/step; "
-              f"compute limit {limit_ms:.2f} ms ({forward_flops(args) / 1e12:.2f} TFLOP at {args.peak_tflops:.0f} "
-              f"TFLOP/s): {compiled_ms / limit_ms:.2f}x the limit")
+        print(
+            f"(c) torch.compile forward, logits for the {G} generated positions only: {compiled_ms:.2f} ms/step; "
+            f"compute limit {limit_ms:.2f} ms ({forward_flops(args) / 1e12:.2f} TFLOP at {args.peak_tflops:.0f} "
+            f"TFLOP/s): {compiled_ms / limit_ms:.2f}x the limit"
+        )
     else:
-        print(f"(c) torch.compile forward: not run (--compile to run it); its compute limit would be "
-              f"{limit_ms:.2f} ms at {args.peak_tflops:.0f} TFLOP/s")
+        print(
+            f"(c) torch.compile forward: not run (--compile to run it); its compute limit would be "
+            f"{limit_ms:.2f} ms at {args.peak_tflops:.0f} TFLOP/s"
+        )
     ratio = med["b"] / med["a"]
     if args.tiny:
         verdict = "  (tiny model: the forward costs next to nothing, so this measures Python, not the target)"
@@ -252,7 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def time_compiled_forward(model, args, device, mask_id: int, prompt_ids: list[int], sync, calls: int | None = None) -> float:
+def time_compiled_forward(
+    model, args, device, mask_id: int, prompt_ids: list[int], sync, calls: int | None = None
+) -> float:
     """ms per call of the compiled forward (logits for the generated positions only), after compiling."""
     import torch
 

@@ -8,6 +8,7 @@ and reads it back with `read_arrays`. Targets: write <= 2 s, read <= 0.5 s (medi
 With --profile (or when a median misses its target) one extra write and read run under
 cProfile and the top functions by cumulative time are printed.
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,15 +17,15 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-import argparse  # noqa: E402
-import cProfile  # noqa: E402
-import io  # noqa: E402
-import pstats  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import tempfile
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 WRITE_TARGET_S = 2.0
 READ_TARGET_S = 0.5
@@ -33,7 +34,7 @@ TOP_K = 3
 
 def synthetic_records(positions: int, steps: int, seed: int = 0) -> list:
     """One commit per step at a random not-yet-committed position, like low_confidence at k=1."""
-    from explorer.records import StepRecord
+    from explorer.decoding.records import StepRecord
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(positions)
@@ -42,23 +43,32 @@ def synthetic_records(positions: int, steps: int, seed: int = 0) -> list:
         position = int(order[step % positions])
         confidence = rng.random(positions, dtype=np.float32)
         top_probs = np.sort(rng.random((1, TOP_K), dtype=np.float32), axis=1)[:, ::-1].copy()
-        records.append(StepRecord(
-            step=step, block=0, committed=np.array([position], dtype=np.int64),
-            tokens=rng.integers(3, 119, size=1).astype(np.int64), probs=confidence[[position]],
-            top_ids=rng.integers(3, 119, size=(1, TOP_K)).astype(np.int64), top_probs=top_probs,
-            argmax=rng.integers(3, 119, size=positions).astype(np.int32), confidence=confidence,
-            entropy=(rng.random(positions, dtype=np.float32) * 4.7).astype(np.float32),
-            margin=rng.random(positions, dtype=np.float32), masked_before=positions - step,
-            seconds=0.01))
+        records.append(
+            StepRecord(
+                step=step,
+                block=0,
+                committed=np.array([position], dtype=np.int64),
+                tokens=rng.integers(3, 119, size=1).astype(np.int64),
+                probs=confidence[[position]],
+                top_ids=rng.integers(3, 119, size=(1, TOP_K)).astype(np.int64),
+                top_probs=top_probs,
+                argmax=rng.integers(3, 119, size=positions).astype(np.int32),
+                confidence=confidence,
+                entropy=(rng.random(positions, dtype=np.float32) * 4.7).astype(np.float32),
+                margin=rng.random(positions, dtype=np.float32),
+                masked_before=positions - step,
+                seconds=0.01,
+            )
+        )
     return records
 
 
 def write_run(db_path: Path, records: list, positions: int, batch_steps: int) -> tuple[float, float, int]:
     """(seconds to open the store, seconds to write the run, run id)."""
-    from explorer.callbacks import RunStart
-    from explorer.config import DecodeConfig
-    from explorer.records import DecodeResult
-    from explorer.store import StoreWriter, TrajectoryStore
+    from explorer.decoding.callbacks import RunStart
+    from explorer.decoding.config import DecodeConfig
+    from explorer.decoding.records import DecodeResult
+    from explorer.store.database import StoreWriter, TrajectoryStore
 
     vocab = [f"w{i}" for i in range(128)]
     began = time.perf_counter()
@@ -66,8 +76,9 @@ def write_run(db_path: Path, records: list, positions: int, batch_steps: int) ->
     opened = time.perf_counter()
     writer = StoreWriter(store, vocab.__getitem__, batch_steps=batch_steps)
     config = DecodeConfig(gen_length=positions, steps=len(records))
-    writer.on_start(RunStart(model="synthetic", prompt="bench", prompt_ids=[5, 6, 7], config=config,
-                             mask_id=1, device="cpu"))
+    writer.on_start(
+        RunStart(model="synthetic", prompt="bench", prompt_ids=[5, 6, 7], config=config, mask_id=1, device="cpu")
+    )
     final = np.full(positions, 1, dtype=np.int64)
     for record in records:
         writer.on_step(record)
@@ -80,7 +91,7 @@ def write_run(db_path: Path, records: list, positions: int, batch_steps: int) ->
 
 def read_run(db_path: Path, run_id: int):
     """(seconds for read_arrays on a freshly opened store, the arrays)."""
-    from explorer.store import TrajectoryStore
+    from explorer.store.database import TrajectoryStore
 
     store = TrajectoryStore(f"sqlite:///{db_path}")
     store.get_run(run_id)  # connect outside the timing
@@ -132,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.perf_counter()
     records = synthetic_records(args.positions, args.steps)
-    print(f"synthetic run: {args.positions} positions x {args.steps} steps, one commit per step, "
-          f"batch_steps {args.batch_steps} (records built in {time.perf_counter() - began:.2f} s, not timed)")
+    print(
+        f"synthetic run: {args.positions} positions x {args.steps} steps, one commit per step, "
+        f"batch_steps {args.batch_steps} (records built in {time.perf_counter() - began:.2f} s, not timed)"
+    )
 
     opens, writes, reads, sizes = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
@@ -147,15 +160,21 @@ def main(argv: list[str] | None = None) -> int:
             opens.append(open_s)
             writes.append(write_s)
             reads.append(read_s)
-            print(f"  repeat {i + 1}: open {open_s:.3f} s  write {write_s:.3f} s  read_arrays {read_s:.3f} s  "
-                  f"db {sizes[-1] / 2**20:.1f} MiB")
+            print(
+                f"  repeat {i + 1}: open {open_s:.3f} s  write {write_s:.3f} s  read_arrays {read_s:.3f} s  "
+                f"db {sizes[-1] / 2**20:.1f} MiB"
+            )
 
         write_med, read_med = statistics.median(writes), statistics.median(reads)
         print(f"{'':12} {'median s':>9} {'target s':>9} {'ratio':>7}")
-        print(f"{'write':12} {write_med:9.3f} {WRITE_TARGET_S:9.2f} {write_med / WRITE_TARGET_S:6.2f}x"
-              f"{'' if write_med <= WRITE_TARGET_S else '  MISSED'}")
-        print(f"{'read_arrays':12} {read_med:9.3f} {READ_TARGET_S:9.2f} {read_med / READ_TARGET_S:6.2f}x"
-              f"{'' if read_med <= READ_TARGET_S else '  MISSED'}")
+        print(
+            f"{'write':12} {write_med:9.3f} {WRITE_TARGET_S:9.2f} {write_med / WRITE_TARGET_S:6.2f}x"
+            f"{'' if write_med <= WRITE_TARGET_S else '  MISSED'}"
+        )
+        print(
+            f"{'read_arrays':12} {read_med:9.3f} {READ_TARGET_S:9.2f} {read_med / READ_TARGET_S:6.2f}x"
+            f"{'' if read_med <= READ_TARGET_S else '  MISSED'}"
+        )
         print(f"(opening a new store and creating its tables: median {statistics.median(opens):.3f} s, not in write)")
         print(f"shapes checked: (G, S) = ({args.positions}, {args.steps})")
 
@@ -163,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile or missed:
             db = tmp / "profiled.db"
             holder = {}
-            profile("write", lambda: holder.setdefault("id", write_run(db, records, args.positions,
-                                                                      args.batch_steps)[2]), args.top)
+            profile(
+                "write",
+                lambda: holder.setdefault("id", write_run(db, records, args.positions, args.batch_steps)[2]),
+                args.top,
+            )
             profile("read_arrays", lambda: read_run(db, holder["id"]), args.top)
     return 0
 

@@ -17,6 +17,7 @@
 
 Nothing is asserted; ratios to the targets are printed.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,13 +27,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import os
+import socket
+import statistics
+import tempfile
+import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -40,8 +41,14 @@ FIRST_STEP_TARGET_S = 1.0
 PAYLOAD_TARGET_BYTES = 3_000_000
 OPEN_TARGET_S = 2.0
 CHROMIUM = "/usr/bin/chromium"
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 DECODE = ["once upon a time", "embedded", 64, 64, 0, "low_confidence", 0.9, 0.0, 0, "confidence", 0]
 
 
@@ -54,17 +61,19 @@ def free_port() -> int:
 def start_app(db_url: str):
     import app
     from explorer.services import Services
-    from explorer.ui import build_app
+    from explorer.ui.app import build_app
 
     services = Services.create(db_url, threads=1)
     demo = build_app(services)
     demo.queue(default_concurrency_limit=None)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                            quiet=True, **app.launch_kwargs())
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **app.launch_kwargs()
+    )
     return services, demo, url
 
 
 # ---- (a) first step visible ----------------------------------------------------------------------
+
 
 def first_step_client(url: str, repeats: int) -> list[float]:
     from gradio_client import Client
@@ -114,8 +123,9 @@ def first_step_browser(url: str, repeats: int) -> list[float] | None:
                 page.fill("#steps input", "64")
                 page.locator("#steps input").blur()
                 times.append(page.evaluate(FIRST_TOKEN_JS))
-                page.wait_for_function("document.querySelector('#status').innerText.includes('completed')",
-                                       timeout=120_000)
+                page.wait_for_function(
+                    "document.querySelector('#status').innerText.includes('completed')", timeout=120_000
+                )
                 page.close()
         finally:
             browser.close()
@@ -123,6 +133,7 @@ def first_step_browser(url: str, repeats: int) -> list[float] | None:
 
 
 # ---- (b), (c) opening a large stored run ----------------------------------------------------------
+
 
 def call_endpoint(url: str, api_name: str, data: list) -> tuple[float, int, list]:
     """POST /gradio_api/call/<api_name>, read its event stream to the end: (seconds, bytes, data)."""
@@ -145,14 +156,18 @@ def call_endpoint(url: str, api_name: str, data: list) -> tuple[float, int, list
 
 def rendered_sizes(services, run_id: int) -> dict[str, int]:
     """Bytes of what the Decode tab shows for the run (as the app renders it, before transport)."""
-    from explorer import plots
-    from explorer.ui import render_view
+    from explorer.ui.view import render_view
+    from explorer.views import figures as plots
 
     arrays = services.store.read_arrays(run_id)
     text = f"{arrays.run['prompt']} {arrays.run['final_text'] or ''}"
-    _, tokens_html, heat, order, bars = render_view(services, arrays, None, "confidence", text)
-    return {"heatmap": plots.figure_payload_bytes(heat), "commit order": plots.figure_payload_bytes(order),
-            "tokens per step": plots.figure_payload_bytes(bars), "token HTML": len(tokens_html.encode("utf-8"))}
+    shown = render_view(services, arrays, None, "confidence", text)
+    return {
+        "heatmap": plots.figure_payload_bytes(shown["heat"]),
+        "commit order": plots.figure_payload_bytes(shown["order"]),
+        "tokens per step": plots.figure_payload_bytes(shown["bars"]),
+        "token HTML": len(shown["tokens"].encode("utf-8")),
+    }
 
 
 def ratio(value: float, target: float) -> str:
@@ -177,8 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         records = synthetic_records(args.positions, args.steps)
         big_ids = [write_run(db, records, args.positions, 16)[2] for _ in range(args.repeats)]
-        print(f"synthetic runs: {args.repeats} copies of {args.positions} positions x {args.steps} steps written "
-              f"in {time.perf_counter() - began:.1f} s (not timed)")
+        print(
+            f"synthetic runs: {args.repeats} copies of {args.positions} positions x {args.steps} steps written "
+            f"in {time.perf_counter() - began:.1f} s (not timed)"
+        )
         services, demo, url = start_app(f"sqlite:///{db}")
         try:
             client_times = first_step_client(url, args.repeats)
@@ -194,11 +211,13 @@ def main(argv: list[str] | None = None) -> int:
             services.close()
 
     print("\n(a) first step visible after Run (gen length 64, 64 steps, embedded model)")
-    print("    gradio_client, submit -> first 'Decoding' output: "
-          + " ".join(f"{t:.3f}" for t in client_times) + " s")
+    print("    gradio_client, submit -> first 'Decoding' output: " + " ".join(f"{t:.3f}" for t in client_times) + " s")
     if browser_times is not None:
-        print("    browser, click -> first committed token in #tokens (fresh page each): "
-              + " ".join(f"{t:.3f}" for t in browser_times) + " s")
+        print(
+            "    browser, click -> first committed token in #tokens (fresh page each): "
+            + " ".join(f"{t:.3f}" for t in browser_times)
+            + " s"
+        )
     else:
         print("    browser: skipped (no Chromium or playwright, or --no-browser)")
 
@@ -217,10 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("(a) first step, gradio_client", statistics.median(client_times), FIRST_STEP_TARGET_S, "s")]
     if browser_times is not None:
         rows.append(("(a) first token, browser", statistics.median(browser_times), FIRST_STEP_TARGET_S, "s"))
-    rows += [("(b) payload, /open_run stream", wire / 1e6, PAYLOAD_TARGET_BYTES / 1e6, "MB"),
-             ("(b) payload, rendered sum", rendered / 1e6, PAYLOAD_TARGET_BYTES / 1e6, "MB"),
-             ("(c) open run, from store", statistics.median(s for s, _, _ in open_cold), OPEN_TARGET_S, "s"),
-             ("(c) open run, cached", statistics.median(s for s, _, _ in open_warm), OPEN_TARGET_S, "s")]
+    rows += [
+        ("(b) payload, /open_run stream", wire / 1e6, PAYLOAD_TARGET_BYTES / 1e6, "MB"),
+        ("(b) payload, rendered sum", rendered / 1e6, PAYLOAD_TARGET_BYTES / 1e6, "MB"),
+        ("(c) open run, from store", statistics.median(s for s, _, _ in open_cold), OPEN_TARGET_S, "s"),
+        ("(c) open run, cached", statistics.median(s for s, _, _ in open_warm), OPEN_TARGET_S, "s"),
+    ]
     print(f"\n{'':32} {'median':>8} {'target':>8}  unit   ratio")
     for name, value, target, unit in rows:
         print(f"{name:32} {value:8.3f} {target:8.2f}  {unit:5} {ratio(value, target)}")

@@ -17,6 +17,7 @@ commit and whether the checker names its position. Raw runs go to bench/results/
 (one JSON line per run, not committed); `bench/sweep_report.py` turns them into the figure,
 the table and the AUC.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import json
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,8 +36,7 @@ GEN = 64
 TPS = (1, 2, 4, 8, 16)
 FIXED = ("low_confidence", "margin", "entropy")
 # Knob settings of the adaptive strategies, chosen (pilot runs) to span about 1..16 tokens/step.
-ADAPTIVE = {"threshold": ("threshold", (0.9, 0.5, 0.3, 0.1, 0.04)),
-            "eb": ("eb_gamma", (0.5, 2.0, 5.0, 12.0, 40.0))}
+ADAPTIVE = {"threshold": ("threshold", (0.9, 0.5, 0.3, 0.1, 0.04)), "eb": ("eb_gamma", (0.5, 2.0, 5.0, 12.0, 40.0))}
 ENERGIES = {"none": (), "ar": (("ar", 1.0),), "uni": (("uni", 1.0),)}
 
 
@@ -47,12 +46,12 @@ def grid() -> list[dict]:
     for energy in ENERGIES:
         for strategy in FIXED:
             for tps in TPS:
-                cells.append({"strategy": strategy, "setting": tps, "energy": energy,
-                              "config": {"steps": GEN // tps}})
+                cells.append({"strategy": strategy, "setting": tps, "energy": energy, "config": {"steps": GEN // tps}})
         for strategy, (knob, values) in ADAPTIVE.items():
             for value in values:
-                cells.append({"strategy": strategy, "setting": value, "energy": energy,
-                              "config": {"steps": GEN, knob: value}})
+                cells.append(
+                    {"strategy": strategy, "setting": value, "energy": energy, "config": {"steps": GEN, knob: value}}
+                )
     return cells
 
 
@@ -65,10 +64,10 @@ def run_cell(args: tuple[dict, list[int]]) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
-    from explorer.adapters import load_embedded
-    from explorer.ar_scorers import load_ar_scorer
-    from explorer.config import DecodeConfig
-    from explorer.engine import iter_steps
+    from explorer.adapters.embedded import load_embedded
+    from explorer.adapters.loading import load_ar_scorer
+    from explorer.decoding.config import DecodeConfig
+    from explorer.decoding.engine import iter_steps
     from models.checker import check
 
     cell, seeds = args
@@ -78,9 +77,16 @@ def run_cell(args: tuple[dict, list[int]]) -> list[dict]:
     P = len(prompt)
     out = []
     for seed in seeds:
-        config = DecodeConfig(gen_length=GEN, strategy=cell["strategy"], temperature=1.0, seed=seed,
-                              energies=ENERGIES[cell["energy"]], energy_candidates=4,
-                              violations=cell["energy"] == "none", **cell["config"])
+        config = DecodeConfig(
+            gen_length=GEN,
+            strategy=cell["strategy"],
+            temperature=1.0,
+            seed=seed,
+            energies=ENERGIES[cell["energy"]],
+            energy_candidates=4,
+            violations=cell["energy"] == "none",
+            **cell["config"],
+        )
         generated = [denoiser.mask_id] * GEN
         passes = {"step": 0, "energy_denoiser": 0, "ar": 0, "violations": 0}
         tokens = []  # (n_in_step, score, confidence, entropy, position)
@@ -89,25 +95,38 @@ def run_cell(args: tuple[dict, list[int]]) -> list[dict]:
             n_steps += 1
             for pos, tok in zip(r.committed.tolist(), r.tokens.tolist()):
                 generated[pos] = tok
-            energy = r.extras.get("energy", {}).get("passes", {"denoiser": 0, "ar": 0})
-            violations = r.extras.get("violations")
-            n_viol = len(violations["positions"]) if violations else 0
-            passes["energy_denoiser"] += energy["denoiser"]
-            passes["ar"] += energy["ar"]
+            energy = r.extras.energy_ran
+            denoiser_rows, ar_rows = (energy.passes.denoiser, energy.passes.ar) if energy else (0, 0)
+            violations = r.extras.violations
+            n_viol = len(violations.positions) if violations else 0
+            passes["energy_denoiser"] += denoiser_rows
+            passes["ar"] += ar_rows
             passes["violations"] += n_viol
-            passes["step"] += r.forward_passes - energy["denoiser"] - energy["ar"] - n_viol
+            passes["step"] += r.forward_passes - denoiser_rows - ar_rows - n_viol
             if violations:
                 prob = dict(zip(r.committed.tolist(), r.probs.tolist()))
-                for pos, score in zip(violations["positions"], violations["scores"]):
+                for pos, score in zip(violations.positions.tolist(), violations.token_scores.tolist()):
                     tokens.append((r.n_committed, score, prob[pos], float(r.entropy[pos]), pos))
         ids = torch.tensor([prompt + generated])
         nll = -float(scorer.log_probs(ids)[0, P:].mean())
         result = check(denoiser.decode(prompt + generated))
         named = sorted({p - P for v in result.violations for p in v.positions if p >= P})
-        out.append({"key": cell_key(cell), "strategy": cell["strategy"], "setting": cell["setting"],
-                    "energy": cell["energy"], "seed": seed, "valid": result.valid, "n_steps": n_steps,
-                    "kinds": [v.kind for v in result.violations], "named": named, "ar_nll": nll,
-                    "passes": passes, "tokens": tokens})
+        out.append(
+            {
+                "key": cell_key(cell),
+                "strategy": cell["strategy"],
+                "setting": cell["setting"],
+                "energy": cell["energy"],
+                "seed": seed,
+                "valid": result.valid,
+                "n_steps": n_steps,
+                "kinds": [v.kind for v in result.violations],
+                "named": named,
+                "ar_nll": nll,
+                "passes": passes,
+                "tokens": tokens,
+            }
+        )
     return out
 
 
@@ -128,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             done = _done_seeds(cell_key(cell))
             todo = [s for s in range(args.seeds) if s not in done]
-            tasks += [(cell, todo[i:i + args.chunk]) for i in range(0, len(todo), args.chunk)]
+            tasks += [(cell, todo[i : i + args.chunk]) for i in range(0, len(todo), args.chunk)]
         # Seed-chunk-major order: every configuration gains seeds at the same pace, so a sweep
         # stopped early still covers the whole grid (the report gives each cell's seed count).
         tasks.sort(key=lambda task: task[1][0])
@@ -138,9 +157,12 @@ def main(argv: list[str] | None = None) -> None:
             for i, runs in enumerate(pool.imap_unordered(run_cell, tasks), 1):
                 with open(RAW / f"{runs[0]['key']}.jsonl", "a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in runs)
-                print(f"[{i}/{len(tasks)}] {runs[0]['key']} +{len(runs)} ({time.perf_counter() - began:.0f} s)",
-                      flush=True)
+                print(
+                    f"[{i}/{len(tasks)}] {runs[0]['key']} +{len(runs)} ({time.perf_counter() - began:.0f} s)",
+                    flush=True,
+                )
     from bench.sweep_report import report
+
     report(RAW, ROOT / "docs", ROOT / "docs")
 
 

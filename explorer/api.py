@@ -8,24 +8,23 @@
 
 Pass `store=TrajectoryStore(url)` to record the run (its id is `out.run_id`), `model=` a
 model name or an already loaded Denoiser, `registry=` the operator's `ModelRegistry` to look a
-name up in (default: the active one, see explorer/model_config.py), and any `DecodeConfig`
+name up in (default: `registry_from_env()`, see explorer/adapters/registry.py), and any `DecodeConfig`
 field as a keyword.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from explorer.adapters import Denoiser, load_denoiser
-from explorer.ar_scorers import scorer_for
-from explorer.callbacks import Callback, CollectSteps
-from explorer.config import DecodeConfig
-from explorer.energies import ENERGY_TERMS
-from explorer.engine import run_decode
-from explorer.model_config import ModelRegistry
-from explorer.records import DecodeResult, StepRecord
-from explorer.store import StoreWriter, TrajectoryStore
-from explorer.strategies import STRATEGIES
+from explorer.adapters.loading import load_denoiser, scorer_for
+from explorer.adapters.registry import ModelRegistry
+from explorer.decoding.callbacks import Callback, CollectSteps
+from explorer.decoding.config import DecodeConfig
+from explorer.decoding.engine import run_decode
+from explorer.decoding.protocols import Denoiser
+from explorer.decoding.records import DecodeResult, StepRecord
+from explorer.store.database import StoreWriter, TrajectoryStore
 
 
 @dataclass(frozen=True)
@@ -53,13 +52,19 @@ class Decoded:
 def prepare(prompt: str, denoiser: Denoiser, config: DecodeConfig) -> list[int]:
     """Tokenise the prompt and validate the config against the model; raise ValueError subclasses."""
     prompt_ids = denoiser.encode(prompt)
-    config.validate(denoiser.context_length, len(prompt_ids), tuple(STRATEGIES), tuple(ENERGY_TERMS))
+    config.validate(denoiser.context_length, len(prompt_ids))
     return prompt_ids
 
 
-def decode(prompt: str, model: str | Denoiser = "embedded", config: DecodeConfig | None = None,
-           store: TrajectoryStore | None = None, callbacks: Sequence[Callback] = (),
-           registry: ModelRegistry | None = None, **settings) -> Decoded:
+def decode(
+    prompt: str,
+    model: str | Denoiser = "embedded",
+    config: DecodeConfig | None = None,
+    store: TrajectoryStore | None = None,
+    callbacks: Sequence[Callback] = (),
+    registry: ModelRegistry | None = None,
+    **settings,
+) -> Decoded:
     denoiser = load_denoiser(model, registry=registry) if isinstance(model, str) else model
     config = replace(config or DecodeConfig(), **settings)
     prompt_ids = prepare(prompt, denoiser, config)
@@ -70,5 +75,4 @@ def decode(prompt: str, model: str | Denoiser = "embedded", config: DecodeConfig
     result = run_decode(denoiser, prompt_ids, config, all_callbacks, prompt_text=prompt, ar_scorer=scorer)
     if writer is not None:
         result = replace(result, run_id=writer.run_id)
-    return Decoded(result, prompt_ids, collector.steps, denoiser.mask_id,
-                   denoiser.decode(prompt_ids))
+    return Decoded(result, prompt_ids, collector.steps, denoiser.mask_id, denoiser.decode(prompt_ids))

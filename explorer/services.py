@@ -2,13 +2,16 @@
 
 `build_app(services)` takes one of these; nothing in the UI lives in module globals.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from explorer.adapters import ModelSpec, describe_model
+from explorer.adapters.loading import describe_model
+from explorer.adapters.registry import DEFAULT_REGISTRY, ModelRegistry
+from explorer.adapters.spec import ModelSpec
 from explorer.presets import PRESETS, Preset
-from explorer.store import TrajectoryStore
+from explorer.store.database import TrajectoryStore
 from explorer.worker import WorkerPool
 
 
@@ -29,6 +32,7 @@ class Services:
     store: TrajectoryStore
     pool: WorkerPool | None  # None: replay-only (serves stored runs, runs nothing)
     models: dict[str, ModelSpec]  # empty in replay-only mode
+    registry: ModelRegistry = DEFAULT_REGISTRY  # the operator's models; the workers load from it
     limits: Limits = field(default_factory=Limits)
     presets: tuple[Preset, ...] = PRESETS
 
@@ -37,20 +41,36 @@ class Services:
         return self.pool is None
 
     @classmethod
-    def create(cls, db_url: str, model_names: tuple[str, ...] = ("embedded",), n_workers: int = 1,
-               threads: int | None = None, limits: Limits | None = None, replay_only: bool = False) -> "Services":
+    def create(
+        cls,
+        db_url: str,
+        registry: ModelRegistry = DEFAULT_REGISTRY,
+        n_workers: int = 1,
+        threads: int | None = None,
+        limits: Limits | None = None,
+        replay_only: bool = False,
+        model_names: tuple[str, ...] | None = None,
+    ) -> Services:
         """The store, and unless `replay_only` the worker pool (its workers start loading the
-        models now) and the models' specs. Replay-only: no worker, no model, no weights read;
-        the app serves the stored runs (token texts come from the runs' stored events)."""
+        models now) and the specs of the models offered (`model_names`, default: every model
+        of `registry`). Replay-only: no worker, no model, no weights read; the app serves the
+        stored runs (token texts come from the runs' stored events)."""
         limits = limits or Limits()
         store = TrajectoryStore(db_url)
         if replay_only:
-            return cls(store, None, {}, limits)
+            return cls(store, None, {}, registry, limits)
+        model_names = registry.names() if model_names is None else model_names
         # Only the embedded model is loaded ahead (milliseconds, and the first Run must be quick);
         # the large families load lazily on their first job, as an operator would expect.
-        pool = WorkerPool(store.url, n_workers=n_workers, threads=threads, max_pending=limits.max_pending_jobs,
-                          preload=tuple(name for name in model_names if name == "embedded"))
-        return cls(store, pool, {name: describe_model(name) for name in model_names}, limits)
+        pool = WorkerPool(
+            store.url,
+            registry,
+            n_workers=n_workers,
+            threads=threads,
+            max_pending=limits.max_pending_jobs,
+            preload=tuple(name for name in model_names if name == "embedded"),
+        )
+        return cls(store, pool, {name: describe_model(name, registry) for name in model_names}, registry, limits)
 
     def close(self) -> None:
         if self.pool is not None:

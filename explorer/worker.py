@@ -13,6 +13,7 @@ ready and while a job runs; the pool keeps the latest report on the job's handle
 (`JobHandle.device`) and on the pool (`WorkerPool.device_info`) without adding events to the
 job's stream.
 """
+
 from __future__ import annotations
 
 import gc
@@ -23,26 +24,41 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 
-from explorer.callbacks import Callback, RunStart
-from explorer.config import DecodeConfig
-from explorer.records import StepRecord
+import torch
+
+from explorer.adapters.loading import ScorerCache, load_denoiser
+from explorer.adapters.registry import DEFAULT_REGISTRY, ModelRegistry
+from explorer.api import prepare
+from explorer.decoding.callbacks import Callback, RunStart
+from explorer.decoding.config import DecodeConfig
+from explorer.decoding.engine import run_decode
+from explorer.decoding.protocols import Denoiser
+from explorer.decoding.records import DecodeResult, StepRecord
+from explorer.jobs import (
+    TERMINAL,
+    Cancel,
+    DeviceInfo,
+    DeviceReport,
+    Job,
+    JobDone,
+    JobError,
+    JobEvent,
+    JobFailed,
+    Queued,
+    RunStarted,
+    Shutdown,
+    StepDone,
+    WorkerReady,
+)
+from explorer.store.database import StoreWriter, TrajectoryStore
 from explorer.zerogpu import gpu
 
-TERMINAL = ("done", "error", "failed")
 DEVICE_REPORT_S = 1.0  # while a job runs, the device's memory in use is reported at most this often
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Job:
-    job_id: int
-    prompt: str
-    model: str
-    config: dict  # DecodeConfig fields
-    pace_ms: int = 0  # slow motion for teaching: pause after each step (does not change the result)
 
 
 # ---- inside the worker process -----------------------------------------------------------
@@ -54,40 +70,39 @@ class _Stream(Callback):
         self._reported = 0.0
 
     def report_device(self) -> None:
-        self.conn.send(("device", self.job_id, device_info(self.device)))
+        self.conn.send(DeviceReport(self.job_id, device_info(self.device)))
         self._reported = time.monotonic()
 
     def on_start(self, start: RunStart) -> None:
         self.report_device()
-        self.conn.send(("started", self.job_id, self.writer.run_id))
+        self.conn.send(RunStarted(self.job_id, self.writer.run_id))
 
     def on_step(self, record: StepRecord) -> None:
-        self.conn.send(("step", self.job_id, record))
+        self.conn.send(StepDone(self.job_id, record))
         if time.monotonic() - self._reported >= DEVICE_REPORT_S:
             self.report_device()
 
 
-def device_info(device=None) -> dict:
-    """Where the worker decodes: {"device": "cpu"} or, on CUDA, the GPU's name and the memory
-    in use (bytes held by tensors, by the caching allocator, and the card's total). Host-side
+def device_info(device=None) -> DeviceInfo:
+    """Where the worker decodes: the device or, on CUDA, also the GPU's name and the memory in
+    use (bytes held by tensors, by the caching allocator, and the card's total). Host-side
     queries only: nothing here waits for the GPU."""
-    import torch
-
     device = torch.device(device if device is not None else "cpu")
     if device.type != "cuda" or not torch.cuda.is_available():
-        return {"device": str(device)}
+        return DeviceInfo(str(device))
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return {"device": f"cuda:{index}", "name": torch.cuda.get_device_name(index),
-            "allocated": int(torch.cuda.memory_allocated(index)),
-            "reserved": int(torch.cuda.memory_reserved(index)),
-            "total": int(torch.cuda.get_device_properties(index).total_memory)}
+    return DeviceInfo(
+        f"cuda:{index}",
+        torch.cuda.get_device_name(index),
+        allocated=int(torch.cuda.memory_allocated(index)),
+        reserved=int(torch.cuda.memory_reserved(index)),
+        total=int(torch.cuda.get_device_properties(index).total_memory),
+    )
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA's OutOfMemoryError, a MemoryError, or a RuntimeError saying it ran out of memory
     (older torch, other backends, and the CPU allocator's "can't allocate memory")."""
-    import torch
-
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     if (oom is not None and isinstance(exc, oom)) or isinstance(exc, MemoryError):
         return True
@@ -99,15 +114,15 @@ def out_of_memory_message(exc: BaseException, device) -> str:
     first_line = (str(exc).strip().splitlines() or [""])[0]
     if len(first_line) > 200:
         first_line = first_line[:199] + "…"
-    return (f"out of memory on {device}: the run was stopped (the steps before it are kept) and the worker "
-            f"freed its memory for the next run. Try a shorter generation length or a smaller model. "
-            f"[{type(exc).__name__}: {first_line}]")
+    return (
+        f"out of memory on {device}: the run was stopped (the steps before it are kept) and the worker "
+        f"freed its memory for the next run. Try a shorter generation length or a smaller model. "
+        f"[{type(exc).__name__}: {first_line}]"
+    )
 
 
 def free_device_memory() -> None:
     """After an out-of-memory error: drop the failed step's tensors and return CUDA's cached blocks."""
-    import torch
-
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -124,75 +139,86 @@ class _Pace(Callback):
 
 
 class _CancelCheck(Callback):
-    """Reads the job pipe between steps: a ('cancel', job_id) message stops the run."""
+    """Reads the job pipe between steps: a Cancel of this job (or a Shutdown) stops the run."""
 
     def __init__(self, conn: Connection, job_id: int) -> None:
         self.conn, self.job_id, self.cancelled = conn, job_id, False
 
     def should_stop(self) -> bool:
         while self.conn.poll():
-            message = self.conn.recv()
-            if message is None or message == ("cancel", self.job_id):
-                self.cancelled = True
+            match self.conn.recv():
+                case Shutdown() | Cancel(job_id=self.job_id):
+                    self.cancelled = True
         return self.cancelled
 
 
-def worker_main(jobs: Connection, events: Connection, db_url: str, threads: int | None,
-                preload: tuple[str, ...] = ()) -> None:
+def worker_main(
+    jobs: Connection,
+    events: Connection,
+    db_url: str,
+    threads: int | None,
+    preload: tuple[str, ...] = (),
+    registry: ModelRegistry = DEFAULT_REGISTRY,
+) -> None:
     """Entry point of a worker process: load `preload` models, then run jobs until told to stop."""
-    import torch
-
-    from explorer.adapters import load_denoiser
-    from explorer.store import TrajectoryStore
-
     if threads:
         torch.set_num_threads(threads)
     store = TrajectoryStore(db_url)
-    models = {name: load_denoiser(name) for name in preload}
+    models: dict[str, Denoiser] = {name: load_denoiser(name, registry) for name in preload}
+    scorers = ScorerCache(registry)
     first = next(iter(models.values()), None)
-    events.send(("ready", None, device_info(first.device if first is not None else None)))
+    events.send(WorkerReady(device_info(first.device if first is not None else None)))
     while True:
-        job = jobs.recv()
-        if job is None:
-            return
-        if not isinstance(job, Job):
-            continue  # a cancel for a job that already ended
-        message, oom, device = None, False, "the model's device"
-        try:
-            denoiser = models.get(job.model) or models.setdefault(job.model, load_denoiser(job.model))
-            device = denoiser.device
-            result = run_job(job, denoiser, store, jobs, events)
-            events.send(("done", job.job_id, result))
-        except Exception as exc:  # noqa: BLE001 - the run is already marked failed by the writer
-            oom = is_out_of_memory(exc)
-            message = out_of_memory_message(exc, device) if oom else f"{type(exc).__name__}: {exc}"
-        if message is not None:
-            if oom:  # outside the except block: the failed step's tensors are unreferenced by now
-                free_device_memory()
-            events.send(("error", job.job_id, message))
+        match jobs.recv():
+            case Shutdown():
+                return
+            case Job() as job:
+                events.send(_run_one(job, models, registry, scorers, store, jobs, events))
+            case _:
+                continue  # a cancel for a job that already ended
+
+
+def _run_one(
+    job: Job,
+    models: dict[str, Denoiser],
+    registry: ModelRegistry,
+    scorers: ScorerCache,
+    store: TrajectoryStore,
+    jobs: Connection,
+    events: Connection,
+) -> JobDone | JobError:
+    """Run one job; its terminal message. An out-of-memory error frees the device's cache."""
+    device = "the model's device"
+    try:
+        if job.model not in models:
+            models[job.model] = load_denoiser(job.model, registry)
+        device = models[job.model].device
+        return JobDone(job.job_id, run_job(job, models[job.model], store, scorers, jobs, events))
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            return JobError(job.job_id, f"{type(exc).__name__}: {exc}")
+        message = out_of_memory_message(exc, device)
+    free_device_memory()  # outside the except block: the failed step's tensors are unreferenced by now
+    return JobError(job.job_id, message)
 
 
 @gpu
-def run_job(job: Job, denoiser, store, jobs: Connection, events: Connection):
+def run_job(
+    job: Job, denoiser: Denoiser, store: TrajectoryStore, scorers: ScorerCache, jobs: Connection, events: Connection
+) -> DecodeResult:
     """One job on a loaded model: decode, write every step to the store, stream it to the UI.
 
     Where the model's forward passes run. `gpu` is ZeroGPU's `spaces.GPU` only when this is
     called in the Gradio process on a ZeroGPU Space, else the identity (explorer/zerogpu.py).
     """
-    from explorer.api import prepare
-    from explorer.ar_scorers import scorer_for
-    from explorer.engine import run_decode
-    from explorer.store import StoreWriter
-
-    config = DecodeConfig(**job.config)
-    prompt_ids = prepare(job.prompt, denoiser, config)
+    prompt_ids = prepare(job.prompt, denoiser, job.config)
     writer = StoreWriter(store, denoiser.token_text)
     stream = _Stream(events, job.job_id, writer, denoiser.device)
     callbacks = [writer, stream, _CancelCheck(jobs, job.job_id)]
     if job.pace_ms > 0:
         callbacks.append(_Pace(job.pace_ms))
-    scorer = scorer_for(config, denoiser)
-    result = run_decode(denoiser, prompt_ids, config, callbacks, prompt_text=job.prompt, ar_scorer=scorer)
+    scorer = scorers.for_run(job.config, denoiser)
+    result = run_decode(denoiser, prompt_ids, job.config, callbacks, prompt_text=job.prompt, ar_scorer=scorer)
     stream.report_device()  # the memory in use at the end of the run
     return replace(result, run_id=writer.run_id)
 
@@ -200,24 +226,24 @@ def run_job(job: Job, denoiser, store, jobs: Connection, events: Connection):
 # ---- inside the UI process ---------------------------------------------------------------
 @dataclass
 class JobHandle:
-    """A submitted job as its client sees it: events arrive on `events` as (kind, payload)."""
+    """A submitted job as its client sees it: `JobEvent`s arrive on `events`."""
 
     job: Job
-    events: "queue.Queue[tuple[str, object]]" = field(default_factory=queue.Queue)
+    events: queue.Queue[JobEvent] = field(default_factory=queue.Queue)
     run_id: int | None = None
     submitted_at: float = field(default_factory=time.monotonic)
-    device: dict | None = None  # the worker's latest device report for this job (device_info)
+    device: DeviceInfo | None = None  # the worker's latest device report for this job
 
-    def iter_events(self, timeout: float = 600.0):
-        """Yield (kind, payload) until the job ends: done (DecodeResult), error or failed (str)."""
+    def iter_events(self, timeout: float = 600.0) -> Iterator[JobEvent]:
+        """Yield the job's events until its terminal one (JobDone, JobError or JobFailed)."""
         while True:
             try:
-                kind, payload = self.events.get(timeout=timeout)
+                event = self.events.get(timeout=timeout)
             except queue.Empty:
-                yield "failed", f"no news from the worker for {timeout:.0f} s"
+                yield JobFailed(self.job.job_id, f"no news from the worker for {timeout:.0f} s")
                 return
-            yield kind, payload
-            if kind in TERMINAL:
+            yield event
+            if isinstance(event, TERMINAL):
                 return
 
 
@@ -237,10 +263,18 @@ class _Slot:
 class WorkerPool:
     """Runs jobs on `n_workers` worker processes (one at a time each); more jobs wait in line."""
 
-    def __init__(self, db_url: str, n_workers: int = 1, threads: int | None = None,
-                 max_pending: int = 64, preload: tuple[str, ...] = ("embedded",),
-                 start_method: str = "spawn") -> None:
+    def __init__(
+        self,
+        db_url: str,
+        registry: ModelRegistry = DEFAULT_REGISTRY,
+        n_workers: int = 1,
+        threads: int | None = None,
+        max_pending: int = 64,
+        preload: tuple[str, ...] = ("embedded",),
+        start_method: str = "spawn",
+    ) -> None:
         self.db_url = db_url
+        self.registry = registry  # handed to every worker process: the models they may load
         self.threads = threads
         self.preload = preload
         self.max_pending = max_pending
@@ -254,7 +288,7 @@ class WorkerPool:
         self._wake_recv, self._wake_send = self._ctx.Pipe(duplex=False)
         self._closed = False
         self.deaths = 0  # worker processes found dead mid-job (for the UI and tests)
-        self.device_info: dict | None = None  # the latest device report of any worker
+        self.device_info: DeviceInfo | None = None  # the latest device report of any worker
         self._store_instance = None
         for slot in self._slots:  # warm workers: the first Run should not wait for torch to import
             self._start(slot)
@@ -268,12 +302,10 @@ class WorkerPool:
                 raise RuntimeError("the worker pool is shut down")
             if len(self._pending) >= self.max_pending:
                 raise QueueFullError(f"{len(self._pending)} jobs are already waiting; try again shortly")
-            from dataclasses import asdict
-
-            handle = JobHandle(Job(next(self._ids), prompt, model, asdict(config), int(pace_ms)))
+            handle = JobHandle(Job(next(self._ids), prompt, model, config, int(pace_ms)))
             self._handles[handle.job.job_id] = handle
             self._pending.append(handle)
-            handle.events.put(("queued", len(self._pending) - 1 + self.busy()))
+            handle.events.put(Queued(len(self._pending) - 1 + self.busy()))
         self._wake_send.send(None)
         return handle
 
@@ -286,12 +318,12 @@ class WorkerPool:
             if handle in self._pending:
                 self._pending.remove(handle)
                 self._handles.pop(job_id, None)
-                handle.events.put(("error", "cancelled before it started"))
+                handle.events.put(JobError(job_id, "cancelled before it started"))
                 return True
             for slot in self._slots:
                 if slot.handle is handle and slot.alive():
                     try:
-                        slot.jobs.send(("cancel", job_id))
+                        slot.jobs.send(Cancel(job_id))
                     except OSError:
                         pass
                     return True
@@ -314,7 +346,7 @@ class WorkerPool:
         for slot in self._slots:
             if slot.alive():
                 try:
-                    slot.jobs.send(None)
+                    slot.jobs.send(Shutdown())
                 except OSError:
                     pass
                 slot.process.join(timeout)
@@ -325,8 +357,12 @@ class WorkerPool:
     def _start(self, slot: _Slot) -> None:
         jobs_recv, jobs_send = self._ctx.Pipe(duplex=False)
         events_recv, events_send = self._ctx.Pipe(duplex=False)
-        slot.process = self._ctx.Process(target=worker_main, args=(jobs_recv, events_send, self.db_url, self.threads, self.preload),
-                                         name="explorer-worker", daemon=True)
+        slot.process = self._ctx.Process(
+            target=worker_main,
+            args=(jobs_recv, events_send, self.db_url, self.threads, self.preload, self.registry),
+            name="explorer-worker",
+            daemon=True,
+        )
         slot.process.start()
         jobs_recv.close()
         events_send.close()
@@ -347,7 +383,7 @@ class WorkerPool:
         while not self._closed:
             try:
                 self._dispatch_once()
-            except Exception:  # noqa: BLE001 - the dispatcher must outlive any one bad event
+            except Exception:
                 log.exception("worker dispatcher: unexpected error; carrying on")
                 time.sleep(0.1)
 
@@ -367,29 +403,32 @@ class WorkerPool:
     def _drain(self, slot: _Slot) -> None:
         try:
             while slot.events.poll():
-                self._route(slot, *slot.events.recv())
+                self._route(slot, slot.events.recv())
         except (EOFError, OSError):
             pass  # the worker is gone; the liveness check handles its job
 
-    def _route(self, slot: _Slot, kind: str, job_id, payload) -> None:
-        if kind == "ready":
-            self.device_info = payload or self.device_info
-            return
-        handle = self._handles.get(job_id)
-        if kind == "device":  # kept on the handle, not put in the job's stream
-            self.device_info = payload
-            if handle is not None:
-                handle.device = payload
-            return
+    def _route(self, slot: _Slot, message) -> None:
+        """A worker's message: device reports stay on the pool and the handle; the rest go on to
+        the job's client, and a terminal one frees the slot."""
+        match message:
+            case WorkerReady(device=device):
+                self.device_info = device
+                return
+            case DeviceReport(job_id=job_id, device=device):
+                self.device_info = device
+                if (handle := self._handles.get(job_id)) is not None:
+                    handle.device = device
+                return
+            case RunStarted(job_id=job_id, run_id=run_id) if job_id in self._handles:
+                self._handles[job_id].run_id = run_id
+        handle = self._handles.get(message.job_id)
         if handle is None:
             return
-        if kind == "started":
-            handle.run_id = payload
-        handle.events.put((kind, payload))
-        if kind in TERMINAL:
+        handle.events.put(message)
+        if isinstance(message, TERMINAL):
             with self._lock:
                 slot.handle = None
-                self._handles.pop(job_id, None)
+                self._handles.pop(message.job_id, None)
 
     def _worker_died(self, slot: _Slot) -> None:
         """Fail the dead worker's job (its stored steps stay) and free the slot for a fresh one."""
@@ -403,15 +442,13 @@ class WorkerPool:
         message = f"the model worker died (exit code {code}) during this run; a fresh worker will run the next job"
         if handle.run_id is not None:
             self._store().mark_failed(handle.run_id, message)
-        handle.events.put(("failed", message))
+        handle.events.put(JobFailed(handle.job.job_id, message))
         with self._lock:
             self._handles.pop(handle.job.job_id, None)
             slot.handle = None
 
-    def _store(self):
+    def _store(self) -> TrajectoryStore:
         if self._store_instance is None:
-            from explorer.store import TrajectoryStore
-
             self._store_instance = TrajectoryStore(self.db_url)
         return self._store_instance
 

@@ -9,6 +9,7 @@ worker therefore sees no CUDA device and decodes on the CPU (fine for the embedd
 an in-process job runner that calls the decorated `run_job` from the Gradio process would be
 needed for GPU models there (see the README).
 """
+
 from __future__ import annotations
 
 import multiprocessing

@@ -1,4 +1,5 @@
 """Write models/embedded/MODEL_CARD.md from the training logs and the evaluation."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,10 @@ def _load(path: Path) -> dict | None:
 
 def _rate(entry: dict) -> str:
     low, high = entry["ci95"]
-    return (f"{entry['valid']}/{entry['samples']} = **{entry['valid_rate']:.1%}** valid samples "
-            f"(95% CI {low:.1%}-{high:.1%}); {entry['valid_sentence_rate']:.2%} of complete sentences valid")
+    return (
+        f"{entry['valid']}/{entry['samples']} = **{entry['valid_rate']:.1%}** valid samples "
+        f"(95% CI {low:.1%}-{high:.1%}); {entry['valid_sentence_rate']:.2%} of complete sentences valid"
+    )
 
 
 def write_card(directory: Path) -> Path:
@@ -47,23 +50,29 @@ def write_card(directory: Path) -> Path:
         "is an upper bound on its NLL, both in nats per token.",
         "",
         "Reproduce: `python -m models.train` (CUDA when present, else CPU; `--device cpu` forces the "
-        "CPU), then `python -m models.evaluate` to re-measure quality and rewrite this card.",
+        "CPU), then `python bench/evaluate_embedded.py` to re-measure quality and rewrite this card.",
     ]
     if cpu:
         total = cpu["mdlm"]["estimated_minutes"] + cpu["ar"]["estimated_minutes"]
-        lines += ["", f"On {cpu['threads']} CPU threads ({cpu['cpu_count']} cores) one training step took "
-                  f"{cpu['mdlm']['seconds_per_step']} s (MDLM) and {cpu['ar']['seconds_per_step']} s (AR), "
-                  f"measured over {cpu['steps_timed']} steps with `python -m models.train --device cpu "
-                  f"--measure-cpu {cpu['steps_timed']}`: the default run takes about **{total:.0f} minutes** "
-                  "on 2 CPU cores (an estimate from that measured rate; the committed weights were trained "
-                  "on the GPU named above with the same command and seeds)."]
+        lines += [
+            "",
+            f"On {cpu['threads']} CPU threads ({cpu['cpu_count']} cores) one training step took "
+            f"{cpu['mdlm']['seconds_per_step']} s (MDLM) and {cpu['ar']['seconds_per_step']} s (AR), "
+            f"measured over {cpu['steps_timed']} steps with `python -m models.train --device cpu "
+            f"--measure-cpu {cpu['steps_timed']}`: the default run takes about **{total:.0f} minutes** "
+            "on 2 CPU cores (an estimate from that measured rate; the committed weights were trained "
+            "on the GPU named above with the same command and seeds).",
+        ]
     if evaluation:
         e = evaluation
         lines += [
-            "", "## Sample quality (exact checker)", "",
+            "",
+            "## Sample quality (exact checker)",
+            "",
             f"{e['mdlm_low_confidence_1_per_step']['samples']} seeded samples each of prompt "
-            f"\"{e['prompt']}\" + {e['gen_length']} generated tokens at temperature {e['temperature']} "
-            "(`python -m models.evaluate`):", "",
+            f'"{e["prompt"]}" + {e["gen_length"]} generated tokens at temperature {e["temperature"]} '
+            "(`python bench/evaluate_embedded.py`):",
+            "",
             f"- diffusion model, `low_confidence`, one token per step: {_rate(e['mdlm_low_confidence_1_per_step'])}. "
             f"Violations: {e['mdlm_low_confidence_1_per_step']['violations_by_kind'] or 'none'}. Target >= 90%.",
             f"- AR model, ancestral sampling: {_rate(e['ar_ancestral'])}. "

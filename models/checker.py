@@ -15,14 +15,14 @@ Kinds:
 - `syntax`: a word the grammar does not allow there (the rest of that sentence is skipped);
 - `unknown_word`: a word outside the vocabulary.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from models import grammar as g
 
-KINDS = ("a_an", "number", "subject_verb", "name_gender", "pronoun_gender",
-         "character_name", "syntax", "unknown_word")
+KINDS = ("a_an", "number", "subject_verb", "name_gender", "pronoun_gender", "character_name", "syntax", "unknown_word")
 
 _NOUN_NUMBER = g.noun_number()
 _VERB_NUMBER = g.verb_number()
@@ -108,19 +108,20 @@ class _Parser:
             return
         if gender != c.gender:
             anchor = (c.name_position,) if c.name_position is not None else ()
-            self.flag("pronoun_gender", (position, *anchor),
-                      f"{word!r} does not match {c.name or 'the character'}")
+            self.flag("pronoun_gender", (position, *anchor), f"{word!r} does not match {c.name or 'the character'}")
 
     def check_name(self, position: int, name: str) -> None:
         c = self.character
         if c.name is None:
             if c.gender is not None and c.gender != g.NAMES[name]:
-                self.flag("pronoun_gender", (c.gender_position, position),
-                          f"{self.words[c.gender_position]!r} does not match {name}")
+                self.flag(
+                    "pronoun_gender",
+                    (c.gender_position, position),
+                    f"{self.words[c.gender_position]!r} does not match {name}",
+                )
             c.name, c.name_position, c.gender = name, position, g.NAMES[name]
         elif name != c.name:
-            self.flag("character_name", (position, c.name_position),
-                      f"the child is {c.name!r}, not {name!r}")
+            self.flag("character_name", (position, c.name_position), f"the child is {c.name!r}, not {name!r}")
 
     def check_article(self, article_pos: int, article: str) -> None:
         following = self.words[article_pos + 1] if article_pos + 1 < len(self.words) else None
@@ -128,8 +129,9 @@ class _Parser:
             return
         wanted = g.article_for(following)
         if article != wanted:
-            self.flag("a_an", (article_pos, article_pos + 1),
-                      f"{article!r} before {following!r} (should be {wanted!r})")
+            self.flag(
+                "a_an", (article_pos, article_pos + 1), f"{article!r} before {following!r} (should be {wanted!r})"
+            )
 
     # ---- phrases -------------------------------------------------------------------------
     def noun_phrase(self, nouns: set[str], determiners: set[str]) -> tuple[int, str]:
@@ -141,7 +143,8 @@ class _Parser:
         noun_pos, noun = self.take(nouns, "a noun")
         number = _NOUN_NUMBER[noun]
         det_number = {"a": g.SINGULAR, "an": g.SINGULAR, "one": g.SINGULAR}.get(
-            det, g.PLURAL if det in g.NUMERALS_PLURAL else number)
+            det, g.PLURAL if det in g.NUMERALS_PLURAL else number
+        )
         if det_number != number:
             self.flag("number", (det_pos, noun_pos), f"{det!r} with {noun!r}")
         return noun_pos, number
@@ -159,8 +162,7 @@ class _Parser:
         verb_pos, verb = self.take(forms, "a verb")
         noun_pos, number = subject
         if _VERB_NUMBER[verb] != number:
-            self.flag("subject_verb", (verb_pos, noun_pos),
-                      f"{verb!r} does not agree with {self.words[noun_pos]!r}")
+            self.flag("subject_verb", (verb_pos, noun_pos), f"{verb!r} does not agree with {self.words[noun_pos]!r}")
         return verb
 
     # ---- sentences -----------------------------------------------------------------------
@@ -224,8 +226,7 @@ class _Parser:
         verb_pos, verb = self.take({"was", "were"}, "'was' or 'were'")
         noun_pos, number = self.indefinite(_ANIMAL_FORMS)
         if (verb == "was") != (number == g.SINGULAR):
-            self.flag("subject_verb", (verb_pos, noun_pos),
-                      f"{verb!r} does not agree with {self.words[noun_pos]!r}")
+            self.flag("subject_verb", (verb_pos, noun_pos), f"{verb!r} does not agree with {self.words[noun_pos]!r}")
         self.place()
 
     def sentence(self) -> None:

@@ -13,6 +13,7 @@ reader can see and `models.checker` verifies exactly:
 
 Stories are lists of words; `generate_text` joins them with spaces.
 """
+
 from __future__ import annotations
 
 import random
@@ -58,8 +59,7 @@ class _Story:
 def _intro(s: _Story) -> Sentence:
     child = next(noun for noun, gender in g.CHILDREN.items() if gender == s.gender)
     words = s.maybe_adjective() + [child]
-    return ["once", "upon", "a", "time", "there", "was", g.article_for(words[0]), *words,
-            "named", s.name, "."]
+    return ["once", "upon", "a", "time", "there", "was", g.article_for(words[0]), *words, "named", s.name, "."]
 
 
 def _had(s: _Story) -> Sentence:
@@ -86,8 +86,7 @@ def _animal_acts(s: _Story) -> Sentence:
 def _gave(s: _Story) -> Sentence:
     thing = s.rng.choice(sorted(g.THINGS))
     receiver = s.noun_phrase(g.ANIMALS, "the")
-    return [s.pronoun(g.SUBJECT_PRONOUNS), "gave", s.pronoun(g.POSSESSIVE_PRONOUNS), thing,
-            "to", *receiver, "."]
+    return [s.pronoun(g.SUBJECT_PRONOUNS), "gave", s.pronoun(g.POSSESSIVE_PRONOUNS), thing, "to", *receiver, "."]
 
 
 def _there_was(s: _Story) -> Sentence:
@@ -109,7 +108,13 @@ def _feeling(s: _Story) -> Sentence:
 
 
 BODY_SENTENCES: tuple[Callable[[_Story], Sentence], ...] = (
-    _had, _saw, _animal_acts, _gave, _there_was, _animal_likes, _feeling,
+    _had,
+    _saw,
+    _animal_acts,
+    _gave,
+    _there_was,
+    _animal_likes,
+    _feeling,
 )
 
 

@@ -1,4 +1,5 @@
 """Training windows of concatenated stories, as token-id tensors."""
+
 from __future__ import annotations
 
 import random
@@ -27,7 +28,7 @@ class StoryStream:
         ids: list[int] = []
         while len(ids) < self.length + skip:
             ids += [self.tokenizer.ids[w] for w in next(self.stories)]
-        return ids[skip: skip + self.length]
+        return ids[skip : skip + self.length]
 
     def batch(self, batch_size: int) -> torch.Tensor:
         return torch.tensor([self.window() for _ in range(batch_size)])  # (B, L)

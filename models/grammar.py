@@ -4,14 +4,23 @@ Every dependency the checker verifies is a feature here: the sound a word starts
 (for a/an), grammatical number (for subject-verb and numeral agreement) and gender
 (for pronouns and the named character).
 """
+
 from __future__ import annotations
 
 FEMALE, MALE = "f", "m"
 SINGULAR, PLURAL = "sg", "pl"
 
 NAMES: dict[str, str] = {
-    "mia": FEMALE, "lily": FEMALE, "emma": FEMALE, "anna": FEMALE, "ella": FEMALE,
-    "tom": MALE, "ben": MALE, "max": MALE, "leo": MALE, "sam": MALE,
+    "mia": FEMALE,
+    "lily": FEMALE,
+    "emma": FEMALE,
+    "anna": FEMALE,
+    "ella": FEMALE,
+    "tom": MALE,
+    "ben": MALE,
+    "max": MALE,
+    "leo": MALE,
+    "sam": MALE,
 }
 CHILDREN: dict[str, str] = {"girl": FEMALE, "boy": MALE}
 SUBJECT_PRONOUNS: dict[str, str] = {"she": FEMALE, "he": MALE}
@@ -19,29 +28,71 @@ POSSESSIVE_PRONOUNS: dict[str, str] = {"her": FEMALE, "his": MALE}
 OBJECT_PRONOUNS: dict[str, str] = {"her": FEMALE, "him": MALE}
 
 ADJECTIVES: tuple[str, ...] = (
-    "big", "small", "little", "happy", "sad", "red", "tiny", "brave",
-    "old", "angry", "ugly", "orange", "honest",
+    "big",
+    "small",
+    "little",
+    "happy",
+    "sad",
+    "red",
+    "tiny",
+    "brave",
+    "old",
+    "angry",
+    "ugly",
+    "orange",
+    "honest",
 )
 MOODS: tuple[str, ...] = ("happy", "sad", "angry", "tired", "hungry", "excited")
 
 # Nouns that can act (subjects of verbs), then things that can only be had or seen.
 ANIMALS: dict[str, str] = {  # singular -> plural
-    "dog": "dogs", "cat": "cats", "bird": "birds", "fox": "foxes", "frog": "frogs",
-    "owl": "owls", "elephant": "elephants", "unicorn": "unicorns",
+    "dog": "dogs",
+    "cat": "cats",
+    "bird": "birds",
+    "fox": "foxes",
+    "frog": "frogs",
+    "owl": "owls",
+    "elephant": "elephants",
+    "unicorn": "unicorns",
 }
 THINGS: dict[str, str] = {
-    "ball": "balls", "box": "boxes", "cake": "cakes", "hat": "hats", "kite": "kites",
-    "apple": "apples", "egg": "eggs", "umbrella": "umbrellas",
+    "ball": "balls",
+    "box": "boxes",
+    "cake": "cakes",
+    "hat": "hats",
+    "kite": "kites",
+    "apple": "apples",
+    "egg": "eggs",
+    "umbrella": "umbrellas",
 }
 
 # a/an follows the sound, not the letter: "an honest", "a unicorn".
-VOWEL_SOUND: frozenset[str] = frozenset({
-    "old", "angry", "ugly", "orange", "honest", "owl", "owls", "elephant", "elephants",
-    "apple", "apples", "egg", "eggs", "umbrella", "umbrellas",
-})
+VOWEL_SOUND: frozenset[str] = frozenset(
+    {
+        "old",
+        "angry",
+        "ugly",
+        "orange",
+        "honest",
+        "owl",
+        "owls",
+        "elephant",
+        "elephants",
+        "apple",
+        "apples",
+        "egg",
+        "eggs",
+        "umbrella",
+        "umbrellas",
+    }
+)
 
 INTRANSITIVE: dict[str, str] = {  # singular -> plural
-    "runs": "run", "sleeps": "sleep", "jumps": "jump", "sings": "sing", "plays": "play",
+    "runs": "run",
+    "sleeps": "sleep",
+    "jumps": "jump",
+    "sings": "sing",
+    "plays": "play",
     "hides": "hide",
 }
 TRANSITIVE: dict[str, str] = {"likes": "like", "helps": "help", "follows": "follow", "sees": "see"}
@@ -52,8 +103,23 @@ PLACES: tuple[str, ...] = ("park", "garden", "forest", "house", "river")
 
 # Fixed words of the sentence frames.
 FRAME_WORDS: tuple[str, ...] = (
-    "once", "upon", "a", "an", "time", "there", "was", "were", "named", "had", "saw",
-    "gave", "to", "the", "end", "one", ".",
+    "once",
+    "upon",
+    "a",
+    "an",
+    "time",
+    "there",
+    "was",
+    "were",
+    "named",
+    "had",
+    "saw",
+    "gave",
+    "to",
+    "the",
+    "end",
+    "one",
+    ".",
 )
 
 

@@ -5,6 +5,7 @@ refused by default (`UnknownWordsError` names every such word and suggests close
 because the embedded models never saw the unknown token in training and would condition on
 noise; `encode(..., unknown="map")` maps such words to `<unk>` instead.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -38,11 +39,11 @@ class WordTokenizer:
         self.pad_id, self.mask_id, self.unk_id = (self.ids[s] for s in SPECIALS)
 
     @classmethod
-    def from_grammar(cls) -> "WordTokenizer":
+    def from_grammar(cls) -> WordTokenizer:
         return cls([*SPECIALS, *all_words()])
 
     @classmethod
-    def load(cls, path: str | Path) -> "WordTokenizer":
+    def load(cls, path: str | Path) -> WordTokenizer:
         return cls(json.loads(Path(path).read_text())["vocab"])
 
     def save(self, path: str | Path) -> None:
@@ -68,9 +69,8 @@ class WordTokenizer:
             raise ValueError("unknown must be 'refuse' or 'map'")
         missing = self.unknown_words(text)
         if missing and unknown == "refuse":
-            words = self.vocab[len(SPECIALS):]
-            raise UnknownWordsError(
-                missing, {w: difflib.get_close_matches(w, words, n=3) for w in missing})
+            words = self.vocab[len(SPECIALS) :]
+            raise UnknownWordsError(missing, {w: difflib.get_close_matches(w, words, n=3) for w in missing})
         return [self.ids.get(word, self.unk_id) for word in self.split(text)]
 
     def token(self, token_id: int) -> str:

@@ -4,9 +4,10 @@ Trains the masked diffusion denoiser (MDLM objective) and the causal AR model on
 vocabulary, on windows of concatenated stories from the seeded grammar, and writes
 `models/embedded/{mdlm,ar}.safetensors` with their configs, the vocabulary and a training
 log (held-out NELBO / NLL, steps, wall time). Runs on the CPU; uses CUDA when present
-unless `--device cpu`. `python -m models.evaluate` then measures sample validity and writes
+unless `--device cpu`. `python bench/evaluate_embedded.py` then measures sample validity and writes
 the model card.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from models import EMBEDDED_DIR
 from models.data import StoryStream
 from models.tokenizer import WordTokenizer
 from models.transformer import Transformer, TransformerConfig, save_model
 
-EMBEDDED_DIR = Path(__file__).parent / "embedded"
 HELD_OUT_SEED = 999_999
 
 
@@ -38,8 +39,9 @@ class TrainConfig:
     eval_batches: int = 8
 
 
-def mdlm_loss(model: Transformer, ids: torch.Tensor, mask_id: int,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def mdlm_loss(
+    model: Transformer, ids: torch.Tensor, mask_id: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """MDLM NELBO per token: t ~ U(0, 1), mask each token with prob. t, CE on masks / t."""
     B, L = ids.shape
     # Low-discrepancy t (one stratum per sequence) lowers the variance of the estimate.
@@ -66,29 +68,35 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def held_out_loss(model: Transformer, kind: str, tokenizer: WordTokenizer, device: str,
-                  cfg: TrainConfig) -> float:
+def held_out_loss(model: Transformer, kind: str, tokenizer: WordTokenizer, device: str, cfg: TrainConfig) -> float:
     model.eval()
     stream = StoryStream(tokenizer, model.config.context_length, HELD_OUT_SEED)
     generator = torch.Generator(device=device).manual_seed(HELD_OUT_SEED)
     losses = []
     for _ in range(cfg.eval_batches):
         ids = stream.batch(cfg.batch_size).to(device)
-        losses.append(mdlm_loss(model, ids, tokenizer.mask_id, generator) if kind == "mdlm"
-                      else ar_loss(model, ids))
+        losses.append(mdlm_loss(model, ids, tokenizer.mask_id, generator) if kind == "mdlm" else ar_loss(model, ids))
     model.train()
     return float(torch.stack(losses).mean())
 
 
-def train(kind: str, model_config: TransformerConfig, cfg: TrainConfig,
-          tokenizer: WordTokenizer, device: str, log_every: int = 100) -> tuple[Transformer, dict]:
+def train(
+    kind: str,
+    model_config: TransformerConfig,
+    cfg: TrainConfig,
+    tokenizer: WordTokenizer,
+    device: str,
+    log_every: int = 100,
+) -> tuple[Transformer, dict]:
     torch.manual_seed(cfg.seed)
     model = Transformer(model_config).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.lr, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
     stream = StoryStream(tokenizer, model_config.context_length, seed=cfg.seed + 1)
     history, start = [], time.perf_counter()
     for step in range(cfg.steps):
@@ -107,11 +115,18 @@ def train(kind: str, model_config: TransformerConfig, cfg: TrainConfig,
     seconds = time.perf_counter() - start
     held_out = held_out_loss(model, kind, tokenizer, device, cfg)
     print(f"[{kind}] held-out {'NELBO' if kind == 'mdlm' else 'NLL'} {held_out:.4f} nats/token", flush=True)
-    log = {"kind": kind, "train": asdict(cfg), "model": asdict(model_config),
-           "parameters": model.num_parameters(), "held_out_nats_per_token": round(held_out, 4),
-           "train_seconds": round(seconds, 1), "device": device,
-           "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-           "threads": torch.get_num_threads(), "history": history}
+    log = {
+        "kind": kind,
+        "train": asdict(cfg),
+        "model": asdict(model_config),
+        "parameters": model.num_parameters(),
+        "held_out_nats_per_token": round(held_out, 4),
+        "train_seconds": round(seconds, 1),
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "threads": torch.get_num_threads(),
+        "history": history,
+    }
     return model.cpu().eval(), log
 
 
@@ -127,9 +142,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--context", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--measure-cpu", type=int, metavar="N", default=0,
-                        help="only time N steps of each model on this CPU and write cpu_timing.json "
-                             "to --out (the weights there are left alone)")
+    parser.add_argument(
+        "--measure-cpu",
+        type=int,
+        metavar="N",
+        default=0,
+        help="only time N steps of each model on this CPU and write cpu_timing.json "
+        "to --out (the weights there are left alone)",
+    )
     args = parser.parse_args(argv)
     if args.measure_cpu:
         measure_cpu(args)
@@ -141,8 +161,12 @@ def main(argv: list[str] | None = None) -> None:
     kinds = ["mdlm", "ar"] if args.which == "both" else [args.which]
     for kind in kinds:
         model_config = TransformerConfig(
-            vocab_size=len(tokenizer), context_length=args.context, n_layer=args.n_layer,
-            d_model=args.d_model, causal=(kind == "ar"))
+            vocab_size=len(tokenizer),
+            context_length=args.context,
+            n_layer=args.n_layer,
+            d_model=args.d_model,
+            causal=(kind == "ar"),
+        )
         steps = args.mdlm_steps if kind == "mdlm" else args.ar_steps
         cfg = TrainConfig(steps=steps, batch_size=args.batch_size, seed=args.seed)
         model, log = train(kind, model_config, cfg, tokenizer, args.device)
@@ -157,13 +181,21 @@ def measure_cpu(args: argparse.Namespace) -> None:
     tokenizer = WordTokenizer.from_grammar()
     timing = {"threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "steps_timed": args.measure_cpu}
     for kind, full_steps in (("mdlm", args.mdlm_steps), ("ar", args.ar_steps)):
-        model_config = TransformerConfig(vocab_size=len(tokenizer), context_length=args.context,
-                                         n_layer=args.n_layer, d_model=args.d_model, causal=(kind == "ar"))
+        model_config = TransformerConfig(
+            vocab_size=len(tokenizer),
+            context_length=args.context,
+            n_layer=args.n_layer,
+            d_model=args.d_model,
+            causal=(kind == "ar"),
+        )
         cfg = TrainConfig(steps=args.measure_cpu, batch_size=args.batch_size, seed=args.seed, eval_batches=1)
         _, log = train(kind, model_config, cfg, tokenizer, "cpu", log_every=10**9)
         per_step = log["train_seconds"] / args.measure_cpu
-        timing[kind] = {"seconds_per_step": round(per_step, 3), "default_steps": full_steps,
-                        "estimated_minutes": round(per_step * full_steps / 60, 1)}
+        timing[kind] = {
+            "seconds_per_step": round(per_step, 3),
+            "default_steps": full_steps,
+            "estimated_minutes": round(per_step * full_steps / 60, 1),
+        }
     (args.out / "cpu_timing.json").write_text(json.dumps(timing, indent=1) + "\n")
     print(json.dumps(timing, indent=1))
 

@@ -6,6 +6,7 @@ mask id); with `causal=True` it is the autoregressive model on the same vocabula
 logits at position i predict token i + 1. The denoiser takes no time input: like LLaDA, the
 number of masks in the input tells it how noisy the sequence is.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ class TransformerConfig:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "TransformerConfig":
+    def from_json(cls, text: str) -> TransformerConfig:
         return cls(**json.loads(text))
 
 
@@ -111,10 +112,9 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, 0.0, 0.02)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        B, L = ids.shape
+        _, L = ids.shape  # (B, L)
         if L > self.config.context_length:
-            raise ValueError(f"sequence of {L} tokens exceeds the context of "
-                             f"{self.config.context_length}")
+            raise ValueError(f"sequence of {L} tokens exceeds the context of {self.config.context_length}")
         # Rotary positions: attention sees relative offsets from the first step, which a
         # bidirectional denoiser otherwise has to learn slowly from absolute embeddings.
         cos, sin = rotary_tables(L, self.config.d_model // self.config.n_head, ids.device)

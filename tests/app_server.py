@@ -6,6 +6,7 @@
 One model worker (spawned, embedded model preloaded), a SQLite file under `tmp_dir`, the
 queue configured as `app.py` configures it, and the css/js `app.py` passes at launch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,10 +16,10 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network here: never phone home
 
-import app  # noqa: E402  (the repo root is on sys.path via conftest.py)
-from explorer.services import Services  # noqa: E402
-from explorer.ui import build_app  # noqa: E402
-from explorer.ui_logic import FORM_DEFAULTS  # noqa: E402
+import app
+from explorer.services import Services
+from explorer.ui.app import build_app
+from explorer.ui.logic import FORM_DEFAULTS
 
 # The /decode endpoint's inputs, in order (the Decode form's fields), with the values most tests
 # use: the form's own initial values on the embedded model (dependency violations on).
@@ -48,8 +49,13 @@ def running_app(tmp_dir: Path, services: Services | None = None, **create_kwargs
     try:
         demo = build_app(services)
         demo.queue(default_concurrency_limit=None)
-        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                                quiet=True, **app.launch_kwargs())
+        _, url, _ = demo.launch(
+            server_name="127.0.0.1",
+            server_port=free_port(),
+            prevent_thread_lock=True,
+            quiet=True,
+            **app.launch_kwargs(),
+        )
         yield services, url
     finally:
         if demo is not None:

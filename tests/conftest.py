@@ -1,11 +1,14 @@
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # noqa: E401,E702
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root, for app.py and bench/
 
 import os
 
 import pytest
 import torch
 
-from explorer.adapters import load_embedded
+from explorer.adapters.embedded import load_embedded
 
 torch.set_num_threads(1)  # tiny model on a shared 2-core machine: avoid oversubscription
 
@@ -16,8 +19,9 @@ BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "postgresql: runs against a throwaway PostgreSQL server "
-                                       "(deselect with -m 'not postgresql')")
+    config.addinivalue_line(
+        "markers", "postgresql: runs against a throwaway PostgreSQL server (deselect with -m 'not postgresql')"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +37,7 @@ def _in_ci() -> bool:
 def pg_server():
     """One throwaway PostgreSQL server for the session (tests/pg_server.py), stopped at the end."""
     from pg_server import PostgresServer, PostgresUnavailable
+
     try:
         server = PostgresServer.start()
     except PostgresUnavailable as exc:

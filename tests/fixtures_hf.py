@@ -8,6 +8,7 @@ a `config.json`, `model.safetensors` with random weights, and a tokenizer built 
 transformers names the module of a local folder's code after the folder's basename, so every
 folder gets a unique name (a fresh module, never one patched by an earlier test).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,8 +20,10 @@ from pathlib import Path
 import torch
 
 HF_MODELS = Path(__file__).resolve().parent / "hf_models"
-WORDS = ("once upon a time there was a girl named emma . she gave her apple to the brave cat , "
-         "and the dog ran home . he was happy user assistant system").split()
+WORDS = (
+    "once upon a time there was a girl named emma . she gave her apple to the brave cat , "
+    "and the dog ran home . he was happy user assistant system"
+).split()
 _ids = itertools.count()
 CREATED: list[str] = []  # folder names, hence names of modules transformers copies the code into
 
@@ -44,6 +47,7 @@ def remove_dynamic_modules() -> None:
 
 def _save_safetensors(model: torch.nn.Module, folder: Path) -> None:
     from safetensors.torch import save_file
+
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
@@ -63,9 +67,15 @@ def build_bert(parent: Path, seed: int = 0, special_bias: float = 8.0, max_posit
         vocab[word] = len(vocab)
     tokenizer = BertTokenizer(vocab=vocab)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=max_positions,
-                        pad_token_id=vocab["[PAD]"])
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=max_positions,
+        pad_token_id=vocab["[PAD]"],
+    )
     model = BertForMaskedLM(config).eval()
     with torch.no_grad():
         bias = dict(model.named_parameters())["cls.predictions.bias"]
@@ -88,7 +98,7 @@ def _write_weights(folder: Path, auto_key: str, seed: int, init=None) -> None:
     from transformers import AutoConfig
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    from explorer.hf_bridges import apply_class_bridges, bridge_use_cache
+    from explorer.adapters.hf_bridges import apply_class_bridges, bridge_use_cache
 
     scratch = unique(folder.parent, "scratch")
     try:
@@ -110,6 +120,7 @@ def _write_weights(folder: Path, auto_key: str, seed: int, init=None) -> None:
 
 def _wordlevel(vocab: dict[str, int], unk: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
     tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
@@ -118,22 +129,34 @@ def _wordlevel(vocab: dict[str, int], unk: str):
 
 def _byte_bpe(specials: list[str], vocab_size: int = 320):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([" ".join(WORDS)] * 4, trainer)
     return tok
 
 
-LLADA_IDS = {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mask|>": 126336,
-             "<|start_header_id|>": 126346, "<|end_header_id|>": 126347, "<|eot_id|>": 126348}
+LLADA_IDS = {
+    "<|startoftext|>": 126080,
+    "<|endoftext|>": 126081,
+    "<|mdm_mask|>": 126336,
+    "<|start_header_id|>": 126346,
+    "<|end_header_id|>": 126347,
+    "<|eot_id|>": 126348,
+}
 LLADA_VOCAB = 126464  # LLaDA's embedding rows; the tokenizer knows far fewer ids
 LLADA_CHAT_TEMPLATE = (
     "<|startoftext|>{% for m in messages %}<|start_header_id|> {{ m['role'] }} <|end_header_id|> "
     "{{ m['content'] }} <|eot_id|> {% endfor %}{% if add_generation_prompt %}"
-    "<|start_header_id|> assistant <|end_header_id|>{% endif %}")
+    "<|start_header_id|> assistant <|end_header_id|>{% endif %}"
+)
 
 
 def build_llada(parent: Path, seed: int = 0) -> Path:
@@ -143,18 +166,34 @@ def build_llada(parent: Path, seed: int = 0) -> Path:
 
     folder = unique(parent, "llada")
     _copy_code("llada", folder)
-    config = {"model_type": "llada", "architectures": ["LLaDAModelLM"],
-              "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
-                           "AutoModel": "modeling_llada.LLaDAModelLM"},
-              "d_model": 8, "n_heads": 2, "n_layers": 1, "mlp_hidden_size": 16, "vocab_size": LLADA_VOCAB,
-              "embedding_size": LLADA_VOCAB, "max_sequence_length": 48, "mask_token_id": 126336,
-              "weight_tying": False, "eos_token_id": 126081, "pad_token_id": 126081, "use_cache": False}
+    config = {
+        "model_type": "llada",
+        "architectures": ["LLaDAModelLM"],
+        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM"},
+        "d_model": 8,
+        "n_heads": 2,
+        "n_layers": 1,
+        "mlp_hidden_size": 16,
+        "vocab_size": LLADA_VOCAB,
+        "embedding_size": LLADA_VOCAB,
+        "max_sequence_length": 48,
+        "mask_token_id": 126336,
+        "weight_tying": False,
+        "eos_token_id": 126081,
+        "pad_token_id": 126081,
+        "use_cache": False,
+    }
     (folder / "config.json").write_text(json.dumps(config, indent=1))
     vocab = {"<unk>": 0, **{w: 10 + i for i, w in enumerate(dict.fromkeys(WORDS))}, **LLADA_IDS}
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_wordlevel(vocab, "<unk>"), bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-        mask_token="<|mdm_mask|>", unk_token="<unk>", pad_token="<|endoftext|>",
-        additional_special_tokens=["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])
+        tokenizer_object=_wordlevel(vocab, "<unk>"),
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        mask_token="<|mdm_mask|>",
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    )
     tokenizer.chat_template = LLADA_CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)
     _write_weights(folder, "AutoModel", seed)
@@ -164,7 +203,8 @@ def build_llada(parent: Path, seed: int = 0) -> Path:
 DREAM_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"]
 DREAM_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 DREAM_PADDED_ROWS = 4  # embedding rows past the tokenizer, as Qwen-based checkpoints have
 
 
@@ -175,22 +215,49 @@ def build_dream(parent: Path, seed: int = 0) -> Path:
 
     folder = unique(parent, "dream")
     _copy_code("dream", folder)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_byte_bpe(DREAM_SPECIALS), eos_token="<|endoftext|>",
-                                        pad_token="<|endoftext|>", mask_token="<|mask|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_byte_bpe(DREAM_SPECIALS),
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        mask_token="<|mask|>",
+    )
     tokenizer.chat_template = DREAM_CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)
     mask_id, eos_id = tokenizer.mask_token_id, tokenizer.eos_token_id
-    config = {"model_type": "Dream", "architectures": ["DreamModel"],
-              "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
-              "vocab_size": len(tokenizer) + DREAM_PADDED_ROWS, "hidden_size": 16, "intermediate_size": 32,
-              "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
-              "max_position_embeddings": 48, "rope_theta": 10000.0, "rope_scaling": None,
-              "tie_word_embeddings": False, "mask_token_id": mask_id, "pad_token_id": eos_id,
-              "eos_token_id": eos_id, "bos_token_id": eos_id}
+    config = {
+        "model_type": "Dream",
+        "architectures": ["DreamModel"],
+        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+        "vocab_size": len(tokenizer) + DREAM_PADDED_ROWS,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 48,
+        "rope_theta": 10000.0,
+        "rope_scaling": None,
+        "tie_word_embeddings": False,
+        "mask_token_id": mask_id,
+        "pad_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "bos_token_id": eos_id,
+    }
     (folder / "config.json").write_text(json.dumps(config, indent=1))
-    (folder / "generation_config.json").write_text(json.dumps(
-        {"mask_token_id": mask_id, "pad_token_id": eos_id, "eos_token_id": eos_id, "bos_token_id": eos_id,
-         "alg": "entropy", "steps": 16, "transformers_version": "4.46.2"}, indent=1))
+    (folder / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "mask_token_id": mask_id,
+                "pad_token_id": eos_id,
+                "eos_token_id": eos_id,
+                "bos_token_id": eos_id,
+                "alg": "entropy",
+                "steps": 16,
+                "transformers_version": "4.46.2",
+            },
+            indent=1,
+        )
+    )
     _write_weights(folder, "AutoModel", seed)
     return folder
 
@@ -203,14 +270,23 @@ def build_mdlm(parent: Path, seed: int = 0) -> Path:
 
     folder = unique(parent, "mdlm")
     _copy_code("mdlm", folder)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=_byte_bpe(["<|endoftext|>"], 300),
-                                        bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_byte_bpe(["<|endoftext|>"], 300), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
     tokenizer.save_pretrained(folder)
-    config = {"model_type": "mdlm", "architectures": ["MDLM"],
-              "auto_map": {"AutoConfig": "configuration_mdlm.MDLMConfig",
-                           "AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
-              "vocab_size": len(tokenizer) + 1, "model_length": 48, "hidden_dim": 16, "cond_dim": 8,
-              "n_blocks": 1, "n_heads": 2, "dropout": 0.0, "time_conditioning": True}
+    config = {
+        "model_type": "mdlm",
+        "architectures": ["MDLM"],
+        "auto_map": {"AutoConfig": "configuration_mdlm.MDLMConfig", "AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
+        "vocab_size": len(tokenizer) + 1,
+        "model_length": 48,
+        "hidden_dim": 16,
+        "cond_dim": 8,
+        "n_blocks": 1,
+        "n_heads": 2,
+        "dropout": 0.0,
+        "time_conditioning": True,
+    }
     (folder / "config.json").write_text(json.dumps(config, indent=1))
     _write_weights(folder, "AutoModelForMaskedLM", seed)
     return folder

@@ -13,6 +13,7 @@ with the reason, so the caller can skip or fail.
 
     python tests/pg_server.py        # start one, print its URL, stop it on Enter
 """
+
 from __future__ import annotations
 
 import atexit
@@ -47,8 +48,10 @@ def find_bindir() -> Path:
     for directory in candidates:
         if (directory / "initdb").is_file() and (directory / "pg_ctl").is_file():
             return directory
-    raise PostgresUnavailable("no PostgreSQL server binaries (initdb, pg_ctl) found in /usr/lib/postgresql/*/bin "
-                              f"or on $PATH; install Debian's `postgresql` package (or set ${BIN_ENV})")
+    raise PostgresUnavailable(
+        "no PostgreSQL server binaries (initdb, pg_ctl) found in /usr/lib/postgresql/*/bin "
+        f"or on $PATH; install Debian's `postgresql` package (or set ${BIN_ENV})"
+    )
 
 
 def _version_key(name: str) -> tuple:
@@ -64,8 +67,10 @@ def _server_user() -> pwd.struct_passwd | None:
             return pwd.getpwnam(name)
         except KeyError:
             continue
-    raise PostgresUnavailable("running as root, and neither a `postgres` nor a `nobody` user exists to run "
-                              "the PostgreSQL server as (initdb refuses root)")
+    raise PostgresUnavailable(
+        "running as root, and neither a `postgres` nor a `nobody` user exists to run "
+        "the PostgreSQL server as (initdb refuses root)"
+    )
 
 
 def _free_port() -> int:
@@ -84,7 +89,7 @@ class PostgresServer:
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @classmethod
-    def start(cls, attempts: int = 3) -> "PostgresServer":
+    def start(cls, attempts: int = 3) -> PostgresServer:
         try:
             import psycopg  # noqa: F401  (the driver the store's URLs name)
         except ImportError:
@@ -95,13 +100,32 @@ class PostgresServer:
             if user is not None:
                 os.chown(root, user.pw_uid, user.pw_gid)
             server = cls(bindir, root, 0, user)
-            server._run("initdb", "-D", str(server.data), "--username=postgres", "--auth=trust",
-                        "--encoding=UTF8", "--locale=C", "--no-sync")
+            server._run(
+                "initdb",
+                "-D",
+                str(server.data),
+                "--username=postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
             for attempt in range(attempts):  # the free port may be taken before the server binds it
                 server.port = _free_port()
                 try:
-                    server._run("pg_ctl", "-D", str(server.data), "-l", str(server.log), "-w", "-t", "60",
-                                "-o", server._options(), "start")
+                    server._run(
+                        "pg_ctl",
+                        "-D",
+                        str(server.data),
+                        "-l",
+                        str(server.log),
+                        "-w",
+                        "-t",
+                        "60",
+                        "-o",
+                        server._options(),
+                        "start",
+                    )
                     break
                 except PostgresUnavailable:
                     if attempt == attempts - 1:
@@ -113,9 +137,16 @@ class PostgresServer:
             raise
 
     def _options(self) -> str:
-        settings = {"listen_addresses": "127.0.0.1", "port": self.port, "unix_socket_directories": self.root,
-                    "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-                    "timezone": SERVER_TIMEZONE, "max_connections": 200}
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": self.port,
+            "unix_socket_directories": self.root,
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "timezone": SERVER_TIMEZONE,
+            "max_connections": 200,
+        }
         return " ".join(f"-c {key}={value}" for key, value in settings.items())
 
     def _run(self, program: str, *args: str) -> None:
@@ -124,12 +155,21 @@ class PostgresServer:
             kwargs = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
         env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
         env.pop("PGDATA", None)
-        done = subprocess.run([str(self.bindir / program), *args], cwd=self.root, env=env, capture_output=True,
-                              text=True, timeout=120, **kwargs)
+        done = subprocess.run(
+            [str(self.bindir / program), *args],
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **kwargs,
+        )
         if done.returncode != 0:
             log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-            raise PostgresUnavailable(f"{program} failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
-                                      + (f"\nserver log:\n{log}" if log else ""))
+            raise PostgresUnavailable(
+                f"{program} failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
+                + (f"\nserver log:\n{log}" if log else "")
+            )
 
     def stop(self) -> None:
         """Stop the server and delete its directory (again: a no-op)."""
@@ -148,9 +188,11 @@ class PostgresServer:
 
     def _connection(self):
         import psycopg
+
         if self._admin is None or self._admin.closed:
-            self._admin = psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                                          autocommit=True)
+            self._admin = psycopg.connect(
+                host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+            )
         return self._admin
 
     def create_database(self) -> tuple[str, str]:

@@ -9,6 +9,7 @@ They keep the originals' structure (whole-sequence top-k with -inf outside the b
 softmax of un-noised logits, float64 Gumbel noise) so that the engine can be compared token
 for token. `model` is any callable ids (1, L) -> logits (1, L, V).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,9 @@ def get_num_transfer_tokens(mask_index, steps):
 
 
 @torch.no_grad()
-def llada_generate(model, prompt, steps, gen_length, block_length, temperature=0.0,
-                   remasking="low_confidence", mask_id=1):
+def llada_generate(
+    model, prompt, steps, gen_length, block_length, temperature=0.0, remasking="low_confidence", mask_id=1
+):
     x = torch.full((1, prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
     x[:, : prompt.shape[1]] = prompt.clone()
     assert gen_length % block_length == 0
@@ -45,8 +47,10 @@ def llada_generate(model, prompt, steps, gen_length, block_length, temperature=0
     assert steps % num_blocks == 0
     steps = steps // num_blocks
     for num_block in range(num_blocks):
-        block_mask_index = x[:, prompt.shape[1] + num_block * block_length:
-                             prompt.shape[1] + (num_block + 1) * block_length] == mask_id
+        block_mask_index = (
+            x[:, prompt.shape[1] + num_block * block_length : prompt.shape[1] + (num_block + 1) * block_length]
+            == mask_id
+        )
         num_transfer_tokens = get_num_transfer_tokens(block_mask_index, steps)
         for i in range(steps):
             mask_index = x == mask_id
@@ -58,7 +62,7 @@ def llada_generate(model, prompt, steps, gen_length, block_length, temperature=0
                 x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)
             else:
                 raise NotImplementedError(remasking)
-            x0_p[:, prompt.shape[1] + (num_block + 1) * block_length:] = -np.inf
+            x0_p[:, prompt.shape[1] + (num_block + 1) * block_length :] = -np.inf
             x0 = torch.where(mask_index, x0, x)
             confidence = torch.where(mask_index, x0_p, -np.inf)
             transfer_index = torch.zeros_like(x0, dtype=torch.bool)
@@ -90,8 +94,7 @@ def get_transfer_index(logits, temperature, mask_index, x, num_transfer_tokens, 
 
 
 @torch.no_grad()
-def fast_dllm_generate(model, prompt, steps, gen_length, block_length, temperature=0.0,
-                       mask_id=1, threshold=None):
+def fast_dllm_generate(model, prompt, steps, gen_length, block_length, temperature=0.0, mask_id=1, threshold=None):
     """Returns (x, number of forward passes)."""
     x = torch.full((1, prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
     x[:, : prompt.shape[1]] = prompt.clone()
@@ -99,21 +102,85 @@ def fast_dllm_generate(model, prompt, steps, gen_length, block_length, temperatu
     steps = steps // num_blocks
     nfe = 0
     for num_block in range(num_blocks):
-        block_mask_index = x[:, prompt.shape[1] + num_block * block_length:
-                             prompt.shape[1] + (num_block + 1) * block_length] == mask_id
+        block_mask_index = (
+            x[:, prompt.shape[1] + num_block * block_length : prompt.shape[1] + (num_block + 1) * block_length]
+            == mask_id
+        )
         num_transfer_tokens = get_num_transfer_tokens(block_mask_index, steps)
         i = 0
         while True:
             nfe += 1
             mask_index = x == mask_id
             logits = model(x)
-            mask_index[:, prompt.shape[1] + (num_block + 1) * block_length:] = 0
+            mask_index[:, prompt.shape[1] + (num_block + 1) * block_length :] = 0
             x0, transfer_index = get_transfer_index(
-                logits, temperature, mask_index, x,
-                num_transfer_tokens[:, i] if threshold is None else None, threshold)
+                logits, temperature, mask_index, x, num_transfer_tokens[:, i] if threshold is None else None, threshold
+            )
             x[transfer_index] = x0[transfer_index]
             i += 1
-            if (x[:, prompt.shape[1] + num_block * block_length:
-                  prompt.shape[1] + (num_block + 1) * block_length] == mask_id).sum() == 0:
+            if (
+                x[:, prompt.shape[1] + num_block * block_length : prompt.shape[1] + (num_block + 1) * block_length]
+                == mask_id
+            ).sum() == 0:
                 break
     return x, nfe
+
+
+def llada_select(x0_p, mask_index, prompt_length, block_end, k):
+    """LLaDA `generate()`'s choice of the positions to commit, line by line: the confidence row of
+    the whole prompt + generation, -inf right of the block and at every unmasked position, and
+    `torch.topk` over that row. x0_p, mask_index (1, L). Returns the chosen indices into the row."""
+    x0_p = x0_p.clone()
+    x0_p[:, prompt_length + block_end :] = -np.inf
+    confidence = torch.where(mask_index, x0_p, -np.inf)
+    _, select_index = torch.topk(confidence[0], k=k)
+    return select_index
+
+
+def dream_sample_tokens(logits, margin_confidence=False, neg_entropy=False):
+    """Dream's `sample_tokens` at temperature 0 (no top-p / top-k): (confidence, x0)."""
+    probs = torch.softmax(logits, dim=-1)
+    confidence, x0 = probs.max(dim=-1)
+    if margin_confidence:
+        sorted_probs, _ = torch.sort(probs, dim=-1, descending=True)
+        confidence = sorted_probs[:, 0] - sorted_probs[:, 1]
+    if neg_entropy:
+        epsilon = 1e-10
+        log_probs = torch.log(probs + epsilon)
+        confidence = torch.sum(probs * log_probs, dim=-1)
+    return confidence, x0
+
+
+@torch.no_grad()
+def dream_sample(model, prompt, steps, gen_length, alg="maskgit_plus", mask_id=1, eps=1e-3):
+    """Dream's `_sample` (Dream-org/Dream-v0-Base-7B generation_utils.py) at temperature 0 with
+    alg_temp 0, line by line. `model` gives logits already aligned to positions (the Dream adapter
+    shifts them right by one, as `_sample` does). Returns (x, the number of steps run)."""
+    x = torch.full((1, prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
+    x[:, : prompt.shape[1]] = prompt.clone()
+    timesteps = torch.linspace(1, eps, steps + 1)
+    for i in range(steps):
+        mask_index = x == mask_id
+        logits = model(x)
+        mask_logits = logits[mask_index]
+        t = timesteps[i]
+        s = timesteps[i + 1]
+        if alg == "maskgit_plus":
+            confidence, x0 = dream_sample_tokens(mask_logits)
+        elif alg == "topk_margin":
+            confidence, x0 = dream_sample_tokens(mask_logits, margin_confidence=True)
+        elif alg == "entropy":
+            confidence, x0 = dream_sample_tokens(mask_logits, neg_entropy=True)
+        else:
+            raise NotImplementedError(alg)
+        num_mask_token = mask_index.sum() / mask_index.shape[0]
+        number_transfer_tokens = int(num_mask_token * (1 - s / t)) if i < steps - 1 else int(num_mask_token)
+        full_confidence = torch.full_like(x, -torch.inf, dtype=logits.dtype)
+        full_confidence[mask_index] = confidence
+        if number_transfer_tokens > 0:
+            _, transfer_index = torch.topk(full_confidence, number_transfer_tokens)
+            x_ = torch.zeros_like(x, dtype=torch.long) + mask_id
+            x_[mask_index] = x0.clone()
+            row_indices = torch.arange(x.size(0)).unsqueeze(1).expand_as(transfer_index)
+            x[row_indices, transfer_index] = x_[row_indices, transfer_index]
+    return x, steps

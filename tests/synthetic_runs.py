@@ -1,17 +1,19 @@
 """Test helpers: synthetic StepRecords and RunArrays (no model), and a stop-after-N callback."""
+
 from __future__ import annotations
 
 import numpy as np
 
-from explorer.callbacks import StopFlag
-from explorer.records import StepRecord
-from explorer.trajectory import RunArrays
+from explorer.decoding.callbacks import StopFlag
+from explorer.decoding.records import StepRecord
+from explorer.store.arrays import RunArrays
 
 MASK_ID = 1
 
 
-def synthetic_records(G: int, S: int, seed: int = 0, order: np.ndarray | None = None,
-                      vocab: int = 50) -> list[StepRecord]:
+def synthetic_records(
+    G: int, S: int, seed: int = 0, order: np.ndarray | None = None, vocab: int = 50
+) -> list[StepRecord]:
     """S steps committing all G positions (in `order`, default a random permutation), with
     LLaDA's near-even split of G over S steps; metrics are random but valid."""
     rng = np.random.default_rng(seed)
@@ -20,22 +22,35 @@ def synthetic_records(G: int, S: int, seed: int = 0, order: np.ndarray | None = 
     bounds = np.cumsum([0, *counts])
     records, masked = [], G
     for step in range(S):
-        committed = np.sort(order[bounds[step]:bounds[step + 1]]).astype(np.int64)  # (n,)
+        committed = np.sort(order[bounds[step] : bounds[step + 1]]).astype(np.int64)  # (n,)
         n = committed.size
         top_probs = np.sort(rng.random((n, 3), dtype=np.float32), axis=1)[:, ::-1].copy()  # (n, 3)
         top_ids = rng.integers(3, vocab, size=(n, 3)).astype(np.int64)  # (n, 3)
         confidence = rng.random(G, dtype=np.float32)  # (G,)
-        records.append(StepRecord(
-            step=step, block=0, committed=committed, tokens=top_ids[:, 0].copy(), probs=top_probs[:, 0].copy(),
-            top_ids=top_ids, top_probs=top_probs, argmax=rng.integers(3, vocab, size=G).astype(np.int32),
-            confidence=confidence, entropy=rng.random(G, dtype=np.float32) * 3,
-            margin=confidence * rng.random(G, dtype=np.float32), masked_before=masked, seconds=0.0))
+        records.append(
+            StepRecord(
+                step=step,
+                block=0,
+                committed=committed,
+                tokens=top_ids[:, 0].copy(),
+                probs=top_probs[:, 0].copy(),
+                top_ids=top_ids,
+                top_probs=top_probs,
+                argmax=rng.integers(3, vocab, size=G).astype(np.int32),
+                confidence=confidence,
+                entropy=rng.random(G, dtype=np.float32) * 3,
+                margin=confidence * rng.random(G, dtype=np.float32),
+                masked_before=masked,
+                seconds=0.0,
+            )
+        )
         masked -= n
     return records
 
 
-def synthetic_arrays(G: int, S: int, seed: int = 0, order: np.ndarray | None = None,
-                     run_id: int | None = 1) -> RunArrays:
+def synthetic_arrays(
+    G: int, S: int, seed: int = 0, order: np.ndarray | None = None, run_id: int | None = 1
+) -> RunArrays:
     run = {"gen_length": G, "mask_id": MASK_ID}
     if run_id is not None:
         run["id"] = run_id

@@ -4,6 +4,7 @@ Everything goes through the real `from_pretrained` path from a local folder; not
 downloaded. The remote-code families load the small modeling files of tests/hf_models, which are
 written as the published code is, so the transformers-5 bridges are exercised.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,17 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-import fixtures_hf as F  # noqa: E402
-from explorer.adapters import RemoteCodeNotAllowedError, describe_model, load_denoiser  # noqa: E402
-from explorer.api import decode  # noqa: E402
-from explorer.hf_adapters import (DEFAULT_MASK_IDS, LLADA_EOS_ID, LLADA_EOT_ID, ModelLoadError,  # noqa: E402
-                                  resolve_device, resolve_dtype)
-from explorer.model_config import parse_registry  # noqa: E402
+import fixtures_hf as F
+
+from explorer.adapters.devices import resolve_device, resolve_dtype
+from explorer.adapters.errors import (
+    ModelLoadError,
+    RemoteCodeNotAllowedError,
+)
+from explorer.adapters.hf import DEFAULT_MASK_IDS, LLADA_EOS_ID, LLADA_EOT_ID
+from explorer.adapters.loading import describe_model, load_denoiser
+from explorer.adapters.registry import parse_registry
+from explorer.api import decode
 
 TF5 = int(transformers.__version__.split(".")[0]) >= 5
 # The mimics call rope_config_validation / set rope_scaling as Dream's published code does.
@@ -35,8 +41,13 @@ def _offline(monkeypatch):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     parent = tmp_path_factory.mktemp("hf")
-    yield {"bert": F.build_bert(parent), "llada": F.build_llada(parent), "dream": F.build_dream(parent),
-           "mdlm": F.build_mdlm(parent), "parent": parent}
+    yield {
+        "bert": F.build_bert(parent),
+        "llada": F.build_llada(parent),
+        "dream": F.build_dream(parent),
+        "mdlm": F.build_mdlm(parent),
+        "parent": parent,
+    }
     F.remove_dynamic_modules()
 
 
@@ -119,8 +130,9 @@ def test_bert_describe_matches_the_loaded_model(bert):
 
 
 def test_dtype_and_device_come_from_the_configuration(folders):
-    reg = registry({"name": "b", "family": "masked_lm", "path": str(folders["bert"]), "device": "cpu",
-                    "dtype": "bfloat16"})
+    reg = registry(
+        {"name": "b", "family": "masked_lm", "path": str(folders["bert"]), "device": "cpu", "dtype": "bfloat16"}
+    )
     d = load_denoiser("b", registry=reg)
     assert d.dtype == torch.bfloat16
     out = d.logits(torch.tensor([d.encode("once upon") + [d.mask_id] * 2]))
@@ -155,8 +167,15 @@ def test_llada_is_refused_without_trust_remote_code_and_runs_no_code(folders):
 
 @pytest.fixture(scope="module")
 def llada(folders):
-    reg = registry({"name": "llada-tiny", "family": "llada", "path": str(folders["llada"]), "device": "cpu",
-                    "trust_remote_code": True})
+    reg = registry(
+        {
+            "name": "llada-tiny",
+            "family": "llada",
+            "path": str(folders["llada"]),
+            "device": "cpu",
+            "trust_remote_code": True,
+        }
+    )
     return load_denoiser("llada-tiny", registry=reg), reg
 
 
@@ -193,16 +212,27 @@ def test_llada_decodes_end_to_end(llada):
 
 
 def test_llada_chat_template_when_configured(folders):
-    reg = registry({"name": "llada-chat", "family": "llada", "path": str(folders["llada"]), "device": "cpu",
-                    "trust_remote_code": True, "chat": True})
+    reg = registry(
+        {
+            "name": "llada-chat",
+            "family": "llada",
+            "path": str(folders["llada"]),
+            "device": "cpu",
+            "trust_remote_code": True,
+            "chat": True,
+        }
+    )
     d = load_denoiser("llada-chat", registry=reg)
     if TF5:  # the class was adapted by an earlier load; its bridges are still reported
         assert {"all_tied_weights_keys", "tie_weights(**kwargs)", "config.use_cache"} <= set(d.bridges)
     ids = d.encode("once upon a time")
     tok = d.tokenizer
-    expected = tok(tok.apply_chat_template([{"role": "user", "content": "once upon a time"}],
-                                           add_generation_prompt=True, tokenize=False),
-                   add_special_tokens=False)["input_ids"]
+    expected = tok(
+        tok.apply_chat_template(
+            [{"role": "user", "content": "once upon a time"}], add_generation_prompt=True, tokenize=False
+        ),
+        add_special_tokens=False,
+    )["input_ids"]
     assert ids == expected
     assert ids[0] == F.LLADA_IDS["<|startoftext|>"] and ids[-1] == F.LLADA_IDS["<|end_header_id|>"]
     assert LLADA_EOT_ID in ids  # the user turn ends with <|eot_id|>
@@ -216,7 +246,11 @@ def test_each_llada_bridge_is_needed_on_transformers_5(folders):
     section 2 measured, and uncovers the next."""
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    from explorer.hf_bridges import bridge_all_tied_weights_keys, bridge_tie_weights_signature, bridge_use_cache
+    from explorer.adapters.hf_bridges import (
+        bridge_all_tied_weights_keys,
+        bridge_tie_weights_signature,
+        bridge_use_cache,
+    )
 
     folder = fresh_copy(folders["llada"], folders["parent"], "llada_unbridged")
     with pytest.raises(AttributeError, match="all_tied_weights_keys"):
@@ -238,8 +272,15 @@ def test_each_llada_bridge_is_needed_on_transformers_5(folders):
 # ---- dream -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dream(folders):
-    reg = registry({"name": "dream-tiny", "family": "dream", "path": str(folders["dream"]), "device": "cpu",
-                    "trust_remote_code": True})
+    reg = registry(
+        {
+            "name": "dream-tiny",
+            "family": "dream",
+            "path": str(folders["dream"]),
+            "device": "cpu",
+            "trust_remote_code": True,
+        }
+    )
     return load_denoiser("dream-tiny", registry=reg), reg
 
 
@@ -278,8 +319,11 @@ def test_dream_decodes_end_to_end(dream):
 def test_each_dream_bridge_is_needed_on_transformers_5(folders):
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    from explorer.hf_bridges import (bridge_generation_config_validate, bridge_non_persistent_buffers,
-                                      bridge_rope_default)
+    from explorer.adapters.hf_bridges import (
+        bridge_generation_config_validate,
+        bridge_non_persistent_buffers,
+        bridge_rope_default,
+    )
 
     folder = fresh_copy(folders["dream"], folders["parent"], "dream_unbridged")
     with pytest.raises(KeyError, match="default"):
@@ -289,7 +333,7 @@ def test_each_dream_bridge_is_needed_on_transformers_5(folders):
     module = sys.modules[cls.__module__]
     assert bridge_rope_default(module) and not bridge_rope_default(module)
     assert "default" not in transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS  # transformers' own table untouched
-    with pytest.raises(TypeError, match="user_set_attributes|strict"):
+    with pytest.raises(TypeError, match=r"user_set_attributes|strict"):
         cls.from_pretrained(folder, config=config)
     assert bridge_generation_config_validate(module)
     model = cls.from_pretrained(folder, config=config)
@@ -297,7 +341,7 @@ def test_each_dream_bridge_is_needed_on_transformers_5(folders):
     expected = torch.tensor([1.0, 0.1, 0.01, 0.001])
     rotary = model.model.rotary_emb
     assert rotary.original_inv_freq.is_meta  # the buffer was built on the meta device and refilled
-    with torch.no_grad():                    # with torch.empty_like: it holds whatever memory held,
+    with torch.no_grad():  # with torch.empty_like: it holds whatever memory held,
         rotary.inv_freq.fill_(float("nan"))  # e.g. this
     assert bridge_non_persistent_buffers(model, cls) == ["model.rotary_emb.inv_freq"]
     assert torch.equal(rotary.inv_freq, expected) and rotary.original_inv_freq is rotary.inv_freq
@@ -308,8 +352,16 @@ def test_each_dream_bridge_is_needed_on_transformers_5(folders):
 @pytest.fixture(scope="module")
 def mdlm(folders):
     tokenizer = transformers.AutoTokenizer.from_pretrained(folders["mdlm"], trust_remote_code=False)
-    reg = registry({"name": "mdlm-tiny", "family": "mdlm", "path": str(folders["mdlm"]), "device": "cpu",
-                    "trust_remote_code": True, "mask_id": len(tokenizer)})
+    reg = registry(
+        {
+            "name": "mdlm-tiny",
+            "family": "mdlm",
+            "path": str(folders["mdlm"]),
+            "device": "cpu",
+            "trust_remote_code": True,
+            "mask_id": len(tokenizer),
+        }
+    )
     return load_denoiser("mdlm-tiny", registry=reg), reg
 
 
@@ -331,9 +383,11 @@ def test_mdlm_timestep_follows_the_decode(mdlm):
     d, _ = mdlm
     seen = []
     hook = d.model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append((kwargs["timesteps"].item(),
-                                                  (kwargs["input_ids"] == d.mask_id).float().mean().item())),
-        with_kwargs=True)
+        lambda module, args, kwargs: seen.append(
+            (kwargs["timesteps"].item(), (kwargs["input_ids"] == d.mask_id).float().mean().item())
+        ),
+        with_kwargs=True,
+    )
     try:
         masked_positions_decode(d)
     finally:
@@ -347,9 +401,8 @@ def test_mdlm_timestep_follows_the_decode(mdlm):
 
 def test_mdlm_default_mask_id_outside_a_small_vocabulary_is_a_clear_error(folders):
     assert DEFAULT_MASK_IDS["mdlm"] == 50257
-    reg = registry({"name": "mdlm-default", "family": "mdlm", "path": str(folders["mdlm"]),
-                    "trust_remote_code": True})
-    with pytest.raises(ModelLoadError, match="mask id 50257 is outside the model's vocabulary.*set mask_id"):
+    reg = registry({"name": "mdlm-default", "family": "mdlm", "path": str(folders["mdlm"]), "trust_remote_code": True})
+    with pytest.raises(ModelLoadError, match=r"mask id 50257 is outside the model's vocabulary.*set mask_id"):
         describe_model("mdlm-default", registry=reg)
 
 
@@ -363,38 +416,54 @@ def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_cli_decodes_a_model_listed_in_the_flags_file(folders, tmp_path, capsys):
     from explorer.cli import main as cli_main
 
-    config = F.write_config(tmp_path / "models.json", [
-        {"name": "tiny-bert", "family": "masked_lm", "path": str(folders["bert"]), "device": "cpu"}])
-    code = cli_main(["decode", "--models-config", str(config), "--model", "tiny-bert", "--prompt", "once upon a time",
-                     "--gen-length", "8", "--steps", "4", "--no-store", "--json"])
+    config = F.write_config(
+        tmp_path / "models.json",
+        [{"name": "tiny-bert", "family": "masked_lm", "path": str(folders["bert"]), "device": "cpu"}],
+    )
+    code = cli_main(
+        [
+            "decode",
+            "--models-config",
+            str(config),
+            "--model",
+            "tiny-bert",
+            "--prompt",
+            "once upon a time",
+            "--gen-length",
+            "8",
+            "--steps",
+            "4",
+            "--no-store",
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["steps"]) == 4 and len(out["token_ids"]) == 8 and out["mask_id"] not in out["token_ids"]
 
 
-def test_a_worker_process_serves_a_model_from_the_installed_configuration(folders, tmp_path, monkeypatch):
-    """`use_models_config` exports the file's path, so a spawned model worker offers the same models."""
-    from explorer import model_config as mc
-    from explorer.config import DecodeConfig
+def test_a_worker_process_serves_a_model_from_the_registry_it_is_given(folders, tmp_path, monkeypatch):
+    """The pool hands its registry to the worker processes it spawns, so they offer the same models
+    (nothing is read from the environment in the worker)."""
+    from explorer.adapters import registry as mc
+    from explorer.decoding.config import DecodeConfig
+    from explorer.jobs import JobDone, StepDone
     from explorer.worker import WorkerPool
 
-    config = F.write_config(tmp_path / "models.json", [
-        {"name": "tiny-bert", "family": "masked_lm", "path": str(folders["bert"]), "device": "cpu"}])
+    config = F.write_config(
+        tmp_path / "models.json",
+        [{"name": "tiny-bert", "family": "masked_lm", "path": str(folders["bert"]), "device": "cpu"}],
+    )
     monkeypatch.delenv(mc.ENV_VAR, raising=False)
-    try:
-        mc.use_models_config(config)
-        pool = WorkerPool(f"sqlite:///{tmp_path}/w.db", n_workers=1, threads=1, preload=())
-    finally:
-        mc.reset_active_registry()
+    pool = WorkerPool(f"sqlite:///{tmp_path}/w.db", mc.load_registry(config), n_workers=1, threads=1, preload=())
     try:
         handle = pool.submit("once upon a time", "tiny-bert", DecodeConfig(gen_length=8, steps=4))
         events = list(handle.iter_events(timeout=120))
     finally:
         pool.shutdown()
-        monkeypatch.delenv(mc.ENV_VAR, raising=False)
-    assert [k for k, _ in events].count("step") == 4
-    kind, result = events[-1]
-    assert kind == "done" and result.status == "completed" and result.n_steps == 4
+    assert [type(e) for e in events].count(StepDone) == 4
+    done = events[-1]
+    assert isinstance(done, JobDone) and done.result.status == "completed" and done.result.n_steps == 4
 
 
 def test_chat_without_a_chat_template_is_a_clear_error(folders, tmp_path):
@@ -404,7 +473,8 @@ def test_chat_without_a_chat_template_is_a_clear_error(folders, tmp_path):
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     for extra in ("chat_template.jinja", "chat_template.json"):
         (folder / extra).unlink(missing_ok=True)
-    reg = registry({"name": "llada-chat", "family": "llada", "path": str(folder), "trust_remote_code": True,
-                    "chat": True})
-    with pytest.raises(ModelLoadError, match="'llada-chat': chat is set .* no chat template"):
+    reg = registry(
+        {"name": "llada-chat", "family": "llada", "path": str(folder), "trust_remote_code": True, "chat": True}
+    )
+    with pytest.raises(ModelLoadError, match=r"'llada-chat': chat is set .* no chat template"):
         describe_model("llada-chat", registry=reg)

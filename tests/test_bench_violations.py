@@ -1,5 +1,6 @@
 """bench/bench_violations.py runs end to end on the embedded model at a tiny setting and prints (and
 writes as JSON) every table it promises. No timing is asserted."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,8 +21,22 @@ def load_bench():
 def test_tiny_run_prints_every_table_and_writes_the_json(tmp_path, capsys):
     out_json = tmp_path / "v.json"
     bench = load_bench()
-    argv = ["--repeats", "1", "--warmup", "0", "--ns", "2", "3", "--lengths", "12", "16", "--k", "2",
-            "--json", str(out_json)]
+    argv = [
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--ns",
+        "2",
+        "3",
+        "--lengths",
+        "12",
+        "16",
+        "--k",
+        "2",
+        "--json",
+        str(out_json),
+    ]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("command: python bench/bench_violations.py --repeats 1")
@@ -29,11 +44,18 @@ def test_tiny_run_prints_every_table_and_writes_the_json(tmp_path, capsys):
     number = r"\d+\.\d+"
     for length in (12, 16):
         for n in (2, 3):
-            assert re.search(rf"^ +{length} +{n} +{number} +{number} +{number} +{number}x +{number}x +{number}x +{number}x",
-                             out, re.MULTILINE), (length, n, out)
+            assert re.search(
+                rf"^ +{length} +{n} +{number} +{number} +{number} +{number}x +{number}x +{number}x +{number}x",
+                out,
+                re.MULTILINE,
+            ), (length, n, out)
             uni_sequences = 2 * (n - 1)  # k (n - 1) chain sequences; the AR energy runs k = 2
-            assert re.search(rf"^ +{length} +{n} +{number} +{number} +{number}x +2 +{number} +{number}x "
-                             rf"+{uni_sequences}$", out, re.MULTILINE), (length, n, out)
+            assert re.search(
+                rf"^ +{length} +{n} +{number} +{number} +{number}x +2 +{number} +{number}x "
+                rf"+{uni_sequences}$",
+                out,
+                re.MULTILINE,
+            ), (length, n, out)
         assert re.search(rf"^ +{length} +{number} +{number} +{number} +{number}x +{number}x$", out, re.MULTILINE), out
     assert re.search(r"^worst \(c\)/\(b\) = \d+\.\d+x at L=\d+, n=\d+ \(target <= 1\.10x\)", out, re.MULTILINE), out
 
@@ -46,6 +68,10 @@ def test_tiny_run_prints_every_table_and_writes_the_json(tmp_path, capsys):
         assert {"a_ms", "b_ms", "c_ms", "c_over_b", "c_over_b_paired", "c_over_a"} <= r.keys()
         assert all(len(ts) == 1 for ts in r["runs_ms"].values())
     assert [(r["n"], r["ar_sequences"], r["uni_sequences"]) for r in report["energy_stage"]] == [
-        (2, 2, 2), (3, 2, 4), (2, 2, 2), (3, 2, 4)]  # AR: k sequences; Uni-E: k (n - 1)
+        (2, 2, 2),
+        (3, 2, 4),
+        (2, 2, 2),
+        (3, 2, 4),
+    ]  # AR: k sequences; Uni-E: k (n - 1)
     assert [r["length"] for r in report["ar_pass"]] == [12, 16]
     assert all(r["batched_ms"] > 0 and r["singles_ms"] > 0 for r in report["ar_pass"])

@@ -7,8 +7,10 @@ the module; each test opens its own page. Screenshots go to $EXPLORER_ARTIFACTS 
 tests/artifacts/): decode_mid_run.png, decode_after_run.png, decode_scrubbed.png,
 runs_tab.png, compare_tab.png, energies_violations.png and energies.png (a run with Uni-E),
 violations.png (the violations and energies section of the two-full-stops preset),
-violations_full.png, remasking.png and remasking_tokens.png (the RCR preset). Skipped when /usr/bin/chromium or playwright is missing.
+violations_full.png, remasking.png and remasking_tokens.png (the RCR preset).
+Skipped when /usr/bin/chromium or playwright is missing.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,16 +25,22 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from gradio_client import Client  # noqa: E402
+from app_server import decode_args, running_app
+from gradio_client import Client
 
-from app_server import decode_args, running_app  # noqa: E402
-from explorer.bundle import export_run, import_run  # noqa: E402
+from explorer.store.bundle import export_run, import_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 
 ARTIFACTS = Path(os.environ.get("EXPLORER_ARTIFACTS", Path(__file__).resolve().parent / "artifacts"))
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 VIEWPORT = {"width": 1400, "height": 900}
 TIMEOUT_MS = 30_000
 
@@ -53,6 +61,7 @@ NO_INJECTION_JS = """() => ({xss: typeof window.__xss === 'undefined' ? null : w
 
 
 # ---- fixtures ------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -96,8 +105,9 @@ def two_runs(server):
     client = Client(server[1], verbose=False)
     ids = []
     for strategy in ("low_confidence", "margin"):
-        status = client.predict(*decode_args(prompt="once upon a time", strategy=strategy, gen_length=32, steps=16),
-                                api_name="/decode")[0]
+        status = client.predict(
+            *decode_args(prompt="once upon a time", strategy=strategy, gen_length=32, steps=16), api_name="/decode"
+        )[0]
         match = re.search(r"run (\d+) · completed", status)
         assert match, status
         ids.append(int(match.group(1)))
@@ -105,6 +115,7 @@ def two_runs(server):
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+
 
 def set_number(page, selector: str, value) -> None:
     page.fill(selector, str(value))
@@ -151,6 +162,7 @@ def wait_completed(page) -> dict:
 
 
 # ---- tests ---------------------------------------------------------------------------------------
+
 
 def test_decode_live_scrub_and_tooltip(page, artifacts):
     set_number(page, "#gen-length input", 64)
@@ -283,15 +295,19 @@ def test_stored_token_and_prompt_markup_are_shown_as_text(page, server, two_runs
 
 # ---- energies, dependency violations, re-masking ------------------------------------------------------
 
+
 def run_and_wait(page) -> str:
     """Press Run and wait until the status names a newly completed run; its status line. (The
     status keeps the last run's line under Gradio's progress overlay while the next one starts.)"""
     before = re.search(r"run (\d+) · ", page.inner_text("#status"))
     previous = before.group(1) if before else ""
     page.click("#run-btn")
-    page.wait_for_function(f"""() => {{ const m = document.querySelector('#status').innerText
+    page.wait_for_function(
+        f"""() => {{ const m = document.querySelector('#status').innerText
                                                 .match(/run (\\d+) · completed/);
-        return m !== null && m[1] !== '{previous}'; }}""", timeout=120_000)
+        return m !== null && m[1] !== '{previous}'; }}""",
+        timeout=120_000,
+    )
     return page.inner_text("#status")
 
 
@@ -309,8 +325,12 @@ def screenshot_between(page, path: Path, top: str, bottom: str) -> None:
     """A full-width screenshot from the top of one element to the bottom of another."""
     first, last = page.locator(top).bounding_box(), page.locator(bottom).bounding_box()
     scroll = page.evaluate("window.scrollY")
-    clip = {"x": 0, "y": first["y"] + scroll - 8, "width": VIEWPORT["width"],
-            "height": last["y"] + last["height"] - first["y"] + 16}
+    clip = {
+        "x": 0,
+        "y": first["y"] + scroll - 8,
+        "width": VIEWPORT["width"],
+        "height": last["y"] + last["height"] - first["y"] + 16,
+    }
     page.screenshot(path=path, full_page=True, clip=clip)
 
 
@@ -320,10 +340,11 @@ def test_energies_and_violations(page, artifacts):
     assert "≈ n× a plain step on a CPU" in page.inner_text("#violation-cost")
     # The energy preset by hand: Uni-E, 8 candidates, over the whole trajectory, 2 tokens per step.
     page.locator("#energies").get_by_text("Energies", exact=True).first.click()
-    page.wait_for_function("() => document.querySelector('#energies').innerText"
-                           ".includes('whose full text we do not have')")
+    page.wait_for_function(
+        "() => document.querySelector('#energies').innerText.includes('whose full text we do not have')"
+    )
     page.get_by_label("uni (Uni-E)").check()
-    set_number(page, "#energy-k input", 8)
+    set_number(page, "#energy-candidates input", 8)
     set_number(page, "#window-start input", 0)
     set_number(page, "#steps input", 16)
     page.fill("#prompt textarea", "once upon a time")

@@ -1,4 +1,4 @@
-"""Run bundles (explorer/bundle.py): export a stored run as JSON and import it back.
+"""Run bundles (explorer/store/bundle.py): export a stored run as JSON and import it back.
 
 Real decodes of the embedded model (gen 32, steps 8: greedy, temperature 1, threshold,
 cancelled, and a run left `running` by a dead writer) are recorded in a SQLite file, exported,
@@ -11,32 +11,41 @@ malformed bundle must raise BundleError with a one-line message and leave the ta
 exactly as it was (checked on SQLite: validation comes before any write; a database failure
 mid-import is rolled back, checked on both backends).
 """
+
 from __future__ import annotations
 
 import base64
 import copy
 import json
 from dataclasses import fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select, text
-
-from explorer import bundle as bundle_module
-from explorer.api import decode
-from explorer.bundle import (FORMAT, MAX_BUNDLE_BYTES, RUN_FIELDS, RUNNING_IMPORT_ERROR, VERSION, BundleError,
-                             UnknownRunError, export_run, export_run_json, import_run)
-from explorer.config import DecodeConfig
-from explorer.engine import run_decode
-from synthetic_runs import StopAfter
 from conftest import new_db_url
-from explorer.store import Event, Run, Step, StoreError, StoreWriter, TrajectoryStore
+from sqlalchemy import func, select, text
+from synthetic_runs import StopAfter
+
+from explorer.api import decode
+from explorer.decoding.config import DecodeConfig
+from explorer.decoding.engine import run_decode
+from explorer.store import bundle as bundle_module
+from explorer.store.bundle import (
+    FORMAT,
+    MAX_BUNDLE_BYTES,
+    RUN_FIELDS,
+    RUNNING_IMPORT_ERROR,
+    VERSION,
+    BundleError,
+    UnknownRunError,
+    export_run,
+    export_run_json,
+    import_run,
+)
+from explorer.store.database import Event, Run, Step, StoreError, StoreWriter, TrajectoryStore
 
 PROMPT = "once upon a time"
 G, S = 32, 8
-
-
 
 
 class DiesBeforeFinishing(StoreWriter):
@@ -54,14 +63,18 @@ def source(denoiser, tmp_path_factory):
     outs = {
         "greedy": decode(PROMPT, denoiser, store=store, gen_length=G, steps=S),
         "sampled": decode(PROMPT, denoiser, store=store, gen_length=G, steps=S, temperature=1.0, seed=7),
-        "threshold": decode(PROMPT, denoiser, store=store, gen_length=G, steps=S, strategy="threshold",
-                            threshold=0.8),
+        "threshold": decode(PROMPT, denoiser, store=store, gen_length=G, steps=S, strategy="threshold", threshold=0.8),
         "cancelled": decode(PROMPT, denoiser, store=store, gen_length=G, steps=S, callbacks=[StopAfter(2)]),
     }
     ids = {kind: out.run_id for kind, out in outs.items()}
     writer = DiesBeforeFinishing(store, denoiser.token_text, batch_steps=2, max_delay=3600)
-    run_decode(denoiser, denoiser.encode(PROMPT), DecodeConfig(gen_length=G, steps=S),
-               [writer, StopAfter(3)], prompt_text=PROMPT)
+    run_decode(
+        denoiser,
+        denoiser.encode(PROMPT),
+        DecodeConfig(gen_length=G, steps=S),
+        [writer, StopAfter(3)],
+        prompt_text=PROMPT,
+    )
     ids["running"] = writer.run_id
     yield store, ids, outs
     store.engine.dispose()
@@ -84,6 +97,7 @@ def sqlite_target(tmp_path):
 
 # ---- helpers ----------------------------------------------------------------------------------
 
+
 def _without_ids(run, steps, events) -> tuple[dict, list[dict], list[dict]]:
     run = {k: v for k, v in run.items() if k not in ("id", "parent_run_id")}
     steps = [{k: v for k, v in r.items() if k != "run_id"} for r in steps]
@@ -100,12 +114,27 @@ def raw_rows(store: TrajectoryStore, run_id: int) -> tuple[dict, list[dict], lis
     else:
         kind = "CASE WHEN {0} IS NULL THEN 'null' ELSE 'value' END".format
     with store.engine.connect() as conn:
-        run = conn.execute(text(f"SELECT *, {kind('final_token_ids')} AS t_final FROM runs WHERE id = :i"),
-                           {"i": run_id}).mappings().one()
-        steps = conn.execute(text(f"SELECT *, {kind('extras')} AS t_extras FROM steps WHERE run_id = :i ORDER BY step"),
-                             {"i": run_id}).mappings().all()
-        events = conn.execute(text(f"SELECT *, {kind('violation_score')} AS t_violation FROM events "
-                                   "WHERE run_id = :i ORDER BY id"), {"i": run_id}).mappings().all()
+        run = (
+            conn.execute(text(f"SELECT *, {kind('final_token_ids')} AS t_final FROM runs WHERE id = :i"), {"i": run_id})
+            .mappings()
+            .one()
+        )
+        steps = (
+            conn.execute(
+                text(f"SELECT *, {kind('extras')} AS t_extras FROM steps WHERE run_id = :i ORDER BY step"),
+                {"i": run_id},
+            )
+            .mappings()
+            .all()
+        )
+        events = (
+            conn.execute(
+                text(f"SELECT *, {kind('violation_score')} AS t_violation FROM events WHERE run_id = :i ORDER BY id"),
+                {"i": run_id},
+            )
+            .mappings()
+            .all()
+        )
     return _without_ids(run, steps, events)
 
 
@@ -115,12 +144,31 @@ def typed_rows(store: TrajectoryStore, run_id: int) -> tuple[dict, list[dict], l
     Comparable across backends."""
     runs, steps, events = Run.__table__, Step.__table__, Event.__table__
     with store.engine.connect() as conn:
-        run = conn.execute(select(runs, runs.c.final_token_ids.is_(None).label("final_is_null"))
-                           .where(runs.c.id == run_id)).mappings().one()
-        step_rows = conn.execute(select(steps, steps.c.extras.is_(None).label("extras_is_null"))
-                                 .where(steps.c.run_id == run_id).order_by(steps.c.step)).mappings().all()
-        event_rows = conn.execute(select(events, events.c.violation_score.is_(None).label("violation_is_null"))
-                                  .where(events.c.run_id == run_id).order_by(events.c.id)).mappings().all()
+        run = (
+            conn.execute(
+                select(runs, runs.c.final_token_ids.is_(None).label("final_is_null")).where(runs.c.id == run_id)
+            )
+            .mappings()
+            .one()
+        )
+        step_rows = (
+            conn.execute(
+                select(steps, steps.c.extras.is_(None).label("extras_is_null"))
+                .where(steps.c.run_id == run_id)
+                .order_by(steps.c.step)
+            )
+            .mappings()
+            .all()
+        )
+        event_rows = (
+            conn.execute(
+                select(events, events.c.violation_score.is_(None).label("violation_is_null"))
+                .where(events.c.run_id == run_id)
+                .order_by(events.c.id)
+            )
+            .mappings()
+            .all()
+        )
     return _without_ids(dict(run), [dict(r) for r in step_rows], [dict(r) for r in event_rows])
 
 
@@ -167,6 +215,7 @@ def assert_identical(store_a, id_a, store_b, id_b) -> None:
 
 # ---- export ------------------------------------------------------------------------------------
 
+
 def test_bundle_layout(source):
     store, ids, outs = source
     out = outs["greedy"]
@@ -181,6 +230,7 @@ def test_bundle_layout(source):
     assert run["status"] == "completed" and run["final_token_ids"] == out.token_ids
     assert DecodeConfig(**run["config"]) == DecodeConfig(gen_length=G, steps=S, violations=True)
     from datetime import datetime
+
     created = datetime.fromisoformat(run["created_at"])
     assert created.utcoffset().total_seconds() == 0 and run["created_at"].endswith("+00:00")
     assert datetime.fromisoformat(run["finished_at"]) >= created
@@ -191,12 +241,14 @@ def test_bundle_layout(source):
         np.testing.assert_array_equal(np.frombuffer(base64.b64decode(step["argmax"]["data"]), "<i4"), record.argmax)
         for name in ("confidence", "entropy", "margin"):
             assert step[name]["dtype"] == "<f2" and step[name]["length"] == G
-            np.testing.assert_array_equal(np.frombuffer(base64.b64decode(step[name]["data"]), "<f2"),
-                                          getattr(record, name).astype(np.float16))
+            np.testing.assert_array_equal(
+                np.frombuffer(base64.b64decode(step[name]["data"]), "<f2"), getattr(record, name).astype(np.float16)
+            )
     assert len(bundle["events"]) == G
     assert all("id" not in e and "run_id" not in e for e in bundle["events"])
     assert [(e["step"], e["position"], e["token_id"]) for e in bundle["events"]] == [
-        (r.step, p, t) for r in out.steps for p, t in zip(r.committed.tolist(), r.tokens.tolist())]
+        (r.step, p, t) for r in out.steps for p, t in zip(r.committed.tolist(), r.tokens.tolist())
+    ]
     assert export_run_json(store, ids["greedy"]) == data  # deterministic
 
 
@@ -212,6 +264,7 @@ def test_export_unknown_run(source):
 
 
 # ---- round trips --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["greedy", "sampled", "threshold", "cancelled"])
 def test_round_trip_into_second_store(source, target, kind):
@@ -292,8 +345,9 @@ def test_parent_run_id_dropped_branch_step_kept(source, target, tmp_path):
         assert run["parent_run_id"] is None and run["branch_step"] == 3
         assert_identical(a, child, b, new_id)
         # byte-identical apart from the (database-local) parent id
-        assert export_run_json(b, new_id) == exported.replace(f'"parent_run_id":{parent},'.encode(),
-                                                              b'"parent_run_id":null,')
+        assert export_run_json(b, new_id) == exported.replace(
+            f'"parent_run_id":{parent},'.encode(), b'"parent_run_id":null,'
+        )
     finally:
         a.engine.dispose()
 
@@ -303,9 +357,13 @@ def test_accepts_bytes_str_dict_without_mutating(source, target):
     data = export_run_json(store, ids["greedy"])
     bundle = export_run(store, ids["greedy"])
     pristine = copy.deepcopy(bundle)
-    run_ids = [import_run(target, data), import_run(target, data.decode("utf-8")),
-               import_run(target, bytearray(data)), import_run(target, bundle),
-               import_run(target, b"\xef\xbb\xbf" + data)]  # a UTF-8 byte-order mark is tolerated
+    run_ids = [
+        import_run(target, data),
+        import_run(target, data.decode("utf-8")),
+        import_run(target, bytearray(data)),
+        import_run(target, bundle),
+        import_run(target, b"\xef\xbb\xbf" + data),
+    ]  # a UTF-8 byte-order mark is tolerated
     assert bundle == pristine
     assert len(set(run_ids)) == 5 and target.count_runs() == 5
     assert all(export_run_json(target, i) == data for i in run_ids)
@@ -313,14 +371,17 @@ def test_accepts_bytes_str_dict_without_mutating(source, target):
 
 # ---- refused bundles ----------------------------------------------------------------------------
 
+
 def _set(path: str, value):
     """A mutation setting bundle[path] (dotted, integers index arrays) to value."""
+
     def mutate(b: dict) -> None:
         *head, last = [int(p) if p.isdigit() else p for p in path.split(".")]
         node = b
         for p in head:
             node = node[p]
         node[last] = value
+
     return mutate
 
 
@@ -331,6 +392,7 @@ def _delete(path: str):
         for p in head:
             node = node[p]
         del node[last]
+
     return mutate
 
 
@@ -339,6 +401,7 @@ def _blob(step: int, name: str, transform):
         blob = b["steps"][step][name]
         raw = base64.b64decode(blob["data"])
         blob["data"] = base64.b64encode(transform(raw)).decode()
+
     return mutate
 
 
@@ -346,6 +409,7 @@ def _drop_event_of_step(step: int):
     def mutate(b: dict) -> None:
         index = next(i for i, e in enumerate(b["events"]) if e["step"] == step)
         del b["events"][index]
+
     return mutate
 
 
@@ -354,6 +418,7 @@ def _remove_step(step: int):
         del b["steps"][step]
         b["events"] = [e for e in b["events"] if e["step"] != step]
         b["run"]["n_steps"] -= 1
+
     return mutate
 
 
@@ -364,52 +429,98 @@ def _inf_confidence(raw: bytes) -> bytes:
 
 
 DICT_CASES = {
-    "wrong format tag": (_set("format", "diffusion-explorer-runs"),
-                         r"not a run bundle: format is 'diffusion-explorer-runs'"),
+    "wrong format tag": (
+        _set("format", "diffusion-explorer-runs"),
+        r"not a run bundle: format is 'diffusion-explorer-runs'",
+    ),
     "wrong version": (_set("version", 2), r"unsupported bundle version 2; this explorer reads version 1"),
     "version as string": (_set("version", "1"), r"unsupported bundle version '1'"),
     "unknown top-level field": (_set("comment", "hi"), r"the bundle: unknown field comment"),
     "missing steps": (_delete("steps"), r"the bundle: missing field steps"),
-    "truncated blob (whole values)": (_blob(3, "confidence", lambda r: r[:-4]),
-                                      r"^step 3: confidence blob has 30 values, expected 32$"),
-    "truncated blob (half a value)": (_blob(2, "argmax", lambda r: r[:-1]),
-                                      r"step 2: argmax blob is 127 bytes, not a whole number of int32 values"),
+    "truncated blob (whole values)": (
+        _blob(3, "confidence", lambda r: r[:-4]),
+        r"^step 3: confidence blob has 30 values, expected 32$",
+    ),
+    "truncated blob (half a value)": (
+        _blob(2, "argmax", lambda r: r[:-1]),
+        r"step 2: argmax blob is 127 bytes, not a whole number of int32 values",
+    ),
     "blob too long": (_blob(1, "entropy", lambda r: r + r[:2]), r"step 1: entropy blob has 33 values, expected 32"),
-    "blob length field wrong": (_set("steps.0.margin.length", 31), r"step 0: margin blob has 32 values but states length 31"),
+    "blob length field wrong": (
+        _set("steps.0.margin.length", 31),
+        r"step 0: margin blob has 32 values but states length 31",
+    ),
     "blob dtype wrong": (_set("steps.0.argmax.dtype", "<i8"), r"step 0: argmax blob has dtype '<i8', expected '<i4'"),
     "blob not base64": (_set("steps.4.entropy.data", "!!not base64!!"), r"step 4: entropy blob is not valid base64"),
-    "blob data not a string": (_set("steps.4.entropy.data", [1, 2]), r"step 4: entropy blob: data must be a base64 string"),
+    "blob data not a string": (
+        _set("steps.4.entropy.data", [1, 2]),
+        r"step 4: entropy blob: data must be a base64 string",
+    ),
     "infinity in a blob": (_blob(6, "confidence", _inf_confidence), r"step 6: confidence blob: position 5 is inf"),
-    "negative argmax": (_blob(0, "argmax", lambda r: np.full(G, -3, "<i4").tobytes()),
-                        r"step 0: argmax blob: position 0 holds token id -3"),
-    "event position out of range": (_set("events.5.position", G), r"event 5 \(step 1\): position 32 is outside 0\.\.31"),
+    "negative argmax": (
+        _blob(0, "argmax", lambda r: np.full(G, -3, "<i4").tobytes()),
+        r"step 0: argmax blob: position 0 holds token id -3",
+    ),
+    "event position out of range": (
+        _set("events.5.position", G),
+        r"event 5 \(step 1\): position 32 is outside 0\.\.31",
+    ),
     "event position negative": (_set("events.0.position", -1), r"event 0 \(step 0\): position -1 is outside 0\.\.31"),
     "event step missing": (_set("events.7.step", S), r"event 7: step 8 does not exist \(the bundle has steps 0\.\.7\)"),
-    "step numbers with a gap": (_remove_step(4), r"step 5: steps must be numbered 0, 1, 2, \.\.\. in order; "
-                                                 r"step 5 leaves a gap \(expected step 4\)"),
+    "step numbers with a gap": (
+        _remove_step(4),
+        r"step 5: steps must be numbered 0, 1, 2, \.\.\. in order; "
+        r"step 5 leaves a gap \(expected step 4\)",
+    ),
     "repeated step number": (_set("steps.2.step", 1), r"step 1: .* step 1 repeats an earlier step"),
     "steps not from 0": (_set("steps.0.step", 1), r"step 1: .* leaves a gap \(expected step 0\)"),
     "n_steps disagrees": (_set("run.n_steps", S + 1), r"run: n_steps is 9 but the bundle has 8 steps"),
-    "events missing for a step": (_drop_event_of_step(6), r"step 6: n_committed is 4 but the bundle has 3 commit events"),
-    "status not allowed": (_set("run.status", "done"), r"run: status 'done' is not one of running, completed, failed, cancelled"),
+    "events missing for a step": (
+        _drop_event_of_step(6),
+        r"step 6: n_committed is 4 but the bundle has 3 commit events",
+    ),
+    "status not allowed": (
+        _set("run.status", "done"),
+        r"run: status 'done' is not one of running, completed, failed, cancelled",
+    ),
     "missing run field": (_delete("run.prompt"), r"run: missing field prompt"),
     "unknown step field": (_set("steps.0.energy", 1.0), r"step 0: unknown field energy"),
     "negative token id": (_set("events.3.token_id", -1), r"^event 3: token_id must be >= 0, got -1$"),
-    "token id not an integer": (_set("events.3.token_id", 4.0), r"event 3: token_id must be an integer, got number 4\.0"),
+    "token id not an integer": (
+        _set("events.3.token_id", 4.0),
+        r"event 3: token_id must be an integer, got number 4\.0",
+    ),
     "boolean as integer": (_set("run.seed", True), r"run: seed must be an integer, got boolean True"),
-    "negative prompt id": (_set("run.prompt_ids.0", -2), r"run: prompt_ids\[0\] must be a non-negative integer token id"),
-    "final tokens wrong length": (_set("run.final_token_ids", [1] * (G - 1)),
-                                  r"run: final_token_ids has 31 token ids, expected 32 \(gen_length\)"),
-    "token text not a string": (_set("events.2.token_text", 17), r"event 2: token_text must be a string, got integer 17"),
+    "negative prompt id": (
+        _set("run.prompt_ids.0", -2),
+        r"run: prompt_ids\[0\] must be a non-negative integer token id",
+    ),
+    "final tokens wrong length": (
+        _set("run.final_token_ids", [1] * (G - 1)),
+        r"run: final_token_ids has 31 token ids, expected 32 \(gen_length\)",
+    ),
+    "token text not a string": (
+        _set("events.2.token_text", 17),
+        r"event 2: token_text must be a string, got integer 17",
+    ),
     "prompt not a string": (_set("run.prompt", ["once"]), r"run: prompt must be a string, got array"),
     "error not a string": (_set("run.error", 1), r"run: error must be a string or null, got integer 1"),
     "model name too long": (_set("run.model", "m" * 201), r"run: model is 201 characters, over the column's 200"),
     "bad datetime": (_set("run.created_at", "yesterday"), r"run: created_at 'yesterday' is not an ISO 8601 date"),
     "config not an object": (_set("run.config", "{}"), r"run: config must be an object, got string"),
-    "config disagrees with run": (_set("run.config.gen_length", 64), r"run: config gen_length 64 differs from the run's gen_length 32"),
-    "top ids and probs differ": (_set("events.1.top_probs", [0.5]), r"event 1: top_ids has 3 entries but top_probs has 1"),
+    "config disagrees with run": (
+        _set("run.config.gen_length", 64),
+        r"run: config gen_length 64 differs from the run's gen_length 32",
+    ),
+    "top ids and probs differ": (
+        _set("events.1.top_probs", [0.5]),
+        r"event 1: top_ids has 3 entries but top_probs has 1",
+    ),
     "event kind unknown": (_set("events.1.kind", "flip"), r"event 1: kind 'flip' is not one of commit, remask"),
-    "integer beyond 64 bits": (_set("run.seed", 2**64), r"run: seed 18446744073709551616 does not fit in a 64-bit integer"),
+    "integer beyond 64 bits": (
+        _set("run.seed", 2**64),
+        r"run: seed 18446744073709551616 does not fit in a 64-bit integer",
+    ),
     "negative seconds": (_set("steps.1.seconds", -0.5), r"step 1: seconds -0\.5 is below 0\.0"),
     "steps not an array": (_set("steps", {"0": {}}), r"steps must be an array, got object"),
     "step not an object": (_set("steps.0", 7), r"steps\[0\] must be an object, got integer"),
@@ -417,17 +528,29 @@ DICT_CASES = {
 }
 
 BYTES_CASES = {
-    "malformed JSON": (lambda d: d[: d.index(b'"prompt":"') + 14], r"the bundle is not valid JSON: Unterminated string .*\(line 1, column \d+\)$"),
+    "malformed JSON": (
+        lambda d: d[: d.index(b'"prompt":"') + 14],
+        r"the bundle is not valid JSON: Unterminated string .*\(line 1, column \d+\)$",
+    ),
     "empty input": (lambda d: b"", r"the bundle is not valid JSON: Expecting value"),
     "not an object": (lambda d: b"[1, 2, 3]", r"a bundle is a JSON object, got array"),
-    "non-UTF-8 bytes": (lambda d: d.replace(b'"prompt":"once', b'"prompt":"\xffnce', 1),
-                        r"the bundle is not valid UTF-8: byte 0xff at offset \d+"),
-    "NaN in JSON": (lambda d: d.replace(b'"seconds":', b'"seconds":NaN,"x":', 1), r"^the JSON holds NaN, which is not a JSON number"),
+    "non-UTF-8 bytes": (
+        lambda d: d.replace(b'"prompt":"once', b'"prompt":"\xffnce', 1),
+        r"the bundle is not valid UTF-8: byte 0xff at offset \d+",
+    ),
+    "NaN in JSON": (
+        lambda d: d.replace(b'"seconds":', b'"seconds":NaN,"x":', 1),
+        r"^the JSON holds NaN, which is not a JSON number",
+    ),
     "Infinity in JSON": (lambda d: d.replace(b'"prob":', b'"prob":Infinity,"y":', 1), r"the JSON holds Infinity"),
-    "repeated key": (lambda d: d.replace(b'"version":1', b'"version":1,"version":1', 1),
-                     r"^the JSON repeats the key 'version' in one object$"),
-    "unpaired surrogate in text": (lambda d: d.replace(b'"prompt":"once', b'"prompt":"\\ud800once', 1),
-                                   r"run: prompt is not valid Unicode text \(unpaired surrogate at character 0\)"),
+    "repeated key": (
+        lambda d: d.replace(b'"version":1', b'"version":1,"version":1', 1),
+        r"^the JSON repeats the key 'version' in one object$",
+    ),
+    "unpaired surrogate in text": (
+        lambda d: d.replace(b'"prompt":"once', b'"prompt":"\\ud800once', 1),
+        r"run: prompt is not valid Unicode text \(unpaired surrogate at character 0\)",
+    ),
     "deeply nested": (lambda d: b"[" * 100_000 + b"]" * 100_000, r"the bundle is not valid JSON"),
 }
 
@@ -509,14 +632,19 @@ def test_size_limit(source, loaded_target, monkeypatch):
 
 
 _BLOCK_EVENTS = {  # a trigger refusing every insert into events, per backend
-    "sqlite": ["CREATE TRIGGER no_events BEFORE INSERT ON events "
-               "BEGIN SELECT RAISE(ABORT, 'events are read-only today'); END"],
-    "postgresql": ["CREATE FUNCTION no_events() RETURNS trigger LANGUAGE plpgsql AS "
-                   "$$ BEGIN RAISE EXCEPTION 'events are read-only today'; END $$",
-                   "CREATE TRIGGER no_events BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION no_events()"],
+    "sqlite": [
+        "CREATE TRIGGER no_events BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'events are read-only today'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION no_events() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'events are read-only today'; END $$",
+        "CREATE TRIGGER no_events BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION no_events()",
+    ],
 }
-_UNBLOCK_EVENTS = {"sqlite": ["DROP TRIGGER no_events"],
-                   "postgresql": ["DROP TRIGGER no_events ON events", "DROP FUNCTION no_events()"]}
+_UNBLOCK_EVENTS = {
+    "sqlite": ["DROP TRIGGER no_events"],
+    "postgresql": ["DROP TRIGGER no_events ON events", "DROP FUNCTION no_events()"],
+}
 
 
 def test_database_failure_mid_import_writes_nothing(source, target):
@@ -541,6 +669,7 @@ def test_database_failure_mid_import_writes_nothing(source, target):
 
 
 # ---- across backends ------------------------------------------------------------------------------
+
 
 @pytest.mark.postgresql
 def test_sqlite_to_postgresql_and_back(request, source, tmp_path):
@@ -575,14 +704,17 @@ def test_recorded_on_postgresql(request, denoiser, tmp_path):
     pg = TrajectoryStore(new_db_url(request, "postgresql", tmp_path))
     lite = TrajectoryStore(f"sqlite:///{tmp_path}/lite.db")
     try:
-        outs = [decode(PROMPT, denoiser, store=pg, gen_length=G, steps=S, temperature=1.0, seed=2**40),
-                decode(PROMPT, denoiser, store=pg, gen_length=G, steps=S, callbacks=[StopAfter(2)])]
+        outs = [
+            decode(PROMPT, denoiser, store=pg, gen_length=G, steps=S, temperature=1.0, seed=2**40),
+            decode(PROMPT, denoiser, store=pg, gen_length=G, steps=S, callbacks=[StopAfter(2)]),
+        ]
         for out in outs:
             data = export_run_json(pg, out.run_id)
             bundle = json.loads(data)
             assert bundle["run"]["created_at"].endswith("+00:00")
             assert datetime.fromisoformat(bundle["run"]["created_at"]) == pg.get_run(out.run_id)["created_at"].replace(
-                tzinfo=timezone.utc)
+                tzinfo=UTC
+            )
             for other in (lite, pg):
                 new_id = import_run(other, data)
                 assert export_run_json(other, new_id) == data

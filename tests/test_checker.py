@@ -1,5 +1,6 @@
 """The exact story-grammar checker: one hand-written sentence per violation kind, with the
 kind and the word positions asserted exactly, plus valid texts and the generated corpus."""
+
 import itertools
 
 import pytest
@@ -23,39 +24,48 @@ def test_positions_refer_to_whitespace_words():
 
 
 # ---- a/an --------------------------------------------------------------------------------
-@pytest.mark.parametrize("text", [
-    "mia saw an honest dog in the park .",
-    "mia saw a unicorn in the park .",
-    "mia saw an owl near the river .",
-    "mia saw a big elephant behind the house .",
-    "mia saw an old unicorn in the forest .",
-    "once upon a time there was an honest girl named mia .",
-    "once upon a time there was a little boy named tom .",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mia saw an honest dog in the park .",
+        "mia saw a unicorn in the park .",
+        "mia saw an owl near the river .",
+        "mia saw a big elephant behind the house .",
+        "mia saw an old unicorn in the forest .",
+        "once upon a time there was an honest girl named mia .",
+        "once upon a time there was a little boy named tom .",
+    ],
+)
 def test_a_an_follows_the_sound_valid(text):
     assert check(text).valid, check(text).summary()
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("mia saw a honest dog in the park .", [("a_an", (2, 3))]),
-    ("mia saw an unicorn in the park .", [("a_an", (2, 3))]),
-    ("mia saw a owl near the river .", [("a_an", (2, 3))]),
-    ("mia saw an big cat in the park .", [("a_an", (2, 3))]),
-    ("once upon a time there was an girl named mia .", [("a_an", (6, 7))]),
-    ("once upon a time there was a old boy named tom .", [("a_an", (6, 7))]),
-    (INTRO_MIA + " she had a egg .", [("a_an", (13, 14))]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("mia saw a honest dog in the park .", [("a_an", (2, 3))]),
+        ("mia saw an unicorn in the park .", [("a_an", (2, 3))]),
+        ("mia saw a owl near the river .", [("a_an", (2, 3))]),
+        ("mia saw an big cat in the park .", [("a_an", (2, 3))]),
+        ("once upon a time there was an girl named mia .", [("a_an", (6, 7))]),
+        ("once upon a time there was a old boy named tom .", [("a_an", (6, 7))]),
+        (INTRO_MIA + " she had a egg .", [("a_an", (13, 14))]),
+    ],
+)
 def test_a_an_violations(text, expected):
     assert found(text) == expected
 
 
 # ---- number ------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [
-    ("she had two cake .", [("number", (2, 3))]),
-    ("mia saw a dogs in the park .", [("number", (2, 3))]),
-    ("mia saw one big cats in the park .", [("number", (2, 4))]),
-    ("mia saw many red box near the river .", [("number", (2, 4))]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("she had two cake .", [("number", (2, 3))]),
+        ("mia saw a dogs in the park .", [("number", (2, 3))]),
+        ("mia saw one big cats in the park .", [("number", (2, 4))]),
+        ("mia saw many red box near the river .", [("number", (2, 4))]),
+    ],
+)
 def test_number_violations(text, expected):
     assert found(text) == expected
 
@@ -65,23 +75,28 @@ def test_number_valid():
 
 
 # ---- subject-verb ------------------------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [
-    ("the dogs runs .", [("subject_verb", (2, 1))]),
-    ("the dog run .", [("subject_verb", (2, 1))]),
-    ("the dog run in the park .", [("subject_verb", (2, 1))]),
-    ("the big cats is happy .", [("subject_verb", (3, 2))]),
-    ("the owl like her .", [("subject_verb", (2, 1))]),
-    ("there was two dogs in the park .", [("subject_verb", (1, 3))]),
-    ("there were a dog in the park .", [("subject_verb", (1, 3))]),
-    ("there were an old owl in the park .", [("subject_verb", (1, 4))]),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("the dogs runs .", [("subject_verb", (2, 1))]),
+        ("the dog run .", [("subject_verb", (2, 1))]),
+        ("the dog run in the park .", [("subject_verb", (2, 1))]),
+        ("the big cats is happy .", [("subject_verb", (3, 2))]),
+        ("the owl like her .", [("subject_verb", (2, 1))]),
+        ("there was two dogs in the park .", [("subject_verb", (1, 3))]),
+        ("there were a dog in the park .", [("subject_verb", (1, 3))]),
+        ("there were an old owl in the park .", [("subject_verb", (1, 4))]),
+    ],
+)
 def test_subject_verb_violations(text, expected):
     assert found(text) == expected
 
 
 def test_subject_verb_valid():
-    text = ("the dogs run . the dog runs in the park . the cats are sad . the cat is sad . "
-            "there were two dogs in the park . there was a dog near the river . the foxes see her .")
+    text = (
+        "the dogs run . the dog runs in the park . the cats are sad . the cat is sad . "
+        "there were two dogs in the park . there was a dog near the river . the foxes see her ."
+    )
     assert check(text).valid, check(text).summary()
 
 
@@ -97,15 +112,18 @@ def test_name_gender_then_pronouns_follow_the_name():
     assert found(text) == [("name_gender", (7, 9)), ("pronoun_gender", (15, 9))]
 
 
-@pytest.mark.parametrize("tail, expected", [
-    ("he was sad .", [("pronoun_gender", (11, 9))]),
-    ("he had a ball .", [("pronoun_gender", (11, 9))]),
-    ("the dog likes him .", [("pronoun_gender", (14, 9))]),
-    ("she gave his ball to the dog .", [("pronoun_gender", (13, 9))]),
-    ("he gave his ball to the dog .", [("pronoun_gender", (11, 9)), ("pronoun_gender", (13, 9))]),
-    ("tom saw a cat in the park .", [("character_name", (11, 9))]),
-    ("lily saw a cat in the park .", [("character_name", (11, 9))]),
-])
+@pytest.mark.parametrize(
+    "tail, expected",
+    [
+        ("he was sad .", [("pronoun_gender", (11, 9))]),
+        ("he had a ball .", [("pronoun_gender", (11, 9))]),
+        ("the dog likes him .", [("pronoun_gender", (14, 9))]),
+        ("she gave his ball to the dog .", [("pronoun_gender", (13, 9))]),
+        ("he gave his ball to the dog .", [("pronoun_gender", (11, 9)), ("pronoun_gender", (13, 9))]),
+        ("tom saw a cat in the park .", [("character_name", (11, 9))]),
+        ("lily saw a cat in the park .", [("character_name", (11, 9))]),
+    ],
+)
 def test_story_about_mia(tail, expected):
     assert found(INTRO_MIA + " " + tail) == expected
 
@@ -117,14 +135,17 @@ def test_story_about_tom_is_consistent():
 
 
 # ---- syntax and unknown words ------------------------------------------------------------
-@pytest.mark.parametrize("text, expected", [
-    (INTRO_MIA + " mia had a ball .", [("syntax", (12,))]),
-    ("saw a cat .", [("syntax", (0,))]),
-    ("mia saw a cat in the park", []),  # truncated, not a syntax error
-    ("mia saw a cat in the park the dog runs .", [("syntax", (7,))]),
-    ("once upon a time there was a girl named mia mia saw a cat in the park .", [("syntax", (10,))]),
-    ("she was big .", [("syntax", (2,))]),  # big is an adjective, not a mood
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (INTRO_MIA + " mia had a ball .", [("syntax", (12,))]),
+        ("saw a cat .", [("syntax", (0,))]),
+        ("mia saw a cat in the park", []),  # truncated, not a syntax error
+        ("mia saw a cat in the park the dog runs .", [("syntax", (7,))]),
+        ("once upon a time there was a girl named mia mia saw a cat in the park .", [("syntax", (10,))]),
+        ("she was big .", [("syntax", (2,))]),  # big is an adjective, not a mood
+    ],
+)
 def test_syntax(text, expected):
     assert found(text) == expected
 
@@ -146,9 +167,14 @@ def test_unknown_word():
 
 def test_every_kind_is_covered_by_a_case():
     texts = [
-        "mia saw a honest dog in the park .", "she had two cake .", "the dogs runs .",
-        "once upon a time there was a boy named mia .", INTRO_MIA + " he was sad .",
-        INTRO_MIA + " tom saw a cat in the park .", "saw a cat .", "mia saw a zebra in the park .",
+        "mia saw a honest dog in the park .",
+        "she had two cake .",
+        "the dogs runs .",
+        "once upon a time there was a boy named mia .",
+        INTRO_MIA + " he was sad .",
+        INTRO_MIA + " tom saw a cat in the park .",
+        "saw a cat .",
+        "mia saw a zebra in the park .",
     ]
     kinds = {v.kind for t in texts for v in check(t).violations}
     assert kinds == set(KINDS)
@@ -156,8 +182,17 @@ def test_every_kind_is_covered_by_a_case():
 
 # ---- valid texts -------------------------------------------------------------------------
 def test_truncated_sentence_at_end_is_valid():
-    for cut in ("she had an", "she had", "she", "mia saw two", "the", "the big", "there were",
-                "once upon a time there", "once upon a time there was a girl named"):
+    for cut in (
+        "she had an",
+        "she had",
+        "she",
+        "mia saw two",
+        "the",
+        "the big",
+        "there were",
+        "once upon a time there",
+        "once upon a time there was a girl named",
+    ):
         text = INTRO_MIA + " " + cut
         result = check(text)
         assert result.valid, (cut, result.summary())
@@ -170,8 +205,12 @@ def test_truncated_sentence_keeps_errors_before_the_cut():
 
 
 def test_concatenated_stories_reset_the_child():
-    text = (INTRO_MIA + " she had a ball . mia saw a dog in the park . the end . "
-            + INTRO_TOM + " he had a kite . tom saw a cat in the park . the dog likes him . the end .")
+    text = (
+        INTRO_MIA
+        + " she had a ball . mia saw a dog in the park . the end . "
+        + INTRO_TOM
+        + " he had a kite . tom saw a cat in the park . the dog likes him . the end ."
+    )
     result = check(text)
     assert result.valid, result.summary()
     assert result.n_sentences == 9 and result.n_valid_sentences == 9

@@ -3,6 +3,7 @@
 Every process pays the torch import (~2 s), so the independent invocations are started
 together once per module (a few at a time) and the tests check their results.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,15 @@ def _env(tmp: Path) -> dict:
 
 
 def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "explorer", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "explorer", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _db(tmp: Path, name: str) -> tuple[str, Path]:
@@ -143,7 +151,7 @@ def test_decode_stored_then_show_and_runs(cli):
     assert all("+4" in line for line in step_lines)
     assert any(line.startswith("prompt: " + PROMPT) for line in lines)
     text_line = next(line for line in lines if line.startswith("text:"))
-    assert text_line.split(None, 1)[1] == out["text"][len(PROMPT) + 1:]
+    assert text_line.split(None, 1)[1] == out["text"][len(PROMPT) + 1 :]
 
     assert runs.returncode == 0, runs.stderr
     rows = [line.split() for line in runs.stdout.splitlines()[1:]]

@@ -2,10 +2,11 @@
 
 The toy denoiser's conditionals come from ONE explicit joint probability table over every
 assignment of the generated part, so every quantity (chain products, marginals on U, PMI) can
-be computed exactly by marginalising the table and compared with what explorer.energies does.
+be computed exactly by marginalising the table and compared with what explorer.decoding.energies does.
 An "inconsistent" variant tilts one conditional, so its conditionals come from no joint: the
 order-dependence terms must then become nonzero (the tests can fail).
 """
+
 import itertools
 import math
 
@@ -13,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from explorer import engine
-from explorer.ar_scorers import load_ar_scorer
-from explorer.config import DecodeConfig
-from explorer.energies import (
+from explorer.adapters.loading import load_ar_scorer
+from explorer.decoding import engine
+from explorer.decoding.config import DecodeConfig
+from explorer.decoding.energies import (
     ENERGY_TERMS,
     Candidates,
+    PassCount,
     ar_energy,
     choose,
     draw,
@@ -30,7 +32,7 @@ from explorer.energies import (
     random_orders,
     uni_energy,
 )
-from explorer.engine import iter_steps, run_decode
+from explorer.decoding.engine import iter_steps, run_decode
 
 V_REAL = 4  # real tokens 0..3
 MASK = V_REAL  # the mask id; the model's vocabulary is V_REAL + 1
@@ -105,8 +107,9 @@ U = [1, 2, 4]
 ASSIGNMENTS = list(itertools.product(range(V_REAL), repeat=len(U)))  # all 64 y_U
 
 
-def enumerated_candidates(den: TableDenoiser, S: int = 1, orders: torch.Tensor | None = None,
-                          log_q: torch.Tensor | None = None, seed: int = 0) -> Candidates:
+def enumerated_candidates(
+    den: TableDenoiser, S: int = 1, orders: torch.Tensor | None = None, log_q: torch.Tensor | None = None, seed: int = 0
+) -> Candidates:
     """Every assignment of U as one candidate; the non-U masked position 3 gets random tokens
     (a full proposal), which the chain must never reveal."""
     rng = np.random.default_rng(seed)
@@ -117,8 +120,17 @@ def enumerated_candidates(den: TableDenoiser, S: int = 1, orders: torch.Tensor |
     if orders is None:
         orders = random_orders(len(U), S, torch.Generator().manual_seed(seed), torch.device("cpu"))
     gen = torch.tensor(STATE)
-    return Candidates(x=ids_of(STATE), prompt_length=P, masked=gen == MASK, positions=torch.tensor(U),
-                      tokens=tokens, log_q=log_q, log_p=log_p, log_probs=den.log_probs, orders=orders)
+    return Candidates(
+        x=ids_of(STATE),
+        prompt_length=P,
+        masked=gen == MASK,
+        positions=torch.tensor(U),
+        tokens=tokens,
+        log_q=log_q,
+        log_p=log_p,
+        log_probs=den.log_probs,
+        orders=orders,
+    )
 
 
 def table_marginal_on_u(den: TableDenoiser) -> np.ndarray:
@@ -161,8 +173,9 @@ def test_ind_energy_reweights_q_to_the_chain_which_is_the_joint_marginal(seed):
     E = ind_energy(c)
     assert E.shape == (len(ASSIGNMENTS),) and E.dtype == torch.float64
     log_q = log_q_u(c)
-    q_direct = torch.tensor([sum(float(c.log_q[u, y]) for u, y in zip(U, ys)) for ys in ASSIGNMENTS],
-                            dtype=torch.float64)
+    q_direct = torch.tensor(
+        [sum(float(c.log_q[u, y]) for u, y in zip(U, ys)) for ys in ASSIGNMENTS], dtype=torch.float64
+    )
     assert torch.allclose(log_q, q_direct, atol=1e-6)
     assert float(log_q.exp().sum()) == pytest.approx(1.0, abs=1e-6)  # Q itself is a distribution on U
     reweighted = (log_q - E).exp()  # Q(y) exp(-Ind-E(y))
@@ -175,7 +188,7 @@ def test_ind_energy_reweights_q_to_the_chain_which_is_the_joint_marginal(seed):
     # and Q is not that marginal (the test is not vacuous)
     assert np.abs(log_q.exp().numpy() - p_chain).max() > 1e-2
     # |U| - 1 extra sequences per candidate, run once (lazily cached)
-    assert c.passes["denoiser"] == den.rows == len(ASSIGNMENTS) * (len(U) - 1)
+    assert c.passes.denoiser == den.rows == len(ASSIGNMENTS) * (len(U) - 1)
     ind_energy(c)
     assert den.rows == len(ASSIGNMENTS) * (len(U) - 1)
 
@@ -192,12 +205,20 @@ def test_chain_is_normalised_even_for_an_inconsistent_denoiser():
 def test_single_candidate_single_position_chain_is_the_step_pass():
     den = TableDenoiser(random_joint(G5, 4))
     log_p = den.step_log_p(STATE)
-    c = Candidates(x=ids_of(STATE), prompt_length=P, masked=torch.tensor(STATE) == MASK,
-                   positions=torch.tensor([2]), tokens=torch.tensor([[2, 0, 3, 1, 1]]), log_q=log_p,
-                   log_p=log_p, log_probs=den.log_probs, orders=random_orders(1, 1, None, torch.device("cpu")))
+    c = Candidates(
+        x=ids_of(STATE),
+        prompt_length=P,
+        masked=torch.tensor(STATE) == MASK,
+        positions=torch.tensor([2]),
+        tokens=torch.tensor([[2, 0, 3, 1, 1]]),
+        log_q=log_p,
+        log_p=log_p,
+        log_probs=den.log_probs,
+        orders=random_orders(1, 1, None, torch.device("cpu")),
+    )
     assert torch.allclose(c.chain[0, 0], log_p[2, 3].double())
     assert float(ind_energy(c)[0]) == pytest.approx(0.0, abs=1e-12)  # Q = p on one position
-    assert den.rows == 0 and c.passes["denoiser"] == 0
+    assert den.rows == 0 and c.passes.denoiser == 0
 
 
 # ---- Inv-E / Uni-E --------------------------------------------------------------------------
@@ -221,7 +242,7 @@ def test_inv_energy_vanishes_for_a_consistent_joint(orders):
     per_order = c.chain.sum(-1)  # every order gives the joint marginal
     assert torch.allclose(per_order, expected[:, None].expand_as(per_order), atol=1e-9)
     S = c.orders.shape[0]
-    assert den.rows == c.passes["denoiser"] == len(ASSIGNMENTS) * S * (len(U) - 1)
+    assert den.rows == c.passes.denoiser == len(ASSIGNMENTS) * S * (len(U) - 1)
 
 
 def test_inv_and_uni_energy_for_an_inconsistent_denoiser_match_an_explicit_computation():
@@ -235,8 +256,9 @@ def test_inv_and_uni_energy_for_an_inconsistent_denoiser_match_an_explicit_compu
                 expected = math.log(den.conditional(gen)[U[member], ys[member]])
                 assert float(c.chain[ci, s, m]) == pytest.approx(expected, abs=1e-9), (ci, s, m)
                 gen[U[member]] = ys[member]
-    log_chain = torch.tensor([[explicit_chain(den, ys, o) for o in ALL_ORDERS.tolist()] for ys in ASSIGNMENTS],
-                             dtype=torch.float64)
+    log_chain = torch.tensor(
+        [[explicit_chain(den, ys, o) for o in ALL_ORDERS.tolist()] for ys in ASSIGNMENTS], dtype=torch.float64
+    )
     log_bar = torch.logsumexp(log_chain, 1) - math.log(len(ALL_ORDERS))
     inv = inv_energy(c)
     assert torch.allclose(inv, log_chain[:, 0] - log_bar, atol=1e-9)
@@ -280,10 +302,18 @@ class TableAR:
 
 
 def two_position_candidates(tokens, log_q, ar, masked=(True, True)):
-    return Candidates(x=torch.tensor([[0, MASK, MASK]]), prompt_length=1, masked=torch.tensor(masked),
-                      positions=torch.tensor([i for i, m in enumerate(masked) if m]), tokens=tokens,
-                      log_q=log_q, log_p=log_q, log_probs=None, orders=torch.arange(sum(masked))[None],
-                      ar_log_probs=ar)
+    return Candidates(
+        x=torch.tensor([[0, MASK, MASK]]),
+        prompt_length=1,
+        masked=torch.tensor(masked),
+        positions=torch.tensor([i for i, m in enumerate(masked) if m]),
+        tokens=tokens,
+        log_q=log_q,
+        log_p=log_q,
+        log_probs=None,
+        orders=torch.arange(sum(masked))[None],
+        ar_log_probs=ar,
+    )
 
 
 def test_ar_energy_is_minus_ar_log_likelihood_plus_log_q():
@@ -300,7 +330,7 @@ def test_ar_energy_is_minus_ar_log_likelihood_plus_log_q():
     assert torch.allclose(E, expected, atol=1e-5)
     # Q * exp(-E) is the AR distribution
     assert torch.allclose((log_q_u(c) - E).exp().sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-5)
-    assert c.passes["ar"] == ar.rows == len(tokens)
+    assert c.passes.ar == ar.rows == len(tokens)
     ar_energy(c)
     assert ar.rows == len(tokens)  # one batched AR pass, cached
 
@@ -352,9 +382,14 @@ def kept_distribution(sign: float, reps: int = 4000, k: int = 64, seed: int = 0)
     chosen = torch.multinomial(probs, 1, generator=gen)[:, 0]
     tok = tokens.reshape(reps, k, 2)
     kept = tok[torch.arange(reps), chosen]
+
     def counts(t):
-        return torch.zeros(9, dtype=torch.float64).index_add_(0, t[:, 0] * 3 + t[:, 1],
-                                                              torch.ones(len(t), dtype=torch.float64)).reshape(3, 3)
+        return (
+            torch.zeros(9, dtype=torch.float64)
+            .index_add_(0, t[:, 0] * 3 + t[:, 1], torch.ones(len(t), dtype=torch.float64))
+            .reshape(3, 3)
+        )
+
     return counts(kept), counts(tok[:, 0])
 
 
@@ -389,9 +424,9 @@ def test_keep_probabilities():
 
 def test_draw_marginals_and_unmasked_positions():
     gen = torch.Generator().manual_seed(5)
-    q = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.0],
-                      [0.25, 0.25, 0.25, 0.25, 0.0],
-                      [0.7, 0.0, 0.2, 0.1, 0.0]], dtype=torch.float64)
+    q = torch.tensor(
+        [[0.1, 0.2, 0.3, 0.4, 0.0], [0.25, 0.25, 0.25, 0.25, 0.0], [0.7, 0.0, 0.2, 0.1, 0.0]], dtype=torch.float64
+    )
     with np.errstate(divide="ignore"):
         log_q = q.log()
     masked = torch.tensor([True, False, True])
@@ -407,8 +442,12 @@ def test_draw_marginals_and_unmasked_positions():
         assert ((freq - q[pos]).abs() <= 5 * se + 1e-12).all(), (pos, freq)
     assert (d[:, 2] != 1).all()  # probability 0 never drawn
     # independent positions: the joint frequency is the product of the marginals
-    joint = torch.zeros(V_REAL, V_REAL, dtype=torch.float64).index_put_(
-        (d[:, 0], d[:, 2]), torch.ones(n, dtype=torch.float64), accumulate=True) / n
+    joint = (
+        torch.zeros(V_REAL, V_REAL, dtype=torch.float64).index_put_(
+            (d[:, 0], d[:, 2]), torch.ones(n, dtype=torch.float64), accumulate=True
+        )
+        / n
+    )
     prod = q[0, :V_REAL, None] * q[2, None, :V_REAL]
     assert (joint - prod).abs().max() < 5 * math.sqrt(0.25 / n)
     # reproducible with the generator
@@ -429,7 +468,7 @@ def test_choose_weights_terms_and_samples_by_keep_probs():
     probs = torch.softmax(-total / 0.7, 0)
     assert choice.keep_probs == pytest.approx(probs.tolist())
     assert sum(choice.keep_probs) == pytest.approx(1.0)
-    assert choice.passes == {"denoiser": len(ASSIGNMENTS) * 3 * 2, "ar": 0}
+    assert choice.passes == PassCount(denoiser=len(ASSIGNMENTS) * 3 * 2, ar=0)
     # the kept index follows keep_probs
     counts = np.zeros(len(ASSIGNMENTS))
     reps = 3000
@@ -440,7 +479,7 @@ def test_choose_weights_terms_and_samples_by_keep_probs():
     se = np.sqrt(p[top] * (1 - p[top]) / reps)
     assert (np.abs(counts[top] / reps - p[top]) < 5 * se).all(), (counts[top] / reps, p[top])
     js = choice.to_json()
-    assert set(js) == {"chosen", "terms", "total", "keep_probs", "per_position", "passes"}
+    assert set(js) == {"chosen", "terms", "total", "keep_probs", "per_position", "positions", "passes"}
     assert len(js["terms"]["uni"]) == len(ASSIGNMENTS)
 
 
@@ -492,11 +531,19 @@ def engine_steps(denoiser, ar_scorer=None, **settings):
 
 def test_engine_energy_records(denoiser, ar_scorer):
     k, S = 4, 3
-    steps = engine_steps(denoiser, ar_scorer, energies=(("ar", 1.0), ("uni", 0.5)), energy_candidates=k,
-                         energy_orders=S, energy_window=(0.0, 1.0), temperature=0.7, seed=2)
+    steps = engine_steps(
+        denoiser,
+        ar_scorer,
+        energies=(("ar", 1.0), ("uni", 0.5)),
+        energy_candidates=k,
+        energy_orders=S,
+        energy_window=(0.0, 1.0),
+        temperature=0.7,
+        seed=2,
+    )
     assert len(steps) == 4
     for r in steps:
-        e = r.extras["energy"]
+        e = r.extras.to_json()["energy"]
         n = r.n_committed
         assert n == 4 and e["positions"] == r.committed.tolist()
         assert set(e["terms"]) == {"ar", "uni"}
@@ -511,47 +558,56 @@ def test_engine_energy_records(denoiser, ar_scorer):
         assert e["passes"] == {"denoiser": k * S * (n - 1), "ar": k}
         # the step's pass, the chain copies and the AR candidates
         assert r.forward_passes == 1 + k * S * (n - 1) + k
-        assert "violations" not in r.extras
+        assert "violations" not in r.extras.to_json()
 
 
 def test_engine_energy_window_and_no_energies(denoiser):
     # window (0.4, 1]: with 16 positions in 4 steps the masked fraction is 1, .75, .5, .25
     steps = engine_steps(denoiser, energies=(("ind", 1.0),), energy_candidates=3, energy_window=(0.4, 1.0))
-    assert ["energy" in r.extras for r in steps] == [True, True, True, False]
+    assert ["energy" in r.extras.to_json() for r in steps] == [True, True, True, False]
     assert [r.forward_passes for r in steps] == [1 + 3 * 3, 1 + 3 * 3, 1 + 3 * 3, 1]
     plain = engine_steps(denoiser)
-    assert all("energy" not in r.extras and r.forward_passes == 1 for r in plain)
+    assert all("energy" not in r.extras.to_json() and r.forward_passes == 1 for r in plain)
 
 
 def test_engine_energy_with_violations_counts_every_pass(denoiser, ar_scorer):
     k = 2
-    steps = engine_steps(denoiser, ar_scorer, energies=(("ar", 1.0),), energy_candidates=k,
-                         energy_window=(0.0, 1.0), violations=True)
+    steps = engine_steps(
+        denoiser, ar_scorer, energies=(("ar", 1.0),), energy_candidates=k, energy_window=(0.0, 1.0), violations=True
+    )
     for r in steps:
         n = r.n_committed
         assert r.forward_passes == 1 + k + n  # step pass, AR candidates, the violation batch of n
-        assert r.extras["energy"]["passes"] == {"denoiser": 0, "ar": k}
-        assert r.extras["violations"]["positions"] == r.committed.tolist()
-        assert r.extras["violations"]["tokens"] == r.tokens.tolist()  # the kept candidate's tokens
+        assert r.extras.to_json()["energy"]["passes"] == {"denoiser": 0, "ar": k}
+        assert r.extras.to_json()["violations"]["positions"] == r.committed.tolist()
+        assert r.extras.to_json()["violations"]["tokens"] == r.tokens.tolist()  # the kept candidate's tokens
 
 
 def test_engine_commits_the_kept_candidate(denoiser, ar_scorer, monkeypatch):
     seen = []
+
     def spy(c, weights, tau, generator):
         choice = choose(c, weights, tau, generator)
         seen.append((c.x.clone(), c.masked.clone(), c.positions.clone(), c.tokens.clone(), choice))
         return choice
+
     monkeypatch.setattr(engine, "choose", spy)
     k = 6
-    steps = engine_steps(denoiser, ar_scorer, energies=(("ar", 1.0), ("ind", 1.0)), energy_candidates=k,
-                         energy_window=(0.0, 1.0), temperature=0.0)
+    steps = engine_steps(
+        denoiser,
+        ar_scorer,
+        energies=(("ar", 1.0), ("ind", 1.0)),
+        energy_candidates=k,
+        energy_window=(0.0, 1.0),
+        temperature=0.0,
+    )
     assert len(seen) == len(steps) == 4
     differs = False
     for r, (x, masked, positions, tokens, choice) in zip(steps, seen):
         assert positions.tolist() == r.committed.tolist()
-        assert r.extras["energy"]["chosen"] == choice.chosen
+        assert r.extras.to_json()["energy"]["chosen"] == choice.chosen
         assert tokens.shape == (k, 16)
-        gen = x[0, x.shape[1] - 16:]
+        gen = x[0, x.shape[1] - 16 :]
         assert masked.tolist() == (gen == denoiser.mask_id).tolist()  # the state before the commit
         assert (tokens[:, ~masked] == gen[~masked]).all() and not (tokens[:, masked] == denoiser.mask_id).any()
         assert r.tokens.tolist() == tokens[choice.chosen, r.committed].tolist()
@@ -560,8 +616,15 @@ def test_engine_commits_the_kept_candidate(denoiser, ar_scorer, monkeypatch):
 
 
 def test_engine_energy_decode_completes_without_masks(denoiser, ar_scorer):
-    config = DecodeConfig(gen_length=16, steps=8, energies=(("uni", 1.0),), energy_orders=2,
-                          energy_window=(0.0, 1.0), violations=False, seed=1)
+    config = DecodeConfig(
+        gen_length=16,
+        steps=8,
+        energies=(("uni", 1.0),),
+        energy_orders=2,
+        energy_window=(0.0, 1.0),
+        violations=False,
+        seed=1,
+    )
     result = run_decode(denoiser, denoiser.encode(ENGINE_PROMPT), config, ar_scorer=ar_scorer)
     assert result.status == "completed"
     assert denoiser.mask_id not in result.token_ids and len(result.token_ids) == 16
@@ -571,10 +634,11 @@ def test_energy_skips_a_step_whose_chain_is_too_long(denoiser):
     """Over energy_max_sequences the step keeps its own proposal, says why, and draws nothing:
     the run is token for token the run without energies."""
     settings = dict(temperature=1.0, seed=4)
-    capped = engine_steps(denoiser, energies=(("uni", 1.0),), energy_window=(0.0, 1.0), energy_max_sequences=1,
-                          **settings)
+    capped = engine_steps(
+        denoiser, energies=(("uni", 1.0),), energy_window=(0.0, 1.0), energy_max_sequences=1, **settings
+    )
     plain = engine_steps(denoiser, **settings)
-    assert all("energy" not in r.extras for r in plain)
-    assert all("skipped" in r.extras["energy"] for r in capped)
+    assert all("energy" not in r.extras.to_json() for r in plain)
+    assert all("skipped" in r.extras.to_json()["energy"] for r in capped)
     assert [r.tokens.tolist() for r in capped] == [r.tokens.tolist() for r in plain]
     assert [r.forward_passes for r in capped] == [1] * 4

@@ -1,8 +1,8 @@
 """The decoding loop on the embedded model: schedules, blocks, strategies, determinism,
 step records, config validation and the run lifecycle with callbacks."""
+
 import itertools
 import math
-
 from dataclasses import replace
 
 import numpy as np
@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from explorer.api import decode, prepare
-from explorer.callbacks import Callback
-from explorer.config import ConfigError, DecodeConfig
-from explorer.engine import iter_steps, run_decode
-from explorer.schedule import tokens_per_step
-from explorer.strategies import STRATEGIES
+from explorer.decoding.callbacks import Callback
+from explorer.decoding.config import ConfigError, DecodeConfig
+from explorer.decoding.engine import iter_steps, run_decode
+from explorer.decoding.schedule import tokens_per_step
+from explorer.decoding.strategies import STRATEGIES
 
 PROMPT = "once upon a time"
 G = 32
@@ -103,8 +103,11 @@ def test_every_strategy_with_blocks(denoiser, strategy):
 
 def test_strategies_rank_by_their_score(denoiser):
     # one token per step: the committed position is the best masked position by the score
-    for strategy, score in [("low_confidence", lambda r: r.confidence), ("margin", lambda r: r.margin),
-                            ("entropy", lambda r: -r.entropy)]:
+    for strategy, score in [
+        ("low_confidence", lambda r: r.confidence),
+        ("margin", lambda r: r.margin),
+        ("entropy", lambda r: -r.entropy),
+    ]:
         out = run(denoiser, gen_length=16, steps=16, strategy=strategy)
         masked = np.ones(16, dtype=bool)
         for r in out.steps:
@@ -118,9 +121,14 @@ def test_strategies_rank_by_their_score(denoiser):
 def records_equal(a, b):
     if len(a.steps) != len(b.steps):
         return False
-    return all(np.array_equal(x.committed, y.committed) and np.array_equal(x.tokens, y.tokens)
-               and np.array_equal(x.confidence, y.confidence) and np.array_equal(x.probs, y.probs)
-               and np.array_equal(x.entropy, y.entropy) for x, y in zip(a.steps, b.steps))
+    return all(
+        np.array_equal(x.committed, y.committed)
+        and np.array_equal(x.tokens, y.tokens)
+        and np.array_equal(x.confidence, y.confidence)
+        and np.array_equal(x.probs, y.probs)
+        and np.array_equal(x.entropy, y.entropy)
+        for x, y in zip(a.steps, b.steps)
+    )
 
 
 @pytest.mark.parametrize("strategy", ["low_confidence", "random", "origin"])
@@ -144,7 +152,7 @@ def reference_probs(denoiser, prompt_ids, tokens_so_far):
     """Softmax of the model's logits on the current sequence, the mask token excluded."""
     x = torch.tensor([list(prompt_ids) + tokens_so_far])
     with torch.no_grad():
-        logits = denoiser.logits(x)[0, len(prompt_ids):].double()
+        logits = denoiser.logits(x)[0, len(prompt_ids) :].double()
     logits[:, denoiser.mask_id] = float("-inf")
     return torch.softmax(logits, dim=-1).numpy()
 
@@ -183,8 +191,7 @@ def test_step_records(denoiser, temperature):
         np.testing.assert_allclose(r.confidence, p.max(-1), rtol=F16_RTOL, atol=1e-5)
         top2 = np.sort(p, axis=-1)[:, -2:]
         np.testing.assert_allclose(r.margin, top2[:, 1] - top2[:, 0], rtol=F16_RTOL, atol=1e-5)
-        np.testing.assert_allclose(r.entropy, -(p * np.log(np.where(p > 0, p, 1))).sum(-1),
-                                   rtol=F16_RTOL, atol=1e-4)
+        np.testing.assert_allclose(r.entropy, -(p * np.log(np.where(p > 0, p, 1))).sum(-1), rtol=F16_RTOL, atol=1e-4)
         np.testing.assert_array_equal(r.argmax, p.argmax(-1))
         for pos, tok in zip(r.committed, r.tokens):
             current[pos] = int(tok)
@@ -227,27 +234,30 @@ def test_low_threshold_takes_fewer_steps(denoiser, tau):
 
 
 # ---- (e) validation ------------------------------------------------------------------------------
-@pytest.mark.parametrize("settings, needle", [
-    ({"gen_length": 0, "steps": 1}, "gen-length"),
-    ({"gen_length": 317, "steps": 8}, "gen-length"),
-    ({"gen_length": 1000, "steps": 8}, "gen-length"),
-    ({"steps": 0}, "steps"),
-    ({"steps": 33}, "steps"),
-    ({"block_length": 5, "steps": 8}, "block-length"),
-    ({"block_length": 64, "steps": 8}, "block-length"),
-    ({"block_length": 0, "steps": 8}, "block-length"),
-    ({"block_length": 8, "steps": 6}, "divisible"),
-    ({"strategy": "greedy"}, "strategy"),
-    ({"threshold": 0.0}, "threshold"),
-    ({"threshold": 1.5}, "threshold"),
-    ({"threshold": float("nan")}, "threshold"),
-    ({"temperature": -1.0}, "temperature"),
-    ({"temperature": float("nan")}, "temperature"),
-    ({"temperature": float("inf")}, "temperature"),
-    ({"gen_length": 8.0, "steps": 8}, "gen-length"),
-    ({"origin_eps": 1.0}, "origin-eps"),
-    ({"seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    "settings, needle",
+    [
+        ({"gen_length": 0, "steps": 1}, "gen-length"),
+        ({"gen_length": 317, "steps": 8}, "gen-length"),
+        ({"gen_length": 1000, "steps": 8}, "gen-length"),
+        ({"steps": 0}, "steps"),
+        ({"steps": 33}, "steps"),
+        ({"block_length": 5, "steps": 8}, "block-length"),
+        ({"block_length": 64, "steps": 8}, "block-length"),
+        ({"block_length": 0, "steps": 8}, "block-length"),
+        ({"block_length": 8, "steps": 6}, "divisible"),
+        ({"strategy": "greedy"}, "strategy"),
+        ({"threshold": 0.0}, "threshold"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"gen_length": 8.0, "steps": 8}, "gen-length"),
+        ({"origin_eps": 1.0}, "origin-eps"),
+        ({"seed": -1}, "seed"),
+    ],
+)
 def test_config_errors(denoiser, settings, needle):
     config = DecodeConfig(**{"gen_length": G, "steps": 8, **settings})
     with pytest.raises(ConfigError, match=needle):
@@ -257,6 +267,7 @@ def test_config_errors(denoiser, settings, needle):
     class Spy(Callback):
         def on_step(self, record):
             steps.append(record)
+
     with pytest.raises(ConfigError):
         decode(PROMPT, denoiser, config, callbacks=[Spy()])
     assert steps == []  # nothing ran
@@ -265,10 +276,14 @@ def test_config_errors(denoiser, settings, needle):
 def test_valid_edge_configs(denoiser):
     prompt_ids = denoiser.encode(PROMPT)
     assert len(prompt_ids) == 4 and denoiser.context_length == 320
-    for config in (DecodeConfig(gen_length=316, steps=316), DecodeConfig(gen_length=G, steps=1),
-                   DecodeConfig(gen_length=G, steps=G, block_length=1),
-                   DecodeConfig(gen_length=G, steps=4, block_length=8), DecodeConfig(threshold=1.0),
-                   DecodeConfig(temperature=0.0)):
+    for config in (
+        DecodeConfig(gen_length=316, steps=316),
+        DecodeConfig(gen_length=G, steps=1),
+        DecodeConfig(gen_length=G, steps=G, block_length=1),
+        DecodeConfig(gen_length=G, steps=4, block_length=8),
+        DecodeConfig(threshold=1.0),
+        DecodeConfig(temperature=0.0),
+    ):
         assert prepare(PROMPT, denoiser, config) == prompt_ids
 
 
@@ -276,7 +291,7 @@ def test_prompt_errors(denoiser):
     with pytest.raises(ConfigError):
         prepare("", denoiser, DecodeConfig(gen_length=8, steps=8))
     with pytest.raises(ConfigError):
-        DecodeConfig(gen_length=8, steps=8).validate(320, 320, tuple(STRATEGIES))
+        DecodeConfig(gen_length=8, steps=8).validate(320, 320)
     with pytest.raises(ValueError):
         prepare("once upon a zebra", denoiser, DecodeConfig(gen_length=8, steps=8))
 
@@ -398,14 +413,15 @@ def test_mask_is_never_proposed(temperature):
 
 
 def test_engine_commits_only_masked_positions_of_the_block(denoiser, monkeypatch):
-    from explorer.strategies import Selection
+    from explorer.decoding.strategies import Selection, StrategySpec
 
     def rogue(s):
         # everything that is NOT a candidate, plus the leftmost candidate
         commit = ~s.candidates
         commit[s.candidates.nonzero()[0]] = True
         return Selection(commit)
-    monkeypatch.setitem(STRATEGIES, "rogue", rogue)
+
+    monkeypatch.setitem(STRATEGIES, "rogue", StrategySpec("rogue", rogue, "commits what it must not", "none"))
     out = run(denoiser, steps=4, block_length=8, strategy="rogue")
     assert_complete(out, denoiser)
     assert [r.committed.tolist() for r in out.steps] == [[i] for i in range(G)]
@@ -425,8 +441,16 @@ HOST_READS = ("__bool__", "__int__", "__index__", "item", "tolist", "nonzero", "
 def test_a_step_reads_the_device_once(denoiser, monkeypatch, strategy):
     # Violations, energies and Prophet read small results on the host by design (they need the
     # committed set); a plain step must not.
-    config = DecodeConfig(gen_length=16, steps=8, block_length=8, strategy=strategy, threshold=0.5,
-                          temperature=0.5, seed=1, violations=False)
+    config = DecodeConfig(
+        gen_length=16,
+        steps=8,
+        block_length=8,
+        strategy=strategy,
+        threshold=0.5,
+        temperature=0.5,
+        seed=1,
+        violations=False,
+    )
     steps = iter_steps(denoiser, prepare(PROMPT, denoiser, config), config)
     next(steps)  # setting up the run may read the device (the initial mask); steps may not
     counts = {name: 0 for name in HOST_READS}
@@ -435,7 +459,9 @@ def test_a_step_reads_the_device_once(denoiser, monkeypatch, strategy):
         def wrapper(self, *args, **kwargs):
             counts[name] += 1
             return original(self, *args, **kwargs)
+
         return wrapper
+
     for name in HOST_READS:
         monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
     rest = list(steps)

@@ -1,5 +1,6 @@
 """bench/bench_gpu.py runs end to end on a tiny model on the CPU (the LLaDA-8B-shaped run needs a
 GPU), and without a GPU its default invocation says it skipped and exits 0. No timing is asserted."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=120, env=ENV,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=120, env=ENV, check=False
+    )
 
 
 def test_tiny_model_on_the_cpu_prints_every_variant_and_the_ratio():

@@ -5,6 +5,7 @@ Every run must complete and be stored whole, with no SQLite lock errors anywhere
 in the worker's line while the UI process reads finished runs back from the same file.
 Timings are printed for information only.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,11 +15,11 @@ import threading
 import time
 
 import pytest
+from app_server import decode_args, running_app
 from gradio_client import Client
 from sqlalchemy import func, select
 
-from app_server import decode_args, running_app
-from explorer.store import Step
+from explorer.store.database import Step
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")  # pandas deprecations inside gradio
 
@@ -48,11 +49,12 @@ def test_concurrent_sessions_all_complete(server, capfd, caplog):
             for k in range(RUNS_EACH):
                 seed = 1000 + index * RUNS_EACH + k
                 began = time.monotonic()
-                job = client.submit(*decode_args(gen_length=32, steps=8, temperature=1.0, seed=seed),
-                                    api_name="/decode")
+                job = client.submit(
+                    *decode_args(gen_length=32, steps=8, temperature=1.0, seed=seed), api_name="/decode"
+                )
                 final = job.result(timeout=120)
                 mine.append((seed, [out[0] for out in job.outputs()], final[0], time.monotonic() - began))
-        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+        except BaseException as exc:
             errors.append(exc)
 
     began = time.monotonic()
@@ -90,6 +92,8 @@ def test_concurrent_sessions_all_complete(server, capfd, caplog):
 
     latencies = [r[3] for r in runs]
     with capfd.disabled():
-        print(f"\nload: {SESSIONS} sessions x {RUNS_EACH} runs (gen_length 32, steps 8, T=1) on 1 worker: "
-              f"wall {wall:.1f} s, per-run latency mean {statistics.mean(latencies):.2f} s "
-              f"(min {min(latencies):.2f}, max {max(latencies):.2f})")
+        print(
+            f"\nload: {SESSIONS} sessions x {RUNS_EACH} runs (gen_length 32, steps 8, T=1) on 1 worker: "
+            f"wall {wall:.1f} s, per-run latency mean {statistics.mean(latencies):.2f} s "
+            f"(min {min(latencies):.2f}, max {max(latencies):.2f})"
+        )

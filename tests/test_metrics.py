@@ -1,4 +1,5 @@
 """arness / kendall_tau_b against a brute-force pairwise tau-b and on known cases."""
+
 from __future__ import annotations
 
 import itertools
@@ -7,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from explorer import metrics
-from explorer.metrics import arness, kendall_tau_b
+from explorer.views import metrics
+from explorer.views.metrics import arness, kendall_tau_b
 
 
 def brute_tau_b(x, y) -> float:

@@ -1,4 +1,5 @@
-"""The operator's model configuration (explorer/model_config.py): parsing, validation, lookup."""
+"""The operator's model configuration (explorer/adapters/registry.py): parsing, validation, lookup."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,12 +7,13 @@ import json
 
 import pytest
 
-from explorer import model_config as mc
-from explorer.adapters import (MODEL_DESCRIBERS, MODEL_FAMILIES, REMOTE_CODE_FAMILIES, RemoteCodeNotAllowedError,
-                               UnknownModelError, describe_model, load_denoiser)
+from explorer.adapters import registry as mc
+from explorer.adapters.entries import REMOTE_CODE_FAMILIES, ArScorerEntry, ModelEntry
+from explorer.adapters.errors import ModelConfigError, RemoteCodeNotAllowedError, UnknownModelError
+from explorer.adapters.families import MODEL_DESCRIBERS, MODEL_FAMILIES
+from explorer.adapters.loading import describe_model, load_denoiser
+from explorer.adapters.registry import load_registry, parse_registry
 from explorer.cli import main as cli_main
-from explorer.model_config import (ArScorerEntry, ModelConfigError, ModelEntry, load_registry, parse_registry,
-                                   use_models_config)
 
 TOML = """
 [[models]]
@@ -41,9 +43,7 @@ path = "gpt2"
 @pytest.fixture(autouse=True)
 def _clean(monkeypatch):
     monkeypatch.delenv(mc.ENV_VAR, raising=False)
-    mc.reset_active_registry()
     yield
-    mc.reset_active_registry()
 
 
 def write(tmp_path, data, name="models.json"):
@@ -53,29 +53,52 @@ def write(tmp_path, data, name="models.json"):
 
 
 def test_without_a_configuration_only_embedded_is_offered():
-    registry = mc.active_registry()
+    registry = mc.registry_from_env()
     assert registry is mc.DEFAULT_REGISTRY and registry.names() == ("embedded",)
     assert load_denoiser("embedded").name == "embedded"
     assert describe_model("embedded").mask_id == load_denoiser("embedded").mask_id
-    with pytest.raises(UnknownModelError, match="unknown model 'llada'; valid: embedded.*--models-config"):
+    with pytest.raises(UnknownModelError, match=r"unknown model 'llada'; valid: embedded.*--models-config"):
         load_denoiser("llada")
 
 
 def test_toml_and_json_forms_parse_to_the_same_frozen_entries(tmp_path):
     toml_registry = load_registry(write(tmp_path, TOML, "models.toml"))
-    data = {"models": [
-        {"name": "llada-8b-instruct", "family": "llada", "path": "GSAI-ML/LLaDA-8B-Instruct",
-         "trust_remote_code": True, "chat": True, "dtype": "bfloat16", "device": "cuda:0"},
-        {"name": "bert", "family": "masked_lm", "path": "./checkpoints/bert", "mask_id": 103,
-         "context_length": 128, "description": "a local BERT"}],
-        "ar_scorers": [{"name": "gpt2", "family": "causal_lm", "path": "gpt2"}]}
+    data = {
+        "models": [
+            {
+                "name": "llada-8b-instruct",
+                "family": "llada",
+                "path": "GSAI-ML/LLaDA-8B-Instruct",
+                "trust_remote_code": True,
+                "chat": True,
+                "dtype": "bfloat16",
+                "device": "cuda:0",
+            },
+            {
+                "name": "bert",
+                "family": "masked_lm",
+                "path": "./checkpoints/bert",
+                "mask_id": 103,
+                "context_length": 128,
+                "description": "a local BERT",
+            },
+        ],
+        "ar_scorers": [{"name": "gpt2", "family": "causal_lm", "path": "gpt2"}],
+    }
     json_registry = load_registry(write(tmp_path, data))
     assert toml_registry.models == json_registry.models
     assert toml_registry.ar_scorers == json_registry.ar_scorers
     assert toml_registry.names() == ("embedded", "llada-8b-instruct", "bert")
     llada, bert = toml_registry.models
-    assert llada == ModelEntry("llada-8b-instruct", "llada", "GSAI-ML/LLaDA-8B-Instruct", "bfloat16", "cuda:0",
-                               trust_remote_code=True, chat=True)
+    assert llada == ModelEntry(
+        "llada-8b-instruct",
+        "llada",
+        "GSAI-ML/LLaDA-8B-Instruct",
+        "bfloat16",
+        "cuda:0",
+        trust_remote_code=True,
+        chat=True,
+    )
     assert bert.path == str((tmp_path / "checkpoints" / "bert").resolve())  # relative to the file
     assert (bert.trust_remote_code, bert.dtype, bert.device, bert.mask_id) == (False, "auto", "auto", 103)
     assert toml_registry.ar_scorer_names() == ("embedded", "gpt2")
@@ -96,13 +119,20 @@ def test_an_unlisted_model_is_refused_naming_the_listed_ones(tmp_path):
 
 
 def test_remote_code_is_refused_unless_the_file_allows_it(tmp_path):
-    registry = parse_registry({"models": [{"name": "dream", "family": "dream", "path": "Dream-org/Dream-v0-Base-7B"},
-                                          {"name": "mdlm", "family": "mdlm", "path": "kuleshov-group/mdlm-owt",
-                                           "trust_remote_code": False}]}, source="ops.json")
+    registry = parse_registry(
+        {
+            "models": [
+                {"name": "dream", "family": "dream", "path": "Dream-org/Dream-v0-Base-7B"},
+                {"name": "mdlm", "family": "mdlm", "path": "kuleshov-group/mdlm-owt", "trust_remote_code": False},
+            ]
+        },
+        source="ops.json",
+    )
     for name in ("dream", "mdlm"):
-        with pytest.raises(RemoteCodeNotAllowedError,
-                           match=f"model '{name}' needs trust_remote_code; the operator configuration does "
-                                 "not allow it .*ops.json"):
+        with pytest.raises(
+            RemoteCodeNotAllowedError,
+            match=f"model '{name}' needs trust_remote_code; the operator configuration does not allow it .*ops.json",
+        ):
             load_denoiser(name, registry=registry)
         with pytest.raises(RemoteCodeNotAllowedError):
             describe_model(name, registry=registry)
@@ -118,32 +148,52 @@ BAD = [
     ({"modles": []}, "unknown top-level key(s) 'modles'"),
     ({"models": {"name": "x"}}, "'models' must be a list"),
     ({"models": ["x"]}, "models[0]: each entry must be a table"),
-    ({"models": [{"name": "x", "family": "llada", "path": "p", "trust": True}]},
-     "models[0] ('x'): unknown key(s) 'trust'"),
+    (
+        {"models": [{"name": "x", "family": "llada", "path": "p", "trust": True}]},
+        "models[0] ('x'): unknown key(s) 'trust'",
+    ),
     ({"models": [{"family": "llada", "path": "p"}]}, "models[0]: field 'name' is required"),
-    ({"models": [{"name": "x", "family": "gpt", "path": "p"}]},
-     "models[0] ('x'): field 'family' 'gpt' is unknown; valid: embedded, masked_lm, llada, dream, mdlm"),
-    ({"models": [{"name": "x", "family": "llada", "path": "p", "dtype": "fp8"}]},
-     "field 'dtype' 'fp8' is not one of auto, float32, bfloat16, float16"),
+    (
+        {"models": [{"name": "x", "family": "gpt", "path": "p"}]},
+        "models[0] ('x'): field 'family' 'gpt' is unknown; valid: embedded, masked_lm, llada, dream, mdlm",
+    ),
+    (
+        {"models": [{"name": "x", "family": "llada", "path": "p", "dtype": "fp8"}]},
+        "field 'dtype' 'fp8' is not one of auto, float32, bfloat16, float16",
+    ),
     ({"models": [{"name": "x", "family": "llada", "path": "p", "device": "gpu"}]}, "field 'device' 'gpu'"),
-    ({"models": [{"name": "x", "family": "llada", "path": "p", "trust_remote_code": "yes"}]},
-     "field 'trust_remote_code' must be true or false, got 'yes'"),
-    ({"models": [{"name": "x", "family": "llada", "path": "p", "mask_id": True}]},
-     "field 'mask_id' must be a whole number"),
+    (
+        {"models": [{"name": "x", "family": "llada", "path": "p", "trust_remote_code": "yes"}]},
+        "field 'trust_remote_code' must be true or false, got 'yes'",
+    ),
+    (
+        {"models": [{"name": "x", "family": "llada", "path": "p", "mask_id": True}]},
+        "field 'mask_id' must be a whole number",
+    ),
     ({"models": [{"name": "x", "family": "llada", "path": "p", "mask_id": -1}]}, "field 'mask_id' must be >= 0"),
     ({"models": [{"name": "x", "family": "llada"}]}, "field 'path' is required"),
-    ({"models": [{"name": "x", "family": "masked_lm", "path": "p", "chat": True}]},
-     "field 'chat' applies to the families with a chat template"),
+    (
+        {"models": [{"name": "x", "family": "masked_lm", "path": "p", "chat": True}]},
+        "field 'chat' applies to the families with a chat template",
+    ),
     ({"models": [{"name": "embedded", "family": "masked_lm", "path": "p"}]}, "'embedded' is reserved"),
     ({"models": [{"name": "a b", "family": "masked_lm", "path": "p"}]}, "field 'name' 'a b'"),
-    ({"models": [{"name": "x", "family": "masked_lm", "path": "p"}, {"name": "x", "family": "llada", "path": "q"}]},
-     "models: the name 'x' is listed twice"),
-    ({"models": [], "ar_scorers": [{"name": "g", "family": "masked_lm", "path": "p"}]},
-     "ar_scorers[0] ('g'): field 'family' 'masked_lm' is unknown; valid: causal_lm, embedded_ar"),
-    ({"models": [], "ar_scorers": [{"name": "g", "family": "causal_lm"}]},
-     "ar_scorers[0] ('g'): field 'path' is required for a causal_lm scorer"),
-    ({"models": [], "ar_scorers": [{"name": "g", "family": "causal_lm", "path": "p", "chat": True}]},
-     "unknown key(s) 'chat'"),
+    (
+        {"models": [{"name": "x", "family": "masked_lm", "path": "p"}, {"name": "x", "family": "llada", "path": "q"}]},
+        "models: the name 'x' is listed twice",
+    ),
+    (
+        {"models": [], "ar_scorers": [{"name": "g", "family": "masked_lm", "path": "p"}]},
+        "ar_scorers[0] ('g'): field 'family' 'masked_lm' is unknown; valid: causal_lm, embedded_ar",
+    ),
+    (
+        {"models": [], "ar_scorers": [{"name": "g", "family": "causal_lm"}]},
+        "ar_scorers[0] ('g'): field 'path' is required for a causal_lm scorer",
+    ),
+    (
+        {"models": [], "ar_scorers": [{"name": "g", "family": "causal_lm", "path": "p", "chat": True}]},
+        "unknown key(s) 'chat'",
+    ),
 ]
 
 
@@ -164,33 +214,34 @@ def test_unreadable_and_unparsable_files(tmp_path):
         load_registry(write(tmp_path, "[[models]\nname=", "bad.toml"))
 
 
-def test_the_environment_variable_and_use_models_config(tmp_path, monkeypatch):
+def test_the_environment_variable_and_the_flag(tmp_path, monkeypatch):
+    """No process-wide registry: the environment is read when asked, the flag wins over it, and a
+    long-lived process passes the registry it read on (Services -> WorkerPool -> worker)."""
     path = write(tmp_path, TOML, "models.toml")
     monkeypatch.setenv(mc.ENV_VAR, str(path))
-    assert mc.active_registry().names() == ("embedded", "llada-8b-instruct", "bert")
-    assert mc.resolve_registry(None) is mc.active_registry()  # read once per modification
+    assert mc.registry_from_env().names() == ("embedded", "llada-8b-instruct", "bert")
+    assert mc.resolve_registry(None) == mc.registry_from_env()
     other = write(tmp_path, {"models": [{"name": "only", "family": "masked_lm", "path": "p"}]})
     assert mc.resolve_registry(str(other)).names() == ("embedded", "only")  # the flag wins
     monkeypatch.delenv(mc.ENV_VAR)
-    assert mc.active_registry() is mc.DEFAULT_REGISTRY
-    registry = use_models_config(other)  # installs it and exports it for worker processes
-    assert mc.active_registry() is registry
-    import os
-    assert os.environ[mc.ENV_VAR] == str(other.resolve())
-    monkeypatch.delenv(mc.ENV_VAR)
+    assert mc.registry_from_env() is mc.DEFAULT_REGISTRY
+    assert not hasattr(mc, "use_models_config") and not hasattr(mc, "active_registry")
 
 
 def test_cli_takes_the_flag_and_refuses_unlisted_models(tmp_path, capsys):
     path = write(tmp_path, TOML, "models.toml")
-    code = cli_main(["decode", "--models-config", str(path), "--model", "gpt-4", "--prompt", "once upon a time",
-                     "--no-store"])
+    code = cli_main(
+        ["decode", "--models-config", str(path), "--model", "gpt-4", "--prompt", "once upon a time", "--no-store"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown model 'gpt-4'") and "llada-8b-instruct" in err
     refused = write(tmp_path, {"models": [{"name": "dream", "family": "dream", "path": "Dream-org/Dream-v0-Base-7B"}]})
     code = cli_main(["decode", "--models-config", str(refused), "--model", "dream", "--prompt", "x", "--no-store"])
     assert code == 2
-    assert "error: model 'dream' needs trust_remote_code; the operator configuration does not allow it" \
+    assert (
+        "error: model 'dream' needs trust_remote_code; the operator configuration does not allow it"
         in capsys.readouterr().err
+    )
     code = cli_main(["decode", "--models-config", str(tmp_path / "nope.toml"), "--prompt", "x", "--no-store"])
     assert code == 2 and "cannot read the model configuration" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Plotly figures from synthetic RunArrays: matrices, blanks after commit, downsampling,
 labels, payload size, step markers, the AR-ness title; the violation and energy maps, the
 pairwise matrices of a step (escaped token labels) and the candidates' energies."""
+
 from __future__ import annotations
 
 import math
@@ -9,14 +10,22 @@ from dataclasses import replace
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-
-from explorer import plots
-from explorer import plots_pairwise as pairwise
-from explorer.metrics import arness
-from explorer.plots import (block_nanmean, commit_order_map, common_zmax, figure_payload_bytes,
-                            masked_metric, metric_heatmap, tokens_per_step)
-from explorer.trajectory import RunArrays
 from synthetic_runs import MASK_ID, synthetic_arrays, synthetic_records
+
+from explorer.decoding.records import StepExtras
+from explorer.store.arrays import RunArrays
+from explorer.views import figures as plots
+from explorer.views import pairwise
+from explorer.views.figures import (
+    block_nanmean,
+    commit_order_map,
+    common_zmax,
+    figure_payload_bytes,
+    masked_metric,
+    metric_heatmap,
+    tokens_per_step,
+)
+from explorer.views.metrics import arness
 
 METRICS = ("confidence", "entropy", "margin")
 
@@ -48,9 +57,9 @@ def test_heatmap_matrix_and_blank_after_commit(small, metric):
     for p in range(24):
         c = small.commit_step[p]
         # shown up to and including the step that commits it (masked before that step) ...
-        np.testing.assert_array_equal(z[p, :c + 1], values[p, :c + 1])
+        np.testing.assert_array_equal(z[p, : c + 1], values[p, : c + 1])
         # ... blank afterwards
-        assert np.isnan(z[p, c + 1:]).all()
+        assert np.isnan(z[p, c + 1 :]).all()
     assert list(fig.data[0].x) == list(range(6)) and list(fig.data[0].y) == list(range(24))
     assert "downsampled" not in _title(fig)
 
@@ -79,7 +88,10 @@ def test_uncommitted_positions_stay_visible():
 
 
 def test_colour_scale_is_fixed_or_shared(small):
-    assert (metric_heatmap(small, "confidence").data[0].zmin, metric_heatmap(small, "confidence").data[0].zmax) == (0, 1)
+    assert (metric_heatmap(small, "confidence").data[0].zmin, metric_heatmap(small, "confidence").data[0].zmax) == (
+        0,
+        1,
+    )
     other = synthetic_arrays(24, 6, seed=9)
     top = common_zmax("entropy", small, other)
     assert top == pytest.approx(max(np.nanmax(masked_metric(a, "entropy")) for a in (small, other)))
@@ -134,8 +146,11 @@ def _vlines(fig: go.Figure) -> list[float]:
 
 
 def test_step_marker(small):
-    for fig in (metric_heatmap(small, "confidence", step=3), commit_order_map(small, step=3),
-                tokens_per_step(small, step=3)):
+    for fig in (
+        metric_heatmap(small, "confidence", step=3),
+        commit_order_map(small, step=3),
+        tokens_per_step(small, step=3),
+    ):
         assert _vlines(fig) == [3]
         assert any("step 3" in a.text for a in fig.layout.annotations)
     for fig in (metric_heatmap(small, "confidence"), commit_order_map(small), tokens_per_step(small)):
@@ -196,8 +211,8 @@ def test_unknown_metric(small):
 EVIL_TOKEN = "<b>x</b>"
 
 
-def _step_extras(record, rng: np.random.Generator, k: int = 3) -> dict:
-    """Violations (n >= 2) and energy extras shaped as the engine records them."""
+def _step_extras(record, rng: np.random.Generator, k: int = 3) -> StepExtras:
+    """Violations (n >= 2) and energy extras as the engine records them (read from their JSON)."""
     n, off = record.n_committed, ~np.eye(record.n_committed, dtype=bool)
     D = np.where(off, rng.normal(0, 2, (n, n)), 0.0)
     S, A = (D + D.T) / 2, D - D.T
@@ -205,16 +220,31 @@ def _step_extras(record, rng: np.random.Generator, k: int = 3) -> dict:
     out = {}
     if n >= 2:
         out["violations"] = {
-            "positions": record.committed.tolist(), "tokens": record.tokens.tolist(), "D": D.tolist(), "S": S.tolist(),
-            "A": A.tolist(), "flip": flip.astype(int).tolist(), "scores": np.where(off, S, np.inf).min(1).tolist(),
-            "total": float(np.minimum(S[np.triu_indices(n, 1)], 0).sum()), "n_committed": n, "capped": False,
-            "seconds": 0.01, "forward_seconds": 0.02}
+            "positions": record.committed.tolist(),
+            "tokens": record.tokens.tolist(),
+            "D": D.tolist(),
+            "S": S.tolist(),
+            "A": A.tolist(),
+            "flip": flip.astype(int).tolist(),
+            "scores": np.where(off, S, np.inf).min(1).tolist(),
+            "total": float(np.minimum(S[np.triu_indices(n, 1)], 0).sum()),
+            "n_committed": n,
+            "capped": False,
+            "seconds": 0.01,
+            "forward_seconds": 0.02,
+        }
     total = rng.normal(0, 1, k)
     keep = np.exp(-total) / np.exp(-total).sum()
-    out["energy"] = {"chosen": int(rng.integers(k)), "terms": {"uni": total.tolist()}, "total": total.tolist(),
-                     "keep_probs": keep.tolist(), "per_position": rng.normal(0, 1, n).tolist(),
-                     "positions": record.committed.tolist(), "passes": {"denoiser": 3, "ar": 0}}
-    return out
+    out["energy"] = {
+        "chosen": int(rng.integers(k)),
+        "terms": {"uni": total.tolist()},
+        "total": total.tolist(),
+        "keep_probs": keep.tolist(),
+        "per_position": rng.normal(0, 1, n).tolist(),
+        "positions": record.committed.tolist(),
+        "passes": {"denoiser": 3, "ar": 0},
+    }
+    return StepExtras.from_json(StepExtras.from_json(out).to_json())  # rounded as the engine keeps them
 
 
 def analysed(G: int = 12, S: int = 4, seed: int = 0, config: dict | None = None) -> RunArrays:
@@ -226,13 +256,14 @@ def analysed(G: int = 12, S: int = 4, seed: int = 0, config: dict | None = None)
 
 def plain_run(violations: bool = False) -> RunArrays:
     config = {"energies": [], "violations": violations, "energy_window": [0.4, 1.0]}
-    return RunArrays.from_records({"gen_length": 8, "mask_id": MASK_ID, "id": 8, "config": config},
-                                  synthetic_records(8, 4))
+    return RunArrays.from_records(
+        {"gen_length": 8, "mask_id": MASK_ID, "id": 8, "config": config}, synthetic_records(8, 4)
+    )
 
 
 def evil_text(arrays: RunArrays):
     """Token text with one of step 1's committed tokens spelled as markup."""
-    target = arrays.extras[1]["violations"]["tokens"][0]
+    target = arrays.extras[1].to_json()["violations"]["tokens"][0]
     return lambda t: EVIL_TOKEN if t == target else f"w{t}"
 
 
@@ -287,7 +318,7 @@ def test_violation_heatmap_downsamples_and_says_so():
 @pytest.mark.parametrize("which", ["S", "A"])
 def test_pairwise_matrix(which):
     arrays = analysed()
-    data = arrays.extras[1]["violations"]
+    data = arrays.extras[1].to_json()["violations"]
     fig = pairwise.pairwise_matrix(arrays, 1, which, evil_text(arrays))
     z = _z(fig)
     n = len(data["positions"])
@@ -311,7 +342,7 @@ def test_pairwise_matrix(which):
 
 def test_pairwise_matrix_picks_a_step_and_explains_empty_states():
     arrays = analysed()
-    totals = [e.get("violations", {}).get("total", np.inf) for e in arrays.extras]
+    totals = [e.to_json().get("violations", {}).get("total", np.inf) for e in arrays.extras]
     worst = int(np.argmin(totals))
     assert pairwise.focus_step(arrays) == worst
     auto = pairwise.pairwise_matrix(arrays, None, "S", lambda t: f"w{t}")
@@ -329,7 +360,7 @@ def test_pairwise_matrix_picks_a_step_and_explains_empty_states():
 
 def test_candidate_energies():
     arrays = analysed()
-    data = arrays.extras[2]["energy"]
+    data = arrays.extras[2].to_json()["energy"]
     fig = pairwise.candidate_energies(arrays, 2)
     kept = data["chosen"]
     bars = {trace.name: trace for trace in fig.data}

@@ -3,6 +3,7 @@
 A preset's settings are decoded in-process (explorer.api.decode), as the worker would; the
 phenomenon its explanation promises is then checked on the result.
 """
+
 from __future__ import annotations
 
 from dataclasses import fields, replace
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 
 from explorer.api import decode
-from explorer.config import DecodeConfig
-from explorer.metrics import arness
+from explorer.decoding.config import DecodeConfig
 from explorer.presets import PRESETS
-from explorer.trajectory import RunArrays
+from explorer.store.arrays import RunArrays
+from explorer.views.metrics import arness
 from models.checker import check
 
 CONFIG_FIELDS = {f.name for f in fields(DecodeConfig)}
@@ -28,8 +29,9 @@ def run(denoiser, preset, config: DecodeConfig | None = None):
     """(checker result, RunArrays, decoded) of a preset (or of `config` on its prompt)."""
     prompt = preset.settings["prompt"]
     decoded = decode(prompt, denoiser, config or config_of(preset))
-    arrays = RunArrays.from_records({"gen_length": decoded.result.token_ids.__len__(), "mask_id": decoded.mask_id},
-                                    decoded.steps)
+    arrays = RunArrays.from_records(
+        {"gen_length": decoded.result.token_ids.__len__(), "mask_id": decoded.mask_id}, decoded.steps
+    )
     return check(f"{prompt} {decoded.result.text}"), arrays, decoded
 
 
@@ -65,7 +67,9 @@ def adaptive(denoiser, preset):
 def two_full_stops(denoiser, preset):
     result, arrays, decoded = run(denoiser, preset)
     assert not result.valid, "the run should break"
-    totals = {r.step: r.extras["violations"]["total"] for r in decoded.steps if "violations" in r.extras}
+    totals = {
+        r.step: r.extras.to_json()["violations"]["total"] for r in decoded.steps if "violations" in r.extras.to_json()
+    }
     worst = min(totals, key=totals.get)
     assert worst == 7 and totals[7] < -5, totals  # the step the explanation names, about -11 nats
     words = decoded.result.text.split()
@@ -80,7 +84,7 @@ def energy_repairs(denoiser, preset):
     assert not plain.valid, "without the energy the same run must have a violation"
     repaired, arrays, decoded = run(denoiser, preset, config)
     assert repaired.valid, repaired.summary()
-    assert any("energy" in r.extras for r in decoded.steps)
+    assert any("energy" in r.extras.to_json() for r in decoded.steps)
     assert np.isfinite(arrays.energy).any()
 
 

@@ -1,7 +1,7 @@
 """Replay-only mode: the app serves stored runs with no model and no worker process.
 
 Two runs are decoded for real on the embedded model (explorer.api.decode) into one temporary
-store and exported as bundles (explorer.bundle); the bundles are imported into a second
+store and exported as bundles (explorer.store.bundle); the bundles are imported into a second
 SQLite file, and the app is started on that file the way `python app.py --replay-only` starts
 it (app.parse_args + app.create_services). Through gradio_client: a run opens with its
 tokens (their texts read from the stored events), the step slider scrubs it, two runs compare,
@@ -9,6 +9,7 @@ a bundle imports, and /decode is refused with a message saying why. Counters on 
 loading the embedded weights (and on the worker pool) stay at zero from the moment the
 server is set up.
 """
+
 from __future__ import annotations
 
 import html
@@ -20,13 +21,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from app_server import decode_args, running_app
 from gradio_client import Client, handle_file
 
 import app
-from app_server import decode_args, running_app
 from explorer.api import decode
-from explorer.bundle import export_run, export_run_json, import_run
-from explorer.store import TrajectoryStore
+from explorer.store.bundle import export_run, export_run_json, import_run
+from explorer.store.database import TrajectoryStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 
@@ -50,7 +51,8 @@ class LoadCounter:
     """Counts every call that would read the embedded model's weights or start a worker."""
 
     def __init__(self, monkeypatch) -> None:
-        from explorer import adapters, worker
+        from explorer import worker
+        from explorer.adapters import embedded, families, loading
         from models import transformer
 
         self.calls: dict[str, int] = {}
@@ -59,14 +61,21 @@ class LoadCounter:
             def wrapper(*args, **kwargs):
                 self.calls[name] = self.calls.get(name, 0) + 1
                 return fn(*args, **kwargs)
+
             return wrapper
-        for module, name in ((adapters, "load_embedded"), (adapters, "load_denoiser"),
-                             (transformer, "load_model")):
+
+        for module, name in (
+            (embedded, "load_embedded"),
+            (loading, "load_denoiser"),
+            (worker, "load_denoiser"),
+            (transformer, "load_model"),
+        ):
             monkeypatch.setattr(module, name, counted(f"{module.__name__}.{name}", getattr(module, name)))
-        for family, loader in list(adapters.MODEL_FAMILIES.items()):
-            monkeypatch.setitem(adapters.MODEL_FAMILIES, family, counted(f"MODEL_FAMILIES[{family!r}]", loader))
-        monkeypatch.setattr(transformer.Transformer, "__init__",
-                            counted("Transformer.__init__", transformer.Transformer.__init__))
+        for family, loader in list(families.MODEL_FAMILIES.items()):
+            monkeypatch.setitem(families.MODEL_FAMILIES, family, counted(f"MODEL_FAMILIES[{family!r}]", loader))
+        monkeypatch.setattr(
+            transformer.Transformer, "__init__", counted("Transformer.__init__", transformer.Transformer.__init__)
+        )
         monkeypatch.setattr(worker.WorkerPool, "__init__", counted("WorkerPool.__init__", worker.WorkerPool.__init__))
         monkeypatch.setattr(worker, "worker_main", counted("worker_main", worker.worker_main))
 
@@ -99,8 +108,14 @@ def replay_server(tmp_path_factory, recorded):
     services = app.create_services(app.parse_args(["--replay-only", "--db", url]))
     try:
         with running_app(tmp, services=services) as (services, server_url):
-            yield {"services": services, "url": server_url, "run_ids": run_ids, "counter": counter,
-                   "children_before": children_before, "tmp": tmp}
+            yield {
+                "services": services,
+                "url": server_url,
+                "run_ids": run_ids,
+                "counter": counter,
+                "children_before": children_before,
+                "tmp": tmp,
+            }
     finally:
         monkeypatch.undo()
 
@@ -161,8 +176,9 @@ def test_import_a_bundle_through_the_runs_tab(client, replay_server, recorded):
     services = replay_server["services"]
     path = replay_server["tmp"] / "bundle.json"
     path.write_bytes(recorded[1][0])
-    _table, message, new_id = client.predict(handle_file(str(path)), "any", "any", "any", "", "",
-                                             api_name="/import_run")
+    _table, message, new_id = client.predict(
+        handle_file(str(path)), "any", "any", "any", "", "", api_name="/import_run"
+    )
     assert f"Imported as run {new_id}" in message
     assert export_run(services.store, new_id) == json.loads(recorded[1][0])
     table, _message = client.predict("any", "any", "any", "", "", api_name="/list_runs")

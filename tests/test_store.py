@@ -8,26 +8,26 @@ own cascades), list_runs filters, UTC timestamps whatever the server's time zone
 and StoreWriter's batching. SQLite only: the pragmas, URL resolution and the data directory,
 unwritable locations.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from sqlalchemy import delete, func, select, text
-
 from conftest import BACKENDS, new_db_url
-from explorer import store as store_module
-from explorer.api import decode
-from explorer.callbacks import RunStart
-from explorer.config import DecodeConfig
-from explorer.engine import run_decode
+from sqlalchemy import delete, func, select, text
 from synthetic_runs import StopAfter
-from explorer.records import DecodeResult, StepRecord
-from explorer.store import (DB_URL_ENV, Event, Run, Step, StoreError, StoreWriter, TrajectoryStore,
-                            resolve_url)
+
+from explorer.api import decode
+from explorer.decoding.callbacks import RunStart
+from explorer.decoding.config import DecodeConfig
+from explorer.decoding.engine import run_decode
+from explorer.decoding.records import DecodeResult, StepRecord
+from explorer.store import database as store_module
+from explorer.store.database import DB_URL_ENV, Event, Run, Step, StoreError, StoreWriter, TrajectoryStore, resolve_url
 
 PROMPT = "once upon a time"
 G, S = 32, 8
@@ -46,6 +46,7 @@ def _count(store: TrajectoryStore, model, run_id: int) -> int:
 
 
 # ---- a real decode, round-tripped ---------------------------------------------------------------
+
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def stored_decode(request, denoiser, tmp_path_factory):
@@ -156,7 +157,6 @@ def test_backend_of_the_store(store, db_url):
 # ---- the status lifecycle ------------------------------------------------------------------------
 
 
-
 def test_cancelled_run_keeps_its_steps(denoiser, store):
     stopper = StopAfter(2)
     out = decode(PROMPT, denoiser, store=store, callbacks=[stopper], gen_length=G, steps=S)
@@ -227,8 +227,14 @@ def test_failed_run_through_run_decode_with_batching(denoiser, store):
 
 
 def _run_start(mask_id: int = 1) -> RunStart:
-    return RunStart(model="embedded", prompt=PROMPT, prompt_ids=[1, 2, 3], config=DecodeConfig(gen_length=G, steps=S),
-                    mask_id=mask_id, device="cpu")
+    return RunStart(
+        model="embedded",
+        prompt=PROMPT,
+        prompt_ids=[1, 2, 3],
+        config=DecodeConfig(gen_length=G, steps=S),
+        mask_id=mask_id,
+        device="cpu",
+    )
 
 
 def test_mark_failed_only_touches_running_runs(store):
@@ -261,6 +267,7 @@ def test_delete_run_removes_steps_and_events(denoiser, store):
 
 
 # ---- where the database lives ------------------------------------------------------------------
+
 
 def test_resolve_url_precedence(tmp_path, monkeypatch):
     monkeypatch.delenv(DB_URL_ENV, raising=False)
@@ -319,16 +326,24 @@ def test_unwritable_location_raises_store_error(tmp_path):
 
 # ---- StoreWriter batching ------------------------------------------------------------------------
 
+
 def _synthetic_record(step: int, position: int, rng: np.random.Generator, g: int = G) -> StepRecord:
     conf = rng.random(g, dtype=np.float32)
     return StepRecord(
-        step=step, block=0, committed=np.array([position], dtype=np.int64),
-        tokens=np.array([rng.integers(3, 100)], dtype=np.int64), probs=conf[[position]],
+        step=step,
+        block=0,
+        committed=np.array([position], dtype=np.int64),
+        tokens=np.array([rng.integers(3, 100)], dtype=np.int64),
+        probs=conf[[position]],
         top_ids=rng.integers(3, 100, size=(1, 3)).astype(np.int64),
         top_probs=np.sort(rng.random((1, 3), dtype=np.float32))[:, ::-1].copy(),
-        argmax=rng.integers(3, 100, size=g).astype(np.int32), confidence=conf,
-        entropy=rng.random(g, dtype=np.float32) * 4, margin=rng.random(g, dtype=np.float32),
-        masked_before=g - step, seconds=0.001)
+        argmax=rng.integers(3, 100, size=g).astype(np.int32),
+        confidence=conf,
+        entropy=rng.random(g, dtype=np.float32) * 4,
+        margin=rng.random(g, dtype=np.float32),
+        masked_before=g - step,
+        seconds=0.001,
+    )
 
 
 def test_store_writer_batches_steps(store):
@@ -389,8 +404,17 @@ def test_store_writer_without_start_ignores_end(store):
 
 
 def test_config_json_round_trip_non_default(denoiser, store):
-    config = DecodeConfig(gen_length=G, steps=S, block_length=8, strategy="margin", temperature=0.5, seed=7,
-                          energies=(("uni", 0.5), ("ar", 1.0)), energy_window=(0.2, 0.9), violations=False)
+    config = DecodeConfig(
+        gen_length=G,
+        steps=S,
+        block_length=8,
+        strategy="margin",
+        temperature=0.5,
+        seed=7,
+        energies=(("uni", 0.5), ("ar", 1.0)),
+        energy_window=(0.2, 0.9),
+        violations=False,
+    )
     out = decode(PROMPT, denoiser, config=config, store=store)
     stored = store.get_run(out.run_id)["config"]
     assert DecodeConfig(**stored) == config
@@ -401,8 +425,9 @@ def test_config_json_round_trip_non_default(denoiser, store):
 
 # ---- what differs between databases ---------------------------------------------------------------
 
+
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def test_timestamps_are_utc(store):
@@ -430,11 +455,17 @@ def test_timestamps_are_utc(store):
 
 
 def test_list_runs_filters(store):
-    def add(prompt: str, model: str = "embedded", strategy: str = "low_confidence", text: str | None = None,
-            status: str = "completed") -> int:
+    def add(
+        prompt: str,
+        model: str = "embedded",
+        strategy: str = "low_confidence",
+        text: str | None = None,
+        status: str = "completed",
+    ) -> int:
         config = DecodeConfig(gen_length=G, steps=S, strategy=strategy)
-        run_id = store.create_run(RunStart(model=model, prompt=prompt, prompt_ids=[1], config=config, mask_id=1,
-                                           device="cpu"))
+        run_id = store.create_run(
+            RunStart(model=model, prompt=prompt, prompt_ids=[1], config=config, mask_id=1, device="cpu")
+        )
         if status != "running":
             store.finish_run(run_id, DecodeResult(status, [5] * G, text or "", S))
         return run_id
@@ -461,8 +492,9 @@ def test_list_runs_filters(store):
 def test_large_seed_round_trip(store):
     """The seed is any 0..2^63-1 (DecodeConfig's range): a 64-bit column, also on PostgreSQL."""
     config = DecodeConfig(gen_length=G, steps=S, seed=2**63 - 1)
-    run_id = store.create_run(RunStart(model="embedded", prompt=PROMPT, prompt_ids=[1, 2], config=config,
-                                       mask_id=1, device="cpu"))
+    run_id = store.create_run(
+        RunStart(model="embedded", prompt=PROMPT, prompt_ids=[1, 2], config=config, mask_id=1, device="cpu")
+    )
     run = store.get_run(run_id)
     assert run["seed"] == 2**63 - 1 and run["config"]["seed"] == 2**63 - 1
 
@@ -480,8 +512,9 @@ def test_database_cascades_and_token_texts(store):
         writer.on_end(DecodeResult("completed", [0] * G, "", 4))
         run_ids.append(writer.run_id)
     parent, child = run_ids
-    assert store.token_texts(parent) == {int(t): f"tok{t}" for t in
-                                         {e for s in store.step_summaries(parent) for e in s["tokens"]}}
+    assert store.token_texts(parent) == {
+        int(t): f"tok{t}" for t in {e for s in store.step_summaries(parent) for e in s["tokens"]}
+    }
     with store.session() as s, s.begin():
         s.get(Run, child).parent_run_id, s.get(Run, child).branch_step = parent, 2
     with store.engine.begin() as conn:

@@ -1,23 +1,27 @@
 """Schedule and unmasking strategies on hand-built tensors (no model)."""
+
 import math
 
 import pytest
 import torch
 
-from explorer.schedule import block_bounds, tokens_per_step
-from explorer.strategies import STRATEGIES, StepInput, top_k_commit
+from explorer.decoding.schedule import block_bounds, tokens_per_step
+from explorer.decoding.strategies import STRATEGIES, StepInput, default_knobs, top_k_commit
 
 
 # ---- schedule ------------------------------------------------------------------------------
-@pytest.mark.parametrize("n, steps, expected", [
-    (10, 4, [3, 3, 2, 2]),
-    (32, 8, [4] * 8),
-    (7, 7, [1] * 7),
-    (9, 2, [5, 4]),
-    (3, 5, [1, 1, 1, 0, 0]),
-    (0, 3, [0, 0, 0]),
-    (5, 1, [5]),
-])
+@pytest.mark.parametrize(
+    "n, steps, expected",
+    [
+        (10, 4, [3, 3, 2, 2]),
+        (32, 8, [4] * 8),
+        (7, 7, [1] * 7),
+        (9, 2, [5, 4]),
+        (3, 5, [1, 1, 1, 0, 0]),
+        (0, 3, [0, 0, 0]),
+        (5, 1, [5]),
+    ],
+)
 def test_tokens_per_step(n, steps, expected):
     assert tokens_per_step(n, steps) == expected
 
@@ -43,22 +47,52 @@ def test_block_bounds():
 
 
 # ---- helpers -------------------------------------------------------------------------------
-def make_input(candidates, confidence=None, entropy=None, margin=None, n_scheduled=1, step_in_block=0,
-               steps_per_block=4, threshold=0.9, origin_eps=1e-3, generator=None, committed=None,
-               commit_confidence=None, n_later=0, factor=1.0, eb_gamma=0.1):
+def make_input(
+    candidates,
+    confidence=None,
+    entropy=None,
+    margin=None,
+    n_scheduled=1,
+    step_in_block=0,
+    steps_per_block=4,
+    threshold=0.9,
+    origin_eps=1e-3,
+    generator=None,
+    committed=None,
+    commit_confidence=None,
+    n_later=0,
+    factor=1.0,
+    eb_gamma=0.1,
+):
     """A StepInput from plain lists (also used by tests/test_strategies_remask.py)."""
     candidates = torch.tensor(candidates, dtype=torch.bool)
     G = candidates.numel()
+
     def t(values, default):
         return torch.tensor(values, dtype=torch.float32) if values is not None else default
-    return StepInput(candidates=candidates, confidence=t(confidence, torch.linspace(0.1, 0.9, G)),
-                     entropy=t(entropy, torch.linspace(2.0, 0.1, G)), margin=t(margin, torch.linspace(0.0, 0.8, G)),
-                     n_scheduled=n_scheduled, step_in_block=step_in_block, steps_per_block=steps_per_block,
-                     threshold=threshold, origin_eps=origin_eps, generator=generator,
-                     committed=torch.tensor(committed, dtype=torch.bool) if committed is not None
-                     else torch.zeros(G, dtype=torch.bool),
-                     commit_confidence=t(commit_confidence, torch.zeros(G)), n_later=n_later,
-                     factor=factor, eb_gamma=eb_gamma)
+
+    return StepInput(
+        candidates=candidates,
+        confidence=t(confidence, torch.linspace(0.1, 0.9, G)),
+        entropy=t(entropy, torch.linspace(2.0, 0.1, G)),
+        margin=t(margin, torch.linspace(0.0, 0.8, G)),
+        n_scheduled=n_scheduled,
+        step_in_block=step_in_block,
+        steps_per_block=steps_per_block,
+        knobs={
+            **default_knobs(),
+            "threshold": threshold,
+            "origin_eps": origin_eps,
+            "factor": factor,
+            "eb_gamma": eb_gamma,
+        },
+        generator=generator,
+        committed=torch.tensor(committed, dtype=torch.bool)
+        if committed is not None
+        else torch.zeros(G, dtype=torch.bool),
+        commit_confidence=t(commit_confidence, torch.zeros(G)),
+        n_later=n_later,
+    )
 
 
 def committed(selection):
@@ -78,14 +112,17 @@ def scored_input(k, **kw):
     return make_input(CANDIDATES, CONFIDENCE, ENTROPY, MARGIN, n_scheduled=k, **kw)
 
 
-@pytest.mark.parametrize("name, ranking", [
-    ("low_confidence", [1, 4, 3, 7, 5, 2]),
-    ("margin", [7, 3, 5, 2, 1, 4]),
-    ("entropy", [2, 5, 4, 1, 3, 7]),
-])
+@pytest.mark.parametrize(
+    "name, ranking",
+    [
+        ("low_confidence", [1, 4, 3, 7, 5, 2]),
+        ("margin", [7, 3, 5, 2, 1, 4]),
+        ("entropy", [2, 5, 4, 1, 3, 7]),
+    ],
+)
 def test_scored_strategies_pick_the_best_candidates(name, ranking):
     for k in range(0, 7):
-        selection = STRATEGIES[name](scored_input(k))
+        selection = STRATEGIES[name].select(scored_input(k))
         assert committed(selection) == sorted(ranking[:k]), (name, k)
 
 
@@ -93,7 +130,7 @@ def test_scored_strategies_pick_the_best_candidates(name, ranking):
 def test_commits_exactly_n_scheduled_candidates(name):
     gen = torch.Generator().manual_seed(0)
     for k in range(0, 7):
-        selection = STRATEGIES[name](scored_input(k, generator=gen))
+        selection = STRATEGIES[name].select(scored_input(k, generator=gen))
         picked = committed(selection)
         assert len(picked) == k
         assert all(CANDIDATES[i] for i in picked)
@@ -101,7 +138,7 @@ def test_commits_exactly_n_scheduled_candidates(name):
 
 @pytest.mark.parametrize("name", ["low_confidence", "margin", "entropy", "random"])
 def test_more_scheduled_than_candidates_commits_all_candidates_only(name):
-    selection = STRATEGIES[name](scored_input(20, generator=torch.Generator().manual_seed(0)))
+    selection = STRATEGIES[name].select(scored_input(20, generator=torch.Generator().manual_seed(0)))
     assert committed(selection) == [i for i, c in enumerate(CANDIDATES) if c]
 
 
@@ -114,9 +151,11 @@ def test_top_k_commit_ignores_scores_outside_candidates():
 
 def test_random_is_reproducible_and_seed_dependent():
     cands = [i % 3 != 0 for i in range(60)]  # 40 candidates
+
     def pick(seed):
         s = make_input(cands, n_scheduled=6, generator=torch.Generator().manual_seed(seed))
-        return committed(STRATEGIES["random"](s))
+        return committed(STRATEGIES["random"].select(s))
+
     assert pick(1) == pick(1)
     picks = {tuple(pick(seed)) for seed in range(10)}
     assert len(picks) >= 9
@@ -132,7 +171,7 @@ def test_random_is_roughly_uniform_over_candidates():
     counts = [0] * 10
     gen = torch.Generator().manual_seed(3)
     for _ in range(2000):
-        for i in committed(STRATEGIES["random"](make_input(cands, n_scheduled=1, generator=gen))):
+        for i in committed(STRATEGIES["random"].select(make_input(cands, n_scheduled=1, generator=gen))):
             counts[i] += 1
     assert sum(counts) == 2000
     assert all(120 < c < 280 for c in counts), counts  # expected 200 each
@@ -142,41 +181,52 @@ def test_random_is_roughly_uniform_over_candidates():
 def test_threshold_commits_every_candidate_above_tau():
     s = scored_input(1, threshold=0.45)
     # candidates with confidence >= 0.45: 1 (0.90), 3 (0.50), 4 (0.80); non-candidates 0, 6 never
-    assert committed(STRATEGIES["threshold"](s)) == [1, 3, 4]
+    assert committed(STRATEGIES["threshold"].select(s)) == [1, 3, 4]
 
 
 def test_threshold_is_inclusive():
     s = make_input([True, True, True], [0.5, 0.7, 0.2], threshold=0.5)
-    assert committed(STRATEGIES["threshold"](s)) == [0, 1]
+    assert committed(STRATEGIES["threshold"].select(s)) == [0, 1]
 
 
 def test_threshold_always_commits_the_top_candidate():
     s = scored_input(1, threshold=0.999)
-    assert committed(STRATEGIES["threshold"](s)) == [1]  # 0.90 is the best candidate; 0 and 6 are not candidates
+    assert committed(STRATEGIES["threshold"].select(s)) == [1]  # 0.90 is the best candidate; 0 and 6 are not candidates
     s = scored_input(1, threshold=1.0)
-    assert committed(STRATEGIES["threshold"](s)) == [1]
+    assert committed(STRATEGIES["threshold"].select(s)) == [1]
 
 
 def test_threshold_with_no_candidates_commits_nothing():
     s = make_input([False, False], [0.99, 0.98], threshold=0.5)
-    assert committed(STRATEGIES["threshold"](s)) == []
+    assert committed(STRATEGIES["threshold"].select(s)) == []
 
 
 def test_threshold_is_adaptive_it_ignores_the_scheduled_count():
     confidence = [0.95, 0.5, 0.92, 0.3]
-    picks = {n: committed(STRATEGIES["threshold"](make_input([True] * 4, confidence, n_scheduled=n)))
-             for n in (0, 1, 3, 10)}
+    picks = {
+        n: committed(STRATEGIES["threshold"].select(make_input([True] * 4, confidence, n_scheduled=n)))
+        for n in (0, 1, 3, 10)
+    }
     assert all(p == [0, 2] for p in picks.values()), picks
-    assert set(STRATEGIES) == {"low_confidence", "margin", "entropy", "random", "origin", "threshold",
-                               "factor", "eb", "rcr", "remdm_conf"}
+    assert set(STRATEGIES) == {
+        "low_confidence",
+        "margin",
+        "entropy",
+        "random",
+        "origin",
+        "threshold",
+        "factor",
+        "eb",
+        "rcr",
+        "remdm_conf",
+    }
 
 
 # ---- origin --------------------------------------------------------------------------------
 def test_origin_commits_every_candidate_on_the_last_step():
     for S in (1, 2, 4):
-        s = make_input(CANDIDATES, step_in_block=S - 1, steps_per_block=S,
-                       generator=torch.Generator().manual_seed(0))
-        assert committed(STRATEGIES["origin"](s)) == [i for i, c in enumerate(CANDIDATES) if c]
+        s = make_input(CANDIDATES, step_in_block=S - 1, steps_per_block=S, generator=torch.Generator().manual_seed(0))
+        assert committed(STRATEGIES["origin"].select(s)) == [i for i, c in enumerate(CANDIDATES) if c]
 
 
 def expected_origin_rate(j, S, eps):
@@ -193,8 +243,11 @@ def test_origin_commits_a_fraction_on_earlier_steps(j, S, eps):
     gen = torch.Generator().manual_seed(42)
     total = 0
     for _ in range(draws):
-        picked = committed(STRATEGIES["origin"](make_input(
-            cands, step_in_block=j, steps_per_block=S, origin_eps=eps, generator=gen)))
+        picked = committed(
+            STRATEGIES["origin"].select(
+                make_input(cands, step_in_block=j, steps_per_block=S, origin_eps=eps, generator=gen)
+            )
+        )
         assert all(cands[i] for i in picked)
         total += len(picked)
     mean = total / (draws * 500)
@@ -212,8 +265,13 @@ def test_origin_rates_are_the_known_values():
 
 def test_origin_is_reproducible_with_a_seed():
     cands = [True] * 200
+
     def pick(seed):
-        return committed(STRATEGIES["origin"](make_input(cands, step_in_block=1, steps_per_block=4,
-                                                         generator=torch.Generator().manual_seed(seed))))
+        return committed(
+            STRATEGIES["origin"].select(
+                make_input(cands, step_in_block=1, steps_per_block=4, generator=torch.Generator().manual_seed(seed))
+            )
+        )
+
     assert pick(5) == pick(5)
     assert pick(5) != pick(6)

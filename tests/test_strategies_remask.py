@@ -1,5 +1,6 @@
 """The prefix rules (factor, EB), Prophet's early commit and the remasking strategies (RCR,
 ReMDM-conf) on hand-built tensors, then the engine with re-masks and with CFG."""
+
 import itertools
 import math
 
@@ -8,15 +9,12 @@ import pytest
 import torch
 from test_strategies import make_input
 
-from explorer.config import DecodeConfig
-from explorer.engine import ModelPass, iter_steps, run_decode
-from explorer.schedule import tokens_per_step
-from explorer.strategies import (
-    PROPHET_THRESHOLDS,
-    STRATEGIES,
-    longest_prefix,
-    prophet_early_commit,
-)
+from explorer.decoding.config import DecodeConfig
+from explorer.decoding.engine import iter_steps, run_decode
+from explorer.decoding.model_pass import ModelPass
+from explorer.decoding.prophet import PROPHET_THRESHOLDS, prophet_early_commit
+from explorer.decoding.schedule import tokens_per_step
+from explorer.decoding.strategies import STRATEGIES, longest_prefix
 
 
 def picked(mask):
@@ -32,14 +30,15 @@ def test_registry():
 def test_longest_prefix_stops_at_the_first_failure():
     order = torch.tensor([4, 1, 3, 0])
     cands = torch.ones(6, dtype=torch.bool)
+
     def run(passes):
         return picked(longest_prefix(order, torch.tensor(passes), cands))
+
     assert run([True, True, False, True]) == [1, 4]  # rank 3 passes but comes after a failure
     assert run([True, False, True, True]) == [4]
     assert run([False, True, True, True]) == [4]  # at least the first, even when it fails
     assert run([True] * 4) == [0, 1, 3, 4]
-    assert picked(longest_prefix(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.bool),
-                                 cands)) == []
+    assert picked(longest_prefix(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.bool), cands)) == []
 
 
 # ---- factor -----------------------------------------------------------------------------------
@@ -51,29 +50,29 @@ def factor_reference(confidence, candidates, f):
     n = 0
     while n < len(pos) and (n + 2) * (1 - confidence[pos[n]]) <= f:
         n += 1
-    return sorted(pos[:max(n, 1)] if pos else [])
+    return sorted(pos[: max(n, 1)] if pos else [])
 
 
 def test_factor_hand_built():
     cands = [True, True, True, True, True, False]
     conf = [0.7, 0.95, 0.6, 0.9, 0.5, 0.999]  # 5 is not a candidate
     # ranks: 0.95 (2 * 0.05 = 0.1), 0.9 (3 * 0.1 = 0.3), 0.7 (4 * 0.3 = 1.2 > 1): stop
-    assert picked(STRATEGIES["factor"](make_input(cands, conf)).commit) == [1, 3]
+    assert picked(STRATEGIES["factor"].select(make_input(cands, conf)).commit) == [1, 3]
     # f = 1.5 admits the third (1.2) but not the fourth (5 * 0.4 = 2.0)
-    assert picked(STRATEGIES["factor"](make_input(cands, conf, factor=1.5)).commit) == [0, 1, 3]
-    assert picked(STRATEGIES["factor"](make_input(cands, conf, factor=10.0)).commit) == [0, 1, 2, 3, 4]
+    assert picked(STRATEGIES["factor"].select(make_input(cands, conf, factor=1.5)).commit) == [0, 1, 3]
+    assert picked(STRATEGIES["factor"].select(make_input(cands, conf, factor=10.0)).commit) == [0, 1, 2, 3, 4]
 
 
 def test_factor_boundary_is_inclusive():
     # 0.75 is exact in binary: (n+1)(1 - 0.75) = 0.5, 0.75, 1.0, 1.25 for n = 1..4
-    assert picked(STRATEGIES["factor"](make_input([True] * 4, [0.75] * 4)).commit) == [0, 1, 2]
-    assert picked(STRATEGIES["factor"](make_input([True] * 4, [0.75] * 4, factor=0.99)).commit) == [0, 1]
+    assert picked(STRATEGIES["factor"].select(make_input([True] * 4, [0.75] * 4)).commit) == [0, 1, 2]
+    assert picked(STRATEGIES["factor"].select(make_input([True] * 4, [0.75] * 4, factor=0.99)).commit) == [0, 1]
 
 
 def test_factor_always_commits_at_least_the_most_confident():
     s = make_input([True, True, False, True], [0.3, 0.4, 0.99, 0.2])
-    assert picked(STRATEGIES["factor"](s).commit) == [1]  # 2 * 0.6 > 1, but the first always goes
-    assert picked(STRATEGIES["factor"](make_input([False, False], [0.9, 0.9])).commit) == []
+    assert picked(STRATEGIES["factor"].select(s).commit) == [1]  # 2 * 0.6 > 1, but the first always goes
+    assert picked(STRATEGIES["factor"].select(make_input([False, False], [0.9, 0.9])).commit) == []
 
 
 def test_factor_matches_the_stated_rule_on_random_inputs():
@@ -83,7 +82,7 @@ def test_factor_matches_the_stated_rule_on_random_inputs():
         cands = (rng.random(G) < 0.7).tolist()
         conf = (1 - rng.random(G) ** 3 * 0.6).astype(np.float32).astype(np.float64).tolist()
         f = float(rng.choice([0.5, 1.0, 2.0]))
-        got = picked(STRATEGIES["factor"](make_input(cands, conf, factor=f)).commit)
+        got = picked(STRATEGIES["factor"].select(make_input(cands, conf, factor=f)).commit)
         assert got == factor_reference(conf, cands, f), (cands, conf, f)
 
 
@@ -93,7 +92,7 @@ def eb_reference(entropy, candidates, gamma):
     pos.sort(key=lambda i: entropy[i])
     n = 1
     while n < len(pos):
-        prefix = [entropy[i] for i in pos[:n + 1]]
+        prefix = [entropy[i] for i in pos[: n + 1]]
         if sum(prefix) - max(prefix) > gamma:
             break
         n += 1
@@ -104,7 +103,7 @@ def test_eb_hand_built():
     cands = [True, True, True, True, False]
     H = [0.05, 0.02, 0.5, 0.04, 0.0]  # 4 is not a candidate
     # ascending 0.02, 0.04, 0.05, 0.5: sum - max = 0, 0.02, 0.06, 0.11 > 0.1
-    sel = STRATEGIES["eb"](make_input(cands, entropy=H, eb_gamma=0.1))
+    sel = STRATEGIES["eb"].select(make_input(cands, entropy=H, eb_gamma=0.1))
     got = picked(sel.commit)
     assert got == [0, 1, 3]
     kept = [H[i] for i in got]
@@ -112,23 +111,23 @@ def test_eb_hand_built():
     nxt = kept + [0.5]
     assert sum(nxt) - max(nxt) > 0.1  # adding the next would exceed gamma
     assert sel.remask is None
-    assert picked(STRATEGIES["eb"](make_input(cands, entropy=H, eb_gamma=0.2)).commit) == [0, 1, 2, 3]
-    assert picked(STRATEGIES["eb"](make_input(cands, entropy=H, eb_gamma=0.01)).commit) == [1]
+    assert picked(STRATEGIES["eb"].select(make_input(cands, entropy=H, eb_gamma=0.2)).commit) == [0, 1, 2, 3]
+    assert picked(STRATEGIES["eb"].select(make_input(cands, entropy=H, eb_gamma=0.01)).commit) == [1]
 
 
 def test_eb_boundary_is_inclusive():
     # binary-exact entropies: sum - max of the whole prefix is exactly 0.75
     s = make_input([True] * 4, entropy=[0.5, 0.25, 0.75, 1.0], eb_gamma=0.75)
-    assert picked(STRATEGIES["eb"](s).commit) == [0, 1, 2]  # 1.5 - 0.75 = 0.75 <= 0.75; then 2.5 - 1 > 0.75
+    assert picked(STRATEGIES["eb"].select(s).commit) == [0, 1, 2]  # 1.5 - 0.75 = 0.75 <= 0.75; then 2.5 - 1 > 0.75
     # with gamma = 0, deterministic positions (H = 0) go together, and one more (its H is the max)
     s = make_input([True] * 4, entropy=[0.0, 0.3, 0.0, 0.5], eb_gamma=0.0)
-    assert picked(STRATEGIES["eb"](s).commit) == [0, 1, 2]
+    assert picked(STRATEGIES["eb"].select(s).commit) == [0, 1, 2]
 
 
 def test_eb_commits_at_least_one():
     s = make_input([True, True, True], entropy=[3.0, 2.5, 4.0], eb_gamma=0.0)
-    assert picked(STRATEGIES["eb"](s).commit) == [1]  # alone: sum - max = 0 <= 0
-    assert picked(STRATEGIES["eb"](make_input([False, False], entropy=[0.0, 0.0])).commit) == []
+    assert picked(STRATEGIES["eb"].select(s).commit) == [1]  # alone: sum - max = 0 <= 0
+    assert picked(STRATEGIES["eb"].select(make_input([False, False], entropy=[0.0, 0.0])).commit) == []
 
 
 def test_eb_matches_the_stated_rule_on_random_inputs():
@@ -138,16 +137,24 @@ def test_eb_matches_the_stated_rule_on_random_inputs():
         cands = (rng.random(G) < 0.7).tolist()
         H = (rng.random(G) ** 2 * 0.3).astype(np.float32).astype(np.float64).tolist()
         gamma = float(rng.choice([0.0, 0.05, 0.1, 0.3]))
-        got = picked(STRATEGIES["eb"](make_input(cands, entropy=H, eb_gamma=gamma)).commit)
+        got = picked(STRATEGIES["eb"].select(make_input(cands, entropy=H, eb_gamma=gamma)).commit)
         assert got == eb_reference(H, cands, gamma), (cands, H, gamma)
 
 
 # ---- Prophet -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("step, threshold", [
-    (0, 7.5), (32, 7.5),  # progress 0.32 < 0.33: first phase
-    (33, 5.0), (50, 5.0), (66, 5.0),  # 0.33 <= progress < 0.67
-    (67, 2.5), (99, 2.5), (150, 2.5),  # the rest (adaptive runs can pass the step budget)
-])
+@pytest.mark.parametrize(
+    "step, threshold",
+    [
+        (0, 7.5),
+        (32, 7.5),  # progress 0.32 < 0.33: first phase
+        (33, 5.0),
+        (50, 5.0),
+        (66, 5.0),  # 0.33 <= progress < 0.67
+        (67, 2.5),
+        (99, 2.5),
+        (150, 2.5),  # the rest (adaptive runs can pass the step budget)
+    ],
+)
 def test_prophet_thresholds_by_phase(step, threshold):
     assert prophet_early_commit(threshold, step, 100)
     assert not prophet_early_commit(threshold - 0.01, step, 100)
@@ -167,8 +174,18 @@ def test_rcr_hand_built():
     cands = [False, False, False, True, True, True, True, True, False, False]
     commit_conf = [0.9, 0.2, 0.6, 0.0, 0.0, 0.0, 0.0, 0.0, 0.01, 0.01]
     conf = [0.1, 0.1, 0.1, 0.8, 0.1, 0.7, 0.5, 0.95, 0.0, 0.0]  # at committed positions: ignored
-    sel = STRATEGIES["rcr"](make_input(cands, conf, committed=committed, commit_confidence=commit_conf,
-                                       n_scheduled=3, step_in_block=1, steps_per_block=3, n_later=2))
+    sel = STRATEGIES["rcr"].select(
+        make_input(
+            cands,
+            conf,
+            committed=committed,
+            commit_confidence=commit_conf,
+            n_scheduled=3,
+            step_in_block=1,
+            steps_per_block=3,
+            n_later=2,
+        )
+    )
     # running confidences 0.9, 0.2, 0.6 | 0.8, 0.1, 0.7, 0.5, 0.95: the lowest two are 4 and 1
     assert picked(sel.commit) == [3, 5, 6, 7]
     assert picked(sel.remask) == [1]
@@ -177,8 +194,15 @@ def test_rcr_hand_built():
 
 def test_rcr_last_step_fills_the_block():
     committed = [True, True, False, False]
-    sel = STRATEGIES["rcr"](make_input([False, False, True, True], [0.1, 0.1, 0.05, 0.02], committed=committed,
-                                       commit_confidence=[0.01, 0.02, 0, 0], n_later=0))
+    sel = STRATEGIES["rcr"].select(
+        make_input(
+            [False, False, True, True],
+            [0.1, 0.1, 0.05, 0.02],
+            committed=committed,
+            commit_confidence=[0.01, 0.02, 0, 0],
+            n_later=0,
+        )
+    )
     assert picked(sel.commit) == [2, 3] and picked(sel.remask) == []
 
 
@@ -191,12 +215,21 @@ def test_rcr_keeps_exactly_the_scheduled_total_over_a_block():
         for j in range(S):
             conf = rng.random(n_block)
             cands = ~committed
-            sel = STRATEGIES["rcr"](make_input(
-                cands.tolist(), conf.tolist(), committed=committed.tolist(), commit_confidence=commit_conf.tolist(),
-                n_scheduled=schedule[j], step_in_block=j, steps_per_block=S, n_later=sum(schedule[j + 1:])))
+            sel = STRATEGIES["rcr"].select(
+                make_input(
+                    cands.tolist(),
+                    conf.tolist(),
+                    committed=committed.tolist(),
+                    commit_confidence=commit_conf.tolist(),
+                    n_scheduled=schedule[j],
+                    step_in_block=j,
+                    steps_per_block=S,
+                    n_later=sum(schedule[j + 1 :]),
+                )
+            )
             new, remask = sel.commit.numpy(), sel.remask.numpy()
             assert not (new & committed).any() and not (remask & ~committed).any()
-            assert committed.sum() + new.sum() - remask.sum() == sum(schedule[:j + 1])
+            assert committed.sum() + new.sum() - remask.sum() == sum(schedule[: j + 1])
             # the ones kept are the top of the pool by running confidence (float32, as passed)
             running = np.where(cands, conf, commit_conf).astype(np.float32)
             after = (committed | new) & ~remask
@@ -211,15 +244,24 @@ def test_rcr_keeps_exactly_the_scheduled_total_over_a_block():
 def remdm_input(j, S, generator, committed, commit_conf, cands=None, eps=1e-3):
     G = len(committed)
     cands = [not c for c in committed] if cands is None else cands
-    return make_input(cands, [0.5] * G, committed=committed, commit_confidence=commit_conf,
-                      step_in_block=j, steps_per_block=S, origin_eps=eps, generator=generator)
+    return make_input(
+        cands,
+        [0.5] * G,
+        committed=committed,
+        commit_confidence=commit_conf,
+        step_in_block=j,
+        steps_per_block=S,
+        origin_eps=eps,
+        generator=generator,
+    )
 
 
 def test_remdm_last_step_commits_everything_and_remasks_nothing():
     committed = [True, False, True, False, True]
     for S in (1, 3, 8):
-        sel = STRATEGIES["remdm_conf"](remdm_input(S - 1, S, torch.Generator().manual_seed(0), committed,
-                                                   [0.01, 0, 0.02, 0, 0.03]))
+        sel = STRATEGIES["remdm_conf"].select(
+            remdm_input(S - 1, S, torch.Generator().manual_seed(0), committed, [0.01, 0, 0.02, 0, 0.03])
+        )
         assert picked(sel.commit) == [1, 3] and picked(sel.remask) == []
 
 
@@ -249,7 +291,7 @@ def test_remdm_remask_rate_is_softmax_of_minus_confidence_times_sigma_max(j, S):
     n = 2500
     remasks, commits = np.zeros(9), np.zeros(9)
     for _ in range(n):
-        sel = STRATEGIES["remdm_conf"](remdm_input(j, S, gen, committed, commit_conf, cands))
+        sel = STRATEGIES["remdm_conf"].select(remdm_input(j, S, gen, committed, commit_conf, cands))
         r, c = sel.remask.numpy(), sel.commit.numpy()
         assert not (r & ~np.array(committed)).any() and not (c & ~np.array(cands)).any()
         remasks += r
@@ -262,7 +304,7 @@ def test_remdm_remask_rate_is_softmax_of_minus_confidence_times_sigma_max(j, S):
 
 
 def test_remdm_without_committed_positions_remasks_nothing():
-    sel = STRATEGIES["remdm_conf"](remdm_input(1, 4, torch.Generator().manual_seed(0), [False] * 5, [0.0] * 5))
+    sel = STRATEGIES["remdm_conf"].select(remdm_input(1, 4, torch.Generator().manual_seed(0), [False] * 5, [0.0] * 5))
     assert picked(sel.remask) == []
 
 
@@ -290,9 +332,15 @@ def replay(steps, G, mask_id):
     return gen, masked
 
 
-@pytest.mark.parametrize("settings", [
-    {"strategy": "rcr"}, {"strategy": "rcr", "block_length": 16, "temperature": 0.8, "seed": 3},
-    {"strategy": "remdm_conf"}, {"strategy": "remdm_conf", "block_length": 16, "seed": 2}])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"strategy": "rcr"},
+        {"strategy": "rcr", "block_length": 16, "temperature": 0.8, "seed": 3},
+        {"strategy": "remdm_conf"},
+        {"strategy": "remdm_conf", "block_length": 16, "seed": 2},
+    ],
+)
 def test_engine_remasking_runs(denoiser, settings):
     config = DecodeConfig(**{"gen_length": 32, "steps": 8, "violations": False, **settings})
     prompt_ids = denoiser.encode(PROMPT)
@@ -327,29 +375,31 @@ def test_engine_rcr_keeps_the_schedule(denoiser):
         if j == 0:
             committed_in_block = 0
         committed_in_block += r.n_committed - len(r.remasked)
-        assert committed_in_block == sum(schedule[:j + 1])
+        assert committed_in_block == sum(schedule[: j + 1])
     assert len(steps) == config.steps
 
 
 def test_engine_prophet(denoiser):
     _, steps = engine_steps(denoiser, prophet=True, steps=32)
-    assert all("prophet" in r.extras for r in steps)
-    fired = [r.extras["prophet"]["early_commit"] for r in steps]
+    assert all("prophet" in r.extras.to_json() for r in steps)
+    fired = [r.extras.to_json()["prophet"]["early_commit"] for r in steps]
     assert fired[-1] is True and not any(fired[:-1])  # fires once, and that step ends the run
     assert steps[-1].masked_before == steps[-1].n_committed
     _, plain = engine_steps(denoiser, steps=32)
-    assert len(steps) < len(plain) and all("prophet" not in r.extras for r in plain)
+    assert len(steps) < len(plain) and all("prophet" not in r.extras.to_json() for r in plain)
 
 
 def test_engine_prophet_fills_with_the_argmax_and_skips_energies(denoiser):
     """At T > 0 the early commit writes each position's argmax (DESIGN 3.1), not the sampled
     proposal, and no energy runs on that step."""
-    _, steps = engine_steps(denoiser, prophet=True, steps=32, temperature=1.0, seed=2,
-                            energies=(("uni", 1.0),), energy_window=(0.0, 1.0))
+    _, steps = engine_steps(
+        denoiser, prophet=True, steps=32, temperature=1.0, seed=2, energies=(("uni", 1.0),), energy_window=(0.0, 1.0)
+    )
     last = steps[-1]
-    assert last.extras["prophet"]["early_commit"] and "energy" not in last.extras
+    assert last.extras.to_json()["prophet"]["early_commit"] and "energy" not in last.extras.to_json()
     np.testing.assert_array_equal(last.tokens, last.argmax[last.committed])
-    assert any("energy" in r.extras for r in steps[:-1])
+    assert any("energy" in r.extras.to_json() for r in steps[:-1])
+
 
 def test_engine_cfg_doubles_the_forward_passes(denoiser):
     _, plain = engine_steps(denoiser, gen_length=16, steps=4)

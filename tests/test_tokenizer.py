@@ -1,12 +1,12 @@
 """The word-level tokenizer of the embedded models."""
+
 import json
 
 import pytest
 
-from models import corpus
+from models import EMBEDDED_DIR, corpus
 from models.grammar import all_words
 from models.tokenizer import MASK, PAD, SPECIALS, UNK, UnknownWordsError, WordTokenizer
-from explorer.adapters import EMBEDDED_DIR
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """The token view's HTML: escaping, masked positions at a step, tooltips, colours, legend, re-masks."""
+
 from __future__ import annotations
 
 import html
@@ -6,11 +7,11 @@ import re
 
 import numpy as np
 import pytest
-
-from explorer.records import StepRecord
-from explorer.tokens_view import MASK_GLYPH, render_tokens, step_colour
-from explorer.trajectory import RunArrays
 from synthetic_runs import synthetic_arrays
+
+from explorer.decoding.records import StepRecord
+from explorer.store.arrays import RunArrays
+from explorer.views.tokens import MASK_GLYPH, render_tokens, step_colour
 
 EVIL = "<img src=x onerror=alert(1)>"
 
@@ -49,12 +50,12 @@ def test_everything_is_escaped(arrays):
     assert out.count('data-tip="') == arrays.gen_length
 
 
-
 def visible_commits(commit_step: np.ndarray, step: int | None) -> np.ndarray:
     """(G,) bool: positions whose last commit happened by the end of `step` (None: the end).
     Without re-masks, exactly the positions shown committed after `step`."""
     done = commit_step >= 0
     return done if step is None else done & (commit_step <= step)
+
 
 @pytest.mark.parametrize("step", [None, 0, 2, 4, 10, -1])
 def test_masked_count(arrays, step):
@@ -90,7 +91,7 @@ def test_tooltip_content(arrays):
     expected = f"position {p} · committed at step {s} · p = {prob:.2f} · top-3: {top3}"
     assert f'data-tip="{html.escape(expected, quote=True)}"' in out
     # the token text itself is the final token
-    assert f'>w{int(arrays.tokens[p, -1])}</span>' in out
+    assert f">w{int(arrays.tokens[p, -1])}</span>" in out
 
 
 def test_masked_tooltip(arrays):
@@ -137,23 +138,39 @@ def test_highlight_marks_positions(arrays):
 
 # ---- re-masks ---------------------------------------------------------------------------------------
 
+
 def _record(step: int, committed, tokens, remasked=(), remasked_tokens=(), G: int = 4) -> StepRecord:
     n = len(committed)
     return StepRecord(
-        step=step, block=0, committed=np.array(committed, np.int64), tokens=np.array(tokens, np.int64),
-        probs=np.full(n, 0.5, np.float32), top_ids=np.array([[t, 2, 3] for t in tokens], np.int64).reshape(n, 3),
-        top_probs=np.tile(np.array([0.5, 0.3, 0.1], np.float32), (n, 1)), argmax=np.zeros(G, np.int32),
-        confidence=np.full(G, 0.5, np.float32), entropy=np.ones(G, np.float32), margin=np.full(G, 0.2, np.float32),
-        masked_before=G, seconds=0.0, remasked=np.array(remasked, np.int64),
-        remasked_tokens=np.array(remasked_tokens, np.int64), remasked_probs=np.full(len(remasked), 0.4, np.float32))
+        step=step,
+        block=0,
+        committed=np.array(committed, np.int64),
+        tokens=np.array(tokens, np.int64),
+        probs=np.full(n, 0.5, np.float32),
+        top_ids=np.array([[t, 2, 3] for t in tokens], np.int64).reshape(n, 3),
+        top_probs=np.tile(np.array([0.5, 0.3, 0.1], np.float32), (n, 1)),
+        argmax=np.zeros(G, np.int32),
+        confidence=np.full(G, 0.5, np.float32),
+        entropy=np.ones(G, np.float32),
+        margin=np.full(G, 0.2, np.float32),
+        masked_before=G,
+        seconds=0.0,
+        remasked=np.array(remasked, np.int64),
+        remasked_tokens=np.array(remasked_tokens, np.int64),
+        remasked_probs=np.full(len(remasked), 0.4, np.float32),
+    )
 
 
 @pytest.fixture(scope="module")
 def remasked():
     """4 positions, 4 steps (mask id 1): position 1 is re-masked at step 1 (token 11 taken away) and
     committed again at step 2; position 0 is re-masked at step 2 (token 10) and committed again at step 3."""
-    records = [_record(0, [0, 1], [10, 11]), _record(1, [2], [12], [1], [11]),
-               _record(2, [1, 3], [13, 14], [0], [10]), _record(3, [0], [15])]
+    records = [
+        _record(0, [0, 1], [10, 11]),
+        _record(1, [2], [12], [1], [11]),
+        _record(2, [1, 3], [13, 14], [0], [10]),
+        _record(3, [0], [15]),
+    ]
     return RunArrays.from_records({"gen_length": 4, "mask_id": 1}, records)
 
 

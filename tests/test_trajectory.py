@@ -1,15 +1,16 @@
 """RunArrays built in memory (from_records) against the store's read_arrays of the same run,
 and the per-position commit fields (probability and top-3 alternatives at commit)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from explorer import store as store_module
-from explorer.api import decode
-from explorer.store import TrajectoryStore
-from explorer.trajectory import RunArrays
 from synthetic_runs import MASK_ID, synthetic_records
+
+from explorer.api import decode
+from explorer.store import database as store_module
+from explorer.store.arrays import RunArrays
+from explorer.store.database import TrajectoryStore
 
 PROMPT = "once upon a time"
 
@@ -86,8 +87,17 @@ def test_remasks_replay_the_same_from_store_and_records(denoiser, tmp_path, stra
     """Re-masked positions show a mask again after their re-mask step, from both sources; the
     store keeps remask events with the token taken away and commit events with violation scores."""
     store = TrajectoryStore(f"sqlite:///{tmp_path}/r.db")
-    out = decode(PROMPT, denoiser, store=store, gen_length=32, steps=8, strategy=strategy, temperature=1.0,
-                 seed=5, violations=True)
+    out = decode(
+        PROMPT,
+        denoiser,
+        store=store,
+        gen_length=32,
+        steps=8,
+        strategy=strategy,
+        temperature=1.0,
+        seed=5,
+        violations=True,
+    )
     remasks = [(r.step, p, t) for r in out.steps for p, t in zip(r.remasked.tolist(), r.remasked_tokens.tolist())]
     assert remasks, "this seed re-masks nothing: pick another"
     stored_arrays = store.read_arrays(out.run_id)
@@ -100,25 +110,56 @@ def test_remasks_replay_the_same_from_store_and_records(denoiser, tmp_path, stra
         assert arrays.remask_count.sum() == len(remasks)
     np.testing.assert_array_equal(stored_arrays.tokens, live.tokens)
     np.testing.assert_array_equal(stored_arrays.violation, live.violation)
-    scored = [r for r in out.steps if "violations" in r.extras]
-    assert scored and all(np.isfinite(live.violation[r.extras["violations"]["positions"], r.step]).all()
-                          for r in scored)
+    scored = [r for r in out.steps if "violations" in r.extras.to_json()]
+    assert scored and all(
+        np.isfinite(live.violation[r.extras.to_json()["violations"]["positions"], r.step]).all() for r in scored
+    )
     store.engine.dispose()
 
 
 def test_malformed_step_extras_are_left_out_not_fatal():
     """An imported bundle may carry any JSON in a step's extras: positions out of range, lengths
     that differ or non-numbers leave those cells NaN instead of breaking the view."""
-    from explorer.trajectory import Commits, assemble
+    from explorer.store.arrays import Commits, assemble
 
     G, S = 4, 3
     zeros = np.zeros((G, S), np.float32)
-    extras = [{"violations": {"positions": [0, 9], "scores": [-1.0, -2.0]}},  # 9 is out of range
-              {"violations": {"positions": [1], "scores": [-1.0, -2.0]}, "energy": "nonsense"},
-              {"violations": {"positions": [2, 3], "scores": [-0.5, -4.0]},
-               "energy": {"positions": ["a"], "per_position": [1.0]}}]
-    arrays = assemble({"gen_length": G, "mask_id": 1}, steps=np.arange(S), blocks=np.zeros(S, np.int64),
-                      n_committed=np.zeros(S, np.int64), argmax=zeros.astype(np.int32), confidence=zeros,
-                      entropy=zeros, margin=zeros, commits=Commits.empty(), extras=extras)
+    from explorer.decoding.records import StepExtras
+
+    def violations(positions, scores):
+        n = len(positions)
+        zeros = [[0.0] * n for _ in range(n)]
+        return {
+            "positions": positions,
+            "tokens": [5] * n,
+            "S": zeros,
+            "A": zeros,
+            "D": zeros,
+            "flip": [[0] * n for _ in range(n)],
+            "scores": scores,
+            "total": 0.0,
+            "n_committed": n,
+            "capped": False,
+            "seconds": 0.0,
+        }
+
+    stored = [
+        {"violations": violations([0, 9], [-1.0, -2.0])},  # well formed, but 9 is out of range
+        {"violations": {"positions": [1], "scores": [-1.0, -2.0]}, "energy": "nonsense"},
+        {"violations": violations([2, 3], [-0.5, -4.0]), "energy": {"positions": ["a"], "per_position": [1.0]}},
+    ]
+    extras = [StepExtras.lenient(e) for e in stored]  # what the store does with a row it reads
+    arrays = assemble(
+        {"gen_length": G, "mask_id": 1},
+        steps=np.arange(S),
+        blocks=np.zeros(S, np.int64),
+        n_committed=np.zeros(S, np.int64),
+        argmax=zeros.astype(np.int32),
+        confidence=zeros,
+        entropy=zeros,
+        margin=zeros,
+        commits=Commits.empty(),
+        extras=extras,
+    )
     assert np.isnan(arrays.violation[:, :2]).all() and np.isnan(arrays.energy).all()
     np.testing.assert_array_equal(arrays.violation[2:, 2], [-0.5, -4.0])

@@ -4,6 +4,7 @@ One server (one model worker, a SQLite file in a temporary directory) serves the
 One gradio_client.Client is one browser session: session state (the running job for Stop,
 the open run for scrubbing) belongs to it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,12 +15,12 @@ import signal
 from pathlib import Path
 
 import pytest
+from app_server import decode_args, running_app
 from gradio_client import Client, handle_file
 from sqlalchemy import func, select
 
-from app_server import decode_args, running_app
-from explorer.bundle import export_run
-from explorer.store import Step
+from explorer.store.bundle import export_run
+from explorer.store.database import Step
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")  # pandas deprecations inside gradio
 
@@ -106,25 +107,38 @@ BAD_REQUESTS = [
     pytest.param({"prompt": ""}, r"prompt is empty", id="empty-prompt"),
     pytest.param({"prompt": "   "}, r"prompt is empty", id="blank-prompt"),
     pytest.param({"gen_length": 0}, r"\b0\b.*(minimum value 1\b|range 1\.\.)", id="gen-length-0"),
-    pytest.param({"gen_length": "max+1"}, r"\b{max1}\b.*(maximum value {max}\b|range 1\.\.{max}\b)",
-                 id="gen-length-over-limit"),
+    pytest.param(
+        {"gen_length": "max+1"}, r"\b{max1}\b.*(maximum value {max}\b|range 1\.\.{max}\b)", id="gen-length-over-limit"
+    ),
     pytest.param({"gen_length": 32, "steps": 33}, r"steps 33 .*1\.\.32", id="steps-over-length"),
-    pytest.param({"gen_length": 32, "steps": 8, "block_length": 5}, r"block-length 5 does not divide",
-                 id="block-not-dividing"),
+    pytest.param(
+        {"gen_length": 32, "steps": 8, "block_length": 5}, r"block-length 5 does not divide", id="block-not-dividing"
+    ),
     pytest.param({"prompt": "once upon a zebra"}, r"'zebra'", id="unknown-word"),
-    pytest.param({"strategy": "threshold", "threshold": 0.0}, r"0(\.0)?\b.*(minimum value 0\.05|\(0, 1\])",
-                 id="threshold-0"),
-    pytest.param({"energy_terms": ["uni"], "window_start": 0.9, "window_end": 0.2},
-                 r"energy-window \(0\.9, 0\.2\) is empty: the start must be <= the end", id="window-start-after-end"),
-    pytest.param({"energy_terms": ["uni"], "window_end": 1.5}, r"energy-window end 1\.5 is out of range; valid: 0\.\.1",
-                 id="window-end-over-1"),
+    pytest.param(
+        {"strategy": "threshold", "threshold": 0.0}, r"0(\.0)?\b.*(minimum value 0\.05|\(0, 1\])", id="threshold-0"
+    ),
+    pytest.param(
+        {"energy_terms": ["uni"], "window_start": 0.9, "window_end": 0.2},
+        r"energy-window \(0\.9, 0\.2\) is empty: the start must be <= the end",
+        id="window-start-after-end",
+    ),
+    pytest.param(
+        {"energy_terms": ["uni"], "window_end": 1.5},
+        r"energy-window end 1\.5 is out of range; valid: 0\.\.1",
+        id="window-end-over-1",
+    ),
     pytest.param({"energy_terms": ["zzz"]}, r"'zzz'.*not in the list of choices.*'uni'", id="unknown-energy-term"),
     pytest.param({"energy_terms": ["uni"], "weight_uni": None}, r"weight of energy 'uni' is empty", id="empty-weight"),
-    pytest.param({"energy_terms": ["ind"], "energy_candidates": 100}, r"candidates k = 100 .*limit of 16",
-                 id="too-many-candidates"),
+    pytest.param(
+        {"energy_terms": ["ind"], "energy_candidates": 100},
+        r"candidates k = 100 .*limit of 16",
+        id="too-many-candidates",
+    ),
     pytest.param({"energy_terms": ["inv"], "energy_orders": 0}, r"energy-orders 0 is out of range", id="orders-0"),
-    pytest.param({"energy_terms": ["ind"], "energy_tau": 0}, r"energy-tau 0(\.0)? is out of range; valid: > 0",
-                 id="energy-tau-0"),
+    pytest.param(
+        {"energy_terms": ["ind"], "energy_tau": 0}, r"energy-tau 0(\.0)? is out of range; valid: > 0", id="energy-tau-0"
+    ),
     pytest.param({"strategy": "factor", "factor": 0}, r"factor 0(\.0)? is out of range; valid: > 0", id="factor-0"),
     pytest.param({"strategy": "eb", "eb_gamma": -1}, r"eb-gamma -1(\.0)? is out of range", id="eb-gamma-negative"),
     pytest.param({"cfg_scale": -2}, r"cfg-scale -2(\.0)? is out of range; valid: 0\.\.100", id="cfg-negative"),
@@ -179,21 +193,31 @@ def test_export_import_round_trip(client, services, two_runs):
     # everything but the id is identical: the run row, every step's arrays, every event
     assert export_run(services.store, new_id) == export_run(services.store, original)
     skip = {"id"}
-    assert ({k: v for k, v in services.store.get_run(new_id).items() if k not in skip}
-            == {k: v for k, v in services.store.get_run(original).items() if k not in skip})
+    assert {k: v for k, v in services.store.get_run(new_id).items() if k not in skip} == {
+        k: v for k, v in services.store.get_run(original).items() if k not in skip
+    }
 
     _table, message = client.predict(new_id, "any", "any", "any", "", "", api_name="/delete_run")
     assert f"Run {new_id} deleted" in message
     assert services.store.get_run(new_id) is None and services.store.count_runs() == runs_before
 
 
-@pytest.mark.parametrize("content, pattern", [
-    pytest.param(b'{"format": "diffusion-explorer-run", "version": 1, "run": {', r"cannot import this file: .*JSON",
-                 id="truncated-json"),
-    pytest.param(b'{"format": "something-else", "version": 1}', r"cannot import this file: not a run bundle",
-                 id="wrong-format"),
-    pytest.param(b"\xff\xfe not text", r"cannot import this file: .*UTF-8", id="not-utf8"),
-])
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        pytest.param(
+            b'{"format": "diffusion-explorer-run", "version": 1, "run": {',
+            r"cannot import this file: .*JSON",
+            id="truncated-json",
+        ),
+        pytest.param(
+            b'{"format": "something-else", "version": 1}',
+            r"cannot import this file: not a run bundle",
+            id="wrong-format",
+        ),
+        pytest.param(b"\xff\xfe not text", r"cannot import this file: .*UTF-8", id="not-utf8"),
+    ],
+)
 def test_import_malformed_file_is_refused(client, services, tmp_path, content, pattern):
     bad = tmp_path / "bad.json"
     bad.write_bytes(content)
@@ -259,7 +283,8 @@ def test_list_runs_filters(client, services, two_runs):
     assert b in expected and expected < every
     assert _listed(client, text=wanted) == expected
     assert _listed(client, strategy="low_confidence", text=wanted) == {
-        r["id"] for r in runs if r["id"] in expected and r["strategy"] == "low_confidence"}
+        r["id"] for r in runs if r["id"] in expected and r["strategy"] == "low_confidence"
+    }
     assert _listed(client, text="no run says this") == set()
 
     _table, message = client.predict("any", "any", "any", "2026-13-45", "", api_name="/list_runs")
@@ -289,8 +314,12 @@ def _title_of(output) -> str:
 
 
 def test_decode_with_energies_violations_and_remasking(client, services):
-    outputs = client.predict(*decode_args(strategy="rcr", energy_terms=["uni"], energy_candidates=4, window_start=0.0,
-                                          violations=True, seed=2), api_name="/decode")
+    outputs = client.predict(
+        *decode_args(
+            strategy="rcr", energy_terms=["uni"], energy_candidates=4, window_start=0.0, violations=True, seed=2
+        ),
+        api_name="/decode",
+    )
     status, tokens, _heat, _order, _bars, violation, energy, pair_s, pair_a, candidates, cost = outputs[:11]
     run_id = run_id_of(status)
     run = services.store.get_run(run_id)
@@ -330,8 +359,9 @@ def test_nan_weight_is_refused_with_the_field_named(server, services):
     args = decode_args(energy_terms=["uni"], weight_uni=float("nan"))
     runs_before = services.store.count_runs()
     with httpx.Client(base_url=server[1], timeout=60) as http:
-        response = http.post("/gradio_api/call/decode", content=json.dumps({"data": args}),
-                             headers={"content-type": "application/json"})
+        response = http.post(
+            "/gradio_api/call/decode", content=json.dumps({"data": args}), headers={"content-type": "application/json"}
+        )
         event_id = response.raise_for_status().json()["event_id"]
         body = http.get(f"/gradio_api/call/decode/{event_id}").text
     assert "event: error" in body and "weight of energy 'uni' must be a finite number, got nan" in body, body
@@ -340,11 +370,12 @@ def test_nan_weight_is_refused_with_the_field_named(server, services):
 
 def test_form_defaults_and_presets_fill_every_field(services):
     from explorer.presets import PRESETS
-    from explorer.ui_logic import DECODE_FIELDS, build_config, preset_form, violations_default
+    from explorer.ui.logic import DECODE_FIELDS, build_config, preset_form, violations_default
 
     assert violations_default(services.models["embedded"])
-    assert not violations_default(dataclasses.replace(services.models["embedded"], family="llada",
-                                                      violations_default=False))
+    assert not violations_default(
+        dataclasses.replace(services.models["embedded"], family="llada", violations_default=False)
+    )
     by_name = {p.name: p for p in PRESETS}
     energy = preset_form(by_name["Energy repairs the violation (Uni-E)"], services)
     assert set(energy) == set(DECODE_FIELDS)

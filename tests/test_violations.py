@@ -1,6 +1,7 @@
 """Dependency violations (DESIGN 3.3): D / S / A / flip on the enumerable toy denoiser, where
 S must be the table's pointwise mutual information and A must vanish; an inconsistent denoiser
 must show A != 0; and the records the engine keeps."""
+
 import itertools
 import math
 
@@ -9,9 +10,9 @@ import pytest
 import torch
 from test_energies import MASK, PROMPT, V_REAL, TableDenoiser, ids_of, random_joint
 
-from explorer.config import DecodeConfig
-from explorer.engine import iter_steps
-from explorer.violations import capped, measure, pairwise, reveal_each
+from explorer.decoding.config import DecodeConfig
+from explorer.decoding.engine import iter_steps
+from explorer.decoding.violations import ViolationRecord, measure, most_confident, pairwise, reveal_each
 
 P = len(PROMPT)
 STATE = [2, MASK, MASK, MASK, MASK]  # position 0 written; 1..4 masked
@@ -105,16 +106,17 @@ def test_cap_keeps_the_most_confident_committed_tokens():
     assert den.rows == 2
     full = measure_table(den, np.array([3, 1, 0]))
     assert v.S[0, 1] == pytest.approx(full.S[0, 2])  # same pair, same numbers
-    js = v.to_json(3, 0.01)
+    js = ViolationRecord.of(v, 3, 0.01, None).to_json()
     assert js["capped"] is True and js["n_committed"] == 3
-    assert full.to_json(3, 0.01)["capped"] is False
+    assert ViolationRecord.of(full, 3, 0.01, None).to_json()["capped"] is False
+    assert ViolationRecord.from_json(js).to_json() == js  # stored and read back unchanged
 
 
-def test_capped():
+def test_most_confident():
     conf = np.array([0.1, 0.8, 0.3, 0.8, 0.5, 0.9])
-    assert capped(np.array([1, 2, 4]), conf, 3).tolist() == [1, 2, 4]
-    assert capped(np.array([0, 1, 2, 3, 4, 5]), conf, 3).tolist() == [1, 3, 5]
-    assert capped(np.array([0, 2, 4]), conf, 2).tolist() == [2, 4]
+    assert most_confident(np.array([1, 2, 4]), conf, 3).tolist() == [1, 2, 4]
+    assert most_confident(np.array([0, 1, 2, 3, 4, 5]), conf, 3).tolist() == [1, 3, 5]
+    assert most_confident(np.array([0, 2, 4]), conf, 2).tolist() == [2, 4]
 
 
 def test_reveal_each():
@@ -126,16 +128,18 @@ def test_reveal_each():
 
 def test_pairwise_arithmetic():
     # log p(y_j | x + y_i) for i revealed (rows), j read (columns); log q_j
-    logp_rev = np.log(np.array([[0.5, 0.6, 0.1],
-                                [0.2, 0.5, 0.4],
-                                [0.3, 0.4, 0.5]]))
+    logp_rev = np.log(np.array([[0.5, 0.6, 0.1], [0.2, 0.5, 0.4], [0.3, 0.4, 0.5]]))
     log_q = np.log(np.array([0.4, 0.3, 0.2]))
     argmax = np.array([[0, 1, 1], [0, 1, 2], [3, 1, 2]])
     tokens = np.array([0, 1, 2])
     v = pairwise(logp_rev, log_q, argmax, np.array([3, 5, 9]), tokens)
-    D = np.array([[0, math.log(0.6 / 0.3), math.log(0.1 / 0.2)],
-                  [math.log(0.2 / 0.4), 0, math.log(0.4 / 0.2)],
-                  [math.log(0.3 / 0.4), math.log(0.4 / 0.3), 0]])
+    D = np.array(
+        [
+            [0, math.log(0.6 / 0.3), math.log(0.1 / 0.2)],
+            [math.log(0.2 / 0.4), 0, math.log(0.4 / 0.2)],
+            [math.log(0.3 / 0.4), math.log(0.4 / 0.3), 0],
+        ]
+    )
     assert np.allclose(v.D, D)
     assert np.allclose(v.S, (D + D.T) / 2) and np.allclose(v.A, D - D.T)
     assert v.flip.tolist() == [[False, False, True], [False, False, False], [True, False, False]]
@@ -143,7 +147,7 @@ def test_pairwise_arithmetic():
     assert np.allclose(v.token_scores, [min(S[0, 1], S[0, 2]), min(S[1, 0], S[1, 2]), min(S[2, 0], S[2, 1])])
     assert v.total == pytest.approx(sum(min(S[i, j], 0.0) for i, j in [(0, 1), (0, 2), (1, 2)]))
     assert v.total < 0
-    js = v.to_json(3, 0.5)
+    js = ViolationRecord.of(v, 3, 0.5, None).to_json()
     assert js["positions"] == [3, 5, 9] and js["scores"] == np.round(v.token_scores, 4).tolist()
 
 
@@ -157,9 +161,9 @@ def check_violation_records(steps, cap=16):
     seen = 0
     for r in steps:
         if r.n_committed < 2:
-            assert "violations" not in r.extras
+            assert "violations" not in r.extras.to_json()
             continue
-        v = r.extras["violations"]
+        v = r.extras.to_json()["violations"]
         seen += 1
         n = min(r.n_committed, cap)
         S, A, D = np.array(v["S"]), np.array(v["A"]), np.array(v["D"])
@@ -179,24 +183,25 @@ def check_violation_records(steps, cap=16):
 def test_engine_violation_records(denoiser):
     steps = engine_steps(denoiser, violations=True)
     assert check_violation_records(steps) == 4
-    assert all(r.extras["violations"]["positions"] == r.committed.tolist() for r in steps)
+    assert all(r.extras.to_json()["violations"]["positions"] == r.committed.tolist() for r in steps)
 
 
 def test_engine_violations_are_on_by_default_for_the_embedded_model(denoiser):
     steps = engine_steps(denoiser)  # violations=None: the model's default
-    assert all("violations" in r.extras for r in steps)
+    assert all("violations" in r.extras.to_json() for r in steps)
 
 
 def test_engine_violations_capped_and_single_commits(denoiser):
-    steps = engine_steps(denoiser, gen_length=32, steps=8, violations=True, violation_cap=3,
-                         strategy="threshold", threshold=0.3)
+    steps = engine_steps(
+        denoiser, gen_length=32, steps=8, violations=True, violation_cap=3, strategy="threshold", threshold=0.3
+    )
     sizes = [r.n_committed for r in steps]
     assert 1 in sizes and 2 in sizes and max(sizes) > 3  # no pass, an uncapped pair, capped steps
     assert check_violation_records(steps, cap=3) == sum(n >= 2 for n in sizes)
-    assert any(r.extras["violations"]["capped"] for r in steps if r.n_committed > 3)
+    assert any(r.extras.to_json()["violations"]["capped"] for r in steps if r.n_committed > 3)
 
 
 def test_engine_without_violations(denoiser):
     steps = engine_steps(denoiser, violations=False)
-    assert all("violations" not in r.extras for r in steps)
+    assert all("violations" not in r.extras.to_json() for r in steps)
     assert all(r.forward_passes == 1 for r in steps)

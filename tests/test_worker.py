@@ -4,9 +4,9 @@ One pool with one worker serves the whole module (starting a worker imports torc
 the model, a few seconds on a small machine); the worker-death test leaves a fresh worker
 behind, so the order of the tests does not matter.
 """
+
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import sqlite3
@@ -17,10 +17,23 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from explorer.config import DecodeConfig
-from explorer.records import DecodeResult, StepRecord
-from explorer.store import Step, TrajectoryStore
-from explorer.worker import TERMINAL, Job, WorkerPool
+from explorer.decoding.config import DecodeConfig
+from explorer.decoding.records import DecodeResult, StepRecord
+from explorer.jobs import (
+    DeviceInfo,
+    DeviceReport,
+    Job,
+    JobDone,
+    JobError,
+    JobFailed,
+    Queued,
+    RunStarted,
+    Shutdown,
+    StepDone,
+    WorkerReady,
+)
+from explorer.store.database import Step, TrajectoryStore
+from explorer.worker import WorkerPool
 
 PROMPT = "once upon a time"
 
@@ -42,13 +55,32 @@ def pool(store):
     pool.shutdown()
 
 
+# The typed messages as (kind, payload) pairs, so that a test reads as the sequence of events.
+KINDS = {
+    Queued: ("queued", "ahead"),
+    RunStarted: ("started", "run_id"),
+    StepDone: ("step", "record"),
+    JobDone: ("done", "result"),
+    JobError: ("error", "message"),
+    JobFailed: ("failed", "message"),
+    DeviceReport: ("device", "device"),
+    WorkerReady: ("ready", "device"),
+}
+TERMINAL = ("done", "error", "failed")
+
+
+def pair(event) -> tuple[str, object]:
+    kind, field = KINDS[type(event)]
+    return kind, getattr(event, field)
+
+
 def collect(handle, until=None, timeout: float = 60.0) -> list[tuple[str, object]]:
     """The handle's events up to and including a terminal one (or the first for which
     `until(events_so_far)` is true); fails the test if nothing comes for `timeout` seconds."""
     events = []
     while True:
         try:
-            kind, payload = handle.events.get(timeout=timeout)
+            kind, payload = pair(handle.events.get(timeout=timeout))
         except Exception:  # queue.Empty
             pytest.fail(f"job {handle.job.job_id}: no event for {timeout} s after {[k for k, _ in events]}")
         events.append((kind, payload))
@@ -82,7 +114,7 @@ def test_job_streams_events_and_is_stored(pool, store):
     run_id = events[1][1]
     assert isinstance(run_id, int) and handle.run_id == run_id
     # the worker's device reports go to the handle and the pool, not into the event stream
-    assert handle.device == {"device": "cpu"} and pool.device_info == {"device": "cpu"}
+    assert handle.device == DeviceInfo("cpu") and pool.device_info == DeviceInfo("cpu")
     records = [payload for kind, payload in events if kind == "step"]
     assert all(isinstance(r, StepRecord) for r in records)
     assert [r.step for r in records] == list(range(8))
@@ -103,7 +135,7 @@ def test_two_jobs_on_one_worker_run_one_after_the_other(pool, store):
     config = DecodeConfig(gen_length=32, steps=8, temperature=1.0, seed=3)
     first = pool.submit(PROMPT, "embedded", config, pace_ms=20)
     second = pool.submit(PROMPT, "embedded", DecodeConfig(gen_length=16, steps=4, temperature=1.0, seed=4))
-    assert second.events.get(timeout=5) == ("queued", 1)  # one job ahead of it
+    assert pair(second.events.get(timeout=5)) == ("queued", 1)  # one job ahead of it
 
     # read both streams at once, noting when each event arrived
     arrivals: dict[int, list] = {}
@@ -111,12 +143,14 @@ def test_two_jobs_on_one_worker_run_one_after_the_other(pool, store):
     def reader(handle, queued_seen: bool) -> None:
         events = [("queued", 1)] if queued_seen else []
         while not events or events[-1][0] not in TERMINAL:
-            kind, payload = handle.events.get(timeout=60)
+            kind, payload = pair(handle.events.get(timeout=60))
             events.append((kind, payload, time.monotonic()))
         arrivals[handle.job.job_id] = events
 
-    threads = [threading.Thread(target=reader, args=(first, False)),
-               threading.Thread(target=reader, args=(second, True))]
+    threads = [
+        threading.Thread(target=reader, args=(first, False)),
+        threading.Thread(target=reader, args=(second, True)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -156,9 +190,9 @@ def test_cancel_waiting_job_stores_nothing(pool, store):
     running = pool.submit(PROMPT, "embedded", DecodeConfig(gen_length=32, steps=32), pace_ms=50)
     collect(running, until=lambda ev: kinds(ev)[-1] == "started")
     waiting = pool.submit(PROMPT, "embedded", DecodeConfig(gen_length=8, steps=8))
-    assert waiting.events.get(timeout=5) == ("queued", 1)
+    assert pair(waiting.events.get(timeout=5)) == ("queued", 1)
     assert pool.cancel(waiting.job.job_id)
-    kind, message = waiting.events.get(timeout=5)
+    kind, message = pair(waiting.events.get(timeout=5))
     assert kind == "error" and "cancelled before it started" in message
     assert not pool.cancel(waiting.job.job_id)  # already gone
 
@@ -233,14 +267,18 @@ def test_out_of_memory_is_recognised_and_explained():
 
     from explorer.worker import is_out_of_memory, out_of_memory_message
 
-    for exc in (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)"),
-                RuntimeError("CUDA error: out of memory"), MemoryError(),
-                RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")):
+    for exc in (
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)"),
+        RuntimeError("CUDA error: out of memory"),
+        MemoryError(),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+    ):
         assert is_out_of_memory(exc), exc
     for exc in (RuntimeError("boom"), ValueError("out of memory? no: a bad setting"), KeyError("x")):
         assert not is_out_of_memory(exc), exc
-    message = out_of_memory_message(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"),
-                                     "cuda:0")
+    message = out_of_memory_message(
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore"), "cuda:0"
+    )
     assert message.startswith("out of memory on cuda:0: the run was stopped")
     assert "next run" in message and "shorter generation length" in message
     assert "[OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB]" in message
@@ -260,8 +298,10 @@ class _RunsOutOfMemory:
 
         self.calls += 1
         if self.calls == self.fail_on:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total "
-                                         "capacity of 79.10 GiB of which 3.19 GiB is free.")
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total "
+                "capacity of 79.10 GiB of which 3.19 GiB is free."
+            )
         return self._inner.logits(ids)
 
 
@@ -271,34 +311,32 @@ def test_out_of_memory_fails_the_run_and_the_worker_takes_the_next_job(denoiser,
     client gets a message saying so, the worker frees device memory and completes the next job."""
     import multiprocessing
 
-    import explorer.adapters
     from explorer import worker
 
     store = TrajectoryStore(f"sqlite:///{tmp_path / 'oom.db'}")
     model = _RunsOutOfMemory(denoiser, fail_on=3)
-    monkeypatch.setattr(explorer.adapters, "load_denoiser", lambda name: model)
+    monkeypatch.setattr(worker, "load_denoiser", lambda name, registry=None: model)
     freed = []
     monkeypatch.setattr(worker, "free_device_memory", lambda: freed.append(True))
     jobs_recv, jobs_send = multiprocessing.Pipe(duplex=False)
     events_recv, events_send = multiprocessing.Pipe(duplex=False)
-    thread = threading.Thread(target=worker.worker_main, args=(jobs_recv, events_send, store.url, None, ("embedded",)),
-                              daemon=True)
+    thread = threading.Thread(
+        target=worker.worker_main, args=(jobs_recv, events_send, store.url, None, ("embedded",)), daemon=True
+    )
     thread.start()
 
     def events_until_terminal() -> list:
         got = []
         while not got or got[-1][0] not in TERMINAL:
             assert events_recv.poll(30), f"no event from the worker after {got}"
-            kind, _job_id, payload = events_recv.recv()
-            got.append((kind, payload))
+            got.append(pair(events_recv.recv()))
         return got
 
     try:
         assert events_recv.poll(30)
-        assert events_recv.recv() == ("ready", None, {"device": "cpu"})
+        assert events_recv.recv() == WorkerReady(DeviceInfo("cpu"))
         # violations=False: the fake model counts forwards, and the violation pass adds one per step.
-        jobs_send.send(Job(1, PROMPT, "embedded", dataclasses.asdict(DecodeConfig(gen_length=16, steps=8,
-                                                                                  violations=False))))
+        jobs_send.send(Job(1, PROMPT, "embedded", DecodeConfig(gen_length=16, steps=8, violations=False)))
         events = events_until_terminal()
         # ("device" reports also come mid-run, at most once a second: not counted here)
         assert kinds(events)[0] == "device"
@@ -310,29 +348,27 @@ def test_out_of_memory_fails_the_run_and_the_worker_takes_the_next_job(denoiser,
         assert run["status"] == "failed" and "out of memory" in run["error"]
         assert run["n_steps"] == 2 == n_step_rows(store, run["id"])
 
-        jobs_send.send(Job(2, PROMPT, "embedded", dataclasses.asdict(DecodeConfig(gen_length=16, steps=4,
-                                                                                  violations=False))))
+        jobs_send.send(Job(2, PROMPT, "embedded", DecodeConfig(gen_length=16, steps=4, violations=False)))
         events = events_until_terminal()
         assert kinds(events)[0] == "device" and kinds(events)[-2] == "device"  # at the start and the end
         assert [k for k in kinds(events) if k != "device"] == ["started"] + ["step"] * 4 + ["done"]
         assert events[-1][1].status == "completed" and freed == [True]
         assert store.get_run(events[-1][1].run_id)["status"] == "completed"
     finally:
-        jobs_send.send(None)
+        jobs_send.send(Shutdown())
         thread.join(10)
     assert not thread.is_alive()
 
 
 def test_device_report_and_its_status_line():
-    from explorer.ui_logic import device_label
+    from explorer.ui.logic import device_label
     from explorer.worker import device_info
 
-    assert device_info() == device_info("cpu") == {"device": "cpu"}
+    assert device_info() == device_info("cpu") == DeviceInfo("cpu")
     assert device_label(device_info("cpu")) == "device: cpu"
-    cuda = {"device": "cuda:0", "name": "NVIDIA H200", "allocated": int(3.2 * 2**30), "reserved": 4 * 2**30,
-            "total": 140 * 2**30}
+    cuda = DeviceInfo("cuda:0", "NVIDIA H200", allocated=int(3.2 * 2**30), reserved=4 * 2**30, total=140 * 2**30)
     assert device_label(cuda) == "device: cuda:0 · 3.2 GiB in use"
-    assert device_label(None) is None and device_label({}) is None
+    assert device_label(None) is None
 
 
 def test_gpu_decorator_is_spaces_gpu_only_in_the_main_process_on_zerogpu(monkeypatch):

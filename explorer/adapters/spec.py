@@ -1,0 +1,21 @@
+"""What the UI process knows of a model without loading its weights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Enough to validate a request and show tokens: tokenizer functions, lengths, defaults."""
+
+    name: str
+    family: str
+    context_length: int
+    mask_id: int
+    encode: Callable[[str], list[int]]
+    token_text: Callable[[int], str]
+    description: str
+    violations_default: bool = False  # measure dependency violations unless the user turns them off
+    default_ar_scorer: str | None = None  # the AR energy's model when the run names none

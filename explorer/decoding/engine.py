@@ -1,0 +1,315 @@
+"""The decoding loop: one denoiser pass per step, a strategy picks what to commit.
+
+`iter_steps` is a generator of StepRecords with no side effects; each step reads as a pipeline:
+forward -> select -> energy -> commit -> violations -> record. `run_decode` drives it and calls
+the callbacks (store writer, progress, live stream) in the spirit of diffusers'
+`callback_on_step_end`; it owns the status lifecycle (completed / cancelled / failed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from explorer.decoding.callbacks import Callback, RunStart
+from explorer.decoding.config import DecodeConfig
+from explorer.decoding.energies import Candidates, EnergyRecord, EnergySkipped, choose, draw, random_orders
+from explorer.decoding.model_pass import ModelPass
+from explorer.decoding.prophet import ProphetCheck, prophet_check
+from explorer.decoding.protocols import ARScorer, Denoiser
+from explorer.decoding.records import DecodeResult, StepExtras, StepRecord
+from explorer.decoding.sampling import StepMetrics, step_metrics
+from explorer.decoding.schedule import block_bounds, scheduled_count
+from explorer.decoding.state import Block, DecodeState, HostStep
+from explorer.decoding.strategies import STRATEGIES, StepInput, StrategySpec
+from explorer.decoding.violations import ViolationRecord, measure
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def resolve_config(config: DecodeConfig, denoiser: Denoiser) -> DecodeConfig:
+    """Fill the settings whose default depends on the model (violations: on for the embedded one)."""
+    if config.violations is None:
+        config = replace(config, violations=bool(getattr(denoiser, "violations_default", False)))
+    return config
+
+
+@dataclass
+class DecodeRun:
+    """Everything one decode holds besides its state: the settings, the rule, the model pass,
+    the random streams."""
+
+    config: DecodeConfig
+    strategy: StrategySpec
+    model: ModelPass
+    generator: torch.Generator  # x̂ sampling, random scores, the time-grid draws, energies
+    order_generator: torch.Generator  # Inv-E orders, on the host
+    ar_scorer: ARScorer | None
+
+    @classmethod
+    def start(
+        cls, denoiser: Denoiser, prompt_length: int, config: DecodeConfig, ar_scorer: ARScorer | None
+    ) -> DecodeRun:
+        return cls(
+            config,
+            STRATEGIES[config.strategy],
+            ModelPass(denoiser, prompt_length, config.cfg_scale),
+            make_generator(config.seed, denoiser.device),
+            torch.Generator().manual_seed(config.seed ^ 0x5EED),
+            ar_scorer,
+        )
+
+
+@dataclass(frozen=True)
+class StepChoice:
+    """What a step commits (before the commit is applied): the positions, the tokens written
+    there, what it re-masks, and what the Prophet check and the energies said."""
+
+    commit: torch.Tensor  # (G,) bool
+    tokens: torch.Tensor  # (G,) the token a commit writes at each position
+    remask: torch.Tensor | None = None  # (G,) bool
+    prophet: ProphetCheck | None = None
+    energy: EnergyRecord | EnergySkipped | None = None
+    ar_passes: int = 0  # the AR scorer's sequence forwards
+
+    @property
+    def early_commit(self) -> bool:
+        return self.prophet is not None and self.prophet.early_commit
+
+
+@torch.no_grad()
+def iter_steps(
+    denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConfig, ar_scorer: ARScorer | None = None
+) -> Iterator[StepRecord]:
+    """Yield one StepRecord per step until every generated position is committed.
+
+    On a GPU a plain step runs on the device without waiting for it: its only host
+    synchronisation is the copy of its results to the host (`DecodeState.commit`, once per
+    step). Which positions are still masked is mirrored on the host from those results, so the
+    loop condition and the schedule never read a device tensor. Energies, violations and
+    Prophet's check read small results on the host as well (they need the committed set).
+    """
+    config = resolve_config(config, denoiser)
+    state = DecodeState(prompt_ids, config.gen_length, denoiser.mask_id, denoiser.device)
+    run = DecodeRun.start(denoiser, state.prompt_length, config, ar_scorer)
+    for index, (start, end) in enumerate(block_bounds(config.gen_length, config.block_size)):
+        block = state.enter_block(index, start, end)
+        while state.masked_in(block):
+            began, passes_before = time.perf_counter(), run.model.sequences
+            x_before = state.x.clone() if config.violations else None
+            logits = run.model.logits(state.x)[0]  # (G, V)
+            metrics = step_metrics(logits, config.temperature, run.generator)
+            forward_seconds = _synced_seconds(began, denoiser.device) if config.violations else None
+            choice = _select(run, state, block, metrics, logits)
+            choice = _energy_stage(run, state, metrics, choice)
+            host = state.commit(choice.commit, choice.tokens, choice.remask, metrics)
+            violations = _violation_stage(run, x_before, state.prompt_length, host, metrics.log_p, forward_seconds)
+            passes = run.model.sequences - passes_before + choice.ar_passes
+            yield _record(
+                state,
+                block,
+                host,
+                time.perf_counter() - began,
+                passes,
+                StepExtras(violations, choice.energy, choice.prophet),
+            )
+            state.advance()
+
+
+def _select(run: DecodeRun, state: DecodeState, block: Block, metrics: StepMetrics, logits: torch.Tensor) -> StepChoice:
+    """The step's commit set (masked positions of the block, or every mask on a Prophet early
+    commit, filled with the argmax) and re-mask set (committed positions of the block)."""
+    config, masked = run.config, state.masked()
+    prophet = prophet_check(logits, masked, state.step, config.steps) if config.prophet else None
+    if prophet is not None and prophet.early_commit:
+        return StepChoice(masked.clone(), metrics.argmax, prophet=prophet)  # fill every mask, every block
+    n_now, j = state.masked_in(block), state.step_in_block
+    k = scheduled_count(config.schedule, block.n_masked, n_now, j, config.steps_per_block)
+    selection = run.strategy.select(
+        StepInput(
+            candidates=masked & block.in_block,
+            confidence=metrics.proposal_prob,
+            entropy=metrics.entropy,
+            margin=metrics.margin,
+            n_scheduled=k,
+            step_in_block=j,
+            steps_per_block=config.steps_per_block,
+            knobs=config.knob_values(run.strategy.knobs),
+            generator=run.generator,
+            committed=~masked & block.in_block,
+            commit_confidence=state.commit_conf,
+            n_later=n_now - k,
+            prompt_length=state.prompt_length,
+        )
+    )
+    remask = None if selection.remask is None else selection.remask & ~masked & block.in_block
+    return StepChoice(selection.commit & masked & block.in_block, metrics.proposal, remask, prophet)
+
+
+def _synced_seconds(began: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - began
+
+
+def _energy_stage(run: DecodeRun, state: DecodeState, metrics: StepMetrics, choice: StepChoice) -> StepChoice:
+    """Inside the energy window: draw k candidates, keep one by importance sampling, and write
+    its tokens at the committed positions."""
+    config = run.config
+    low, high = config.energy_window
+    if not config.energies or choice.early_commit or not low <= state.masked_fraction() <= high:
+        return choice
+    positions = torch.nonzero(choice.commit).flatten()  # (n,) ascending
+    if positions.numel() == 0:
+        return choice
+    chain_rows = config.energy_candidates * config.energy_orders * (positions.numel() - 1)
+    if any(name != "ar" for name, _ in config.energies) and chain_rows > config.energy_max_sequences:
+        return replace(
+            choice,
+            energy=EnergySkipped(
+                f"{positions.numel()} tokens at once: the chain would need {chain_rows} sequences, over "
+                f"energy_max_sequences = {config.energy_max_sequences}"
+            ),
+        )
+    sequences_before = run.model.sequences
+    temperature = config.temperature if config.temperature > 0 else 1.0
+    # The proposal: the marginals at the run's temperature (1 for greedy runs, whose point
+    # mass would make every candidate the same).
+    log_q = metrics.log_p if temperature == 1.0 else torch.log_softmax(metrics.log_p / temperature, -1)  # (G, V)
+    masked = state.masked()
+    cands = Candidates(
+        x=state.x,
+        prompt_length=state.prompt_length,
+        masked=masked,
+        positions=positions,
+        tokens=draw(log_q, masked, state.generated, config.energy_candidates, run.generator),
+        log_q=log_q,
+        log_p=metrics.log_p,
+        log_probs=run.model.log_probs,
+        orders=random_orders(positions.numel(), config.energy_orders, run.order_generator, positions.device),
+        ar_log_probs=run.ar_scorer.log_probs if run.ar_scorer is not None else None,
+    )
+    record = choose(cands, dict(config.energies), config.energy_tau, run.generator)
+    record.passes.denoiser = run.model.sequences - sequences_before  # x2 with CFG
+    tokens = torch.where(choice.commit, cands.tokens[record.chosen], choice.tokens)
+    return replace(choice, tokens=tokens, energy=record.kept(), ar_passes=record.passes.ar)
+
+
+def _violation_stage(
+    run: DecodeRun,
+    x_before: torch.Tensor | None,
+    prompt_length: int,
+    host: HostStep,
+    log_p: torch.Tensor,
+    forward_seconds: float | None,
+) -> ViolationRecord | None:
+    """The pairwise pass over the tokens the step committed together (two or more)."""
+    if not run.config.violations or host.commit.sum() < 2:
+        return None
+    began = time.perf_counter()
+    committed = np.flatnonzero(host.commit)
+    result = measure(
+        run.model.log_probs,
+        x_before,
+        prompt_length,
+        committed,
+        host.tokens,
+        log_p,
+        host.proposal_prob,
+        run.config.violation_cap,
+    )
+    return ViolationRecord.of(result, len(committed), time.perf_counter() - began, forward_seconds).kept()
+
+
+def _record(
+    state: DecodeState, block: Block, host: HostStep, seconds: float, passes: int, extras: StepExtras
+) -> StepRecord:
+    positions = np.flatnonzero(host.commit)
+    remasked = np.flatnonzero(host.remask).astype(np.int64)
+    return StepRecord(
+        step=state.step,
+        block=block.index,
+        committed=positions.astype(np.int64),
+        tokens=host.tokens[positions].astype(np.int64),
+        probs=host.proposal_prob[positions],
+        top_ids=host.top_ids[positions].astype(np.int64),
+        top_probs=host.top_probs[positions],
+        argmax=host.top_ids[:, 0].astype(np.int32),
+        confidence=np.ascontiguousarray(host.top_probs[:, 0]),
+        entropy=host.entropy,
+        margin=host.margin,
+        masked_before=host.masked_before,
+        seconds=seconds,
+        forward_passes=passes,
+        remasked=remasked,
+        remasked_tokens=host.before[remasked].astype(np.int64),
+        remasked_probs=host.conf_before[remasked],
+        extras=extras,
+    )
+
+
+def run_decode(
+    denoiser: Denoiser,
+    prompt_ids: Sequence[int],
+    config: DecodeConfig,
+    callbacks: Sequence[Callback] = (),
+    prompt_text: str = "",
+    ar_scorer: ARScorer | None = None,
+) -> DecodeResult:
+    """Run a whole decode, calling each callback's hooks; returns the final result.
+
+    A callback's `should_stop()` returning True cancels the run before the next step; an
+    exception in the engine or a callback ends it as failed (and is re-raised after every
+    callback's `on_end` ran, so the store records it).
+    """
+    config = resolve_config(config, denoiser)
+    start = RunStart(
+        model=denoiser.name,
+        prompt=prompt_text,
+        prompt_ids=list(prompt_ids),
+        config=config,
+        mask_id=denoiser.mask_id,
+        device=str(denoiser.device),
+    )
+    for cb in callbacks:
+        cb.on_start(start)
+    generated = np.full(config.gen_length, denoiser.mask_id, dtype=np.int64)
+    n_steps, status = 0, "completed"
+    try:
+        for record in iter_steps(denoiser, prompt_ids, config, ar_scorer):
+            generated[record.committed] = record.tokens
+            generated[record.remasked] = denoiser.mask_id
+            n_steps += 1
+            for cb in callbacks:
+                cb.on_step(record)
+            if any(cb.should_stop() for cb in callbacks):
+                status = "cancelled"
+                break
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        _end_all(
+            callbacks,
+            DecodeResult("failed", generated.tolist(), denoiser.decode(generated.tolist()), n_steps, error=error),
+        )
+        raise
+    result = DecodeResult(status, generated.tolist(), denoiser.decode(generated.tolist()), n_steps)
+    _end_all(callbacks, result)
+    return result
+
+
+def _end_all(callbacks: Sequence[Callback], result: DecodeResult) -> None:
+    """Every callback's on_end runs, even when an earlier one raises; the first error is re-raised."""
+    first_error: BaseException | None = None
+    for cb in callbacks:
+        try:
+            cb.on_end(result)
+        except BaseException as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error

@@ -1,0 +1,44 @@
+"""The interfaces the engine decodes through; the adapters implement them.
+
+The engine imports these, never an adapter module: any object with these attributes and
+methods can be decoded (the embedded model, a Hugging Face family, a test double).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+
+
+class Denoiser(Protocol):
+    """Token ids (B, L) with masked positions equal to `mask_id` -> float32 logits (B, L, V)."""
+
+    name: str
+    mask_id: int
+    context_length: int
+    device: torch.device
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor: ...  # (B, L) -> (B, L, V) float32
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+    def token_text(self, token_id: int) -> str: ...
+
+
+class ARScorer(Protocol):
+    """An autoregressive model for the AR energy: ids (B, L) -> (B, L) log p(ids[t] | ids[<t])
+    for t >= 1 (entry 0 is 0). It shares the denoiser's tokenizer (vocab_size at least as large)."""
+
+    name: str
+    vocab_size: int
+
+    def log_probs(self, ids: torch.Tensor) -> torch.Tensor: ...  # (B, L) -> (B, L) float32
+
+
+# (ids (B, L), cols (B, m) generated-part positions) -> log-probabilities (B, m, V) at those
+# positions, mask token excluded. Implementations batch (and chunk) the forward calls.
+LogProbFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# ids (B, L) -> (B, L): log p(ids[t] | ids[<t]) at t >= 1 (entry 0 unused), from an AR model.
+ARLogProbFn = Callable[[torch.Tensor], torch.Tensor]

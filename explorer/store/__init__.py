@@ -1,0 +1,1 @@
+"""The trajectory store: the database, the (position x step) arrays and the run bundles."""

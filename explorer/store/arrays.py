@@ -1,0 +1,244 @@
+"""A run as (position x step) arrays: the one shape every plot and token view reads.
+
+`RunArrays` is built either from the store (`TrajectoryStore.read_arrays`, float16 metrics)
+or from StepRecords still in memory (`RunArrays.from_records`, float32 metrics), for the live
+view of a run that is still streaming and not yet (fully) in the store. Both go through
+`assemble`, so the two paths cannot drift apart.
+
+G = generation length (positions), S = steps recorded so far, K = TOP_ALTERNATIVES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from explorer.decoding.records import StepExtras, StepRecord
+
+TOP_ALTERNATIVES = 3  # alternatives kept per committed position, for the token hover
+
+
+@dataclass(frozen=True)
+class Commits:
+    """The commit events of a run, one entry per commit (any order)."""
+
+    step: np.ndarray  # (n,) int
+    position: np.ndarray  # (n,) int
+    token: np.ndarray  # (n,) int
+    prob: np.ndarray  # (n,) float32 p(token) at commit
+    top_ids: np.ndarray  # (n, K) int32, -1 where fewer than K were recorded
+    top_probs: np.ndarray  # (n, K) float32, NaN where fewer than K were recorded
+
+    @staticmethod
+    def empty() -> Commits:
+        return Commits(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.float32),
+            np.full((0, TOP_ALTERNATIVES), -1, np.int32),
+            np.full((0, TOP_ALTERNATIVES), np.nan, np.float32),
+        )
+
+
+@dataclass(frozen=True)
+class Remasks:
+    """The re-mask events of a run (remasking strategies): the token taken away, where, when."""
+
+    step: np.ndarray  # (r,) int
+    position: np.ndarray  # (r,) int
+    token: np.ndarray  # (r,) int
+
+    @staticmethod
+    def of(rows: Sequence[tuple[int, int, int]]) -> Remasks:
+        a = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        return Remasks(a[:, 0].copy(), a[:, 1].copy(), a[:, 2].copy())
+
+
+@dataclass(frozen=True)
+class RunArrays:
+    """A run as (position x step) arrays, for plotting. NaN/-1 where undefined."""
+
+    run: dict  # the run row (at least gen_length and mask_id)
+    steps: np.ndarray  # (S,) step indices
+    blocks: np.ndarray  # (S,)
+    n_committed: np.ndarray  # (S,)
+    argmax: np.ndarray  # (G, S) int32
+    confidence: np.ndarray  # (G, S) float32
+    entropy: np.ndarray  # (G, S) float32
+    margin: np.ndarray  # (G, S) float32
+    commit_step: np.ndarray  # (G,) int32: the step that committed each position, -1 if none
+    tokens: np.ndarray  # (G, S) int32: the sequence after each step (mask id where masked)
+    commit_prob: np.ndarray  # (G,) float32: p(token) at commit, NaN if not committed
+    commit_top_ids: np.ndarray  # (G, K) int32: the K most probable tokens at commit, -1 if none
+    commit_top_probs: np.ndarray  # (G, K) float32: and their probabilities, NaN if none
+    remasks: Remasks  # re-mask events (empty unless a remasking strategy ran)
+    remask_count: np.ndarray  # (G,) int32: how often each position was masked again
+    violation: np.ndarray  # (G, S) float32: violation score (most negative S_ij) at commit, NaN elsewhere
+    energy: np.ndarray  # (G, S) float32: the kept candidate's energy at the positions it committed
+    extras: list[StepExtras]  # (S,) what each step measured: violation matrices, energy candidates
+
+    @property
+    def gen_length(self) -> int:
+        return int(self.commit_step.shape[0])
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.steps.shape[0])
+
+    @classmethod
+    def from_records(cls, run: dict, records: Sequence[StepRecord]) -> RunArrays:
+        """The same arrays as `TrajectoryStore.read_arrays`, from in-memory StepRecords.
+
+        `run` needs at least `gen_length` and `mask_id`; it is kept as `arrays.run`. Metrics
+        stay float32 (the store rounds them to float16), otherwise the arrays are identical.
+        """
+        G = int(run["gen_length"])
+
+        def stack(name: str, dtype) -> np.ndarray:  # (G, S)
+            if not records:
+                return np.zeros((G, 0), dtype=dtype)
+            return np.ascontiguousarray(np.stack([getattr(r, name) for r in records], axis=1), dtype=dtype)
+
+        return assemble(
+            run,
+            steps=np.array([r.step for r in records], dtype=np.int64),
+            blocks=np.array([r.block for r in records], dtype=np.int64),
+            n_committed=np.array([r.n_committed for r in records], dtype=np.int64),
+            argmax=stack("argmax", np.int32),
+            confidence=stack("confidence", np.float32),
+            entropy=stack("entropy", np.float32),
+            margin=stack("margin", np.float32),
+            commits=commits_from_records(records),
+            extras=[r.extras for r in records],
+            remasks=Remasks.of(
+                [(r.step, p, t) for r in records for p, t in zip(r.remasked.tolist(), r.remasked_tokens.tolist())]
+            ),
+        )
+
+
+def commits_from_records(records: Sequence[StepRecord]) -> Commits:
+    """Every record's commits, flattened into one Commits."""
+    if not records or not any(r.n_committed for r in records):
+        return Commits.empty()
+    return Commits(
+        step=np.concatenate([np.full(r.n_committed, r.step, dtype=np.int64) for r in records]),
+        position=np.concatenate([r.committed for r in records]).astype(np.int64),
+        token=np.concatenate([r.tokens for r in records]).astype(np.int64),
+        prob=np.concatenate([r.probs for r in records]).astype(np.float32),
+        top_ids=np.concatenate([fit_top(r.top_ids, -1, np.int32, r.n_committed) for r in records]),
+        top_probs=np.concatenate([fit_top(r.top_probs, np.nan, np.float32, r.n_committed) for r in records]),
+    )
+
+
+def fit_top(values, fill, dtype, n: int) -> np.ndarray:
+    """(n, k) alternatives cut or padded with `fill` to (n, K): models may record more or fewer."""
+    out = np.full((n, TOP_ALTERNATIVES), fill, dtype=dtype)
+    values = np.asarray(values, dtype=dtype).reshape(n, -1) if n else np.zeros((0, 0), dtype)
+    k = min(TOP_ALTERNATIVES, values.shape[1])
+    out[:, :k] = values[:, :k]
+    return out
+
+
+def assemble(
+    run: dict,
+    *,
+    steps: np.ndarray,
+    blocks: np.ndarray,
+    n_committed: np.ndarray,
+    argmax: np.ndarray,
+    confidence: np.ndarray,
+    entropy: np.ndarray,
+    margin: np.ndarray,
+    commits: Commits,
+    extras: Sequence[StepExtras] | None = None,
+    remasks: Remasks | None = None,
+) -> RunArrays:
+    """RunArrays from per-step arrays (G, S) and the run's events; derives the per-position ones."""
+    G, S, mask_id = int(run["gen_length"]), int(steps.shape[0]), int(run["mask_id"])
+    commit_step = np.full(G, -1, dtype=np.int32)
+    final = np.full(G, mask_id, dtype=np.int32)
+    commit_prob = np.full(G, np.nan, dtype=np.float32)
+    top_ids = np.full((G, TOP_ALTERNATIVES), -1, dtype=np.int32)
+    top_probs = np.full((G, TOP_ALTERNATIVES), np.nan, dtype=np.float32)
+    # Sorted by step so that, should a position ever be committed twice (remasking), the
+    # latest commit wins, whatever order the events came in.
+    order = np.argsort(commits.step, kind="stable")
+    positions = commits.position[order]
+    commit_step[positions] = commits.step[order]
+    final[positions] = commits.token[order]
+    commit_prob[positions] = commits.prob[order]
+    top_ids[positions] = commits.top_ids[order]
+    top_probs[positions] = commits.top_probs[order]
+    remasks = remasks if remasks is not None else Remasks.of([])
+    extras = list(extras) if extras is not None else [StepExtras() for _ in range(S)]
+    if remasks.step.size == 0:
+        # The sequence after each step; columns are steps 0..S-1 in order.
+        step_index = np.arange(S)[None, :]  # (1, S)
+        committed_by = (commit_step[:, None] >= 0) & (commit_step[:, None] <= step_index)  # (G, S)
+        tokens = np.where(committed_by, final[:, None], mask_id).astype(np.int32)  # (G, S)
+    else:
+        tokens = _replay(G, S, mask_id, steps, commits, remasks)
+    violation, energy = _step_maps(G, steps, extras)
+    return RunArrays(
+        run=run,
+        steps=steps,
+        blocks=blocks,
+        n_committed=n_committed,
+        argmax=argmax,
+        confidence=confidence,
+        entropy=entropy,
+        margin=margin,
+        commit_step=commit_step,
+        tokens=tokens,
+        commit_prob=commit_prob,
+        commit_top_ids=top_ids,
+        commit_top_probs=top_probs,
+        remasks=remasks,
+        remask_count=np.bincount(remasks.position, minlength=G)[:G].astype(np.int32),
+        violation=violation,
+        energy=energy,
+        extras=extras,
+    )
+
+
+def _replay(G: int, S: int, mask_id: int, steps: np.ndarray, commits: Commits, remasks: Remasks) -> np.ndarray:
+    """(G, S) the sequence after each step, replaying commits and re-masks step by step."""
+    column = {int(step): i for i, step in enumerate(steps.tolist())}
+    tokens = np.full((G, S), mask_id, dtype=np.int32)
+    current = np.full(G, mask_id, dtype=np.int32)
+    by_step: dict[int, list] = {}
+    for step, pos in zip(remasks.step.tolist(), remasks.position.tolist()):
+        by_step.setdefault(step, []).append((pos, mask_id))
+    for step, pos, tok in zip(commits.step.tolist(), commits.position.tolist(), commits.token.tolist()):
+        by_step.setdefault(step, []).append((pos, tok))
+    for step in sorted(column):
+        for pos, tok in by_step.get(step, []):
+            current[pos] = tok
+        tokens[:, column[step]] = current
+    return tokens
+
+
+def _step_maps(G: int, steps: np.ndarray, extras: Sequence[StepExtras]) -> tuple[np.ndarray, np.ndarray]:
+    """(G, S) violation scores and kept-candidate energies at the positions each step committed."""
+    S = len(steps)
+    violation = np.full((G, S), np.nan, dtype=np.float32)
+    energy = np.full((G, S), np.nan, dtype=np.float32)
+    for i, extra in enumerate(extras):
+        if extra.violations is not None:
+            _place(violation, i, extra.violations.positions, extra.violations.token_scores)
+        if extra.energy_ran is not None:
+            _place(energy, i, extra.energy_ran.positions, extra.energy_ran.per_position)
+    return violation, energy
+
+
+def _place(out: np.ndarray, column: int, positions, values) -> None:
+    """out[positions, column] = values, when they fit the run (an imported bundle may hold
+    anything: a record whose positions lie outside the run is left out, not an error)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float32)
+    G = out.shape[0]
+    if positions.shape == values.shape and positions.ndim == 1 and ((positions >= 0) & (positions < G)).all():
+        out[positions, column] = values

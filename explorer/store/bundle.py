@@ -1,0 +1,519 @@
+"""Export a stored run as a self-contained JSON bundle, and import one back.
+
+A bundle carries everything a replay needs (the run row, every step with its per-position
+arrays, every event), so a CPU-only deployment can reopen runs recorded elsewhere:
+
+    {"format": "diffusion-explorer-run", "version": 1,
+     "run":    {every Run column but id; datetimes ISO 8601 in UTC},
+     "steps":  [{every Step column but run_id; each array as
+                 {"dtype": "<i4" | "<f2", "length": G, "data": base64 of the little-endian bytes}}],
+     "events": [{every Event column but id and run_id}, ... in insertion order]}
+
+`export_run(store, run_id)` returns that dict, `export_run_json` its UTF-8 JSON bytes.
+`import_run(store, data)` validates the whole bundle before writing anything, then inserts the
+run, its steps and its events in one transaction and returns the new run id. Import rules:
+
+- ids are local to a database: a new run id is assigned and `parent_run_id` is dropped
+  (set to null); `branch_step` is kept.
+- a run exported while its worker was still writing (status `running`) is stored as `failed`
+  with error 'imported while still running': a replay store has no live worker that would
+  ever finish it. Its `finished_at` stays null (it never finished); its steps are kept.
+- every other column is stored as it is in the bundle, so exporting the imported run gives
+  the same bytes as the original export (apart from `parent_run_id`).
+
+Any problem with the input (over `MAX_BUNDLE_BYTES`, not UTF-8, malformed JSON, a wrong
+format tag or version, a missing, unknown or mistyped field, a bad blob, inconsistent steps or
+events) raises `BundleError` with one line saying what is wrong and where, and writes nothing.
+A database failure while inserting raises `StoreError`; the transaction is rolled back.
+JSON has no NaN or infinity: JSON numbers must be finite. Float16 metric blobs may hold NaN
+(the "undefined" marker of `read_arrays`) but not infinity.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from datetime import UTC, datetime
+
+import numpy as np
+from sqlalchemy import JSON, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from explorer.decoding.records import StepExtras
+from explorer.store.database import STATUSES, Event, Run, Step, StoreError, TrajectoryStore
+
+FORMAT = "diffusion-explorer-run"
+VERSION = 1
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+RUNNING_IMPORT_ERROR = "imported while still running"
+EVENT_KINDS = ("commit", "remask")
+BLOB_DTYPES = {"argmax": "<i4", "confidence": "<f2", "entropy": "<f2", "margin": "<f2"}
+_DTYPE_NAMES = {"<i4": "int32", "<f2": "float16"}
+_INT64 = (-(2**63), 2**63 - 1)
+
+RUN_FIELDS = tuple(c.name for c in Run.__table__.columns if c.name != "id")
+STEP_FIELDS = tuple(c.name for c in Step.__table__.columns if c.name != "run_id")
+_RUN_JSON_COLUMNS = frozenset(c.name for c in Run.__table__.columns if isinstance(c.type, JSON))
+EVENT_FIELDS = tuple(c.name for c in Event.__table__.columns if c.name not in ("id", "run_id"))
+
+
+class BundleError(ValueError):
+    """The bundle cannot be imported; the one-line message says what is wrong and where."""
+
+
+class UnknownRunError(KeyError):
+    """No run with that id in the store."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "unknown run"
+
+
+# ---- export ----------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC; a naive datetime (how SQLite returns the store's UTC times) is UTC."""
+    if value is None:
+        return None
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")
+
+
+def _blob_out(raw: bytes, dtype: str) -> dict:
+    return {
+        "dtype": dtype,
+        "length": len(raw) // np.dtype(dtype).itemsize,
+        "data": base64.b64encode(raw).decode("ascii"),
+    }
+
+
+def export_run(store: TrajectoryStore, run_id: int) -> dict:
+    """The run as a bundle dict (plain JSON types). Raises UnknownRunError for an unknown id.
+
+    Run, steps and events are read in one transaction, so a run still being written exports
+    as a consistent snapshot.
+    """
+    with store.session() as s, s.begin():
+        run = s.get(Run, run_id)
+        if run is None:
+            raise UnknownRunError(f"no run with id {run_id} in {store.url}")
+        run_out = {name: getattr(run, name) for name in RUN_FIELDS}
+        steps = s.scalars(select(Step).where(Step.run_id == run_id).order_by(Step.step)).all()
+        events = s.scalars(select(Event).where(Event.run_id == run_id).order_by(Event.id)).all()
+        step_out = [
+            {
+                name: (_blob_out(getattr(st, name), BLOB_DTYPES[name]) if name in BLOB_DTYPES else getattr(st, name))
+                for name in STEP_FIELDS
+            }
+            for st in steps
+        ]
+        event_out = [{name: getattr(ev, name) for name in EVENT_FIELDS} for ev in events]
+    run_out["created_at"] = _iso(run_out["created_at"])
+    run_out["finished_at"] = _iso(run_out["finished_at"])
+    return {"format": FORMAT, "version": VERSION, "run": run_out, "steps": step_out, "events": event_out}
+
+
+def export_run_json(store: TrajectoryStore, run_id: int) -> bytes:
+    """The bundle as compact UTF-8 JSON. Deterministic: the same stored run gives the same bytes."""
+    bundle = export_run(store, run_id)
+    try:
+        text = json.dumps(bundle, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError as exc:  # a stored float is inf: JSON cannot carry it
+        raise BundleError(f"run {run_id} cannot be exported as JSON: {exc}") from None
+    return text.encode("utf-8")
+
+
+# ---- parsing ----------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str):
+    raise BundleError(f"the JSON holds {name}, which is not a JSON number (NaN and infinity are refused)")
+
+
+def _no_duplicates(pairs: list) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise BundleError(f"the JSON repeats the key {key!r} in one object")
+        out[key] = value
+    return out
+
+
+def _parse(data: bytes | bytearray | memoryview | str | dict) -> dict:
+    limit = MAX_BUNDLE_BYTES  # read at call time (tests and callers may change it)
+    if isinstance(data, dict):
+        return data
+    if isinstance(data, str):
+        if len(data) > limit:
+            raise BundleError(
+                f"the bundle is at least {len(data)} bytes ({len(data)} characters), "
+                f"over the limit of {limit} (MAX_BUNDLE_BYTES)"
+            )
+        try:
+            raw = data.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BundleError(
+                f"the bundle text cannot be encoded as UTF-8 (character {exc.start}: {exc.reason})"
+            ) from None
+        if len(raw) > limit:
+            raise BundleError(f"the bundle is {len(raw)} bytes, over the limit of {limit} (MAX_BUNDLE_BYTES)")
+        text = data
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+        if len(raw) > limit:
+            raise BundleError(f"the bundle is {len(raw)} bytes, over the limit of {limit} (MAX_BUNDLE_BYTES)")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BundleError(
+                f"the bundle is not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+            ) from None
+    else:
+        raise BundleError(f"a bundle is bytes, str or dict, not {type(data).__name__}")
+    text = text.removeprefix("\ufeff")
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+    except BundleError:  # NaN / Infinity or a repeated key, found while parsing
+        raise
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"the bundle is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise BundleError("the bundle is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal with too many digits
+        raise BundleError(f"the bundle is not valid JSON: {exc}") from None
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+
+def _type_name(value: object) -> str:
+    return (
+        "null"
+        if value is None
+        else {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
+            type(value), type(value).__name__
+        )
+    )
+
+
+def _int(
+    where: str, name: str, value: object, low: int = _INT64[0], high: int = _INT64[1], nullable: bool = False
+) -> int | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BundleError(
+            f"{where}: {name} must be an integer{' or null' if nullable else ''}, got {_type_name(value)} {value!r:.60}"
+        )
+    if not _INT64[0] <= value <= _INT64[1]:
+        raise BundleError(f"{where}: {name} {value} does not fit in a 64-bit integer")
+    if not low <= value <= high:
+        raise BundleError(
+            f"{where}: {name} must be >= {low}, got {value}"
+            if high == _INT64[1]
+            else f"{where}: {name} {value} is outside {low}..{high}"
+        )
+    return value
+
+
+def _float(where: str, name: str, value: object, nullable: bool = False, low: float | None = None) -> float | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BundleError(
+            f"{where}: {name} must be a number{' or null' if nullable else ''}, got {_type_name(value)} {value!r:.60}"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise BundleError(f"{where}: {name} must be finite, got {value}")
+    if low is not None and value < low:
+        raise BundleError(f"{where}: {name} {value} is below {low}")
+    return value
+
+
+def _str(where: str, name: str, value: object, column=None, nullable: bool = False) -> str | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise BundleError(
+            f"{where}: {name} must be a string{' or null' if nullable else ''}, got {_type_name(value)} {value!r:.60}"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BundleError(
+            f"{where}: {name} is not valid Unicode text (unpaired surrogate at character {exc.start})"
+        ) from None
+    length = getattr(column.type, "length", None) if column is not None else None
+    if length is not None and len(value) > length:
+        raise BundleError(f"{where}: {name} is {len(value)} characters, over the column's {length}")
+    return value
+
+
+def _token_ids(where: str, name: str, value: object, nullable: bool = False, length: int | None = None) -> list | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, list):
+        raise BundleError(
+            f"{where}: {name} must be an array of token ids{' or null' if nullable else ''}, got {_type_name(value)}"
+        )
+    if length is not None and len(value) != length:
+        raise BundleError(f"{where}: {name} has {len(value)} token ids, expected {length} (gen_length)")
+    for i, tok in enumerate(value):
+        if isinstance(tok, bool) or not isinstance(tok, int) or not 0 <= tok <= _INT64[1]:
+            raise BundleError(f"{where}: {name}[{i}] must be a non-negative integer token id, got {tok!r:.60}")
+    return value
+
+
+def _datetime(where: str, name: str, value: object, nullable: bool = False) -> datetime | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str):
+        raise BundleError(
+            f"{where}: {name} must be an ISO 8601 string{' or null' if nullable else ''}, got {_type_name(value)}"
+        )
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise BundleError(f"{where}: {name} {value!r:.60} is not an ISO 8601 date and time") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _fields(where: str, obj: object, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
+    if not isinstance(obj, dict):
+        raise BundleError(f"{where} must be an object, got {_type_name(obj)}")
+    missing = [name for name in required if name not in obj]
+    if missing:
+        raise BundleError(f"{where}: missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    unknown = sorted(set(obj) - set(required) - set(optional))
+    if unknown:
+        raise BundleError(f"{where}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+    return obj
+
+
+def _blob(where: str, name: str, value: object, gen_length: int) -> bytes:
+    dtype = BLOB_DTYPES[name]
+    label = f"{where}: {name} blob"
+    _fields(label, value, ("dtype", "length", "data"))
+    if value["dtype"] != dtype:
+        raise BundleError(
+            f"{label} has dtype {value['dtype']!r:.40}, expected {dtype!r} ({_DTYPE_NAMES[dtype]}, little-endian)"
+        )
+    stated = _int(label, "length", value["length"], 0)
+    if not isinstance(value["data"], str):
+        raise BundleError(f"{label}: data must be a base64 string, got {_type_name(value['data'])}")
+    try:
+        raw = base64.b64decode(value["data"], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BundleError(f"{label} is not valid base64 ({exc})") from None
+    itemsize = np.dtype(dtype).itemsize
+    if len(raw) % itemsize:
+        raise BundleError(
+            f"{label} is {len(raw)} bytes, not a whole number of {_DTYPE_NAMES[dtype]} values "
+            f"(expected {gen_length} values, {gen_length * itemsize} bytes)"
+        )
+    count = len(raw) // itemsize
+    if count != gen_length:
+        raise BundleError(f"{label} has {count} values, expected {gen_length}")
+    if stated != count:
+        raise BundleError(f"{label} has {count} values but states length {stated}")
+    values = np.frombuffer(raw, dtype=dtype)
+    if name == "argmax":
+        if (values < 0).any():
+            bad = int(np.flatnonzero(values < 0)[0])
+            raise BundleError(f"{label}: position {bad} holds token id {int(values[bad])}, token ids are non-negative")
+    elif np.isinf(values).any():
+        bad = int(np.flatnonzero(np.isinf(values))[0])
+        raise BundleError(f"{label}: position {bad} is {float(values[bad])}; infinity is not allowed")
+    return raw
+
+
+def _json_value(where: str, name: str, value: object, nullable: bool = False) -> dict | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, dict):
+        raise BundleError(f"{where}: {name} must be an object{' or null' if nullable else ''}, got {_type_name(value)}")
+    try:  # a dict given directly may hold what JSON cannot
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BundleError(f"{where}: {name} is not plain JSON ({exc})") from None
+    return value
+
+
+def _step_extras(where: str, value: object) -> dict | None:
+    """A step's extras: plain JSON that reads back as typed records (kept as given, so that
+    exporting the imported run gives the same bytes)."""
+    value = _json_value(where, "extras", value, nullable=True)
+    try:
+        StepExtras.from_json(value)
+    except ValueError as exc:
+        raise BundleError(f"{where}: extras {exc}") from None
+    return value
+
+
+def _validate_run(obj: object) -> dict:
+    where = "run"
+    run = _fields(where, obj, tuple(f for f in RUN_FIELDS if f != "parent_run_id"), ("parent_run_id",))
+    cols = Run.__table__.columns
+    g = _int(where, "gen_length", run["gen_length"], 1)
+    status = _str(where, "status", run["status"], cols.status)
+    if status not in STATUSES:
+        raise BundleError(f"{where}: status {status!r:.40} is not one of {', '.join(STATUSES)}")
+    out = {
+        "created_at": _datetime(where, "created_at", run["created_at"]),
+        "finished_at": _datetime(where, "finished_at", run["finished_at"], nullable=True),
+        "status": status,
+        "model": _str(where, "model", run["model"], cols.model),
+        "strategy": _str(where, "strategy", run["strategy"], cols.strategy),
+        "prompt": _str(where, "prompt", run["prompt"]),
+        "prompt_ids": _token_ids(where, "prompt_ids", run["prompt_ids"]),
+        "config": _json_value(where, "config", run["config"]),
+        "seed": _int(where, "seed", run["seed"]),
+        "gen_length": g,
+        "mask_id": _int(where, "mask_id", run["mask_id"], 0),
+        "device": _str(where, "device", run["device"], cols.device),
+        "n_steps": _int(where, "n_steps", run["n_steps"], 0),
+        "final_text": _str(where, "final_text", run["final_text"], nullable=True),
+        "final_token_ids": _token_ids(where, "final_token_ids", run["final_token_ids"], nullable=True, length=g),
+        "error": _str(where, "error", run["error"], nullable=True),
+        "parent_run_id": None,  # ids are local to a database
+        "branch_step": _int(where, "branch_step", run["branch_step"], 0, nullable=True),
+    }
+    _int(where, "parent_run_id", run.get("parent_run_id"), nullable=True)  # type-checked, then dropped
+    for key in ("gen_length", "strategy", "seed"):
+        if key in out["config"] and out["config"][key] != out[key]:
+            raise BundleError(
+                f"{where}: config {key} {out['config'][key]!r:.40} differs from the run's {key} {out[key]!r:.40}"
+            )
+    if status == "running":
+        out["status"], out["error"] = "failed", RUNNING_IMPORT_ERROR
+    return out
+
+
+def _validate_steps(obj: object, gen_length: int) -> list[dict]:
+    if not isinstance(obj, list):
+        raise BundleError(f"steps must be an array, got {_type_name(obj)}")
+    rows = []
+    for i, item in enumerate(obj):
+        label = f"steps[{i}]"
+        if isinstance(item, dict) and isinstance(item.get("step"), int) and not isinstance(item["step"], bool):
+            label = f"step {item['step']}"
+        _fields(label, item, STEP_FIELDS)
+        number = _int(label, "step", item["step"], 0)
+        if number != i:
+            problem = "repeats an earlier step" if number < i else f"leaves a gap (expected step {i})"
+            raise BundleError(f"{label}: steps must be numbered 0, 1, 2, ... in order; step {number} {problem}")
+        rows.append(
+            {
+                "step": number,
+                "block": _int(label, "block", item["block"], 0),
+                "n_committed": _int(label, "n_committed", item["n_committed"], 0, gen_length),
+                "masked_before": _int(label, "masked_before", item["masked_before"], 0, gen_length),
+                "seconds": _float(label, "seconds", item["seconds"], low=0.0),
+                "forward_passes": _int(label, "forward_passes", item["forward_passes"], 0),
+                **{name: _blob(label, name, item[name], gen_length) for name in BLOB_DTYPES},
+                "extras": _step_extras(label, item["extras"]),
+            }
+        )
+    return rows
+
+
+def _validate_events(obj: object, steps: list[dict], gen_length: int) -> list[dict]:
+    if not isinstance(obj, list):
+        raise BundleError(f"events must be an array, got {_type_name(obj)}")
+    cols = Event.__table__.columns
+    commits_per_step = [0] * len(steps)
+    rows = []
+    for i, item in enumerate(obj):
+        label = f"event {i}"
+        _fields(label, item, EVENT_FIELDS)
+        step = _int(label, "step", item["step"], 0)
+        if step >= len(steps):
+            raise BundleError(
+                f"{label}: step {step} does not exist (the bundle has steps 0..{len(steps) - 1})"
+                if steps
+                else f"{label}: step {step} does not exist (the bundle has no steps)"
+            )
+        position = _int(label, "position", item["position"])
+        if not 0 <= position < gen_length:
+            raise BundleError(f"{label} (step {step}): position {position} is outside 0..{gen_length - 1}")
+        kind = _str(label, "kind", item["kind"], cols.kind)
+        if kind not in EVENT_KINDS:
+            raise BundleError(f"{label}: kind {kind!r:.40} is not one of {', '.join(EVENT_KINDS)}")
+        top_ids = _token_ids(label, "top_ids", item["top_ids"])
+        top_probs = item["top_probs"]
+        if not isinstance(top_probs, list):
+            raise BundleError(f"{label}: top_probs must be an array of numbers, got {_type_name(top_probs)}")
+        top_probs = [_float(label, f"top_probs[{k}]", p) for k, p in enumerate(top_probs)]
+        if len(top_ids) != len(top_probs):
+            raise BundleError(f"{label}: top_ids has {len(top_ids)} entries but top_probs has {len(top_probs)}")
+        if kind == "commit":
+            commits_per_step[step] += 1
+        rows.append(
+            {
+                "step": step,
+                "position": position,
+                "kind": kind,
+                "token_id": _int(label, "token_id", item["token_id"], 0),
+                "token_text": _str(label, "token_text", item["token_text"], cols.token_text),
+                "prob": _float(label, "prob", item["prob"]),
+                "top_ids": top_ids,
+                "top_probs": top_probs,
+                "violation_score": _float(label, "violation_score", item["violation_score"], nullable=True),
+            }
+        )
+    for row, commits in zip(steps, commits_per_step):
+        if row["n_committed"] != commits:
+            raise BundleError(
+                f"step {row['step']}: n_committed is {row['n_committed']} but the bundle has "
+                f"{commits} commit events for it"
+            )
+    return rows
+
+
+def validate_bundle(data: bytes | str | dict) -> tuple[dict, list[dict], list[dict]]:
+    """Parse and check a bundle; return the (run, steps, events) rows import_run would insert."""
+    bundle = _parse(data)
+    if not isinstance(bundle, dict):
+        raise BundleError(f"a bundle is a JSON object, got {_type_name(bundle)}")
+    if bundle.get("format") != FORMAT:
+        raise BundleError(f"not a run bundle: format is {bundle.get('format')!r:.60}, expected {FORMAT!r}")
+    version = bundle.get("version")
+    if isinstance(version, bool) or version != VERSION:
+        raise BundleError(f"unsupported bundle version {version!r:.40}; this explorer reads version {VERSION}")
+    _fields("the bundle", bundle, ("format", "version", "run", "steps", "events"))
+    run = _validate_run(bundle["run"])
+    steps = _validate_steps(bundle["steps"], run["gen_length"])
+    if run["n_steps"] != len(steps):
+        raise BundleError(f"run: n_steps is {run['n_steps']} but the bundle has {len(steps)} steps")
+    events = _validate_events(bundle["events"], steps, run["gen_length"])
+    return run, steps, events
+
+
+# ---- import -----------------------------------------------------------------------------------
+
+
+def import_run(store: TrajectoryStore, data: bytes | str | dict) -> int:
+    """Validate the bundle, then insert run, steps and events in one transaction; the new run id.
+
+    Raises BundleError (nothing written) for any problem with the input, StoreError (rolled
+    back, nothing written) if the database refuses the insert.
+    """
+    run_row, step_rows, event_rows = validate_bundle(data)
+    try:
+        with store.session() as s, s.begin():
+            # a null JSON column is SQL NULL, as in a row the store wrote (not the JSON text 'null')
+            run = Run(**{k: v for k, v in run_row.items() if v is not None or k not in _RUN_JSON_COLUMNS})
+            s.add(run)
+            s.flush()
+            run_id = run.id
+            if step_rows:
+                s.execute(insert(Step), [{"run_id": run_id, **row} for row in step_rows])
+            if event_rows:
+                s.execute(insert(Event), [{"run_id": run_id, **row} for row in event_rows])
+    except SQLAlchemyError as exc:
+        reason = exc.orig if getattr(exc, "orig", None) is not None else exc
+        raise StoreError(f"cannot import the run into {store.url}: {exc.__class__.__name__}: {reason}") from None
+    return run_id

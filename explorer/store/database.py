@@ -1,0 +1,499 @@
+"""The trajectory store: SQLAlchemy 2.0 ORM over SQLite or PostgreSQL (or any SQLAlchemy URL).
+
+Tables: `runs` (one per decode), `steps` (per-position arrays as compact typed blobs) and
+`events` (one row per commit, for SQL across runs). `StoreWriter` is the engine callback
+that writes a run: its row first (status `running`), steps in batched transactions, then the
+final status. `TrajectoryStore.read_arrays` reads a run back as (position x step) arrays.
+
+The same code runs on every backend (the tests run it on SQLite and on PostgreSQL through
+psycopg, `postgresql+psycopg://user@host/db`): times are stored as naive UTC (`UTCDateTime`,
+independent of the server's or session's time zone) and read back naive UTC; the seed is a
+64-bit column (DecodeConfig allows 0..2^63-1); SQLite gets its pragmas (WAL, foreign keys).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from explorer.decoding.callbacks import Callback, RunStart
+from explorer.decoding.records import DecodeResult, StepExtras, StepRecord
+from explorer.store.arrays import Commits, Remasks, RunArrays, assemble, fit_top
+
+DEFAULT_DATA_DIR = Path(os.environ.get("EXPLORER_DATA_DIR", Path.home() / ".diffusion-explorer"))
+DB_URL_ENV = "EXPLORER_DB_URL"
+STATUSES = ("running", "completed", "failed", "cancelled")
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or written; the message says which and why."""
+
+
+class UTCDateTime(TypeDecorator):
+    """A point in time stored as naive UTC (`TIMESTAMP WITHOUT TIME ZONE`, SQLite text).
+
+    An aware datetime is converted to UTC before binding, a naive one is taken as UTC already;
+    values come back naive UTC on every backend. Without this, psycopg sends an aware datetime
+    as `timestamptz`, which PostgreSQL casts to the *session's* local time, and SQLite keeps the
+    wall-clock time and drops the offset.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is not None:  # a driver that returns aware values
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict] = {datetime: UTCDateTime}
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
+    finished_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    strategy: Mapped[str] = mapped_column(String(64), index=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    prompt_ids: Mapped[list] = mapped_column(JSON)
+    config: Mapped[dict] = mapped_column(JSON)
+    seed: Mapped[int] = mapped_column(BigInteger)  # 0..2^63-1
+    gen_length: Mapped[int] = mapped_column(Integer)
+    mask_id: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64), default="cpu")
+    n_steps: Mapped[int] = mapped_column(Integer, default=0)
+    final_text: Mapped[str | None] = mapped_column(Text)
+    final_token_ids: Mapped[list | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    parent_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    branch_step: Mapped[int | None] = mapped_column(Integer)
+
+    steps: Mapped[list[Step]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="Step.step"
+    )
+
+
+class Step(Base):
+    __tablename__ = "steps"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    block: Mapped[int] = mapped_column(Integer)
+    n_committed: Mapped[int] = mapped_column(Integer)
+    masked_before: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    forward_passes: Mapped[int] = mapped_column(Integer, default=1)
+    argmax: Mapped[bytes] = mapped_column(LargeBinary)  # int32 (G,)
+    confidence: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (G,)
+    entropy: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (G,)
+    margin: Mapped[bytes] = mapped_column(LargeBinary)  # float16 (G,)
+    extras: Mapped[dict | None] = mapped_column(JSON)  # energy candidates, violation matrices, Prophet gap
+
+    run: Mapped[Run] = relationship(back_populates="steps")
+
+
+class Event(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_run_step", "run_id", "step"), Index("ix_events_token", "token_text"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16), default="commit")  # commit | remask
+    token_id: Mapped[int] = mapped_column(Integer)
+    token_text: Mapped[str] = mapped_column(String(200))
+    prob: Mapped[float] = mapped_column(Float)
+    top_ids: Mapped[list] = mapped_column(JSON)
+    top_probs: Mapped[list] = mapped_column(JSON)
+    violation_score: Mapped[float | None] = mapped_column(Float)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def existing_sqlite_file(url: str) -> bool | None:
+    """For a SQLite file URL, whether the file exists; None for other databases."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return None
+    return Path(url.removeprefix("sqlite:///")).exists()
+
+
+def resolve_url(url: str | None = None, data_dir: str | Path | None = None) -> str:
+    """The flag, else $EXPLORER_DB_URL, else sqlite:///<data dir>/trajectories.db."""
+    if url:
+        return url
+    if os.environ.get(DB_URL_ENV):
+        return os.environ[DB_URL_ENV]
+    return f"sqlite:///{Path(data_dir or DEFAULT_DATA_DIR) / 'trajectories.db'}"
+
+
+def open_engine(url: str) -> Engine:
+    """Create the engine and the tables; raise StoreError with a clear reason if impossible."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.removeprefix("sqlite:///"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the data directory {path.parent}: {exc.strerror}") from None
+        if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
+            raise StoreError(f"database path {path} is not writable")
+    try:
+        engine = create_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(engine)
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"cannot open database {url}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
+        ) from None
+    return engine
+
+
+def violation_scores(record: StepRecord) -> dict[int, float]:
+    """position -> violation score (most negative S_ij) of the step's co-committed tokens."""
+    violations = record.extras.violations
+    if violations is None:
+        return {}
+    return dict(zip(violations.positions.tolist(), violations.token_scores.tolist()))
+
+
+def _blob(array: np.ndarray, dtype: str) -> bytes:
+    return np.ascontiguousarray(array, dtype=dtype).tobytes()
+
+
+class TrajectoryStore:
+    def __init__(self, url: str | None = None, data_dir: str | Path | None = None) -> None:
+        self.url = resolve_url(url, data_dir)
+        self.engine = open_engine(self.url)
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # ---- writing -------------------------------------------------------------------------
+    def create_run(self, start: RunStart) -> int:
+        with self.session() as s, s.begin():
+            run = Run(
+                status="running",
+                model=start.model,
+                strategy=start.config.strategy,
+                prompt=start.prompt,
+                prompt_ids=start.prompt_ids,
+                config=json.loads(start.config.to_json()),
+                seed=start.config.seed,
+                gen_length=start.config.gen_length,
+                mask_id=start.mask_id,
+                device=start.device,
+            )
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def add_steps(self, run_id: int, records: list[StepRecord], token_text) -> None:
+        """Write a batch of steps and their commit events in one transaction."""
+        if not records:
+            return
+        step_rows, event_rows = [], []
+        for r in records:
+            step_rows.append(
+                {
+                    "run_id": run_id,
+                    "step": r.step,
+                    "block": r.block,
+                    "n_committed": r.n_committed,
+                    "masked_before": r.masked_before,
+                    "seconds": r.seconds,
+                    "forward_passes": r.forward_passes,
+                    "argmax": _blob(r.argmax, "<i4"),
+                    "confidence": _blob(r.confidence, "<f2"),
+                    "entropy": _blob(r.entropy, "<f2"),
+                    "margin": _blob(r.margin, "<f2"),
+                    "extras": r.extras.to_json() or None,
+                }
+            )
+            scores = violation_scores(r)
+            for i, (pos, tok, prob) in enumerate(zip(r.committed.tolist(), r.tokens.tolist(), r.probs.tolist())):
+                event_rows.append(
+                    {
+                        "run_id": run_id,
+                        "step": r.step,
+                        "position": pos,
+                        "kind": "commit",
+                        "token_id": tok,
+                        "token_text": token_text(tok),
+                        "prob": prob,
+                        "top_ids": r.top_ids[i].tolist(),
+                        "top_probs": [round(p, 5) for p in r.top_probs[i].tolist()],
+                        "violation_score": scores.get(pos),
+                    }
+                )
+            for pos, tok, prob in zip(r.remasked.tolist(), r.remasked_tokens.tolist(), r.remasked_probs.tolist()):
+                event_rows.append(
+                    {
+                        "run_id": run_id,
+                        "step": r.step,
+                        "position": pos,
+                        "kind": "remask",
+                        "token_id": tok,
+                        "token_text": token_text(tok),
+                        "prob": prob,
+                        "top_ids": [],
+                        "top_probs": [],
+                        "violation_score": None,
+                    }
+                )
+        with self.session() as s, s.begin():
+            s.execute(insert(Step), step_rows)
+            if event_rows:
+                s.execute(insert(Event), event_rows)
+            s.get(Run, run_id).n_steps = records[-1].step + 1
+
+    def finish_run(self, run_id: int, result: DecodeResult) -> None:
+        with self.session() as s, s.begin():
+            run = s.get(Run, run_id)
+            run.status = result.status
+            run.finished_at = datetime.now(UTC)
+            run.final_text = result.text
+            run.final_token_ids = result.token_ids
+            run.error = result.error
+
+    def mark_failed(self, run_id: int, error: str) -> None:
+        """For a run whose writer died with it (a killed worker): keep its steps, mark failed."""
+        with self.session() as s, s.begin():
+            run = s.get(Run, run_id)
+            if run is not None and run.status == "running":
+                run.status, run.error = "failed", error
+                run.finished_at = datetime.now(UTC)
+
+    def delete_run(self, run_id: int) -> bool:
+        with self.session() as s, s.begin():
+            s.execute(delete(Event).where(Event.run_id == run_id))
+            s.execute(delete(Step).where(Step.run_id == run_id))
+            return s.execute(delete(Run).where(Run.id == run_id)).rowcount > 0
+
+    # ---- reading -------------------------------------------------------------------------
+    def list_runs(
+        self,
+        limit: int = 50,
+        status: str | None = None,
+        model: str | None = None,
+        strategy: str | None = None,
+        since: str | None = None,
+        text: str | None = None,
+    ) -> list[dict]:
+        """Newest first, filtered; `since` is an ISO date (YYYY-MM-DD), `text` searches prompt and text."""
+        query = select(Run).order_by(Run.id.desc()).limit(limit)
+        for column, value in ((Run.status, status), (Run.model, model), (Run.strategy, strategy)):
+            if value:
+                query = query.where(column == value)
+        if since:
+            try:
+                start = datetime.fromisoformat(since)
+            except ValueError:
+                raise ValueError(f"'since' must be a date like 2026-11-27, got {since!r}") from None
+            query = query.where(Run.created_at >= start)  # naive: UTC; aware: converted to UTC
+        if text:
+            pattern = f"%{text}%"
+            query = query.where(Run.prompt.ilike(pattern) | Run.final_text.ilike(pattern))
+        with self.session() as s:
+            return [_run_dict(r) for r in s.scalars(query)]
+
+    def token_texts(self, run_id: int) -> dict[int, str]:
+        """token id -> text of every token a run committed (for runs of models not loaded here)."""
+        with self.session() as s:
+            rows = s.execute(select(Event.token_id, Event.token_text).where(Event.run_id == run_id).distinct())
+            return {token_id: text for token_id, text in rows}
+
+    def get_run(self, run_id: int) -> dict | None:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            return _run_dict(run) if run else None
+
+    def step_summaries(self, run_id: int) -> list[dict]:
+        """Per step: block, committed positions with their tokens and probabilities."""
+        with self.session() as s:
+            steps = s.execute(
+                select(Step.step, Step.block, Step.n_committed, Step.seconds)
+                .where(Step.run_id == run_id)
+                .order_by(Step.step)
+            ).all()
+            events = s.execute(
+                select(Event.step, Event.position, Event.token_id, Event.token_text, Event.prob)
+                .where(Event.run_id == run_id, Event.kind == "commit")
+                .order_by(Event.step, Event.position)
+            ).all()
+        by_step: dict[int, list] = {}
+        for e in events:
+            by_step.setdefault(e.step, []).append(e)
+        return [
+            {
+                "step": st.step,
+                "block": st.block,
+                "seconds": st.seconds,
+                "committed": [e.position for e in by_step.get(st.step, [])],
+                "tokens": [e.token_id for e in by_step.get(st.step, [])],
+                "token_texts": [e.token_text for e in by_step.get(st.step, [])],
+                "probs": [e.prob for e in by_step.get(st.step, [])],
+            }
+            for st in steps
+        ]
+
+    def read_arrays(self, run_id: int) -> RunArrays:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise KeyError(f"no run with id {run_id}")
+            rows = s.execute(
+                select(
+                    Step.step,
+                    Step.block,
+                    Step.n_committed,
+                    Step.argmax,
+                    Step.confidence,
+                    Step.entropy,
+                    Step.margin,
+                    Step.extras,
+                )
+                .where(Step.run_id == run_id)
+                .order_by(Step.step)
+            ).all()
+            commits = s.execute(
+                select(Event.step, Event.position, Event.token_id, Event.prob, Event.top_ids, Event.top_probs)
+                .where(Event.run_id == run_id, Event.kind == "commit")
+                .order_by(Event.id)
+            ).all()
+            remasks = s.execute(
+                select(Event.step, Event.position, Event.token_id)
+                .where(Event.run_id == run_id, Event.kind == "remask")
+                .order_by(Event.id)
+            ).all()
+            info = _run_dict(run)
+        G, S = info["gen_length"], len(rows)
+
+        def stack(index: int, dtype: str) -> np.ndarray:
+            if not rows:
+                return np.zeros((G, 0), dtype=np.float32 if dtype != "<i4" else np.int32)
+            joined = np.frombuffer(b"".join(r[index] for r in rows), dtype=dtype).reshape(S, G)
+            return np.ascontiguousarray(joined.T.astype(np.int32 if dtype == "<i4" else np.float32))
+
+        return assemble(
+            info,
+            steps=np.array([r[0] for r in rows], dtype=np.int64),
+            blocks=np.array([r[1] for r in rows], dtype=np.int64),
+            n_committed=np.array([r[2] for r in rows], dtype=np.int64),
+            argmax=stack(3, "<i4"),
+            confidence=stack(4, "<f2"),
+            entropy=stack(5, "<f2"),
+            margin=stack(6, "<f2"),
+            commits=_commits(commits),
+            extras=[StepExtras.lenient(r[7]) for r in rows],
+            remasks=Remasks.of([(r[0], r[1], r[2]) for r in remasks]),
+        )
+
+    def count_runs(self) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.count(Run.id)))
+
+
+def _commits(rows) -> Commits:
+    """Commit event rows (step, position, token_id, prob, top_ids, top_probs) as Commits."""
+    if not rows:
+        return Commits.empty()
+    n = len(rows)
+    # Rows may hold fewer or more than K alternatives: pad/cut each to K before stacking.
+    top_ids = np.stack([fit_top([r[4]], -1, np.int32, 1)[0] for r in rows])  # (n, K)
+    top_probs = np.stack([fit_top([r[5]], np.nan, np.float32, 1)[0] for r in rows])  # (n, K)
+    return Commits(
+        step=np.fromiter((r[0] for r in rows), np.int64, n),
+        position=np.fromiter((r[1] for r in rows), np.int64, n),
+        token=np.fromiter((r[2] for r in rows), np.int64, n),
+        prob=np.fromiter((r[3] for r in rows), np.float32, n),
+        top_ids=top_ids,
+        top_probs=top_probs,
+    )
+
+
+def _run_dict(run: Run) -> dict:
+    return {c.name: getattr(run, c.name) for c in Run.__table__.columns}
+
+
+class StoreWriter(Callback):
+    """Engine callback: the run row at start, steps in batches, the final status at the end.
+
+    Steps are flushed every `batch_steps` steps or `max_delay` seconds, whichever first, so a
+    killed process loses at most that much and the database stays consistent.
+    """
+
+    def __init__(self, store: TrajectoryStore, token_text, batch_steps: int = 16, max_delay: float = 0.5) -> None:
+        self.store = store
+        self.token_text = token_text
+        self.batch_steps = batch_steps
+        self.max_delay = max_delay
+        self.run_id: int | None = None
+        self._pending: list[StepRecord] = []
+        self._last_flush = time.monotonic()
+
+    def on_start(self, start: RunStart) -> None:
+        self.run_id = self.store.create_run(start)
+        self._last_flush = time.monotonic()
+
+    def on_step(self, record: StepRecord) -> None:
+        self._pending.append(record)
+        if len(self._pending) >= self.batch_steps or time.monotonic() - self._last_flush > self.max_delay:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.add_steps(self.run_id, self._pending, self.token_text)
+        self._pending = []
+        self._last_flush = time.monotonic()
+
+    def on_end(self, result: DecodeResult) -> None:
+        if self.run_id is None:
+            return
+        self.flush()
+        self.store.finish_run(self.run_id, result)

@@ -1,0 +1,1 @@
+"""The Gradio UI: the tabs and their Gradio-free logic."""

@@ -1,0 +1,134 @@
+"""What the Decode tab shows of one state of a run, by output name, and the view that binds the
+names to the tab's components (shared by the Decode and Runs tabs)."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import gradio as gr
+
+from explorer.services import Services
+from explorer.store.arrays import RunArrays
+from explorer.ui.logic import ArraysCache, summarise, token_text_for, violation_cost_note
+from explorer.views import figures as plots
+from explorer.views import pairwise
+from explorer.views.tokens import render_tokens
+
+# What the Decode tab shows of a run state, by name (the /decode, /scrub and /open_run outputs
+# start with these, in this order).
+VIEW = (
+    "status",
+    "tokens",
+    "heat",
+    "order",
+    "bars",
+    "violation_heat",
+    "energy_heat",
+    "pair_s",
+    "pair_a",
+    "candidates",
+    "violation_cost",
+)
+ANALYSIS_TITLES = {
+    "violation_heat": "Dependency violations",
+    "energy_heat": "Energy",
+    "pair_s": "Pairwise S of a step",
+    "pair_a": "Pairwise A of a step",
+    "candidates": "Energies of a step's candidates",
+}
+
+Shown = dict[str, object]  # output name -> value
+
+
+def status_html(kind: str, text: str) -> str:
+    return f'<div class="status status-{kind}">{html.escape(text)}</div>'
+
+
+def render_view(
+    services: Services, arrays: RunArrays, step: int | None, metric: str, text: str | None, device: str | None = None
+) -> Shown:
+    """The Decode tab's main outputs for one state of a run: summary, tokens and figures.
+    `device`: the worker's device line, appended to the summary of a run it just decoded."""
+    token_text = token_text_for(services, arrays)
+    summary = summarise(arrays, text, arrays.run["model"])
+    line = summary.line() + (f" · {device}" if device else "")
+    return {
+        "status": status_html("ok" if summary.status in ("completed", "running") else "warn", line),
+        "tokens": render_tokens(arrays, token_text, step, arrays.run.get("prompt", "")),
+        "heat": plots.metric_heatmap(arrays, metric, step=step),
+        "order": plots.commit_order_map(arrays, step=step),
+        "bars": plots.tokens_per_step(arrays, step=step),
+    }
+
+
+def render_analysis(services: Services, arrays: RunArrays, step: int | None) -> Shown:
+    """The violations and energies of a run: the two position x step maps, the pairwise S and A
+    matrices and the candidates' energies of `step` (None: the run's most telling step), and the
+    measured cost of the violations' extra pass."""
+    token_text = token_text_for(services, arrays)
+    return {
+        "violation_heat": plots.violation_heatmap(arrays, step=step),
+        "energy_heat": plots.energy_heatmap(arrays, step=step),
+        "pair_s": pairwise.pairwise_matrix(arrays, step, "S", token_text),
+        "pair_a": pairwise.pairwise_matrix(arrays, step, "A", token_text),
+        "candidates": pairwise.candidate_energies(arrays, step),
+        "violation_cost": violation_cost_note(arrays),
+    }
+
+
+def render_all(
+    services: Services, arrays: RunArrays, step: int | None, metric: str, text: str | None, device: str | None = None
+) -> Shown:
+    """Every output of the Decode tab's view (`VIEW`)."""
+    return {**render_view(services, arrays, step, metric, text, device), **render_analysis(services, arrays, step)}
+
+
+def pending_analysis() -> Shown:
+    """The violations and energies section while a run decodes: says when it will show."""
+    shown: Shown = {
+        name: plots.empty_figure(title, "Shown when the run ends.", f"pending-{title}")
+        for name, title in ANALYSIS_TITLES.items()
+    }
+    return {**shown, "violation_cost": "Cost: measured when the run ends."}
+
+
+@dataclass
+class DecodeView:
+    """The Decode tab's output components by name, and what the other tabs need of it."""
+
+    components: dict[str, gr.components.Component]  # VIEW plus slider, metric, run_state, job_state
+
+    def bind(self, shown: Shown) -> dict:
+        """{name: value} -> {component: value}: what a Gradio handler returns."""
+        return {self.components[name]: value for name, value in shown.items()}
+
+    def outputs(self, *extra: str) -> list:
+        """The components a handler may update: the view, then `extra`, in a fixed order (the
+        order an API client sees)."""
+        return [self.components[name] for name in (*VIEW, *extra)]
+
+    def stored(
+        self,
+        services: Services,
+        cache: ArraysCache,
+        run_id: int,
+        metric: str,
+        status_html: str | None = None,
+        device: str | None = None,
+    ) -> dict:
+        """A run as the store holds it (after it ended), with the slider on its last step."""
+        cache.forget(run_id)
+        arrays = cache.get(run_id)
+        last_step = max(len(arrays.steps) - 1, 0)
+        text = f"{arrays.run['prompt']} {arrays.run['final_text'] or ''}"
+        shown = render_all(services, arrays, None, metric, text, device=device)
+        if status_html is not None:
+            shown["status"] = status_html
+        return self.bind(
+            {
+                **shown,
+                "slider": gr.Slider(0, max(last_step, 1), value=last_step, step=1, interactive=True),
+                "run_state": run_id,
+            }
+        )

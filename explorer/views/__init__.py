@@ -1,0 +1,1 @@
+"""Figures, the token view and run metrics: pure functions of a stored run (RunArrays)."""

@@ -1,0 +1,221 @@
+"""The decoded sequence as an HTML fragment: each token coloured by the step that committed it.
+
+Pure: RunArrays in, a string out (styles in static/tokens.css). Every piece of text that
+comes from the model or the user (token strings, the prompt, tooltips) goes through
+`html.escape(..., quote=True)` exactly once before it is placed in markup, so a token such as
+`<img src=x onerror=alert(1)>` is shown, never run.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+import numpy as np
+
+from explorer.store.arrays import RunArrays
+
+# Plotly's Viridis, the colorscale of plots.commit_order_map, so a token's colour here
+# matches its marker there. Dark purple = early, yellow = late.
+STEP_RAMP = (
+    "#440154",
+    "#482878",
+    "#3e4989",
+    "#31688e",
+    "#26828e",
+    "#1f9e89",
+    "#35b779",
+    "#6ece58",
+    "#b5de2b",
+    "#fde725",
+)
+MASK_GLYPH = "▒"
+
+
+def render_tokens(
+    arrays: RunArrays,
+    token_text: Callable[[int], str],
+    step: int | None,
+    prompt_text: str,
+    separator: str = " ",
+    highlight: Collection[int] = (),
+    highlight_label: str = "differs from the other run",
+) -> str:
+    """The prompt, then every generated position as it stood after `step` (None: the end).
+
+    Committed positions: `<span class="tok">` with the colour of the step that committed the
+    token standing there, `just` added for those committed at `step`; masked ones:
+    `<span class="tok masked">▒</span>`. The state is replayed from `arrays.tokens`, so a token
+    a remasking strategy took away shows as masked again. A position re-masked by then gets the
+    class `remasked` and `data-remasks` (its count, drawn as a ↺ badge by static/tokens.css),
+    and its tooltip lists every re-mask: the step and the token taken away. Each span carries a
+    `data-tip` tooltip. Colours span the run's recorded steps, so while a run streams they are
+    relative to the steps so far. `separator` joins tokens (a space suits word-level
+    vocabularies). Positions in `highlight` (the compare view's differing positions) get the
+    class `diff` and `highlight_label` in their tooltip.
+    """
+    state = state_at(arrays, step)
+    remasks = remask_history(arrays, step)
+    highlight = {int(p) for p in highlight}
+    spans = []
+    for position in range(arrays.gen_length):
+        events = remasks.get(position, [])
+        extra = (" diff" if position in highlight else "") + (" remasked" if events else "")
+        notes = _remask_notes(events, token_text) + ([highlight_label] if position in highlight else [])
+        if state.since[position] >= 0:
+            spans.append(_token_span(arrays, position, state, token_text, step, extra, notes, _badge(events)))
+        else:
+            tip = " · ".join(
+                [f"position {position} · still masked" + ("" if step is None else f" after step {step}"), *notes]
+            )
+            spans.append(f'<span class="tok masked{extra}"{_badge(events)} data-tip="{_esc(tip)}">{MASK_GLYPH}</span>')
+    prompt = f'<span class="prompt">{_esc(prompt_text)}</span>' if prompt_text else ""
+    line = separator.join([prompt, *spans] if prompt else spans)
+    return f'<div class="tokens-view"><div class="tokens-line">{line}</div>{legend(step, remasked=bool(remasks))}</div>'
+
+
+@dataclass(frozen=True)
+class SequenceState:
+    """The generated part after one step."""
+
+    tokens: np.ndarray  # (G,) token ids, the mask id where masked
+    since: np.ndarray  # (G,) the step that committed the token standing there, -1 where masked
+
+
+def state_at(arrays: RunArrays, step: int | None) -> SequenceState:
+    """The sequence after `step` (None: after the last step; < 0: before any step), replaying
+    commits and re-masks from `arrays.tokens`."""
+    mask_id = int(arrays.run["mask_id"])
+    columns = arrays.n_steps if step is None else int(np.searchsorted(arrays.steps, step, side="right"))
+    tokens = np.full(arrays.gen_length, mask_id, dtype=np.int64)
+    since = np.full(arrays.gen_length, -1, dtype=np.int64)
+    for column in range(columns):  # a token's commit step is where the mask last gave way to it
+        now = arrays.tokens[:, column].astype(np.int64)
+        since = np.where(now == mask_id, -1, np.where(now != tokens, int(arrays.steps[column]), since))
+        tokens = now
+    return SequenceState(tokens, since)
+
+
+def remask_history(arrays: RunArrays, step: int | None) -> dict[int, list[tuple[int, int]]]:
+    """position -> [(step, token taken away), ...] of the re-masks up to `step` (None: all), in step order."""
+    out: dict[int, list[tuple[int, int]]] = {}
+    events = sorted(zip(arrays.remasks.step.tolist(), arrays.remasks.position.tolist(), arrays.remasks.token.tolist()))
+    for at, position, token in events:
+        if step is None or at <= step:
+            out.setdefault(int(position), []).append((int(at), int(token)))
+    return out
+
+
+def step_colour(commit_step: int, n_steps: int) -> tuple[str, str]:
+    """(background, text) colours for a token committed at `commit_step` of `n_steps`."""
+    fraction = commit_step / max(n_steps - 1, 1)
+    background = _ramp(min(max(fraction, 0.0), 1.0))
+    return background, _text_colour(background)
+
+
+def legend(step: int | None = None, remasked: bool = False) -> str:
+    """One line explaining the colours, the mask glyph, (with a step) the outline and (when the
+    run re-masked tokens) the ↺ badge."""
+    gradient = ", ".join(STEP_RAMP)
+    just = (
+        "" if step is None else f'; <span class="tok just legend-just">outlined</span> = committed at step {int(step)}'
+    )
+    again = (
+        '; <span class="tok masked remasked legend-remask" data-remasks="1">'
+        + MASK_GLYPH
+        + "</span> ↺ = re-masked: a remasking strategy took its token away (hover for when and which)"
+        if remasked
+        else ""
+    )
+    return (
+        '<div class="tokens-legend">colour = step at which the token was committed: early → late '
+        f'<span class="ramp" style="background: linear-gradient(to right, {gradient})"></span>; '
+        f'<span class="tok masked">{MASK_GLYPH}</span> = still masked{just}{again}</div>'
+    )
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def _token_span(
+    arrays: RunArrays,
+    position: int,
+    state: SequenceState,
+    token_text: Callable[[int], str],
+    step: int | None,
+    extra_class: str = "",
+    notes: list[str] | None = None,
+    badge: str = "",
+) -> str:
+    committed_at = int(state.since[position])
+    background, text = step_colour(committed_at, arrays.n_steps)
+    classes = ("tok just" if step is not None and committed_at == step else "tok") + extra_class
+    tip = _esc(" · ".join([_tooltip(arrays, position, committed_at, token_text), *(notes or [])]))
+    return (
+        f'<span class="{classes}" style="background: {background}; color: {text}"{badge} '
+        f'data-tip="{tip}">{_esc(token_text(int(state.tokens[position])))}</span>'
+    )
+
+
+def _tooltip(arrays: RunArrays, position: int, committed_at: int, token_text: Callable[[int], str]) -> str:
+    """Plain text (escaped by the caller): 'position P · committed at step S · p = 0.83 · top-3: ...'.
+    p and the alternatives are those of the position's last commit: shown only for that commit."""
+    parts = [f"position {position}", f"committed at step {committed_at}"]
+    if committed_at != int(arrays.commit_step[position]):
+        parts.append("re-masked later")
+        return " · ".join(parts)
+    prob = float(arrays.commit_prob[position])
+    if np.isfinite(prob):
+        parts.append(f"p = {prob:.2f}")
+    alternatives = [
+        f"{token_text(int(t))} {float(p):.2f}"
+        for t, p in zip(arrays.commit_top_ids[position], arrays.commit_top_probs[position])
+        if t >= 0 and np.isfinite(p)
+    ]
+    if alternatives:
+        parts.append(f"top-{len(alternatives)}: " + ", ".join(alternatives))
+    return " · ".join(parts)
+
+
+def _remask_notes(events: list[tuple[int, int]], token_text: Callable[[int], str]) -> list[str]:
+    """'re-masked 2× (step 3 took away 'cat', step 5 took away 'dog')' for the tooltip, plain text."""
+    if not events:
+        return []
+    each = ", ".join(f"step {at} took away '{token_text(token)}'" for at, token in events)
+    return [f"↺ re-masked {len(events)}× ({each})"]
+
+
+def _badge(events) -> str:
+    """The data attribute static/tokens.css draws as a ↺ count badge ('' when never re-masked)."""
+    return f' data-remasks="{len(events)}"' if events else ""
+
+
+def _esc(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _ramp(fraction: float) -> str:
+    """Linear interpolation in RGB between the STEP_RAMP stops."""
+    scaled = fraction * (len(STEP_RAMP) - 1)
+    i = min(int(scaled), len(STEP_RAMP) - 2)
+    a, b = _rgb(STEP_RAMP[i]), _rgb(STEP_RAMP[i + 1])
+    t = scaled - i
+    return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(a, b))
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    return tuple(int(hex_colour[k : k + 2], 16) for k in (1, 3, 5))  # type: ignore[return-value]
+
+
+def _text_colour(background: str) -> str:
+    """Black or white, whichever contrasts more with the background (WCAG luminance)."""
+
+    def linear(c: int) -> float:
+        c = c / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in _rgb(background))
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    # contrast with black (L + 0.05) / 0.05 vs with white 1.05 / (L + 0.05)
+    return "#000000" if (luminance + 0.05) / 0.05 >= 1.05 / (luminance + 0.05) else "#ffffff"
