@@ -1,8 +1,10 @@
 """The model worker: a separate process that owns the models and runs the engine.
 
 The UI process never loads a model. It submits jobs to a `WorkerPool`, which hands each job
-to an idle worker process over a pipe and routes the worker's events (started, step, done,
-error) to the job's queue. A worker that dies (killed, out of memory, segfault) is noticed
+to an idle worker process over a pipe and routes the worker's messages (`RunStarted`, `StepDone`,
+`JobDone`, `JobError`: the dataclasses of explorer/jobs.py) to the job's queue. The worker is
+given the server's model registry when it starts; it loads models from that registry only.
+A worker that dies (killed, out of memory, segfault) is noticed
 within a fraction of a second: its run is marked `failed` in the store (the steps it wrote
 stay), the job's client gets a clear error, and the next job starts a fresh worker. A run
 that runs out of memory (CUDA or CPU) fails with a message saying so, and the worker frees

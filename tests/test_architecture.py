@@ -17,7 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "decoding": set(),
     "adapters": {"decoding", "models"},
     "store": {"decoding"},
-    "views": {"store", "decoding", "models"},
+    "views": {"store", "decoding"},  # a stored run (RunArrays) and the record types it holds
     "jobs": {"decoding"},
     "api": {"decoding", "adapters", "store"},
     "worker": {"api", "jobs", "decoding", "adapters", "store", "zerogpu"},
