@@ -86,7 +86,7 @@ def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job
             f = _figures_column(services)
     c["metric"] = f["metric"]
     view = DecodeView({**f, "violation_cost": c["violation_cost"], "run_state": run_state, "job_state": job_state})
-    handlers = _DecodeHandlers(services, cache, view)
+    handlers = _DecodeHandlers(services, cache, view, c)
     inputs = [c[name] for name in DECODE_FIELDS]
     # Progress and a refusal (gr.Error) show on the status line only, not as a badge over every figure.
     c["run_btn"].click(
@@ -110,8 +110,7 @@ def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job
         trigger_mode="always_last",
     )
     f["metric"].change(handlers.scrub, [f["slider"], run_state, f["metric"]], view.outputs(), api_name=False)
-    form = {name: c[name] for name in DECODE_FIELDS if name != "metric"}
-    c["preset"].change(handlers.load_preset, [c["preset"]], [c["preset_note"], *form.values()], api_name=False)
+    c["preset"].change(handlers.load_preset, [c["preset"]], [c["preset_note"], *handlers.form.values()], api_name=False)
     knob_fields = {name: c[name] for name in visible_knobs(c["strategy"].value)}
     c["strategy"].change(
         handlers.strategy_changed,
@@ -120,7 +119,6 @@ def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job
         api_name=False,
     )
     c["model"].change(handlers.model_changed, [c["model"]], [c["violations"]], api_name=False)
-    handlers.form, handlers.controls = form, c
     return view
 
 
@@ -157,11 +155,10 @@ def _figures_column(services: Services) -> dict:
 class _DecodeHandlers:
     """The Decode tab's event handlers over one app's services (no module state)."""
 
-    def __init__(self, services: Services, cache: ArraysCache, view: DecodeView) -> None:
-        self.services, self.cache, self.view = services, cache, view
+    def __init__(self, services: Services, cache: ArraysCache, view: DecodeView, controls: dict) -> None:
+        self.services, self.cache, self.view, self.controls = services, cache, view, controls
+        self.form = {name: controls[name] for name in DECODE_FIELDS if name != "metric"}  # what a preset fills
         self.pending = pending_analysis()  # the same for every run: built once
-        self.form: dict = {}  # the form's components by field, set once the tab is laid out
-        self.controls: dict = {}
 
     def live_view(self, run: dict, records: list, config, began: float, metric: str, device: str | None = None) -> dict:
         """A streaming run: tokens and the three main figures; the violations and energies section
