@@ -19,7 +19,7 @@ from explorer.decoding.config import KNOBS, DecodeConfig
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import Knob
 from explorer.decoding.schedule import SCHEDULES
-from explorer.decoding.strategies import STRATEGIES
+from explorer.decoding.strategies import STRATEGIES, strategies_using
 from explorer.store.database import StoreError, TrajectoryStore, existing_sqlite_file, resolve_url
 from models.checker import check
 
@@ -123,7 +123,7 @@ def _strategies_help() -> str:
 
 def _add_knob(group, knob: Knob) -> None:
     """The flag of one knob: its type, default, range and help all come from the Knob."""
-    owners = [s.name for s in STRATEGIES.values() if knob in s.knobs]
+    owners = strategies_using(knob)
     where = f"strategy {', '.join(owners)}: " if owners else ""
     if knob.kind is bool:
         group.add_argument(

@@ -25,10 +25,11 @@ from explorer.decoding.schedule import SCHEDULES
 from explorer.decoding.strategies import STRATEGIES, STRATEGY_KNOBS
 from explorer.decoding.violations import VIOLATIONS_CAP
 
-__all__ = ["KNOBS", "OPTION_KNOBS", "ConfigError", "DecodeConfig", "Settings"]
+__all__ = ["KNOBS", "KNOBS_BY_NAME", "OPTION_KNOBS", "ConfigError", "DecodeConfig", "Settings"]
 
 OPTION_KNOBS: tuple[Knob, ...] = (PROPHET, CFG_SCALE)  # switches that apply to any strategy
 KNOBS: tuple[Knob, ...] = unique_knobs(STRATEGY_KNOBS, OPTION_KNOBS, ENERGY_KNOBS, (VIOLATIONS_CAP,))
+KNOBS_BY_NAME: dict[str, Knob] = {knob.name: knob for knob in KNOBS}
 
 
 @dataclass(frozen=True)

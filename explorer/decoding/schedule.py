@@ -24,8 +24,13 @@ def tokens_per_step(n_masked: int, steps: int) -> list[int]:
     """LLaDA's schedule: k_j = floor(n/S) + [j < n mod S], so the counts sum to n."""
     if steps <= 0:
         raise ValueError("steps must be positive")
+    return [llada_count(n_masked, j, steps) for j in range(steps)]
+
+
+def llada_count(n_masked: int, j: int, steps: int) -> int:
+    """k_j of LLaDA's schedule for a block that started with n_masked masks."""
     base, extra = divmod(n_masked, steps)
-    return [base + (1 if j < extra else 0) for j in range(steps)]
+    return base + (1 if j < extra else 0)
 
 
 def dream_count(n_now: int, j: int, steps: int, eps: float = DREAM_EPS) -> int:
@@ -49,7 +54,7 @@ class Schedule:
 
 
 def _llada(n_block: int, n_now: int, j: int, steps: int) -> int:
-    return tokens_per_step(n_block, steps)[j]
+    return llada_count(n_block, j, steps)
 
 
 def _dream(n_block: int, n_now: int, j: int, steps: int) -> int:

@@ -259,6 +259,11 @@ STRATEGIES: dict[str, StrategySpec] = {entry.name: entry for entry in _ENTRIES}
 STRATEGY_KNOBS: tuple[Knob, ...] = unique_knobs(*(entry.knobs for entry in _ENTRIES))
 
 
+def strategies_using(knob: Knob) -> list[str]:
+    """The strategies a knob belongs to (empty for the any-strategy options and the energy stage's)."""
+    return [entry.name for entry in _ENTRIES if knob in entry.knobs]
+
+
 def default_knobs() -> dict[str, Value]:
     """Every strategy knob at its default (for a StepInput built by hand)."""
     return {knob.name: knob.default for knob in STRATEGY_KNOBS}

@@ -15,14 +15,13 @@ from explorer.decoding.config import OPTION_KNOBS
 from explorer.decoding.energies import ENERGY_KNOBS, ENERGY_TERMS
 from explorer.decoding.knobs import Knob
 from explorer.decoding.schedule import SCHEDULES
-from explorer.decoding.strategies import STRATEGIES
+from explorer.decoding.strategies import STRATEGIES, strategies_using
 from explorer.services import Services
 from explorer.ui.logic import (
     FORM_DEFAULTS,
     FORM_KNOBS,
     SERVER_CAPS,
     VIOLATION_COST_BEFORE,
-    knob_owners,
     strategy_note,
     violations_default,
 )
@@ -125,15 +124,18 @@ def knob_field(knob: Knob, value, label: str, visible: bool = True, cap: int | N
 def visible_knobs(strategy: str) -> dict[str, bool]:
     """Which strategy-knob fields show for `strategy` (the any-strategy options always do)."""
     spec = STRATEGIES.get(strategy)
-    return {knob.name: spec is not None and knob in spec.knobs for knob in FORM_KNOBS if knob_owners(knob)}
+    return {knob.name: spec is not None and knob in spec.knobs for knob in _FORM_STRATEGY_KNOBS}
+
+
+_FORM_STRATEGY_KNOBS = tuple(knob for knob in FORM_KNOBS if strategies_using(knob))
 
 
 def _strategy_knobs(c: dict, d: dict) -> None:
     shown = visible_knobs(d["strategy"])
     with gr.Accordion("Strategy knobs", open=False, elem_id="strategy-knobs") as c["knobs_accordion"]:
-        for name, visible in shown.items():
-            knob = next(k for k in FORM_KNOBS if k.name == name)
-            c[name] = knob_field(knob, d[name], f"{knob.label} (strategy {', '.join(knob_owners(knob))})", visible)
+        for knob in _FORM_STRATEGY_KNOBS:
+            label = f"{knob.label} (strategy {', '.join(strategies_using(knob))})"
+            c[knob.name] = knob_field(knob, d[knob.name], label, shown[knob.name])
         with gr.Row():
             for knob in OPTION_KNOBS:
                 c[knob.name] = knob_field(knob, d[knob.name], f"{knob.label} (any strategy)")

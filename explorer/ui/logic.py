@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explorer.decoding.config import KNOBS, ConfigError, DecodeConfig
+from explorer.decoding.config import KNOBS, KNOBS_BY_NAME, ConfigError, DecodeConfig
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import Knob
 from explorer.decoding.strategies import STRATEGIES
@@ -57,11 +57,6 @@ DECODE_FIELDS = tuple(FORM_DEFAULTS)
 # This server's caps on the energies' cost (k candidates, S orders: k * S * (n - 1) extra
 # sequences per step that commits n tokens), on top of DecodeConfig's own ranges.
 SERVER_CAPS = {"energy_candidates": 16, "energy_orders": 8}
-
-
-def knob_owners(knob: Knob) -> list[str]:
-    """The strategies a knob belongs to (empty for the any-strategy options and the energy stage's)."""
-    return [spec.name for spec in STRATEGIES.values() if knob in spec.knobs]
 
 
 def strategy_note(name: str) -> str:
@@ -173,7 +168,7 @@ def _energy_fields(form: dict, spec) -> dict:
         )
     if terms:
         for name, cap in SERVER_CAPS.items():
-            knob = next(k for k in FORM_KNOBS if k.name == name)
+            knob = KNOBS_BY_NAME[name]
             value = _as_int(knob.label, form.get(name))
             if value > cap:
                 raise RequestError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import tempfile
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from explorer.services import Services
 from explorer.store.bundle import BundleError, export_run_json, import_run
 from explorer.store.database import STATUSES
 from explorer.ui.logic import ArraysCache
-from explorer.ui.view import DecodeView
+from explorer.ui.view import DecodeView, status_html
 
 ANY = "any"
 COLUMNS = ["id", "created (UTC)", "status", "model", "strategy", "length", "steps", "prompt", "text"]
@@ -47,10 +46,6 @@ def _rows(services: Services, model, strategy, status, since, text) -> list[list
 def _clip(text: str, limit: int) -> str:
     """At most `limit` characters; a cut text ends in '…' so a cut word is not read as a token."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _message(kind: str, text: str) -> str:
-    return f'<div class="status status-{kind}">{html.escape(text)}</div>'
 
 
 def runs_tab(services: Services, cache: ArraysCache, tabs: gr.Tabs, view: DecodeView) -> None:
@@ -89,7 +84,7 @@ def runs_tab(services: Services, cache: ArraysCache, tabs: gr.Tabs, view: Decode
         try:
             return _rows(services, *values), gr.skip()
         except ValueError as exc:
-            return gr.skip(), _message("error", str(exc))
+            return gr.skip(), status_html("error", str(exc))
 
     def select(evt: gr.SelectData, rows):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
@@ -103,13 +98,13 @@ def runs_tab(services: Services, cache: ArraysCache, tabs: gr.Tabs, view: Decode
         _get(services, cache, rid)
         path = Path(tempfile.mkdtemp(prefix="explorer-export-")) / f"run-{int(rid)}.json"
         path.write_bytes(export_run_json(services.store, int(rid)))
-        return str(path), _message("ok", f"Run {int(rid)} exported ({path.stat().st_size / 1024:.0f} KiB).")
+        return str(path), status_html("ok", f"Run {int(rid)} exported ({path.stat().st_size / 1024:.0f} KiB).")
 
     def delete(rid, *values):
         _get(services, cache, rid)
         services.store.delete_run(int(rid))
         cache.forget(int(rid))
-        return _rows(services, *values), _message("ok", f"Run {int(rid)} deleted.")
+        return _rows(services, *values), status_html("ok", f"Run {int(rid)} deleted.")
 
     def do_import(path, *values):
         if not path:
@@ -124,7 +119,7 @@ def runs_tab(services: Services, cache: ArraysCache, tabs: gr.Tabs, view: Decode
             new_id = import_run(services.store, Path(path).read_bytes())
         except BundleError as exc:
             raise gr.Error(f"cannot import this file: {exc}") from None
-        return _rows(services, *values), _message("ok", f"Imported as run {new_id}."), new_id
+        return _rows(services, *values), status_html("ok", f"Imported as run {new_id}."), new_id
 
     refresh.click(refresh_rows, filters, [table, message], api_name="list_runs")
     for box in (since, text):
