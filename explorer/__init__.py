@@ -1,6 +1,7 @@
 """Diffusion-LM Trajectory Explorer: step-by-step masked-diffusion decoding, recorded."""
 
-from explorer.api import Decoded, decode
+from explorer.api import Decoded, branch, decode
+from explorer.branching.edits import Force, Remask
 from explorer.decoding.config import ConfigError, DecodeConfig
 from explorer.decoding.records import DecodeResult, StepRecord
 from explorer.decoding.strategies import STRATEGIES
@@ -12,7 +13,10 @@ __all__ = [
     "DecodeConfig",
     "DecodeResult",
     "Decoded",
+    "Force",
+    "Remask",
     "StepRecord",
     "TrajectoryStore",
+    "branch",
     "decode",
 ]

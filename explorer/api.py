@@ -6,6 +6,11 @@
     for step in out.steps:               # StepRecords: committed positions, tokens, metrics
         print(step.step, step.committed, step.tokens)
 
+    from explorer import Force, TrajectoryStore, branch
+    store = TrajectoryStore("sqlite:///runs.db")
+    out = decode("once upon a time", gen_length=32, steps=8, store=store)
+    child = branch(out.run_id, step=3, store=store, edits=[Force(7, "girl")])  # a stored child run
+
 Pass `store=TrajectoryStore(url)` to record the run (its id is `out.run_id`), `model=` a
 model name or an already loaded Denoiser, `registry=` the operator's `ModelRegistry` to look a
 name up in (default: `registry_from_env()`, see explorer/adapters/registry.py), and any `DecodeConfig`
@@ -19,6 +24,8 @@ from dataclasses import dataclass, replace
 
 from explorer.adapters.loading import load_denoiser, scorer_for
 from explorer.adapters.registry import ModelRegistry
+from explorer.branching.edits import EditSpec
+from explorer.branching.plan import BranchError, BranchPlan, BranchRequest, plan_branch
 from explorer.decoding.callbacks import Callback, CollectSteps
 from explorer.decoding.config import DecodeConfig
 from explorer.decoding.engine import run_decode
@@ -68,11 +75,65 @@ def decode(
     denoiser = load_denoiser(model, registry=registry) if isinstance(model, str) else model
     config = replace(config or DecodeConfig(), **settings)
     prompt_ids = prepare(prompt, denoiser, config)
+    return _run(denoiser, prompt, prompt_ids, config, store, callbacks, registry)
+
+
+def branch(
+    run_id: int,
+    step: int,
+    store: TrajectoryStore,
+    edits: Sequence[EditSpec] = (),
+    model: str | Denoiser | None = None,
+    callbacks: Sequence[Callback] = (),
+    registry: ModelRegistry | None = None,
+    **settings,
+) -> Decoded:
+    """Branch stored run `run_id` after step `step` (-1: from the prompt) with `edits`
+    (`Force(position, "word" or id)`, `Remask(position)`) and any DecodeConfig field changed;
+    the branch is stored as a child of the run. `steps` holds only the branch's own steps."""
+    denoiser = _model_of(run_id, model, store, registry)
+    plan = plan_branch(store, denoiser, BranchRequest(run_id, step, tuple(edits), settings))
+    return _run(denoiser, plan.prompt, plan.prompt_ids, plan.config, store, callbacks, registry, plan)
+
+
+def _model_of(
+    run_id: int, model: str | Denoiser | None, store: TrajectoryStore, registry: ModelRegistry | None
+) -> Denoiser:
+    """The given model, or the stored run's (BranchError if there is no such run)."""
+    if model is not None and not isinstance(model, str):
+        return model
+    if model is None:
+        run = store.get_run(run_id)
+        if run is None:
+            raise BranchError(f"no run with id {run_id} (see `python -m explorer runs`)")
+        model = run["model"]
+    return load_denoiser(model, registry=registry)
+
+
+def _run(
+    denoiser: Denoiser,
+    prompt: str,
+    prompt_ids: list[int],
+    config: DecodeConfig,
+    store: TrajectoryStore | None,
+    callbacks: Sequence[Callback],
+    registry: ModelRegistry | None,
+    plan: BranchPlan | None = None,
+) -> Decoded:
     collector = CollectSteps()
     writer = StoreWriter(store, denoiser.token_text) if store is not None else None
     all_callbacks = [collector, *([writer] if writer else []), *callbacks]
     scorer = scorer_for(config, denoiser, registry)
-    result = run_decode(denoiser, prompt_ids, config, all_callbacks, prompt_text=prompt, ar_scorer=scorer)
+    result = run_decode(
+        denoiser,
+        prompt_ids,
+        config,
+        all_callbacks,
+        prompt_text=prompt,
+        ar_scorer=scorer,
+        resume=plan.resume if plan else None,
+        origin=plan.origin if plan else None,
+    )
     if writer is not None:
         result = replace(result, run_id=writer.run_id)
     return Decoded(result, prompt_ids, collector.steps, denoiser.mask_id, denoiser.decode(prompt_ids))

@@ -18,15 +18,16 @@ ALLOWED: dict[str, set[str]] = {
     "adapters": {"decoding", "models"},
     "store": {"decoding"},
     "views": {"store", "decoding"},  # a stored run (RunArrays) and the record types it holds
+    "branching": {"decoding", "store"},
     "jobs": {"decoding"},
-    "api": {"decoding", "adapters", "store"},
+    "api": {"decoding", "adapters", "store", "branching"},
     "worker": {"api", "jobs", "decoding", "adapters", "store", "zerogpu"},
     "services": {"worker", "adapters", "store", "presets"},
     "cli": {"api", "decoding", "adapters", "store", "models"},
     "ui": {"services", "views", "store", "decoding", "jobs", "presets", "models"},
     "presets": set(),
     "zerogpu": set(),
-    "__init__": {"api", "decoding", "store"},
+    "__init__": {"api", "branching", "decoding", "store"},
     "__main__": {"cli"},
     "models": set(),  # the embedded models import nothing of the explorer
 }

@@ -363,16 +363,16 @@ def test_energies_and_violations(page, artifacts):
     page.screenshot(path=artifacts / "energies_violations.png", full_page=True)
     screenshot_between(page, artifacts / "energies.png", "#analysis-note", "#candidates")
 
-    # The violation preset: step 7 commits '.' '.' together, S about -11 nats.
+    # The violation preset: step 6 commits '.' '.' together, S about -9 nats.
     choose_preset(page, "Two full stops in one step: a dependency violation")
     page.wait_for_function("() => document.querySelector('#steps input').value === '16'")
     assert not page.get_by_label("uni (Uni-E)").is_checked()  # the preset turned the energy off again
     status = run_and_wait(page)
     assert "checker: 1 violation(s)" in status, status
     page.wait_for_function("""() => Array.from(document.querySelectorAll('#pairwise-s .gtitle'))
-                                          .some(t => t.textContent.startsWith('Step 7'))""")
+                                          .some(t => t.textContent.startsWith('Step 6'))""")
     ticks = [t.strip() for t in page.locator("#pairwise-s .ytick text").all_text_contents()]
-    assert ticks == ["19 .", "20 ."], ticks
+    assert ticks == ["22 .", "23 ."], ticks
     screenshot_between(page, artifacts / "violations.png", "#analysis-note", "#candidates")
     page.screenshot(path=artifacts / "violations_full.png", full_page=True)
 

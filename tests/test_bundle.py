@@ -191,9 +191,10 @@ def assert_same_arrays(store_a, id_a, store_b, id_b) -> None:
             assert strip(a.run) == strip(b.run)
         elif f.name == "extras":
             assert a.extras == b.extras
-        elif f.name == "remasks":
-            for g in fields(a.remasks):
-                np.testing.assert_array_equal(getattr(a.remasks, g.name), getattr(b.remasks, g.name), err_msg=g.name)
+        elif f.name in ("commits", "remasks", "edits"):  # event tables
+            for g in fields(getattr(a, f.name)):
+                x, y = getattr(getattr(a, f.name), g.name), getattr(getattr(b, f.name), g.name)
+                np.testing.assert_array_equal(x, y, err_msg=f"{f.name}.{g.name}")
         else:
             x, y = getattr(a, f.name), getattr(b, f.name)
             assert x.dtype == y.dtype and x.shape == y.shape, f.name

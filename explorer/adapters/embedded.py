@@ -11,7 +11,7 @@ from explorer.adapters.devices import resolve_device
 from explorer.adapters.entries import ModelEntry
 from explorer.adapters.spec import ModelSpec
 from models import EMBEDDED_DIR
-from models.tokenizer import WordTokenizer
+from models.tokenizer import SPECIALS, WordTokenizer
 from models.transformer import Transformer, TransformerConfig, load_model
 
 
@@ -45,6 +45,13 @@ class EmbeddedDenoiser:
 
     def token_text(self, token_id: int) -> str:
         return self.tokenizer.token(token_id)
+
+    def vocabulary(self) -> dict[str, int]:
+        """word -> id of every word of the grammar (not <pad>, <mask>, <unk>)."""
+        return {word: i for word, i in self.tokenizer.ids.items() if i not in self.special_ids()}
+
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(self.tokenizer.ids[s] for s in SPECIALS)
 
 
 def load_embedded(

@@ -157,6 +157,7 @@ class HFDenoiser:
         self.eos_ids = tuple(eos_ids)
         self.bridges = tuple(bridges)
         self._suppress: torch.Tensor | None = None
+        self._vocabulary: dict[str, int] | None = None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """The family's raw logits (B, L, V), in the model's dtype."""
@@ -188,6 +189,27 @@ class HFDenoiser:
 
     def token_text(self, token_id: int) -> str:
         return self.codec.token_text(token_id)
+
+    def special_ids(self) -> frozenset[int]:
+        """The mask, the family's special and suppressed tokens: never written by an edit."""
+        return frozenset(self.suppress_ids) | self.codec.hidden_ids | {self.mask_id}
+
+    def vocabulary(self) -> dict[str, int]:
+        """Token text -> id of every ordinary token, built once (a pass over the tokenizer).
+
+        A token is found by its text as shown ("Ġgirl" shows as " girl") and by that text
+        stripped; where two tokens strip to the same word, the word-initial one (leading space)
+        wins, as that is the token a word in running text gets."""
+        if self._vocabulary is None:
+            special = self.special_ids()
+            texts = {i: self.codec.token_text(i) for i in sorted(self.codec.vocab_ids - special)}
+            vocabulary = {text: i for i, text in texts.items()}
+            for initial_first in (True, False):
+                for i, text in texts.items():
+                    if text.strip() and (text[:1].isspace() or not initial_first):
+                        vocabulary.setdefault(text.strip(), i)
+            self._vocabulary = vocabulary
+        return self._vocabulary
 
 
 class MaskedLMDenoiser(HFDenoiser):

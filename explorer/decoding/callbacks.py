@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from explorer.decoding.config import DecodeConfig
 from explorer.decoding.records import DecodeResult, StepRecord
+from explorer.decoding.resume import Origin
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class RunStart:
     config: DecodeConfig
     mask_id: int
     device: str
+    origin: Origin | None = None  # a branch: its parent, branch step and edits
 
 
 class Callback:

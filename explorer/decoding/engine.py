@@ -22,15 +22,12 @@ from explorer.decoding.model_pass import ModelPass
 from explorer.decoding.prophet import ProphetCheck, prophet_check
 from explorer.decoding.protocols import ARScorer, Denoiser
 from explorer.decoding.records import DecodeResult, StepExtras, StepRecord
+from explorer.decoding.resume import DEVICE_STREAM, HOST_STREAM, Origin, Resume, ScheduleMark, step_seed
 from explorer.decoding.sampling import StepMetrics, step_metrics
 from explorer.decoding.schedule import block_bounds, scheduled_count
 from explorer.decoding.state import Block, DecodeState, HostStep
 from explorer.decoding.strategies import STRATEGIES, StepInput, StrategySpec
 from explorer.decoding.violations import ViolationRecord, measure
-
-
-def make_generator(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def resolve_config(config: DecodeConfig, denoiser: Denoiser) -> DecodeConfig:
@@ -43,7 +40,7 @@ def resolve_config(config: DecodeConfig, denoiser: Denoiser) -> DecodeConfig:
 @dataclass
 class DecodeRun:
     """Everything one decode holds besides its state: the settings, the rule, the model pass,
-    the random streams."""
+    the random streams (re-seeded from (seed, step) at every step: explorer/decoding/resume.py)."""
 
     config: DecodeConfig
     strategy: StrategySpec
@@ -51,6 +48,12 @@ class DecodeRun:
     generator: torch.Generator  # x̂ sampling, random scores, the time-grid draws, energies
     order_generator: torch.Generator  # Inv-E orders, on the host
     ar_scorer: ARScorer | None
+
+    def reseed(self, step: int) -> None:
+        """The step's random streams depend on (seed, step) only, so a branch from step k draws
+        what its parent drew. Seeding is host-side state: no device synchronisation."""
+        self.generator.manual_seed(step_seed(self.config.seed, step, DEVICE_STREAM))
+        self.order_generator.manual_seed(step_seed(self.config.seed, step, HOST_STREAM))
 
     @classmethod
     def start(
@@ -60,8 +63,8 @@ class DecodeRun:
             config,
             STRATEGIES[config.strategy],
             ModelPass(denoiser, prompt_length, config.cfg_scale),
-            make_generator(config.seed, denoiser.device),
-            torch.Generator().manual_seed(config.seed ^ 0x5EED),
+            torch.Generator(device=denoiser.device),
+            torch.Generator(),
             ar_scorer,
         )
 
@@ -85,9 +88,17 @@ class StepChoice:
 
 @torch.no_grad()
 def iter_steps(
-    denoiser: Denoiser, prompt_ids: Sequence[int], config: DecodeConfig, ar_scorer: ARScorer | None = None
+    denoiser: Denoiser,
+    prompt_ids: Sequence[int],
+    config: DecodeConfig,
+    ar_scorer: ARScorer | None = None,
+    resume: Resume | None = None,
 ) -> Iterator[StepRecord]:
     """Yield one StepRecord per step until every generated position is committed.
+
+    From the prompt, or from `resume` (a branch): its tokens, commit confidences and step index;
+    the block in progress continues its schedule, every other block that holds masks starts
+    afresh, left to right.
 
     On a GPU a plain step runs on the device without waiting for it: its only host
     synchronisation is the copy of its results to the host (`DecodeState.commit`, once per
@@ -97,11 +108,17 @@ def iter_steps(
     """
     config = resolve_config(config, denoiser)
     state = DecodeState(prompt_ids, config.gen_length, denoiser.mask_id, denoiser.device)
+    if resume is not None:
+        state.restore(resume)
     run = DecodeRun.start(denoiser, state.prompt_length, config, ar_scorer)
     for index, (start, end) in enumerate(block_bounds(config.gen_length, config.block_size)):
-        block = state.enter_block(index, start, end)
+        if resume is not None and resume.block == index:
+            block = state.enter_block(index, start, end, resume.step_in_block, resume.block_n_masked)
+        else:
+            block = state.enter_block(index, start, end)
         while state.masked_in(block):
             began, passes_before = time.perf_counter(), run.model.sequences
+            run.reseed(state.step)
             x_before = state.x.clone() if config.violations else None
             logits = run.model.logits(state.x)[0]  # (G, V)
             metrics = step_metrics(logits, config.temperature, run.generator)
@@ -111,14 +128,9 @@ def iter_steps(
             host = state.commit(choice.commit, choice.tokens, choice.remask, metrics)
             violations = _violation_stage(run, x_before, state.prompt_length, host, metrics.log_p, forward_seconds)
             passes = run.model.sequences - passes_before + choice.ar_passes
-            yield _record(
-                state,
-                block,
-                host,
-                time.perf_counter() - began,
-                passes,
-                StepExtras(violations, choice.energy, choice.prophet),
-            )
+            mark = ScheduleMark(state.step_in_block, block.n_masked)
+            extras = StepExtras(violations, choice.energy, choice.prophet, mark)
+            yield _record(state, block, host, time.perf_counter() - began, passes, extras)
             state.advance()
 
 
@@ -261,8 +273,11 @@ def run_decode(
     callbacks: Sequence[Callback] = (),
     prompt_text: str = "",
     ar_scorer: ARScorer | None = None,
+    resume: Resume | None = None,
+    origin: Origin | None = None,
 ) -> DecodeResult:
-    """Run a whole decode, calling each callback's hooks; returns the final result.
+    """Run a whole decode (from the prompt, or from `resume`: a branch, whose `origin` the
+    callbacks get in `RunStart`), calling each callback's hooks; returns the final result.
 
     A callback's `should_stop()` returning True cancels the run before the next step; an
     exception in the engine or a callback ends it as failed (and is re-raised after every
@@ -276,13 +291,16 @@ def run_decode(
         config=config,
         mask_id=denoiser.mask_id,
         device=str(denoiser.device),
+        origin=origin,
     )
     for cb in callbacks:
         cb.on_start(start)
     generated = np.full(config.gen_length, denoiser.mask_id, dtype=np.int64)
+    if resume is not None:
+        generated[:] = resume.tokens
     n_steps, status = 0, "completed"
     try:
-        for record in iter_steps(denoiser, prompt_ids, config, ar_scorer):
+        for record in iter_steps(denoiser, prompt_ids, config, ar_scorer, resume):
             generated[record.committed] = record.tokens
             generated[record.remasked] = denoiser.mask_id
             n_steps += 1

@@ -6,7 +6,7 @@ methods can be decoded (the embedded model, a Hugging Face family, a test double
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import torch
@@ -24,6 +24,13 @@ class Denoiser(Protocol):
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
     def token_text(self, token_id: int) -> str: ...
+
+
+class Vocabulary(Protocol):
+    """What an edit of a branch needs of a model's tokenizer (explorer/branching/edits.py)."""
+
+    def vocabulary(self) -> Mapping[str, int]: ...  # text -> id of every token a person may force
+    def special_ids(self) -> frozenset[int]: ...  # ids never written by an edit: the mask, specials
 
 
 class ARScorer(Protocol):

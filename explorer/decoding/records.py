@@ -12,6 +12,7 @@ import numpy as np
 
 from explorer.decoding.energies import EnergyRecord, EnergySkipped, energy_from_json
 from explorer.decoding.prophet import ProphetCheck
+from explorer.decoding.resume import ScheduleMark
 from explorer.decoding.violations import ViolationRecord
 
 
@@ -19,19 +20,20 @@ from explorer.decoding.violations import ViolationRecord
 class StepExtras:
     """What a step measured beyond the free metrics, each part present when it ran.
 
-    Stored as JSON (`to_json`: {"violations": ..., "energy": ..., "prophet": ...}, {} when none
-    ran); `from_json` reads it back and raises ValueError on anything malformed."""
+    Stored as JSON (`to_json`: {"violations": ..., "energy": ..., "prophet": ..., "schedule": ...},
+    {} when none ran); `from_json` reads it back and raises ValueError on anything malformed."""
 
     violations: ViolationRecord | None = None  # the pairwise pass over the committed set
     energy: EnergyRecord | EnergySkipped | None = None  # the candidates and the kept one
     prophet: ProphetCheck | None = None  # the logit gap that may fill every mask at once
+    schedule: ScheduleMark | None = None  # where the block's schedule stood (for branches)
 
     @property
     def energy_ran(self) -> EnergyRecord | None:
         return self.energy if isinstance(self.energy, EnergyRecord) else None
 
     def to_json(self) -> dict:
-        parts = {"violations": self.violations, "energy": self.energy, "prophet": self.prophet}
+        parts = {name: getattr(self, name) for name in _READERS}
         return {name: part.to_json() for name, part in parts.items() if part is not None}
 
     @classmethod
@@ -65,7 +67,12 @@ class StepExtras:
         return cls(**parts)
 
 
-_READERS = {"violations": ViolationRecord.from_json, "energy": energy_from_json, "prophet": ProphetCheck.from_json}
+_READERS = {
+    "violations": ViolationRecord.from_json,
+    "energy": energy_from_json,
+    "prophet": ProphetCheck.from_json,
+    "schedule": ScheduleMark.from_json,
+}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from explorer.decoding.resume import Resume
 from explorer.decoding.sampling import StepMetrics
 
 
@@ -66,7 +67,7 @@ class DecodeState:
         self.x = torch.full((1, self.prompt_length + gen_length), mask_id, dtype=torch.long, device=device)
         self.x[0, : self.prompt_length] = torch.tensor(list(prompt_ids), dtype=torch.long, device=device)
         self.masked_host = np.ones(gen_length, dtype=bool)  # (G,) kept in step with the device
-        self.commit_conf = torch.zeros(gen_length, dtype=torch.float32, device=device)  # p(token) at its last commit
+        self.commit_conf = torch.zeros(gen_length, dtype=torch.float32, device=device)  # p(token) at last commit, fp16
         self.step = 0  # over the whole run
         self.step_in_block = 0  # j
 
@@ -83,11 +84,26 @@ class DecodeState:
     def masked_fraction(self) -> float:
         return float(self.masked_host.mean())
 
-    def enter_block(self, index: int, start: int, end: int) -> Block:
+    def restore(self, resume: Resume) -> None:
+        """Start from a stored state (a branch) instead of the prompt."""
+        if resume.tokens.shape != self.masked_host.shape:
+            n, G = resume.tokens.shape[0], self.masked_host.size
+            raise ValueError(f"the resumed state has {n} positions, the run {G}")
+        device = self.x.device
+        self.generated.copy_(torch.as_tensor(resume.tokens, dtype=torch.long, device=device))
+        self.commit_conf = torch.as_tensor(resume.commit_conf, dtype=torch.float32, device=device).clone()
+        self.masked_host = resume.tokens == self.mask_id
+        self.step = resume.step
+
+    def enter_block(
+        self, index: int, start: int, end: int, step_in_block: int = 0, n_masked: int | None = None
+    ) -> Block:
+        """Start block `index` (or, for a branch, continue it at step j with its starting count)."""
         in_block = torch.zeros(self.masked_host.shape[0], dtype=torch.bool, device=self.x.device)
         in_block[start:end] = True
-        self.step_in_block = 0
-        return Block(index, start, end, int(self.masked_host[start:end].sum()), in_block)
+        self.step_in_block = step_in_block
+        n_masked = int(self.masked_host[start:end].sum()) if n_masked is None else n_masked
+        return Block(index, start, end, n_masked, in_block)
 
     def advance(self) -> None:
         self.step += 1
@@ -102,7 +118,9 @@ class DecodeState:
         # torch.where, not boolean indexing: indexing by a mask needs its size on the host.
         self.generated.copy_(torch.where(commit, tokens, self.generated))
         token_prob = metrics.log_p.gather(-1, tokens[:, None]).squeeze(-1).exp()  # (G,)
-        self.commit_conf = torch.where(commit, token_prob, self.commit_conf)
+        # Kept at float16, the precision the store keeps: a branch reads it back bit for bit, so
+        # the re-masking strategies that rank it (rcr, remdm_conf) replay exactly.
+        self.commit_conf = torch.where(commit, token_prob.half().float(), self.commit_conf)
         if remask is not None:
             self.generated.copy_(torch.where(remask, torch.full_like(tokens, self.mask_id), self.generated))
         host = _to_host(commit, remask, tokens, token_prob, metrics, before, conf_before, int(self.masked_host.sum()))

@@ -58,6 +58,30 @@ class Remasks:
 
 
 @dataclass(frozen=True)
+class Edits:
+    """A branch's edits, applied after its branch step k (k = -1: before step 0): forced tokens
+    and re-masked positions, from its `force` / `remask_edit` events."""
+
+    step: np.ndarray  # (e,) int
+    position: np.ndarray  # (e,) int
+    token: np.ndarray  # (e,) int: force: the token written; re-mask: the token taken away
+    forced: np.ndarray  # (e,) bool: a force (else a re-mask)
+
+    @staticmethod
+    def of(rows: Sequence[tuple[int, int, int, bool]]) -> Edits:
+        a = np.asarray([r[:3] for r in rows], dtype=np.int64).reshape(-1, 3)
+        return Edits(a[:, 0].copy(), a[:, 1].copy(), a[:, 2].copy(), np.array([bool(r[3]) for r in rows], bool))
+
+    @property
+    def size(self) -> int:
+        return int(self.step.size)
+
+    def rows(self) -> list[tuple[int, int, int, bool]]:
+        """(step, position, token, forced) of each edit."""
+        return list(zip(self.step.tolist(), self.position.tolist(), self.token.tolist(), self.forced.tolist()))
+
+
+@dataclass(frozen=True)
 class RunArrays:
     """A run as (position x step) arrays, for plotting. NaN/-1 where undefined."""
 
@@ -74,8 +98,11 @@ class RunArrays:
     commit_prob: np.ndarray  # (G,) float32: p(token) at commit, NaN if not committed
     commit_top_ids: np.ndarray  # (G, K) int32: the K most probable tokens at commit, -1 if none
     commit_top_probs: np.ndarray  # (G, K) float32: and their probabilities, NaN if none
+    commits: Commits  # every commit event (a position re-masked and committed again has several)
     remasks: Remasks  # re-mask events (empty unless a remasking strategy ran)
     remask_count: np.ndarray  # (G,) int32: how often each position was masked again
+    edits: Edits  # a branch's edits at its branch step (empty for other runs)
+    forced: np.ndarray  # (G,) bool: the position's token was put there by an edit, not the model
     violation: np.ndarray  # (G, S) float32: violation score (most negative S_ij) at commit, NaN elsewhere
     energy: np.ndarray  # (G, S) float32: the kept candidate's energy at the positions it committed
     extras: list[StepExtras]  # (S,) what each step measured: violation matrices, energy candidates
@@ -155,6 +182,7 @@ def assemble(
     commits: Commits,
     extras: Sequence[StepExtras] | None = None,
     remasks: Remasks | None = None,
+    edits: Edits | None = None,
 ) -> RunArrays:
     """RunArrays from per-step arrays (G, S) and the run's events; derives the per-position ones."""
     G, S, mask_id = int(run["gen_length"]), int(steps.shape[0]), int(run["mask_id"])
@@ -173,14 +201,20 @@ def assemble(
     top_ids[positions] = commits.top_ids[order]
     top_probs[positions] = commits.top_probs[order]
     remasks = remasks if remasks is not None else Remasks.of([])
+    edits = edits if edits is not None else Edits.of([])
     extras = list(extras) if extras is not None else [StepExtras() for _ in range(S)]
-    if remasks.step.size == 0:
+    forced = np.zeros(G, dtype=bool)
+    if remasks.step.size == 0 and edits.size == 0:
         # The sequence after each step; columns are steps 0..S-1 in order.
         step_index = np.arange(S)[None, :]  # (1, S)
         committed_by = (commit_step[:, None] >= 0) & (commit_step[:, None] <= step_index)  # (G, S)
         tokens = np.where(committed_by, final[:, None], mask_id).astype(np.int32)  # (G, S)
     else:
-        tokens = _replay(G, S, mask_id, steps, commits, remasks)
+        tokens = _replay(G, S, mask_id, steps, commits, remasks, edits)
+        forced = _apply_edits(edits, commit_step, final, commit_prob, top_ids, top_probs)
+        if S:  # a position masked at the end (a re-mask not undone) holds no commit
+            gone = tokens[:, -1] == mask_id
+            commit_step[gone], final[gone], commit_prob[gone], forced[gone] = -1, mask_id, np.nan, False
     violation, energy = _step_maps(G, steps, extras)
     return RunArrays(
         run=run,
@@ -196,29 +230,56 @@ def assemble(
         commit_prob=commit_prob,
         commit_top_ids=top_ids,
         commit_top_probs=top_probs,
+        commits=commits,
         remasks=remasks,
         remask_count=np.bincount(remasks.position, minlength=G)[:G].astype(np.int32),
+        edits=edits,
+        forced=forced,
         violation=violation,
         energy=energy,
         extras=extras,
     )
 
 
-def _replay(G: int, S: int, mask_id: int, steps: np.ndarray, commits: Commits, remasks: Remasks) -> np.ndarray:
-    """(G, S) the sequence after each step, replaying commits and re-masks step by step."""
+def _replay(
+    G: int, S: int, mask_id: int, steps: np.ndarray, commits: Commits, remasks: Remasks, edits: Edits
+) -> np.ndarray:
+    """(G, S) the sequence after each step, replaying each step's commits, then its re-masks
+    (the engine's order: a step never re-masks what it commits), then a branch's edits."""
     column = {int(step): i for i, step in enumerate(steps.tolist())}
     tokens = np.full((G, S), mask_id, dtype=np.int32)
     current = np.full(G, mask_id, dtype=np.int32)
     by_step: dict[int, list] = {}
-    for step, pos in zip(remasks.step.tolist(), remasks.position.tolist()):
-        by_step.setdefault(step, []).append((pos, mask_id))
     for step, pos, tok in zip(commits.step.tolist(), commits.position.tolist(), commits.token.tolist()):
         by_step.setdefault(step, []).append((pos, tok))
-    for step in sorted(column):
+    for step, pos in zip(remasks.step.tolist(), remasks.position.tolist()):
+        by_step.setdefault(step, []).append((pos, mask_id))
+    for step, pos, tok, is_force in edits.rows():
+        by_step.setdefault(step, []).append((pos, tok if is_force else mask_id))
+    for step in sorted(set(column) | {s for s in by_step if s < min(column, default=0)}):
         for pos, tok in by_step.get(step, []):
             current[pos] = tok
-        tokens[:, column[step]] = current
+        if step in column:
+            tokens[:, column[step]] = current
     return tokens
+
+
+def _apply_edits(
+    edits: Edits,
+    commit_step: np.ndarray,
+    final: np.ndarray,
+    commit_prob: np.ndarray,
+    top_ids: np.ndarray,
+    top_probs: np.ndarray,
+) -> np.ndarray:
+    """Forced tokens count as commits at the branch step (step 0 for a branch from the prompt),
+    unless the model committed the position again later; returns (G,) bool: forced now."""
+    forced = np.zeros(commit_step.shape[0], dtype=bool)
+    for step, pos, tok, is_force in edits.rows():
+        if is_force and commit_step[pos] <= step:
+            commit_step[pos], final[pos], forced[pos] = max(step, 0), tok, True
+            commit_prob[pos], top_ids[pos], top_probs[pos] = np.nan, -1, np.nan
+    return forced
 
 
 def _step_maps(G: int, steps: np.ndarray, extras: Sequence[StepExtras]) -> tuple[np.ndarray, np.ndarray]:

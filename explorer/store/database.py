@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -38,6 +39,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -46,7 +48,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from explorer.decoding.callbacks import Callback, RunStart
 from explorer.decoding.records import DecodeResult, StepExtras, StepRecord
-from explorer.store.arrays import Commits, Remasks, RunArrays, assemble, fit_top
+from explorer.decoding.resume import EDIT_EVENTS, Origin
+from explorer.store.arrays import Commits, Edits, Remasks, RunArrays, assemble, fit_top
 
 DEFAULT_DATA_DIR = Path(os.environ.get("EXPLORER_DATA_DIR", Path.home() / ".diffusion-explorer"))
 DB_URL_ENV = "EXPLORER_DB_URL"
@@ -139,7 +142,7 @@ class Event(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
     position: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(16), default="commit")  # commit | remask
+    kind: Mapped[str] = mapped_column(String(16), default="commit")  # commit | remask | force | remask_edit
     token_id: Mapped[int] = mapped_column(Integer)
     token_text: Mapped[str] = mapped_column(String(200))
     prob: Mapped[float] = mapped_column(Float)
@@ -216,7 +219,8 @@ class TrajectoryStore:
         return Session(self.engine, expire_on_commit=False)
 
     # ---- writing -------------------------------------------------------------------------
-    def create_run(self, start: RunStart) -> int:
+    def create_run(self, start: RunStart, token_text: Callable[[int], str] = str) -> int:
+        """The run's row (status running); for a branch also its parent's steps 0..k and its edits."""
         with self.session() as s, s.begin():
             run = Run(
                 status="running",
@@ -230,8 +234,13 @@ class TrajectoryStore:
                 mask_id=start.mask_id,
                 device=start.device,
             )
+            if start.origin is not None:
+                run.parent_run_id, run.branch_step = start.origin.parent_run_id, start.origin.branch_step
+                run.n_steps = start.origin.branch_step + 1
             s.add(run)
             s.flush()
+            if start.origin is not None:
+                _copy_prefix(s, start.origin, run.id, token_text)
             return run.id
 
     def add_steps(self, run_id: int, records: list[StepRecord], token_text) -> None:
@@ -412,6 +421,11 @@ class TrajectoryStore:
                 .where(Event.run_id == run_id, Event.kind == "remask")
                 .order_by(Event.id)
             ).all()
+            edits = s.execute(
+                select(Event.step, Event.position, Event.token_id, Event.kind == "force")
+                .where(Event.run_id == run_id, Event.kind.in_(tuple(EDIT_EVENTS.values())))
+                .order_by(Event.id)
+            ).all()
             info = _run_dict(run)
         G, S = info["gen_length"], len(rows)
 
@@ -433,11 +447,51 @@ class TrajectoryStore:
             commits=_commits(commits),
             extras=[StepExtras.lenient(r[7]) for r in rows],
             remasks=Remasks.of([(r[0], r[1], r[2]) for r in remasks]),
+            edits=Edits.of([tuple(r) for r in edits]),
         )
 
     def count_runs(self) -> int:
         with self.session() as s:
             return s.scalar(select(func.count(Run.id)))
+
+
+def _copy_prefix(s: Session, origin: Origin, run_id: int, token_text: Callable[[int], str]) -> None:
+    """A branch holds its parent's steps 0..k (and their events), then its edits as events at
+    step k: every view reads it as a whole run, and it outlives a deleted parent."""
+    parent, k = origin.parent_run_id, origin.branch_step
+    step_columns = [c.name for c in Step.__table__.columns if c.name != "run_id"]
+    s.execute(
+        insert(Step).from_select(
+            ["run_id", *step_columns],
+            select(literal(run_id), *(getattr(Step, c) for c in step_columns)).where(
+                Step.run_id == parent, Step.step <= k
+            ),
+        )
+    )
+    event_columns = [c.name for c in Event.__table__.columns if c.name not in ("id", "run_id")]
+    s.execute(
+        insert(Event).from_select(
+            ["run_id", *event_columns],
+            select(literal(run_id), *(getattr(Event, c) for c in event_columns))
+            .where(Event.run_id == parent, Event.step <= k)
+            .order_by(Event.id),
+        )
+    )
+    for edit in origin.edits:
+        s.add(
+            Event(
+                run_id=run_id,
+                step=k,
+                position=edit.position,
+                kind=edit.event_kind,
+                token_id=edit.token_id,
+                token_text=token_text(edit.token_id),
+                prob=edit.prob,
+                top_ids=[],
+                top_probs=[],
+                violation_score=None,
+            )
+        )
 
 
 def _commits(rows) -> Commits:
@@ -479,7 +533,7 @@ class StoreWriter(Callback):
         self._last_flush = time.monotonic()
 
     def on_start(self, start: RunStart) -> None:
-        self.run_id = self.store.create_run(start)
+        self.run_id = self.store.create_run(start, self.token_text)
         self._last_flush = time.monotonic()
 
     def on_step(self, record: StepRecord) -> None:
