@@ -1,6 +1,6 @@
 """Diffusion-LM Trajectory Explorer: step-by-step masked-diffusion decoding, recorded."""
 
-from explorer.api import Decoded, branch, decode
+from explorer.api import Decoded, alternatives, branch, decode, repairs
 from explorer.branching.edits import Force, Remask
 from explorer.decoding.config import ConfigError, DecodeConfig
 from explorer.decoding.records import DecodeResult, StepRecord
@@ -17,6 +17,8 @@ __all__ = [
     "Remask",
     "StepRecord",
     "TrajectoryStore",
+    "alternatives",
     "branch",
     "decode",
+    "repairs",
 ]

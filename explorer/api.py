@@ -19,17 +19,20 @@ field as a keyword.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from explorer.adapters.loading import load_denoiser, scorer_for
+from explorer.adapters.loading import ScorerCache, load_denoiser, scorer_for
 from explorer.adapters.registry import ModelRegistry
+from explorer.branching import alternatives as branching
+from explorer.branching.alternatives import AlternativesReport, RepairReport
 from explorer.branching.edits import EditSpec
 from explorer.branching.plan import BranchError, BranchPlan, BranchRequest, plan_branch
 from explorer.decoding.callbacks import Callback, CollectSteps
 from explorer.decoding.config import DecodeConfig
 from explorer.decoding.engine import run_decode
-from explorer.decoding.protocols import Denoiser
+from explorer.decoding.protocols import ARScorer, Denoiser
 from explorer.decoding.records import DecodeResult, StepRecord
 from explorer.store.database import StoreWriter, TrajectoryStore
 
@@ -94,6 +97,44 @@ def branch(
     denoiser = _model_of(run_id, model, store, registry)
     plan = plan_branch(store, denoiser, BranchRequest(run_id, step, tuple(edits), settings))
     return _run(denoiser, plan.prompt, plan.prompt_ids, plan.config, store, callbacks, registry, plan)
+
+
+def alternatives(
+    run_id: int,
+    step: int,
+    position: int,
+    store: TrajectoryStore,
+    top: int = 5,
+    model: str | Denoiser | None = None,
+    registry: ModelRegistry | None = None,
+) -> AlternativesReport:
+    """ "Which decision mattered?": branch run `run_id` after `step` once per token among the
+    model's `top` at `position` (and once as decoded); each branch is a stored child run."""
+    denoiser = _model_of(run_id, model, store, registry)
+    scorer = _analysis_scorer(run_id, store, denoiser, registry)
+    return branching.alternatives(store, denoiser, run_id, step, position, top, scorer)
+
+
+def repairs(
+    run_id: int,
+    store: TrajectoryStore,
+    top: int = 3,
+    model: str | Denoiser | None = None,
+    registry: ModelRegistry | None = None,
+) -> RepairReport:
+    """The alternatives at every token the checker (or the violation pass) flags in run `run_id`,
+    at the step that committed it; `.repairs` lists the single changes that repair the run."""
+    denoiser = _model_of(run_id, model, store, registry)
+    scorer = _analysis_scorer(run_id, store, denoiser, registry)
+    return branching.repairs(store, denoiser, run_id, top, scorer)
+
+
+def _analysis_scorer(
+    run_id: int, store: TrajectoryStore, denoiser: Denoiser, registry: ModelRegistry | None
+) -> ARScorer | None:
+    """The AR model that measures each outcome's NLL: the run's AR scorer or the model's own."""
+    config = DecodeConfig.from_json(json.dumps(store.get_run(run_id)["config"]))
+    return ScorerCache(registry).configured(config, denoiser)
 
 
 def _model_of(

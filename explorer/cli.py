@@ -1,4 +1,4 @@
-"""Command line: `python -m explorer decode|runs|show`.
+"""Command line: `python -m explorer decode|branch|alternatives|runs|show`.
 
 Bad input gets one line `error: ...` on stderr naming the problem and the valid range, exit
 status 2, and nothing written to the database.
@@ -10,14 +10,18 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from explorer.adapters.loading import load_denoiser
 from explorer.adapters.registry import ENV_VAR, resolve_registry
-from explorer.api import decode, prepare
+from explorer.api import alternatives, branch, decode, prepare, repairs
+from explorer.branching.alternatives import CHECKED_MODELS, MAX_TOP, AlternativesReport, RepairReport
+from explorer.branching.edits import Remask, parse_force, parse_position
 from explorer.decoding.callbacks import ProgressBar
 from explorer.decoding.config import KNOBS, DecodeConfig
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import Knob
+from explorer.decoding.protocols import Denoiser
 from explorer.decoding.schedule import SCHEDULES
 from explorer.decoding.strategies import STRATEGIES, strategies_using
 from explorer.store.database import StoreError, TrajectoryStore, existing_sqlite_file, resolve_url
@@ -47,56 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("decode", help="decode a prompt step by step")
     d.add_argument("--prompt", required=True)
-    d.add_argument(
-        "--model", default="embedded", help="'embedded' or a model listed in the operator's model configuration"
-    )
-    d.add_argument(
-        "--models-config",
-        default=None,
-        metavar="FILE",
-        help=f"the operator's model configuration, JSON or TOML (default: ${ENV_VAR})",
-    )
-    d.add_argument("--gen-length", type=int, default=64)
-    d.add_argument("--steps", type=int, default=None, help="default: gen-length (one token per step)")
-    d.add_argument("--block-length", type=int, default=None, help="default: gen-length (one block)")
-    d.add_argument("--strategy", default="low_confidence", help=_strategies_help())
-    d.add_argument(
-        "--schedule",
-        default="llada",
-        choices=list(SCHEDULES),
-        help="tokens per step of the scheduled strategies: "
-        + "; ".join(f"{s.name}: {s.help} ({s.paper})" for s in SCHEDULES.values()),
-    )
-    d.add_argument("--temperature", type=float, default=0.0)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument(
-        "--energy",
-        action="append",
-        default=[],
-        metavar="TERM=WEIGHT",
-        help="an energy term and its weight, repeatable (e.g. --energy uni=1): "
-        + "; ".join(f"{term.name}: {term.help}" for term in ENERGY_TERMS.values()),
-    )
-    d.add_argument(
-        "--energy-window",
-        type=float,
-        nargs=2,
-        default=_DEFAULT.energy_window,
-        metavar=("START", "END"),
-        help="apply energies while the masked fraction t is in [START, END]",
-    )
-    d.add_argument("--ar-scorer", default=None, help="the AR energy's model (default: the model's own)")
-    d.add_argument(
-        "--violations",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="measure dependency violations (default: on for the embedded model)",
-    )
-    knobs = d.add_argument_group(
-        "knobs", "one flag per knob of a strategy, option or stage (from their registry entries)"
-    )
-    for knob in KNOBS:
-        _add_knob(knobs, knob)
+    _add_model(d, "embedded", "'embedded' or a model listed in the operator's model configuration")
+    _add_settings(d, inherit=False)
     store = d.add_mutually_exclusive_group()
     store.add_argument(
         "--db", default=None, help="SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)"
@@ -105,7 +61,51 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=None)
     d.add_argument("--json", action="store_true", help="print one JSON object")
 
-    r = sub.add_parser("runs", help="list stored runs")
+    b = sub.add_parser(
+        "branch",
+        help="decode a stored run again from the state after one of its steps, with edits or other settings",
+        description="A branch starts from the exact state after step K of a stored run (K = -1: from the "
+        "prompt), applies the edits, and decodes to the end with the run's settings, changed by any decode "
+        "flag given. It is stored as a child of the run. With no edits and no flags it reproduces the run.",
+    )
+    b.add_argument("run_id", type=int)
+    b.add_argument("--step", type=int, required=True, help="K: start from the state after step K (-1: the prompt)")
+    b.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="POS=WORD",
+        help="put a token at generated position POS (0 = the first generated token): its text, or #ID for an "
+        "id; repeatable",
+    )
+    b.add_argument(
+        "--remask", action="append", default=[], metavar="POS", help="mask a committed position again; repeatable"
+    )
+    _add_model(b, None, "the run's model (default), or one with the same vocabulary")
+    _add_settings(b, inherit=True)
+    b.add_argument("--db", default=None, help="SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)")
+    b.add_argument("--data-dir", default=None)
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+
+    a = sub.add_parser(
+        "alternatives",
+        help="which decision mattered? re-decode a run once per alternative token at a position",
+        description="For step K and position P of a stored run: branch after step K once per token among the "
+        "model's top N at P (and once as decoded) and report each outcome. With --sweep: do that at every "
+        "token the checker (or the violation pass) flags, at the step that committed it, and list the single "
+        "changes that repair the run.",
+    )
+    a.add_argument("run_id", type=int)
+    a.add_argument("--step", type=int, default=None, help="K: the step whose decision to vary")
+    a.add_argument("--position", type=int, default=None, help="P: the generated position to vary")
+    a.add_argument("--sweep", action="store_true", help="every flagged token of the run instead of one (K, P)")
+    a.add_argument("--top", type=int, default=None, help=f"N alternatives, 1..{MAX_TOP} (default 5; 3 for --sweep)")
+    _add_model(a, None, "the run's model (default)")
+    a.add_argument("--db", default=None)
+    a.add_argument("--data-dir", default=None)
+    a.add_argument("--json", action="store_true", help="print one JSON object")
+
+    r = sub.add_parser("runs", help="list stored runs (a branch shows its parent and branch step)")
     r.add_argument("--db", default=None)
     r.add_argument("--data-dir", default=None)
     r.add_argument("--limit", type=int, default=20)
@@ -117,72 +117,147 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model(parser, default: str | None, help: str) -> None:
+    parser.add_argument("--model", default=default, help=help)
+    parser.add_argument(
+        "--models-config",
+        default=None,
+        metavar="FILE",
+        help=f"the operator's model configuration, JSON or TOML (default: ${ENV_VAR})",
+    )
+
+
+def _add_settings(parser, inherit: bool) -> None:
+    """The decode settings. With `inherit` (a branch) a flag not given keeps the parent's value,
+    so every default is argparse.SUPPRESS: only the flags given appear in the namespace."""
+
+    def default(value):
+        return argparse.SUPPRESS if inherit else value
+
+    parser.add_argument("--gen-length", type=int, default=default(64))
+    parser.add_argument("--steps", type=int, default=default(None), help="default: gen-length (one token per step)")
+    parser.add_argument("--block-length", type=int, default=default(None), help="default: gen-length (one block)")
+    parser.add_argument("--strategy", default=default("low_confidence"), help=_strategies_help())
+    parser.add_argument(
+        "--schedule",
+        default=default("llada"),
+        choices=list(SCHEDULES),
+        help="tokens per step of the scheduled strategies: "
+        + "; ".join(f"{s.name}: {s.help} ({s.paper})" for s in SCHEDULES.values()),
+    )
+    parser.add_argument("--temperature", type=float, default=default(0.0))
+    parser.add_argument("--seed", type=int, default=default(0))
+    parser.add_argument(
+        "--energy",
+        action="append",
+        default=default([]),
+        metavar="TERM=WEIGHT",
+        help="an energy term and its weight, repeatable (e.g. --energy uni=1): "
+        + "; ".join(f"{term.name}: {term.help}" for term in ENERGY_TERMS.values()),
+    )
+    parser.add_argument(
+        "--energy-window",
+        type=float,
+        nargs=2,
+        default=default(_DEFAULT.energy_window),
+        metavar=("START", "END"),
+        help="apply energies while the masked fraction t is in [START, END]",
+    )
+    parser.add_argument("--ar-scorer", default=default(None), help="the AR energy's model (default: the model's own)")
+    parser.add_argument(
+        "--violations",
+        action=argparse.BooleanOptionalAction,
+        default=default(None),
+        help="measure dependency violations (default: on for the embedded model)",
+    )
+    knobs = parser.add_argument_group(
+        "knobs", "one flag per knob of a strategy, option or stage (from their registry entries)"
+    )
+    for knob in KNOBS:
+        _add_knob(knobs, knob, inherit)
+
+
 def _strategies_help() -> str:
     return "one of: " + "; ".join(f"{s.name}: {s.summary} ({s.paper})" for s in STRATEGIES.values())
 
 
-def _add_knob(group, knob: Knob) -> None:
+def _add_knob(group, knob: Knob, inherit: bool = False) -> None:
     """The flag of one knob: its type, default, range and help all come from the Knob."""
     owners = strategies_using(knob)
     where = f"strategy {', '.join(owners)}: " if owners else ""
+    default = argparse.SUPPRESS if inherit else knob.default
     if knob.kind is bool:
-        group.add_argument(
-            knob.flag, dest=knob.name, action="store_true", default=knob.default, help=f"{where}{knob.help}"
-        )
+        group.add_argument(knob.flag, dest=knob.name, action="store_true", default=default, help=f"{where}{knob.help}")
         return
     group.add_argument(
         knob.flag,
         dest=knob.name,
         type=knob.kind,
-        default=knob.default,
+        default=default,
         metavar=knob.kind.__name__.upper(),
         help=f"{where}{knob.help}; {knob.valid_range()}, default {knob.default}",
     )
 
 
+# flag dest -> DecodeConfig field, for the settings that are not knobs (knobs share their names)
+_SETTING_FLAGS = {
+    "gen_length": "gen_length",
+    "steps": "steps",
+    "block_length": "block_length",
+    "strategy": "strategy",
+    "schedule": "schedule",
+    "temperature": "temperature",
+    "seed": "seed",
+    "energy": "energies",
+    "energy_window": "energy_window",
+    "ar_scorer": "ar_scorer",
+    "violations": "violations",
+}
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    """The DecodeConfig fields the flags in `args` set (a branch: only the flags given)."""
+    given = vars(args)
+    settings = {field: given[dest] for dest, field in _SETTING_FLAGS.items() if dest in given}
+    settings |= {knob.name: given[knob.name] for knob in KNOBS if knob.name in given}
+    if "energies" in settings:
+        settings["energies"] = _energy_terms(settings["energies"])
+    if "energy_window" in settings:
+        settings["energy_window"] = tuple(settings["energy_window"])
+    return settings
+
+
 def _decode(args: argparse.Namespace) -> None:
-    config = DecodeConfig(
-        gen_length=args.gen_length,
-        steps=args.gen_length if args.steps is None else args.steps,
-        block_length=args.block_length,
-        strategy=args.strategy,
-        schedule=args.schedule,
-        temperature=args.temperature,
-        seed=args.seed,
-        energies=_energy_terms(args.energy),
-        energy_window=tuple(args.energy_window),
-        ar_scorer=args.ar_scorer,
-        violations=args.violations,
-        **{knob.name: getattr(args, knob.name) for knob in KNOBS},
-    )
+    settings = _settings(args)
+    if settings["steps"] is None:
+        settings["steps"] = settings["gen_length"]  # one token per step
+    config = DecodeConfig(**settings)
     denoiser = load_denoiser(args.model, registry=resolve_registry(args.models_config))
     prepare(args.prompt, denoiser, config)  # all input checks before the database is touched
     store = None if args.no_store else TrajectoryStore(args.db, args.data_dir)
     callbacks = [ProgressBar()] if sys.stderr.isatty() and not args.json else []
     out = decode(args.prompt, denoiser, config, store=store, callbacks=callbacks)
+    _print_run(out, denoiser, args, store)
+
+
+def _branch(args: argparse.Namespace) -> None:
+    store = _existing_store(args, args.run_id)
+    registry = resolve_registry(args.models_config)
+    edits = [*map(parse_force, args.force), *(Remask(parse_position(p)) for p in args.remask)]
+    model = _model_of(store, args.run_id, args.model, registry)
+    callbacks = [ProgressBar()] if sys.stderr.isatty() and not args.json else []
+    out = branch(args.run_id, args.step, store, edits, model, callbacks, registry, **_settings(args))
+    if not args.json:
+        child = store.get_run(out.run_id)
+        print(f"run {out.run_id}: a branch of run {args.run_id} after step {args.step}{_edits_note(store, out.run_id)}")
+        print(f"settings changed: {_changed(store.get_run(args.run_id)['config'], child['config']) or 'none'}\n")
+    _print_run(out, model, args, store)
+
+
+def _print_run(out, denoiser, args: argparse.Namespace, store: TrajectoryStore | None) -> None:
+    """A decode's (or branch's) text and steps, or one JSON object with --json."""
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "run_id": out.run_id,
-                    "mask_id": out.mask_id,
-                    "text": out.text,
-                    "token_ids": out.token_ids,
-                    "steps": [
-                        {
-                            "step": r.step,
-                            "block": r.block,
-                            "committed": r.committed.tolist(),
-                            "tokens": r.tokens.tolist(),
-                            "remasked": r.remasked.tolist(),
-                            "forward_passes": r.forward_passes,
-                            **r.extras.to_json(),
-                        }
-                        for r in out.steps
-                    ],
-                }
-            )
-        )
+        print(json.dumps(_run_json(out)))
         return
     print(out.text)
     print()
@@ -192,10 +267,116 @@ def _decode(args: argparse.Namespace) -> None:
             for p, t, q in zip(r.committed.tolist(), r.tokens.tolist(), r.probs.tolist())
         )
         print(f"step {r.step:3d}  block {r.block}  +{r.n_committed}  {words}{_step_notes(r, denoiser)}")
-    if args.model == "embedded":  # the story grammar's exact checker applies to this model only
+    if denoiser.name in CHECKED_MODELS:  # the story grammar's exact checker applies to this model only
         print(f"\nchecker: {check(out.text).summary()}")
     where = f"run {out.run_id} stored in {store.url}" if store else "not stored (--no-store)"
     print(f"\n{out.result.n_steps} steps, {out.result.status}; {where}")
+
+
+def _run_json(out) -> dict:
+    return {
+        "run_id": out.run_id,
+        "mask_id": out.mask_id,
+        "text": out.text,
+        "token_ids": out.token_ids,
+        "steps": [
+            {
+                "step": r.step,
+                "block": r.block,
+                "committed": r.committed.tolist(),
+                "tokens": r.tokens.tolist(),
+                "remasked": r.remasked.tolist(),
+                "forward_passes": r.forward_passes,
+                **r.extras.to_json(),
+            }
+            for r in out.steps
+        ],
+    }
+
+
+def _existing_store(args: argparse.Namespace, run_id: int) -> TrajectoryStore:
+    """The store holding `run_id`; CliError (no database created) when there is none."""
+    url = resolve_url(args.db, args.data_dir)
+    if existing_sqlite_file(url) is False:  # do not create an empty database just to read it
+        raise CliError(f"no run with id {run_id}: no database at {url} yet")
+    store = TrajectoryStore(url)
+    if store.get_run(run_id) is None:
+        raise CliError(f"no run with id {run_id} in {store.url} (see `python -m explorer runs`)")
+    return store
+
+
+def _model_of(store: TrajectoryStore, run_id: int, model: str | None, registry) -> Denoiser:
+    return load_denoiser(model or store.get_run(run_id)["model"], registry=registry)
+
+
+def _edits_note(store: TrajectoryStore, run_id: int) -> str:
+    edits = store.read_arrays(run_id).edits.rows()
+    texts = store.token_texts(run_id)
+    if not edits:
+        return ", no edits"
+    return ", " + ", ".join(
+        f"{p}={texts.get(t, t)}" if forced else f"re-mask {p} ({texts.get(t, t)})" for _, p, t, forced in edits
+    )
+
+
+def _changed(parent: dict, child: dict) -> str:
+    return ", ".join(f"{k} {parent.get(k)!r} -> {v!r}" for k, v in sorted(child.items()) if parent.get(k) != v)
+
+
+def _alternatives(args: argparse.Namespace) -> None:
+    if args.sweep == (args.step is not None or args.position is not None):
+        raise CliError("give --step K and --position P for one decision, or --sweep for every flagged token")
+    if not args.sweep and (args.step is None or args.position is None):
+        raise CliError("give both --step K and --position P (or --sweep)")
+    store = _existing_store(args, args.run_id)
+    registry = resolve_registry(args.models_config)
+    model = _model_of(store, args.run_id, args.model, registry)
+    if args.sweep:
+        _print_repairs(repairs(args.run_id, store, args.top or 3, model, registry), args.json)
+    else:
+        report = alternatives(args.run_id, args.step, args.position, store, args.top or 5, model, registry)
+        _print_alternatives(report, args.json)
+
+
+def _print_alternatives(report: AlternativesReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(asdict(report)))
+        return
+    print(f"run {report.run_id}, step {report.step}, position {report.position} (holds {report.parent_token!r}):")
+    print(_outcome_table(report.outcomes))
+
+
+def _outcome_table(outcomes) -> str:
+    header = f"  {'token':20} {'p':>6}  {'run':>5}  {'checker':24} {'viol. after k':>13} {'AR NLL':>7}  changed"
+    rows = [header]
+    for o in outcomes:
+        name = f"{o.token_text}{' (as decoded)' if o.as_decoded else ''}"
+        verdict = "-" if o.verdict is None else ("valid" if o.valid else f"{o.n_violations} violation(s)")
+        nll = "-" if o.ar_nll is None else f"{o.ar_nll:.3f}"
+        diff = " ".join(f"{p}:{a}->{b}" for p, a, b in o.changed[:6]) + (" ..." if len(o.changed) > 6 else "")
+        rows.append(
+            f"  {name:20} {o.prob:6.3f}  {o.run_id:>5}  {verdict:24} {o.violation_score:13.2f} {nll:>7}  {diff or '-'}"
+        )
+    return "\n".join(rows)
+
+
+def _print_repairs(report: RepairReport, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({**asdict(report), "repairs": [asdict(o) | {"position": f.position, "step": f.step}
+                                                        for f, o in report.repairs]}))  # fmt: skip
+        return
+    if not report.flagged:
+        print(f"run {report.run_id}: nothing flagged (the checker finds it valid, or no token scores below -1 nat)")
+        return
+    for flag, single in zip(report.flagged, report.reports):
+        print(f"position {flag.position} {flag.token_text!r}, committed at step {flag.step}: {flag.reason}")
+        print(_outcome_table(single.outcomes))
+    print()
+    if not report.repairs:
+        print(f"no single change repairs run {report.run_id}")
+    for flag, o in report.repairs:
+        change = f"{flag.token_text!r} -> {o.token_text!r}"
+        print(f"repair: step {flag.step}, position {flag.position}: {change} (run {o.run_id})")
 
 
 def _energy_terms(items: list[str]) -> tuple[tuple[str, float], ...]:
@@ -236,22 +417,18 @@ def _runs(args: argparse.Namespace) -> None:
         print(f"no runs in {store.url}")
         return
     header = f"{'id':>5}  {'created (UTC)':19}  {'status':9}  {'model':10}  {'strategy':14}  {'len':>4}  {'steps':>5}"
-    print(f"{header}  prompt")
+    print(f"{header}  {'branch of':12}  prompt")
     for r in runs:
+        origin = f"{r['parent_run_id']} @ step {r['branch_step']}" if r["parent_run_id"] is not None else "-"
         print(
             f"{r['id']:>5}  {r['created_at']:%Y-%m-%d %H:%M:%S}  {r['status']:9}  {r['model']:10}  "
-            f"{r['strategy']:14}  {r['gen_length']:>4}  {r['n_steps']:>5}  {r['prompt'][:40]}"
+            f"{r['strategy']:14}  {r['gen_length']:>4}  {r['n_steps']:>5}  {origin:12}  {r['prompt'][:40]}"
         )
 
 
 def _show(args: argparse.Namespace) -> None:
-    url = resolve_url(args.db, args.data_dir)
-    if existing_sqlite_file(url) is False:  # do not create an empty database just to read it
-        raise CliError(f"no run with id {args.run_id}: no database at {url} yet")
-    store = TrajectoryStore(url)
+    store = _existing_store(args, args.run_id)
     run = store.get_run(args.run_id)
-    if run is None:
-        raise CliError(f"no run with id {args.run_id} in {store.url} (see `python -m explorer runs`)")
     print(
         f"run {run['id']}  {run['status']}  model {run['model']}  device {run['device']}  "
         f"created {run['created_at']:%Y-%m-%d %H:%M:%S} UTC"
@@ -266,7 +443,7 @@ def _show(args: argparse.Namespace) -> None:
         print(f"step {s['step']:3d}  block {s['block']}  +{len(s['committed'])}  {words}")
 
 
-COMMANDS = {"decode": _decode, "runs": _runs, "show": _show}
+COMMANDS = {"decode": _decode, "branch": _branch, "alternatives": _alternatives, "runs": _runs, "show": _show}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

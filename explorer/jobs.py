@@ -1,16 +1,21 @@
 """What crosses the pipes between the UI process and a model worker: one dataclass per message.
 
-UI -> worker: a `Job`, a `Cancel`, or `Shutdown`. Worker -> UI: `WorkerReady`, `DeviceReport`,
-`RunStarted`, `StepDone`, `JobDone`, `JobError`. A job's client reads `JobEvent`s from its
-handle: `Queued`, `RunStarted`, `StepDone`, then exactly one terminal event (`JobDone`,
-`JobError`, or `JobFailed` when the worker died or went silent). Receivers dispatch on the
-type (`match`), never on a string tag.
+UI -> worker: a `Job` (a decode), a `BranchJob` (a branch of a stored run), an
+`AlternativesJob` (the "which decision mattered?" analysis), a `Cancel`, or `Shutdown`.
+Worker -> UI: `WorkerReady`, `DeviceReport`, `RunStarted`, `StepDone`, `OutcomeDone`,
+`JobDone`, `AlternativesDone`, `JobError`. A job's client reads `JobEvent`s from its handle:
+`Queued`, `RunStarted`, `StepDone` (a decode or branch) or `OutcomeDone` (each re-decode of
+an analysis), then exactly one terminal event (`JobDone`, `AlternativesDone`, `JobError`, or
+`JobFailed` when the worker died or went silent). Receivers dispatch on the type (`match`),
+never on a string tag.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from explorer.branching.alternatives import AlternativesReport, Outcome
+from explorer.branching.plan import BranchRequest
 from explorer.decoding.config import DecodeConfig
 from explorer.decoding.records import DecodeResult, StepRecord
 
@@ -34,6 +39,28 @@ class Job:
     model: str
     config: DecodeConfig
     pace_ms: int = 0  # slow motion for teaching: pause after each step (does not change the result)
+
+
+@dataclass(frozen=True)
+class BranchJob:
+    """Branch a stored run (decoded with `model`): the state after a step, edits, settings."""
+
+    job_id: int
+    model: str
+    request: BranchRequest
+    pace_ms: int = 0
+
+
+@dataclass(frozen=True)
+class AlternativesJob:
+    """Re-decode run `run_id` once per top token at `position` after `step` (its own runs)."""
+
+    job_id: int
+    model: str
+    run_id: int
+    step: int
+    position: int
+    top: int = 5
 
 
 @dataclass(frozen=True)
@@ -77,6 +104,20 @@ class JobDone:
 
 
 @dataclass(frozen=True)
+class OutcomeDone:
+    """One re-decode of an alternatives analysis finished (its run is stored)."""
+
+    job_id: int
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class AlternativesDone:
+    job_id: int
+    report: AlternativesReport
+
+
+@dataclass(frozen=True)
 class JobError:
     """The job ended with an error the worker caught (bad input, out of memory, a cancel before
     it started); the message is for the user."""
@@ -99,5 +140,6 @@ class JobFailed:
     message: str
 
 
-JobEvent = Queued | RunStarted | StepDone | JobDone | JobError | JobFailed
-TERMINAL = (JobDone, JobError, JobFailed)
+WorkerJob = Job | BranchJob | AlternativesJob
+JobEvent = Queued | RunStarted | StepDone | OutcomeDone | JobDone | AlternativesDone | JobError | JobFailed
+TERMINAL = (JobDone, AlternativesDone, JobError, JobFailed)

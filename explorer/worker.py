@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import logging
 import multiprocessing as mp
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 
@@ -35,6 +36,8 @@ import torch
 from explorer.adapters.loading import ScorerCache, load_denoiser
 from explorer.adapters.registry import DEFAULT_REGISTRY, ModelRegistry
 from explorer.api import prepare
+from explorer.branching.alternatives import AlternativesReport, Outcome, alternatives
+from explorer.branching.plan import BranchRequest, plan_branch
 from explorer.decoding.callbacks import Callback, RunStart
 from explorer.decoding.config import DecodeConfig
 from explorer.decoding.engine import run_decode
@@ -42,6 +45,9 @@ from explorer.decoding.protocols import Denoiser
 from explorer.decoding.records import DecodeResult, StepRecord
 from explorer.jobs import (
     TERMINAL,
+    AlternativesDone,
+    AlternativesJob,
+    BranchJob,
     Cancel,
     DeviceInfo,
     DeviceReport,
@@ -50,10 +56,12 @@ from explorer.jobs import (
     JobError,
     JobEvent,
     JobFailed,
+    OutcomeDone,
     Queued,
     RunStarted,
     Shutdown,
     StepDone,
+    WorkerJob,
     WorkerReady,
 )
 from explorer.store.database import StoreWriter, TrajectoryStore
@@ -174,28 +182,33 @@ def worker_main(
         match jobs.recv():
             case Shutdown():
                 return
-            case Job() as job:
+            case Job() | BranchJob() | AlternativesJob() as job:
                 events.send(_run_one(job, models, registry, scorers, store, jobs, events))
             case _:
                 continue  # a cancel for a job that already ended
 
 
 def _run_one(
-    job: Job,
+    job: WorkerJob,
     models: dict[str, Denoiser],
     registry: ModelRegistry,
     scorers: ScorerCache,
     store: TrajectoryStore,
     jobs: Connection,
     events: Connection,
-) -> JobDone | JobError:
+) -> JobDone | AlternativesDone | JobError:
     """Run one job; its terminal message. An out-of-memory error frees the device's cache."""
     device = "the model's device"
     try:
         if job.model not in models:
             models[job.model] = load_denoiser(job.model, registry)
-        device = models[job.model].device
-        return JobDone(job.job_id, run_job(job, models[job.model], store, scorers, jobs, events))
+        denoiser = models[job.model]
+        device = denoiser.device
+        if isinstance(job, AlternativesJob):
+            return AlternativesDone(job.job_id, run_alternatives(job, denoiser, store, scorers, jobs, events))
+        return JobDone(job.job_id, run_job(job, denoiser, store, scorers, jobs, events))
+    except _Cancelled:
+        return JobError(job.job_id, "cancelled")
     except Exception as exc:
         if not is_out_of_memory(exc):
             return JobError(job.job_id, f"{type(exc).__name__}: {exc}")
@@ -206,23 +219,64 @@ def _run_one(
 
 @gpu
 def run_job(
-    job: Job, denoiser: Denoiser, store: TrajectoryStore, scorers: ScorerCache, jobs: Connection, events: Connection
+    job: Job | BranchJob,
+    denoiser: Denoiser,
+    store: TrajectoryStore,
+    scorers: ScorerCache,
+    jobs: Connection,
+    events: Connection,
 ) -> DecodeResult:
-    """One job on a loaded model: decode, write every step to the store, stream it to the UI.
+    """A decode or a branch on a loaded model: run it, write every step to the store, stream it
+    to the UI. A branch is planned (and every input checked) before anything is stored.
 
     Where the model's forward passes run. `gpu` is ZeroGPU's `spaces.GPU` only when this is
     called in the Gradio process on a ZeroGPU Space, else the identity (explorer/zerogpu.py).
     """
-    prompt_ids = prepare(job.prompt, denoiser, job.config)
+    resume = origin = None
+    if isinstance(job, BranchJob):
+        plan = plan_branch(store, denoiser, job.request)
+        prompt, prompt_ids, config, resume, origin = plan.prompt, plan.prompt_ids, plan.config, plan.resume, plan.origin
+    else:
+        prompt, config = job.prompt, job.config
+        prompt_ids = prepare(prompt, denoiser, config)
     writer = StoreWriter(store, denoiser.token_text)
     stream = _Stream(events, job.job_id, writer, denoiser.device)
     callbacks = [writer, stream, _CancelCheck(jobs, job.job_id)]
     if job.pace_ms > 0:
         callbacks.append(_Pace(job.pace_ms))
-    scorer = scorers.for_run(job.config, denoiser)
-    result = run_decode(denoiser, prompt_ids, job.config, callbacks, prompt_text=job.prompt, ar_scorer=scorer)
+    scorer = scorers.for_run(config, denoiser)
+    result = run_decode(
+        denoiser, prompt_ids, config, callbacks, prompt_text=prompt, ar_scorer=scorer, resume=resume, origin=origin
+    )
     stream.report_device()  # the memory in use at the end of the run
     return replace(result, run_id=writer.run_id)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+@gpu
+def run_alternatives(
+    job: AlternativesJob,
+    denoiser: Denoiser,
+    store: TrajectoryStore,
+    scorers: ScorerCache,
+    jobs: Connection,
+    events: Connection,
+) -> AlternativesReport:
+    """The alternatives analysis: each re-decode's outcome is sent as it finishes; a cancel
+    stops the analysis between re-decodes (the runs already made stay stored)."""
+    run = store.get_run(job.run_id)
+    scorer = scorers.configured(DecodeConfig.from_json(json.dumps(run["config"])), denoiser) if run else None
+    cancel = _CancelCheck(jobs, job.job_id)
+
+    def sent(outcome: Outcome) -> None:
+        events.send(OutcomeDone(job.job_id, outcome))
+        if cancel.should_stop():
+            raise _Cancelled
+
+    return alternatives(store, denoiser, job.run_id, job.step, job.position, job.top, scorer, sent)
 
 
 # ---- inside the UI process ---------------------------------------------------------------
@@ -230,7 +284,7 @@ def run_job(
 class JobHandle:
     """A submitted job as its client sees it: `JobEvent`s arrive on `events`."""
 
-    job: Job
+    job: WorkerJob
     events: queue.Queue[JobEvent] = field(default_factory=queue.Queue)
     run_id: int | None = None
     submitted_at: float = field(default_factory=time.monotonic)
@@ -299,12 +353,23 @@ class WorkerPool:
 
     # ---- client side ---------------------------------------------------------------------
     def submit(self, prompt: str, model: str, config: DecodeConfig, pace_ms: int = 0) -> JobHandle:
+        return self._enqueue(lambda job_id: Job(job_id, prompt, model, config, int(pace_ms)))
+
+    def submit_branch(self, model: str, request: BranchRequest, pace_ms: int = 0) -> JobHandle:
+        """A branch of a stored run decoded by `model`; it streams like a decode."""
+        return self._enqueue(lambda job_id: BranchJob(job_id, model, request, int(pace_ms)))
+
+    def submit_alternatives(self, model: str, run_id: int, step: int, position: int, top: int = 5) -> JobHandle:
+        """The alternatives analysis at (step, position) of a stored run decoded by `model`."""
+        return self._enqueue(lambda job_id: AlternativesJob(job_id, model, run_id, step, position, top))
+
+    def _enqueue(self, make_job: Callable[[int], WorkerJob]) -> JobHandle:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker pool is shut down")
             if len(self._pending) >= self.max_pending:
                 raise QueueFullError(f"{len(self._pending)} jobs are already waiting; try again shortly")
-            handle = JobHandle(Job(next(self._ids), prompt, model, config, int(pace_ms)))
+            handle = JobHandle(make_job(next(self._ids)))
             self._handles[handle.job.job_id] = handle
             self._pending.append(handle)
             handle.events.put(Queued(len(self._pending) - 1 + self.busy()))

@@ -18,10 +18,10 @@ ALLOWED: dict[str, set[str]] = {
     "adapters": {"decoding", "models"},
     "store": {"decoding"},
     "views": {"store", "decoding"},  # a stored run (RunArrays) and the record types it holds
-    "branching": {"decoding", "store"},
-    "jobs": {"decoding"},
+    "branching": {"decoding", "store", "models"},  # models: the story grammar's checker
+    "jobs": {"decoding", "branching"},
     "api": {"decoding", "adapters", "store", "branching"},
-    "worker": {"api", "jobs", "decoding", "adapters", "store", "zerogpu"},
+    "worker": {"api", "jobs", "decoding", "adapters", "store", "branching", "zerogpu"},
     "services": {"worker", "adapters", "store", "presets"},
     "cli": {"api", "decoding", "adapters", "store", "models"},
     "ui": {"services", "views", "store", "decoding", "jobs", "presets", "models"},

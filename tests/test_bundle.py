@@ -26,7 +26,8 @@ from conftest import new_db_url
 from sqlalchemy import func, select, text
 from synthetic_runs import StopAfter
 
-from explorer.api import decode
+from explorer.api import branch, decode
+from explorer.branching.edits import Force, Remask
 from explorer.decoding.config import DecodeConfig
 from explorer.decoding.engine import run_decode
 from explorer.store import bundle as bundle_module
@@ -35,11 +36,17 @@ from explorer.store.bundle import (
     MAX_BUNDLE_BYTES,
     RUN_FIELDS,
     RUNNING_IMPORT_ERROR,
+    TREE_VERSION,
     VERSION,
     BundleError,
+    ImportReport,
     UnknownRunError,
+    bundle_json,
     export_run,
     export_run_json,
+    export_tree,
+    export_tree_json,
+    import_bundle,
     import_run,
 )
 from explorer.store.database import Event, Run, Step, StoreError, StoreWriter, TrajectoryStore
@@ -224,7 +231,8 @@ def test_bundle_layout(source):
     assert isinstance(data, bytes)
     bundle = json.loads(data.decode("utf-8"))
     assert bundle == export_run(store, ids["greedy"])
-    assert list(bundle) == ["format", "version", "run", "steps", "events"]
+    assert list(bundle) == ["format", "version", "run", "parent_ref", "steps", "events"]
+    assert bundle["parent_ref"] is None  # not a branch
     assert bundle["format"] == FORMAT == "diffusion-explorer-run" and bundle["version"] == VERSION == 1
     run = bundle["run"]
     assert tuple(run) == RUN_FIELDS and "id" not in run
@@ -345,10 +353,12 @@ def test_parent_run_id_dropped_branch_step_kept(source, target, tmp_path):
         run = b.get_run(new_id)
         assert run["parent_run_id"] is None and run["branch_step"] == 3
         assert_identical(a, child, b, new_id)
-        # byte-identical apart from the (database-local) parent id
-        assert export_run_json(b, new_id) == exported.replace(
-            f'"parent_run_id":{parent},'.encode(), b'"parent_run_id":null,'
-        )
+        # byte-identical apart from the (database-local) parent id and the parent_ref of a
+        # parent that b does not hold
+        expected = json.loads(exported)
+        assert expected["parent_ref"]["created_at"] == export_run(a, parent)["run"]["created_at"]
+        expected["run"]["parent_run_id"], expected["parent_ref"] = None, None
+        assert export_run_json(b, new_id) == bundle_json(expected)
     finally:
         a.engine.dispose()
 
@@ -434,7 +444,7 @@ DICT_CASES = {
         _set("format", "diffusion-explorer-runs"),
         r"not a run bundle: format is 'diffusion-explorer-runs'",
     ),
-    "wrong version": (_set("version", 2), r"unsupported bundle version 2; this explorer reads version 1"),
+    "wrong version": (_set("version", 3), r"unsupported bundle version 3; this explorer reads versions 1 and 2"),
     "version as string": (_set("version", "1"), r"unsupported bundle version '1'"),
     "unknown top-level field": (_set("comment", "hi"), r"the bundle: unknown field comment"),
     "missing steps": (_delete("steps"), r"the bundle: missing field steps"),
@@ -564,10 +574,10 @@ def loaded_target(source, sqlite_target):
     return sqlite_target
 
 
-def _assert_refused(store: TrajectoryStore, data, pattern: str) -> BundleError:
+def _assert_refused(store: TrajectoryStore, data, pattern: str, importer=import_run) -> BundleError:
     before, runs_before = counts(store), store.list_runs()
     with pytest.raises(BundleError, match=pattern) as info:
-        import_run(store, data)
+        importer(store, data)
     assert isinstance(info.value, ValueError)
     message = str(info.value)
     assert message and "\n" not in message and len(message) < 300, message

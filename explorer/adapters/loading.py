@@ -89,15 +89,24 @@ class ScorerCache:
         the embedded AR model); a model with neither gets a clear error."""
         if "ar" not in dict(config.energies):
             return None
-        name = config.ar_scorer or getattr(denoiser, "default_ar_scorer", None)
-        registry = self.registry if self.registry is not None else registry_from_env()
-        if name is None:
+        scorer = self.configured(config, denoiser)
+        if scorer is None:
+            registry = self.registry if self.registry is not None else registry_from_env()
             raise ValueError(
                 f"the AR energy needs an AR scorer for model {denoiser.name!r}: set ar_scorer to one "
                 f"that shares its tokenizer (configured: {', '.join(registry.ar_scorer_names())})"
             )
+        return scorer
+
+    def configured(self, config: DecodeConfig, denoiser: Denoiser) -> ARScorer | None:
+        """The config's `ar_scorer`, else the model's default, else None (for measuring the AR
+        NLL of a text, which any run may do without an AR energy)."""
+        name = config.ar_scorer or getattr(denoiser, "default_ar_scorer", None)
+        if name is None:
+            return None
         key = (name, int(getattr(denoiser, "vocab_size", 0)))
         if key not in self._loaded:
+            registry = self.registry if self.registry is not None else registry_from_env()
             self._loaded[key] = load_ar_scorer(name, key[1], registry)
         return self._loaded[key]
 

@@ -1,32 +1,56 @@
-"""Export a stored run as a self-contained JSON bundle, and import one back.
+"""Export stored runs as self-contained JSON bundles, and import them back.
 
 A bundle carries everything a replay needs (the run row, every step with its per-position
-arrays, every event), so a CPU-only deployment can reopen runs recorded elsewhere:
+arrays, every event), so a CPU-only deployment can reopen runs recorded elsewhere. Two formats:
 
+    version 1, one run:
     {"format": "diffusion-explorer-run", "version": 1,
-     "run":    {every Run column but id; datetimes ISO 8601 in UTC},
-     "steps":  [{every Step column but run_id; each array as
-                 {"dtype": "<i4" | "<f2", "length": G, "data": base64 of the little-endian bytes}}],
-     "events": [{every Event column but id and run_id}, ... in insertion order]}
+     "run":        {every Run column but id; datetimes ISO 8601 in UTC},
+     "parent_ref": {"created_at", "model", "seed", "prompt"} of the parent run, or null,
+     "steps":      [{every Step column but run_id; each array as
+                     {"dtype": "<i4" | "<f2", "length": G, "data": base64 of the little-endian bytes}}],
+     "events":     [{every Event column but id and run_id}, ... in insertion order]}
 
-`export_run(store, run_id)` returns that dict, `export_run_json` its UTF-8 JSON bytes.
-`import_run(store, data)` validates the whole bundle before writing anything, then inserts the
-run, its steps and its events in one transaction and returns the new run id. Import rules:
+    version 2, a branch tree:
+    {"format": "diffusion-explorer-run", "version": 2,
+     "runs": [{"id": the run's id in the exporting store, "run": ..., "parent_ref": ...,
+               "steps": ..., "events": ...}, ... parents before their children]}
 
-- ids are local to a database: a new run id is assigned and `parent_run_id` is dropped
-  (set to null); `branch_step` is kept.
+`export_run(store, run_id)` returns a version 1 dict, `export_run_json` its UTF-8 JSON bytes;
+`export_tree(store, run_id)` / `export_tree_json` the version 2 bundle of the run's whole
+branch tree (up its `parent_run_id` links to the root, then every descendant). In both, a
+run's `parent_run_id` is an id of the exporting store. `parent_ref` is optional on import
+(bundles written before it existed lack it).
+
+A branch run (explorer/branching) holds a copy of its parent's steps 0..k and their events,
+then its edits as events of kind `force` / `remask_edit` at step k = `branch_step` (k = -1:
+from the prompt, so those edit events have step -1), then its own steps. The checks: every
+edit event is at the run's `branch_step`; step -1 holds edit events only; -1 <= branch_step
+< n_steps; edit events are not commits (a step's `n_committed` counts its `commit` events).
+
+`import_bundle(store, data)` validates the whole bundle (either version) before writing
+anything, then inserts every run, parents first, with its steps and events in one transaction
+and returns an `ImportReport`: the new run ids in bundle order and notes for people.
+`import_run(store, data)` imports a version 1 bundle and returns the new run id. Import rules:
+
+- ids are local to a database: every run gets a new id, and its `parent_run_id` is linked:
+  to the parent's new id when the parent is in the bundle; else to a run of the target store
+  whose created_at, model, seed and prompt equal the bundle's `parent_ref` (the oldest such
+  run); else the link is dropped (null) and a note says so. `branch_step` is always kept.
 - a run exported while its worker was still writing (status `running`) is stored as `failed`
   with error 'imported while still running': a replay store has no live worker that would
   ever finish it. Its `finished_at` stays null (it never finished); its steps are kept.
 - every other column is stored as it is in the bundle, so exporting the imported run gives
-  the same bytes as the original export (apart from `parent_run_id`).
+  the same bytes as the original export, apart from `parent_run_id` (and `parent_ref`, null,
+  when the link was dropped).
 
 Any problem with the input (over `MAX_BUNDLE_BYTES`, not UTF-8, malformed JSON, a wrong
 format tag or version, a missing, unknown or mistyped field, a bad blob, inconsistent steps or
-events) raises `BundleError` with one line saying what is wrong and where, and writes nothing.
-A database failure while inserting raises `StoreError`; the transaction is rolled back.
-JSON has no NaN or infinity: JSON numbers must be finite. Float16 metric blobs may hold NaN
-(the "undefined" marker of `read_arrays`) but not infinity.
+events, a tree whose parent links point forward or at the run itself) raises `BundleError`
+with one line saying what is wrong and where (prefixed `runs[i]` in a version 2 bundle), and
+writes nothing. A database failure while inserting raises `StoreError`; the transaction is
+rolled back. JSON has no NaN or infinity: JSON numbers must be finite. Float16 metric blobs
+may hold NaN (the "undefined" marker of `read_arrays`) but not infinity.
 """
 
 from __future__ import annotations
@@ -35,20 +59,26 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import JSON, insert, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from explorer.decoding.records import StepExtras
+from explorer.decoding.resume import EDIT_EVENTS
 from explorer.store.database import STATUSES, Event, Run, Step, StoreError, TrajectoryStore
 
 FORMAT = "diffusion-explorer-run"
-VERSION = 1
+VERSION = 1  # one run
+TREE_VERSION = 2  # a branch tree: several runs
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 RUNNING_IMPORT_ERROR = "imported while still running"
-EVENT_KINDS = ("commit", "remask")
+EDIT_KINDS = tuple(EDIT_EVENTS.values())  # a branch's edits, stored as events at its branch step
+EVENT_KINDS = ("commit", "remask", *EDIT_KINDS)
 BLOB_DTYPES = {"argmax": "<i4", "confidence": "<f2", "entropy": "<f2", "margin": "<f2"}
 _DTYPE_NAMES = {"<i4": "int32", "<f2": "float16"}
 _INT64 = (-(2**63), 2**63 - 1)
@@ -57,6 +87,9 @@ RUN_FIELDS = tuple(c.name for c in Run.__table__.columns if c.name != "id")
 STEP_FIELDS = tuple(c.name for c in Step.__table__.columns if c.name != "run_id")
 _RUN_JSON_COLUMNS = frozenset(c.name for c in Run.__table__.columns if isinstance(c.type, JSON))
 EVENT_FIELDS = tuple(c.name for c in Event.__table__.columns if c.name not in ("id", "run_id"))
+# What identifies a parent run in another store (ids do not travel): its row's own facts.
+PARENT_REF_FIELDS = ("created_at", "model", "seed", "prompt")
+_ENTRY_FIELDS = ("run", "steps", "events")
 
 
 class BundleError(ValueError):
@@ -68,6 +101,14 @@ class UnknownRunError(KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "unknown run"
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What `import_bundle` did: the new run ids (in bundle order) and notes for people."""
+
+    run_ids: list[int]
+    notes: list[str]
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -89,40 +130,99 @@ def _blob_out(raw: bytes, dtype: str) -> dict:
     }
 
 
+def _get_run(s: Session, store: TrajectoryStore, run_id: int) -> Run:
+    run = s.get(Run, run_id)
+    if run is None:
+        raise UnknownRunError(f"no run with id {run_id} in {store.url}")
+    return run
+
+
+def _parent_ref(s: Session, run: Run) -> dict | None:
+    parent = s.get(Run, run.parent_run_id) if run.parent_run_id is not None else None
+    if parent is None:
+        return None
+    return {"created_at": _iso(parent.created_at), "model": parent.model, "seed": parent.seed, "prompt": parent.prompt}
+
+
+def _entry_out(s: Session, run: Run) -> dict:
+    """One run's part of a bundle: run, parent_ref, steps, events (plain JSON types)."""
+    run_out = {name: getattr(run, name) for name in RUN_FIELDS}
+    run_out["created_at"] = _iso(run_out["created_at"])
+    run_out["finished_at"] = _iso(run_out["finished_at"])
+    steps = s.scalars(select(Step).where(Step.run_id == run.id).order_by(Step.step)).all()
+    events = s.scalars(select(Event).where(Event.run_id == run.id).order_by(Event.id)).all()
+    step_out = [
+        {
+            name: (_blob_out(getattr(st, name), BLOB_DTYPES[name]) if name in BLOB_DTYPES else getattr(st, name))
+            for name in STEP_FIELDS
+        }
+        for st in steps
+    ]
+    event_out = [{name: getattr(ev, name) for name in EVENT_FIELDS} for ev in events]
+    return {"run": run_out, "parent_ref": _parent_ref(s, run), "steps": step_out, "events": event_out}
+
+
 def export_run(store: TrajectoryStore, run_id: int) -> dict:
-    """The run as a bundle dict (plain JSON types). Raises UnknownRunError for an unknown id.
+    """The run as a version 1 bundle dict (plain JSON types). Raises UnknownRunError for an unknown id.
 
     Run, steps and events are read in one transaction, so a run still being written exports
     as a consistent snapshot.
     """
     with store.session() as s, s.begin():
-        run = s.get(Run, run_id)
-        if run is None:
-            raise UnknownRunError(f"no run with id {run_id} in {store.url}")
-        run_out = {name: getattr(run, name) for name in RUN_FIELDS}
-        steps = s.scalars(select(Step).where(Step.run_id == run_id).order_by(Step.step)).all()
-        events = s.scalars(select(Event).where(Event.run_id == run_id).order_by(Event.id)).all()
-        step_out = [
-            {
-                name: (_blob_out(getattr(st, name), BLOB_DTYPES[name]) if name in BLOB_DTYPES else getattr(st, name))
-                for name in STEP_FIELDS
-            }
-            for st in steps
-        ]
-        event_out = [{name: getattr(ev, name) for name in EVENT_FIELDS} for ev in events]
-    run_out["created_at"] = _iso(run_out["created_at"])
-    run_out["finished_at"] = _iso(run_out["finished_at"])
-    return {"format": FORMAT, "version": VERSION, "run": run_out, "steps": step_out, "events": event_out}
+        entry = _entry_out(s, _get_run(s, store, run_id))
+    return {"format": FORMAT, "version": VERSION, **entry}
 
 
-def export_run_json(store: TrajectoryStore, run_id: int) -> bytes:
-    """The bundle as compact UTF-8 JSON. Deterministic: the same stored run gives the same bytes."""
-    bundle = export_run(store, run_id)
+def _root(s: Session, run: Run) -> Run:
+    """The top of the run's tree: up the parent links while the parent exists (a seen set
+    guards against a cycle written to the database by hand)."""
+    seen = {run.id}
+    while run.parent_run_id is not None and run.parent_run_id not in seen:
+        parent = s.get(Run, run.parent_run_id)
+        if parent is None:
+            break
+        run = parent
+        seen.add(run.id)
+    return run
+
+
+def _descendants(s: Session, root: Run) -> Iterator[Run]:
+    """The root, then its descendants breadth first (so parents come before children)."""
+    queue, seen = [root], {root.id}
+    while queue:
+        run = queue.pop(0)
+        yield run
+        children = s.scalars(select(Run).where(Run.parent_run_id == run.id).order_by(Run.id)).all()
+        queue.extend(c for c in children if c.id not in seen)
+        seen.update(c.id for c in children)
+
+
+def export_tree(store: TrajectoryStore, run_id: int) -> dict:
+    """The run's whole branch tree as a version 2 bundle dict, parents before children, read in
+    one transaction. Raises UnknownRunError for an unknown id."""
+    with store.session() as s, s.begin():
+        runs = list(_descendants(s, _root(s, _get_run(s, store, run_id))))
+        entries = [{"id": run.id, **_entry_out(s, run)} for run in runs]
+    return {"format": FORMAT, "version": TREE_VERSION, "runs": entries}
+
+
+def bundle_json(bundle: dict, what: str = "the bundle") -> bytes:
+    """A bundle dict as compact UTF-8 JSON. Deterministic: the same stored runs give the same bytes."""
     try:
         text = json.dumps(bundle, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except ValueError as exc:  # a stored float is inf: JSON cannot carry it
-        raise BundleError(f"run {run_id} cannot be exported as JSON: {exc}") from None
+        raise BundleError(f"{what} cannot be exported as JSON: {exc}") from None
     return text.encode("utf-8")
+
+
+def export_run_json(store: TrajectoryStore, run_id: int) -> bytes:
+    """`export_run` as compact UTF-8 JSON."""
+    return bundle_json(export_run(store, run_id), f"run {run_id}")
+
+
+def export_tree_json(store: TrajectoryStore, run_id: int) -> bytes:
+    """`export_tree` as compact UTF-8 JSON."""
+    return bundle_json(export_tree(store, run_id), f"the tree of run {run_id}")
 
 
 # ---- parsing ----------------------------------------------------------------------------------
@@ -358,6 +458,7 @@ def _validate_run(obj: object) -> dict:
     run = _fields(where, obj, tuple(f for f in RUN_FIELDS if f != "parent_run_id"), ("parent_run_id",))
     cols = Run.__table__.columns
     g = _int(where, "gen_length", run["gen_length"], 1)
+    n_steps = _int(where, "n_steps", run["n_steps"], 0)
     status = _str(where, "status", run["status"], cols.status)
     if status not in STATUSES:
         raise BundleError(f"{where}: status {status!r:.40} is not one of {', '.join(STATUSES)}")
@@ -374,14 +475,15 @@ def _validate_run(obj: object) -> dict:
         "gen_length": g,
         "mask_id": _int(where, "mask_id", run["mask_id"], 0),
         "device": _str(where, "device", run["device"], cols.device),
-        "n_steps": _int(where, "n_steps", run["n_steps"], 0),
+        "n_steps": n_steps,
         "final_text": _str(where, "final_text", run["final_text"], nullable=True),
         "final_token_ids": _token_ids(where, "final_token_ids", run["final_token_ids"], nullable=True, length=g),
         "error": _str(where, "error", run["error"], nullable=True),
-        "parent_run_id": None,  # ids are local to a database
-        "branch_step": _int(where, "branch_step", run["branch_step"], 0, nullable=True),
+        # an id of the exporting store: import_bundle links it to an id of the target store
+        "parent_run_id": _int(where, "parent_run_id", run.get("parent_run_id"), nullable=True),
+        # k = -1: branched from the prompt; a branch holds at least its parent's steps 0..k
+        "branch_step": _int(where, "branch_step", run["branch_step"], -1, max(n_steps - 1, -1), nullable=True),
     }
-    _int(where, "parent_run_id", run.get("parent_run_id"), nullable=True)  # type-checked, then dropped
     for key in ("gen_length", "strategy", "seed"):
         if key in out["config"] and out["config"][key] != out[key]:
             raise BundleError(
@@ -420,7 +522,25 @@ def _validate_steps(obj: object, gen_length: int) -> list[dict]:
     return rows
 
 
-def _validate_events(obj: object, steps: list[dict], gen_length: int) -> list[dict]:
+def _check_event_step(label: str, step: int, kind: str, n_steps: int, branch_step: int | None) -> None:
+    """An edit event sits at the run's branch step (-1 included); every other event at a stored step."""
+    if kind in EDIT_KINDS:
+        if branch_step is None:
+            raise BundleError(f"{label}: a {kind} event belongs to a branch, but the run's branch_step is null")
+        if step != branch_step:
+            raise BundleError(f"{label}: a {kind} event must be at the run's branch step {branch_step}, not {step}")
+        return
+    if step < 0:
+        raise BundleError(f"{label}: step {step} holds only edit events ({', '.join(EDIT_KINDS)}), not {kind}")
+    if step >= n_steps:
+        raise BundleError(
+            f"{label}: step {step} does not exist (the bundle has steps 0..{n_steps - 1})"
+            if n_steps
+            else f"{label}: step {step} does not exist (the bundle has no steps)"
+        )
+
+
+def _validate_events(obj: object, steps: list[dict], gen_length: int, branch_step: int | None) -> list[dict]:
     if not isinstance(obj, list):
         raise BundleError(f"events must be an array, got {_type_name(obj)}")
     cols = Event.__table__.columns
@@ -429,19 +549,14 @@ def _validate_events(obj: object, steps: list[dict], gen_length: int) -> list[di
     for i, item in enumerate(obj):
         label = f"event {i}"
         _fields(label, item, EVENT_FIELDS)
-        step = _int(label, "step", item["step"], 0)
-        if step >= len(steps):
-            raise BundleError(
-                f"{label}: step {step} does not exist (the bundle has steps 0..{len(steps) - 1})"
-                if steps
-                else f"{label}: step {step} does not exist (the bundle has no steps)"
-            )
-        position = _int(label, "position", item["position"])
-        if not 0 <= position < gen_length:
-            raise BundleError(f"{label} (step {step}): position {position} is outside 0..{gen_length - 1}")
+        step = _int(label, "step", item["step"], -1)
         kind = _str(label, "kind", item["kind"], cols.kind)
         if kind not in EVENT_KINDS:
             raise BundleError(f"{label}: kind {kind!r:.40} is not one of {', '.join(EVENT_KINDS)}")
+        _check_event_step(label, step, kind, len(steps), branch_step)
+        position = _int(label, "position", item["position"])
+        if not 0 <= position < gen_length:
+            raise BundleError(f"{label} (step {step}): position {position} is outside 0..{gen_length - 1}")
         top_ids = _token_ids(label, "top_ids", item["top_ids"])
         top_probs = item["top_probs"]
         if not isinstance(top_probs, list):
@@ -449,7 +564,7 @@ def _validate_events(obj: object, steps: list[dict], gen_length: int) -> list[di
         top_probs = [_float(label, f"top_probs[{k}]", p) for k, p in enumerate(top_probs)]
         if len(top_ids) != len(top_probs):
             raise BundleError(f"{label}: top_ids has {len(top_ids)} entries but top_probs has {len(top_probs)}")
-        if kind == "commit":
+        if kind == "commit":  # edits and re-masks are not commits
             commits_per_step[step] += 1
         rows.append(
             {
@@ -473,47 +588,182 @@ def _validate_events(obj: object, steps: list[dict], gen_length: int) -> list[di
     return rows
 
 
-def validate_bundle(data: bytes | str | dict) -> tuple[dict, list[dict], list[dict]]:
-    """Parse and check a bundle; return the (run, steps, events) rows import_run would insert."""
+def _validate_parent_ref(value: object, parent_run_id: int | None) -> dict | None:
+    if value is None:
+        return None
+    where = "parent_ref"
+    _fields(where, value, PARENT_REF_FIELDS)
+    if parent_run_id is None:  # a reference to nothing: a hand-edited bundle
+        raise BundleError(f"{where} is given but run.parent_run_id is null")
+    cols = Run.__table__.columns
+    return {
+        "created_at": _datetime(where, "created_at", value["created_at"]),
+        "model": _str(where, "model", value["model"], cols.model),
+        "seed": _int(where, "seed", value["seed"]),
+        "prompt": _str(where, "prompt", value["prompt"]),
+    }
+
+
+@dataclass(frozen=True)
+class BundleRun:
+    """One validated run of a bundle: the rows to insert (run["parent_run_id"] still the
+    exporting store's id), its id there (version 2 only) and how to find its parent elsewhere."""
+
+    source_id: int | None
+    run: dict
+    parent_ref: dict | None
+    steps: list[dict]
+    events: list[dict]
+
+
+def _validate_entry(entry: dict, source_id: int | None) -> BundleRun:
+    run = _validate_run(entry["run"])
+    steps = _validate_steps(entry["steps"], run["gen_length"])
+    if run["n_steps"] != len(steps):
+        raise BundleError(f"run: n_steps is {run['n_steps']} but the bundle has {len(steps)} steps")
+    events = _validate_events(entry["events"], steps, run["gen_length"], run["branch_step"])
+    parent_ref = _validate_parent_ref(entry.get("parent_ref"), run["parent_run_id"])
+    return BundleRun(source_id, run, parent_ref, steps, events)
+
+
+def _header(data: bytes | str | dict) -> tuple[dict, int]:
+    """The parsed bundle and its version, after checking the format tag."""
     bundle = _parse(data)
     if not isinstance(bundle, dict):
         raise BundleError(f"a bundle is a JSON object, got {_type_name(bundle)}")
     if bundle.get("format") != FORMAT:
         raise BundleError(f"not a run bundle: format is {bundle.get('format')!r:.60}, expected {FORMAT!r}")
     version = bundle.get("version")
-    if isinstance(version, bool) or version != VERSION:
-        raise BundleError(f"unsupported bundle version {version!r:.40}; this explorer reads version {VERSION}")
-    _fields("the bundle", bundle, ("format", "version", "run", "steps", "events"))
-    run = _validate_run(bundle["run"])
-    steps = _validate_steps(bundle["steps"], run["gen_length"])
-    if run["n_steps"] != len(steps):
-        raise BundleError(f"run: n_steps is {run['n_steps']} but the bundle has {len(steps)} steps")
-    events = _validate_events(bundle["events"], steps, run["gen_length"])
-    return run, steps, events
+    if isinstance(version, bool) or version not in (VERSION, TREE_VERSION):
+        raise BundleError(
+            f"unsupported bundle version {version!r:.40}; this explorer reads versions {VERSION} and {TREE_VERSION}"
+        )
+    return bundle, version
+
+
+def _check_links(runs: list[BundleRun]) -> None:
+    """Parents before children: a link to a run listed later (or to itself) would be a cycle or
+    need a second pass; a link to an id not in the bundle is resolved by parent_ref."""
+    index: dict[int, int] = {}
+    for i, run in enumerate(runs):
+        if run.source_id in index:
+            raise BundleError(f"runs[{i}]: id {run.source_id} repeats the id of runs[{index[run.source_id]}]")
+        index[run.source_id] = i
+    for i, run in enumerate(runs):
+        parent = run.run["parent_run_id"]
+        if parent == run.source_id:
+            raise BundleError(f"runs[{i}]: parent_run_id {parent} is the run itself")
+        if index.get(parent, -1) > i:
+            raise BundleError(
+                f"runs[{i}]: parent_run_id {parent} is runs[{index[parent]}], listed after it "
+                "(parents must come before their children)"
+            )
+
+
+def _tree_runs(bundle: dict) -> list[BundleRun]:
+    _fields("the bundle", bundle, ("format", "version", "runs"))
+    entries = bundle["runs"]
+    if not isinstance(entries, list):
+        raise BundleError(f"runs must be an array, got {_type_name(entries)}")
+    if not entries:
+        raise BundleError("runs is empty: a version 2 bundle holds at least one run")
+    runs = []
+    for i, entry in enumerate(entries):
+        _fields(f"runs[{i}]", entry, ("id", *_ENTRY_FIELDS), ("parent_ref",))
+        source_id = _int(f"runs[{i}]", "id", entry["id"])
+        try:
+            runs.append(_validate_entry(entry, source_id))
+        except BundleError as exc:  # say which run of the tree
+            raise BundleError(f"runs[{i}] {exc}") from None
+    _check_links(runs)
+    return runs
+
+
+def validate_bundle(data: bytes | str | dict) -> list[BundleRun]:
+    """Parse and check a bundle of either version; the runs import_bundle would insert, in order."""
+    bundle, version = _header(data)
+    if version == TREE_VERSION:
+        return _tree_runs(bundle)
+    _fields("the bundle", bundle, ("format", "version", *_ENTRY_FIELDS), ("parent_ref",))
+    return [_validate_entry(bundle, None)]
 
 
 # ---- import -----------------------------------------------------------------------------------
 
 
-def import_run(store: TrajectoryStore, data: bytes | str | dict) -> int:
-    """Validate the bundle, then insert run, steps and events in one transaction; the new run id.
+def _find_parent(s: Session, ref: dict) -> int | None:
+    """The oldest run of the store that is the referenced parent (same created_at, model, seed,
+    prompt: a run imported verbatim keeps all four)."""
+    query = select(Run.id).where(*(getattr(Run, name) == ref[name] for name in PARENT_REF_FIELDS))
+    return s.scalar(query.order_by(Run.id).limit(1))
+
+
+def _link(s: Session, entry: BundleRun, new_ids: dict[int, int]) -> tuple[int | None, str | None]:
+    """The parent's id in the target store (None: no parent, or the link is dropped) and what
+    a person should know about it (None when the link was kept within the bundle)."""
+    parent = entry.run["parent_run_id"]
+    if parent is None:
+        return None, None
+    if parent in new_ids:
+        return new_ids[parent], None
+    found = _find_parent(s, entry.parent_ref) if entry.parent_ref is not None else None
+    if found is not None:
+        return found, f"was branched from run {parent}, found in this store as run {found}: linked to it"
+    where = "which is not in this store" if entry.parent_ref is not None else "of a store the bundle does not name"
+    return None, f"was branched from run {parent}, {where}: the link was dropped (export the tree to keep it)"
+
+
+def _insert(s: Session, entry: BundleRun, parent_id: int | None) -> int:
+    # a null JSON column is SQL NULL, as in a row the store wrote (not the JSON text 'null')
+    row = {**entry.run, "parent_run_id": parent_id}
+    run = Run(**{k: v for k, v in row.items() if v is not None or k not in _RUN_JSON_COLUMNS})
+    s.add(run)
+    s.flush()
+    if entry.steps:
+        s.execute(insert(Step), [{"run_id": run.id, **r} for r in entry.steps])
+    if entry.events:
+        s.execute(insert(Event), [{"run_id": run.id, **r} for r in entry.events])
+    return run.id
+
+
+def _insert_all(s: Session, entries: list[BundleRun]) -> ImportReport:
+    new_ids: dict[int, int] = {}  # the exporting store's id -> the new one
+    run_ids, notes = [], []
+    for entry in entries:  # parents first, so a parent's new id is known before its children
+        parent_id, note = _link(s, entry, new_ids)
+        run_id = _insert(s, entry, parent_id)
+        if entry.source_id is not None:
+            new_ids[entry.source_id] = run_id
+        run_ids.append(run_id)
+        if note:
+            name = f"run {entry.source_id}" if entry.source_id is not None else "the imported run"
+            notes.append(f"{name} (now {run_id}) {note}")
+    return ImportReport(run_ids, notes)
+
+
+def import_bundle(store: TrajectoryStore, data: bytes | str | dict) -> ImportReport:
+    """Validate a bundle of either version, then insert its runs (parents first), steps and
+    events in one transaction; the new run ids and notes on the parent links.
 
     Raises BundleError (nothing written) for any problem with the input, StoreError (rolled
     back, nothing written) if the database refuses the insert.
     """
-    run_row, step_rows, event_rows = validate_bundle(data)
+    entries = validate_bundle(data)
     try:
         with store.session() as s, s.begin():
-            # a null JSON column is SQL NULL, as in a row the store wrote (not the JSON text 'null')
-            run = Run(**{k: v for k, v in run_row.items() if v is not None or k not in _RUN_JSON_COLUMNS})
-            s.add(run)
-            s.flush()
-            run_id = run.id
-            if step_rows:
-                s.execute(insert(Step), [{"run_id": run_id, **row} for row in step_rows])
-            if event_rows:
-                s.execute(insert(Event), [{"run_id": run_id, **row} for row in event_rows])
+            return _insert_all(s, entries)
     except SQLAlchemyError as exc:
         reason = exc.orig if getattr(exc, "orig", None) is not None else exc
         raise StoreError(f"cannot import the run into {store.url}: {exc.__class__.__name__}: {reason}") from None
-    return run_id
+
+
+def import_run(store: TrajectoryStore, data: bytes | str | dict) -> int:
+    """Import a version 1 (one-run) bundle as `import_bundle` does; the new run id.
+
+    A version 2 (tree) bundle raises BundleError: its runs belong together, import it with
+    `import_bundle`.
+    """
+    bundle, version = _header(data)
+    if version == TREE_VERSION:
+        raise BundleError("this is a version 2 bundle (a branch tree of several runs): import it with import_bundle")
+    return import_bundle(store, bundle).run_ids[0]
