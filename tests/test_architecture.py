@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "api": {"decoding", "adapters", "store", "branching"},
     "worker": {"api", "jobs", "decoding", "adapters", "store", "branching", "zerogpu"},
     "services": {"worker", "adapters", "store", "presets"},
-    "cli": {"api", "decoding", "adapters", "store", "models"},
+    "cli": {"api", "branching", "decoding", "adapters", "store", "models"},
     "ui": {"services", "views", "store", "decoding", "jobs", "presets", "models"},
     "presets": set(),
     "zerogpu": set(),

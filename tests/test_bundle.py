@@ -10,6 +10,12 @@ the same bytes; runs recorded on PostgreSQL travel to SQLite and back the same w
 malformed bundle must raise BundleError with a one-line message and leave the target store
 exactly as it was (checked on SQLite: validation comes before any write; a database failure
 mid-import is rolled back, checked on both backends).
+
+Branch runs (explorer.branch: a child after step 1 with a forced token, a branch of it with a
+re-mask, a branch from the prompt whose edit event has step -1) travel as version 1 bundles
+(arrays identical; linked by parent_ref when the parent is already in the target store, else
+the link is dropped with a note) and as a version 2 tree bundle (parent links mapped to the
+new ids, branch steps kept, the tree re-exports with only its ids changed).
 """
 
 from __future__ import annotations
@@ -677,6 +683,301 @@ def test_database_failure_mid_import_writes_nothing(source, target):
     new_id = import_run(target, data)
     assert counts(target) == (before[0] + 1, before[1] + S, before[2] + G)
     assert_identical(store, ids["greedy"], target, new_id)
+
+
+# ---- branch runs and trees ------------------------------------------------------------------------
+
+BG, BS = 16, 4  # the branch tests' generation length and steps
+
+
+@pytest.fixture(scope="module")
+def branches(denoiser, tmp_path_factory):
+    """A SQLite file with a branch tree: parent; child (after step 1, a forced token); grandchild
+    (after the child's step 2, that token re-masked); from_prompt (k = -1, so its edit event has
+    step -1). Returns (store, {name: run_id})."""
+    path = tmp_path_factory.mktemp("bundle-branches") / "tree.db"
+    store = TrajectoryStore(f"sqlite:///{path}")
+    parent = decode(PROMPT, denoiser, store=store, gen_length=BG, steps=BS).run_id
+    child = branch(parent, 1, store, edits=[Force(3, "girl")], model=denoiser).run_id
+    grandchild = branch(child, 2, store, edits=[Remask(3)], model=denoiser).run_id
+    from_prompt = branch(parent, -1, store, edits=[Force(0, "girl")], model=denoiser).run_id
+    yield store, {"parent": parent, "child": child, "grandchild": grandchild, "from_prompt": from_prompt}
+    store.engine.dispose()
+
+
+def _dropped(bundle: dict) -> bytes:
+    """The bundle as a store without the run's parent exports it: no parent id, no parent_ref."""
+    bundle = copy.deepcopy(bundle)
+    bundle["run"]["parent_run_id"], bundle["parent_ref"] = None, None
+    return bundle_json(bundle)
+
+
+def _dropped_note(name: str, new_id: int, parent: int) -> str:
+    return (
+        f"{name} (now {new_id}) was branched from run {parent}, which is not in this store: "
+        "the link was dropped (export the tree to keep it)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "k", "edit_kinds"),
+    [
+        ("child", 1, ["force"]),
+        ("grandchild", 2, ["force", "remask_edit"]),  # the child's edit, copied, and its own
+        ("from_prompt", -1, ["force"]),
+    ],
+)
+def test_branch_run_round_trip(branches, target, name, k, edit_kinds):
+    store, ids = branches
+    data = export_run_json(store, ids[name])
+    bundle = json.loads(data)
+    assert bundle["run"]["branch_step"] == k and bundle["run"]["parent_run_id"] is not None
+    edits = [e for e in bundle["events"] if e["kind"] in ("force", "remask_edit")]
+    assert [e["kind"] for e in edits] == edit_kinds and edits[-1]["step"] == k
+    parent = store.get_run(bundle["run"]["parent_run_id"])
+    assert bundle["parent_ref"] == {
+        "created_at": parent["created_at"].replace(tzinfo=UTC).isoformat(timespec="microseconds"),
+        "model": parent["model"],
+        "seed": parent["seed"],
+        "prompt": parent["prompt"],
+    }
+    report = import_bundle(target, data)
+    assert isinstance(report, ImportReport) and len(report.run_ids) == 1
+    new_id = report.run_ids[0]
+    assert report.notes == [_dropped_note("the imported run", new_id, parent["id"])]
+    run = target.get_run(new_id)
+    assert run["parent_run_id"] is None and run["branch_step"] == k
+    assert_same_arrays(store, ids[name], target, new_id)
+    assert target.read_arrays(new_id).edits.size == len(edit_kinds)
+    assert export_run_json(target, new_id) == _dropped(bundle)
+
+
+def test_parent_first_then_child_links_by_parent_ref(branches, target):
+    """Each run imported alone, parents first: every one finds its parent by parent_ref, and
+    re-exports byte for byte apart from parent_run_id."""
+    store, ids = branches
+    new = {}
+    for name in ("parent", "child", "grandchild", "from_prompt"):
+        data = export_run_json(store, ids[name])
+        report = import_bundle(target, data)
+        new[name] = new_id = report.run_ids[0]
+        source_parent = store.get_run(ids[name])["parent_run_id"]
+        if source_parent is None:
+            assert report.notes == [] and target.get_run(new_id)["parent_run_id"] is None
+            assert export_run_json(target, new_id) == data
+            continue
+        parent_name = next(n for n, i in ids.items() if i == source_parent)
+        assert target.get_run(new_id)["parent_run_id"] == new[parent_name]
+        assert report.notes == [
+            f"the imported run (now {new_id}) was branched from run {source_parent}, "
+            f"found in this store as run {new[parent_name]}: linked to it"
+        ]
+        assert_same_arrays(store, ids[name], target, new_id)
+        assert export_run_json(target, new_id) == data.replace(
+            f'"parent_run_id":{source_parent},'.encode(), f'"parent_run_id":{new[parent_name]},'.encode()
+        )
+
+
+def _tree_ids_mapped(bundle: dict, new: dict[int, int]) -> dict:
+    out = copy.deepcopy(bundle)
+    for entry in out["runs"]:
+        entry["id"] = new[entry["id"]]
+        if entry["run"]["parent_run_id"] is not None:
+            entry["run"]["parent_run_id"] = new[entry["run"]["parent_run_id"]]
+    return out
+
+
+def test_tree_round_trip(branches, target):
+    store, ids = branches
+    original = export_tree(store, ids["grandchild"])
+    assert original["version"] == TREE_VERSION == 2 and list(original) == ["format", "version", "runs"]
+    assert [e["id"] for e in original["runs"]] == [ids[n] for n in ("parent", "child", "from_prompt", "grandchild")]
+    assert all(export_tree(store, i) == original for i in ids.values())  # any member exports the whole tree
+    assert list(original["runs"][1]) == ["id", "run", "parent_ref", "steps", "events"]
+    report = import_bundle(target, export_tree_json(store, ids["child"]))
+    assert report.notes == [] and target.count_runs() == 4
+    new = dict(zip([e["id"] for e in original["runs"]], report.run_ids))
+    for entry in original["runs"]:
+        run = target.get_run(new[entry["id"]])
+        source_parent = entry["run"]["parent_run_id"]
+        assert run["parent_run_id"] == (new[source_parent] if source_parent is not None else None)
+        assert run["branch_step"] == entry["run"]["branch_step"]
+        assert_same_arrays(store, entry["id"], target, new[entry["id"]])
+    expected = _tree_ids_mapped(original, new)
+    assert export_tree(target, new[ids["from_prompt"]]) == expected
+    assert export_tree_json(target, new[ids["parent"]]) == bundle_json(expected)
+
+
+def test_partial_tree_drops_the_outside_link(branches, target):
+    """A tree bundle without the root: the child's link is dropped with a note (the root is not
+    in the store), the grandchild's is kept (its parent is in the bundle)."""
+    store, ids = branches
+    bundle = export_tree(store, ids["parent"])
+    bundle["runs"] = [e for e in bundle["runs"] if e["id"] in (ids["child"], ids["grandchild"])]
+    report = import_bundle(target, bundle)
+    child, grandchild = report.run_ids
+    assert report.notes == [_dropped_note(f"run {ids['child']}", child, ids["parent"])]
+    assert target.get_run(child)["parent_run_id"] is None and target.get_run(child)["branch_step"] == 1
+    assert target.get_run(grandchild)["parent_run_id"] == child and target.get_run(grandchild)["branch_step"] == 2
+
+
+def test_import_run_refuses_a_tree(branches, loaded_target):
+    store, ids = branches
+    _assert_refused(loaded_target, export_tree_json(store, ids["child"]), r"version 2 bundle .*import_bundle")
+
+
+def test_old_bundle_without_parent_ref(branches, sqlite_target):
+    """A version 1 bundle written before parent_ref existed still imports; its link is dropped."""
+    store, ids = branches
+    bundle = export_run(store, ids["child"])
+    del bundle["parent_ref"]
+    report = import_bundle(sqlite_target, bundle)
+    assert "of a store the bundle does not name: the link was dropped" in report.notes[0]
+    assert sqlite_target.get_run(report.run_ids[0])["parent_run_id"] is None
+
+
+def _event_index(bundle: dict, kind: str, nth: int = 0) -> int:
+    return [i for i, e in enumerate(bundle["events"]) if e["kind"] == kind][nth]
+
+
+def _edit_at_step(step: int, kind: str = "force"):
+    def mutate(b: dict) -> None:
+        b["events"][_event_index(b, kind)]["step"] = step
+
+    return mutate
+
+
+def _commit_at_step_minus_one(b: dict) -> None:
+    b["events"][_event_index(b, "commit")]["step"] = -1
+
+
+BRANCH_CASES = {  # mutations of the child's (k = 1) version 1 bundle
+    "edit event after the branch step": (
+        _edit_at_step(2),
+        r"^event \d+: a force event must be at the run's branch step 1 or before it, not 2$",
+    ),
+    "commit event at step -1": (
+        _commit_at_step_minus_one,
+        r"^event 0: step -1 holds only edit events \(force, remask_edit\), not commit$",
+    ),
+    "step below -1": (_set("events.0.step", -2), r"^event 0: step must be >= -1, got -2$"),
+    "edit event in a run that is no branch": (
+        _set("run.branch_step", None),
+        r"a force event belongs to a branch, but the run's branch_step is null",
+    ),
+    "branch step past the steps": (_set("run.branch_step", BS), r"^run: branch_step 4 is outside -1\.\.3$"),
+    "branch step below -1": (_set("run.branch_step", -2), r"^run: branch_step -2 is outside -1\.\.3$"),
+    "parent_ref without a parent": (
+        _set("run.parent_run_id", None),
+        r"^parent_ref is given but run\.parent_run_id is null$",
+    ),
+    "parent_ref field missing": (_delete("parent_ref.seed"), r"^parent_ref: missing field seed$"),
+    "parent_ref date": (_set("parent_ref.created_at", "then"), r"^parent_ref: created_at 'then' is not an ISO"),
+}
+
+
+@pytest.mark.parametrize("case", list(BRANCH_CASES))
+def test_refused_branch_bundle(branches, loaded_target, case):
+    store, ids = branches
+    mutate, pattern = BRANCH_CASES[case]
+    bundle = export_run(store, ids["child"])
+    mutate(bundle)
+    for importer in (import_run, import_bundle):
+        _assert_refused(loaded_target, bundle, pattern, importer)
+        _assert_refused(loaded_target, json.dumps(bundle).encode(), pattern, importer)
+
+
+def test_step_minus_one_edits(branches, loaded_target):
+    """A branch from the prompt keeps its edit at step -1; as a commit, or moved past its branch
+    step, it is refused; as an ancestor's edit (branch_step 0 from a branch of it) it is fine."""
+    store, ids = branches
+    bundle = export_run(store, ids["from_prompt"])
+    assert bundle["run"]["branch_step"] == -1
+    assert (bundle["events"][0]["step"], bundle["events"][0]["kind"]) == (-1, "force")
+    moved = copy.deepcopy(bundle)
+    moved["events"][0]["step"] = 0
+    _assert_refused(loaded_target, moved, r"^event 0: a force event must be at the run's branch step -1 or before it")
+    as_commit = copy.deepcopy(bundle)
+    as_commit["events"][0]["kind"] = "commit"
+    _assert_refused(loaded_target, as_commit, r"^event 0: step -1 holds only edit events")
+    bundle["run"]["branch_step"] = 0
+    new_id = import_run(loaded_target, bundle)
+    assert loaded_target.read_arrays(new_id).edits.rows() == store.read_arrays(ids["from_prompt"]).edits.rows()
+
+
+def _swap(i: int, j: int):
+    def mutate(b: dict) -> None:
+        b["runs"][i], b["runs"][j] = b["runs"][j], b["runs"][i]
+
+    return mutate
+
+
+def _parent_of(i: int, j: int | None):
+    """runs[i]'s parent becomes runs[j] (None: runs[i] itself)."""
+
+    def mutate(b: dict) -> None:
+        b["runs"][i]["run"]["parent_run_id"] = b["runs"][i if j is None else j]["id"]
+
+    return mutate
+
+
+def _tree_blob(i: int, step: int):
+    def mutate(b: dict) -> None:
+        b["runs"][i]["steps"][step]["entropy"]["length"] = 3
+
+    return mutate
+
+
+TREE_CASES = {  # mutations of the tree bundle (runs: parent, child, from_prompt, grandchild)
+    "child listed before its parent": (
+        _swap(0, 1),
+        r"^runs\[0\]: parent_run_id \d+ is runs\[1\], listed after it \(parents must come before their children\)$",
+    ),
+    "parent link to itself": (_parent_of(1, None), r"^runs\[1\]: parent_run_id \d+ is the run itself$"),
+    "cycle through the root": (_parent_of(0, 3), r"^runs\[0\]: parent_run_id \d+ is runs\[3\], listed after it"),
+    "repeated id": (_set("runs.2.id", 1), r"runs\[\d\]: id 1 repeats the id of runs\[\d\]"),
+    "bad blob in one run": (_tree_blob(1, 3), r"^runs\[1\] step 3: entropy blob has 16 values but states length 3$"),
+    "bad edit event in one run": (
+        lambda b: _edit_at_step(3, "remask_edit")(b["runs"][3]),
+        r"^runs\[3\] event \d+: a remask_edit event must be at the run's branch step 2 or before it, not 3$",
+    ),
+    "bad run field": (_set("runs.2.run.status", "done"), r"^runs\[2\] run: status 'done' is not one of"),
+    "id not an integer": (_set("runs.1.id", "2"), r"^runs\[1\]: id must be an integer, got string"),
+    "missing id": (_delete("runs.1.id"), r"^runs\[1\]: missing field id$"),
+    "run entry not an object": (_set("runs.1", []), r"^runs\[1\] must be an object, got array$"),
+    "runs empty": (_set("runs", []), r"^runs is empty"),
+    "runs not an array": (_set("runs", {}), r"^runs must be an array, got object$"),
+    "single-run fields in a tree": (_set("run", {}), r"^the bundle: unknown field run$"),
+}
+
+
+@pytest.mark.parametrize("case", list(TREE_CASES))
+def test_refused_tree_bundle(branches, loaded_target, case):
+    store, ids = branches
+    mutate, pattern = TREE_CASES[case]
+    bundle = export_tree(store, ids["parent"])
+    assert [e["id"] for e in bundle["runs"]] == [ids[n] for n in ("parent", "child", "from_prompt", "grandchild")]
+    mutate(bundle)
+    _assert_refused(loaded_target, bundle, pattern, import_bundle)
+    _assert_refused(loaded_target, json.dumps(bundle).encode(), pattern, import_bundle)
+
+
+def test_database_failure_mid_tree_import_writes_nothing(branches, target):
+    """The whole tree is one transaction: a refused insert of the last run's events rolls back
+    the runs before it."""
+    store, ids = branches
+    data = export_tree_json(store, ids["parent"])
+    dialect = target.engine.dialect.name
+    with target.engine.begin() as conn:
+        for statement in _BLOCK_EVENTS[dialect]:
+            conn.execute(text(statement))
+    with pytest.raises(StoreError, match="events are read-only today"):
+        import_bundle(target, data)
+    assert counts(target) == (0, 0, 0)
+    with target.engine.begin() as conn:
+        for statement in _UNBLOCK_EVENTS[dialect]:
+            conn.execute(text(statement))
+    assert len(import_bundle(target, data).run_ids) == 4
 
 
 # ---- across backends ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The command line, run as a subprocess: `python -m explorer decode|runs|show`.
+"""The command line, run as a subprocess: `python -m explorer decode|branch|alternatives|runs|show`.
 
 Every process pays the torch import (~2 s), so the independent invocations are started
 together once per module (a few at a time) and the tests check their results.
@@ -200,3 +200,108 @@ def test_no_progress_bar_when_stderr_is_not_a_tty(cli):
     assert lines[0].startswith(PROMPT)
     assert sum(line.startswith("step ") for line in lines) == 8
     assert lines[-1] == "8 steps, completed; not stored (--no-store)"
+
+
+# ---- branch and alternatives -------------------------------------------------------------------
+# name -> (branch args after the run id, words the error line must mention); each on a copy of the db
+BAD_BRANCH = {
+    "step_out_of_range": (["--step", "8"], ["step 8", "-1..7"]),
+    "position_out_of_range": (["--step", "1", "--force", "40=girl"], ["position 40", "0..31"]),
+    "unknown_word": (["--step", "1", "--force", "3=gril"], ["gril", "close words: girl"]),
+    "mask_token": (["--step", "1", "--force", "3=<mask>"], ["special token"]),
+    "remask_a_mask": (["--step", "0", "--remask", "31"], ["31", "already masked"]),
+    "bad_force_syntax": (["--step", "1", "--force", "girl"], ["POSITION=WORD"]),
+    "other_gen_length": (["--step", "1", "--gen-length", "16"], ["generation length (32)"]),
+    "missing_run": (["--step", "1"], ["no run with id"]),
+}
+
+
+@pytest.fixture(scope="module")
+def branched(tmp_path_factory):
+    """A stored decode, then (concurrently) branches, alternatives and bad branches of it."""
+    tmp = tmp_path_factory.mktemp("branch")
+    env = _env(tmp)
+    url, path = _db(tmp, "tree")
+    parent = _run([*GOOD, "--json", "--db", url], env)
+    assert parent.returncode == 0, parent.stderr
+    run_id = json.loads(parent.stdout)["run_id"]
+    committed = str(json.loads(parent.stdout)["steps"][0]["committed"][0])  # a position step 0 decided
+    jobs = {
+        "no_op": ["branch", str(run_id), "--step", "2", "--json", "--db", url],
+        "forced": ["branch", str(run_id), "--step", "1", "--force", "5=girl", "--temperature", "0.5", "--db", url],
+        "alternatives": [
+            "alternatives",
+            str(run_id),
+            "--step",
+            "0",
+            "--position",
+            committed,
+            "--top",
+            "3",
+            "--db",
+            url,
+        ],
+    }
+    for name, (extra, _) in BAD_BRANCH.items():
+        copy = tmp / f"bad_{name}.db"
+        copy.write_bytes(path.read_bytes())
+        target = "999" if name == "missing_run" else str(run_id)
+        jobs[name] = ["branch", target, *extra, "--db", f"sqlite:///{copy}"]
+    with ThreadPoolExecutor(WORKERS) as pool:
+        futures = {name: pool.submit(_run, args, env) for name, args in jobs.items()}
+        results = {name: future.result() for name, future in futures.items()}
+    runs = _run(["runs", "--db", url], env)
+    return {"tmp": tmp, "url": url, "path": path, "parent": json.loads(parent.stdout), "runs": runs, **results}
+
+
+def test_branch_without_edits_reproduces_the_run(branched):
+    proc, parent = branched["no_op"], branched["parent"]
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["token_ids"] == parent["token_ids"]
+    assert [s["step"] for s in out["steps"]] == list(range(3, 8))
+    for mine, theirs in zip(out["steps"], parent["steps"][3:]):
+        assert (mine["committed"], mine["tokens"]) == (theirs["committed"], theirs["tokens"])
+
+
+def test_branch_with_a_forced_word(branched):
+    proc = branched["forced"]
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith(f"a branch of run {branched['parent']['run_id']} after step 1, 5=girl")
+    assert lines[1] == "settings changed: temperature 0.0 -> 0.5"
+    text = lines[3]
+    assert text.startswith(PROMPT) and text.split()[len(PROMPT.split()) + 5] == "girl"
+    assert [line.split()[1] for line in lines if line.startswith("step ")] == [str(s) for s in range(2, 8)]
+
+
+def test_alternatives_table(branched):
+    proc = branched["alternatives"]
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    position = branched["parent"]["steps"][0]["committed"][0]
+    assert lines[0].startswith(f"run {branched['parent']['run_id']}, step 0, position {position} (holds ")
+    rows = lines[2:]
+    assert 3 <= len(rows) <= 4 and sum("(as decoded)" in row for row in rows) == 1
+
+
+def test_runs_lists_each_branch_with_its_parent(branched):
+    runs = branched["runs"]
+    assert runs.returncode == 0, runs.stderr
+    assert "branch of" in runs.stdout.splitlines()[0]
+    parent = branched["parent"]["run_id"]
+    rows = runs.stdout.splitlines()[1:]
+    assert sum(f"{parent} @ step 2" in row for row in rows) == 1  # the no-op branch
+    assert sum(f"{parent} @ step 1" in row for row in rows) == 1  # the forced one
+    assert sum(f"{parent} @ step 0" in row for row in rows) >= 3  # the alternatives' runs
+
+
+@pytest.mark.parametrize("case", list(BAD_BRANCH))
+def test_bad_branch_is_one_error_line_and_nothing_stored(branched, case):
+    proc = branched[case]
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    for word in BAD_BRANCH[case][1]:
+        assert word in lines[0], (word, lines[0])
+    assert _runs_in(branched["tmp"] / f"bad_{case}.db") == 1  # only the parent

@@ -24,9 +24,11 @@ run's `parent_run_id` is an id of the exporting store. `parent_ref` is optional 
 
 A branch run (explorer/branching) holds a copy of its parent's steps 0..k and their events,
 then its edits as events of kind `force` / `remask_edit` at step k = `branch_step` (k = -1:
-from the prompt, so those edit events have step -1), then its own steps. The checks: every
-edit event is at the run's `branch_step`; step -1 holds edit events only; -1 <= branch_step
-< n_steps; edit events are not commits (a step's `n_committed` counts its `commit` events).
+from the prompt, so those edit events have step -1), then its own steps. A branch of a branch
+also holds its ancestors' edit events, copied with the prefix, at their (earlier) branch steps.
+The checks: a run with edit events has a `branch_step` k, and every edit event is at step k
+or before it; step -1 holds edit events only; -1 <= branch_step < n_steps; edit events are not
+commits (a step's `n_committed` counts its `commit` events).
 
 `import_bundle(store, data)` validates the whole bundle (either version) before writing
 anything, then inserts every run, parents first, with its steps and events in one transaction
@@ -523,12 +525,15 @@ def _validate_steps(obj: object, gen_length: int) -> list[dict]:
 
 
 def _check_event_step(label: str, step: int, kind: str, n_steps: int, branch_step: int | None) -> None:
-    """An edit event sits at the run's branch step (-1 included); every other event at a stored step."""
+    """Edit events sit at the run's branch step k (its own edits) or before it (an ancestor's
+    edits, copied with the prefix of a branch of a branch), -1 included; others at a stored step."""
     if kind in EDIT_KINDS:
         if branch_step is None:
             raise BundleError(f"{label}: a {kind} event belongs to a branch, but the run's branch_step is null")
-        if step != branch_step:
-            raise BundleError(f"{label}: a {kind} event must be at the run's branch step {branch_step}, not {step}")
+        if step > branch_step:
+            raise BundleError(
+                f"{label}: a {kind} event must be at the run's branch step {branch_step} or before it, not {step}"
+            )
         return
     if step < 0:
         raise BundleError(f"{label}: step {step} holds only edit events ({', '.join(EDIT_KINDS)}), not {kind}")
