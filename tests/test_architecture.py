@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "worker": {"api", "jobs", "decoding", "adapters", "store", "branching", "zerogpu"},
     "services": {"worker", "adapters", "store", "presets"},
     "cli": {"api", "branching", "decoding", "adapters", "store", "models"},
-    "ui": {"services", "views", "store", "decoding", "jobs", "presets", "models"},
+    "ui": {"services", "views", "store", "decoding", "jobs", "presets", "models", "branching"},
     "presets": set(),
     "zerogpu": set(),
     "__init__": {"api", "branching", "decoding", "store"},

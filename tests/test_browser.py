@@ -7,7 +7,11 @@ the module; each test opens its own page. Screenshots go to $EXPLORER_ARTIFACTS 
 tests/artifacts/): decode_mid_run.png, decode_after_run.png, decode_scrubbed.png,
 runs_tab.png, compare_tab.png, energies_violations.png and energies.png (a run with Uni-E),
 violations.png (the violations and energies section of the two-full-stops preset),
-violations_full.png, remasking.png and remasking_tokens.png (the RCR preset).
+violations_full.png, remasking.png and remasking_tokens.png (the RCR preset); branching:
+branch_panel.png (a token clicked), branch_alternatives.png ("which decision mattered?"),
+branch_child.png (the branch decoded), branch_compare.png (with its parent, at the branch step),
+branch_runs_tree.png (the Runs tab with the branches under their parent) and
+branch_panel_mobile.png (390 x 844, a token tapped).
 Skipped when /usr/bin/chromium or playwright is missing.
 """
 
@@ -54,6 +58,8 @@ TOKEN_STATE_JS = """() => {
           committed: line ? line.querySelectorAll('.tok:not(.masked)').length : 0,
           masked: line ? line.querySelectorAll('.tok.masked').length : 0};
 }"""
+TABLE_ROWS_JS = """(selector) => Array.from(document.querySelectorAll(`${selector} [role=row]`))
+    .map(row => Array.from(row.querySelectorAll('[role=gridcell]')).map(cell => cell.innerText.trim()))"""
 NO_INJECTION_JS = """() => ({xss: typeof window.__xss === 'undefined' ? null : window.__xss,
                              imgs: document.querySelectorAll('img[src="x"]').length,
                              scripts: Array.from(document.querySelectorAll('script'))
@@ -400,3 +406,160 @@ def test_remasking_preset(page, artifacts):
     set_number(page, "#step-slider input[type=number]", step)
     page.wait_for_function("() => document.querySelectorAll('#tokens .tokens-line .tok.masked.remasked').length > 0")
     assert f"still masked after step {step}" in tooltip_of(page, page.locator("#tokens .tok.masked.remasked").first)
+
+
+# ---- branching ------------------------------------------------------------------------------------
+
+A_AN_PRESET = "a/an violation at 8 tokens per step"  # 'an girl' at positions 0-1, committed at step 0
+MOBILE = {"width": 390, "height": 844}
+
+
+def open_branch_panel(page, position: int) -> None:
+    """Click (tap) the token at `position` and wait for the branch panel to describe it."""
+    token = page.locator("#tokens .tokens-line .tok").nth(position)
+    if page.viewport_size["width"] < 500:
+        token.tap()  # a phone: no hover, no click
+    else:
+        token.click()
+    page.locator("#branch-panel").wait_for(state="visible")
+    page.wait_for_function(
+        f"() => document.querySelector('#branch-head')?.innerText.includes('at position {position}')"
+    )
+
+
+def test_branch_from_a_token_and_compare_with_the_parent(page, artifacts):
+    choose_preset(page, A_AN_PRESET)
+    status = run_and_wait(page)
+    parent = int(re.search(r"run (\d+) · completed", status).group(1))
+    assert "a_an" in status, status  # the checker flags 'an girl'
+    assert "Click (tap) any token to branch" in page.inner_text("#tokens .tokens-legend")
+
+    # Click 'an': the panel opens at the step that committed it (the slider is on the last step,
+    # where nothing is left to decode) and offers the model's other choices.
+    first = page.locator("#tokens .tokens-line .tok").first
+    assert first.inner_text() == "an"
+    open_branch_panel(page, 0)
+    head = page.inner_text("#branch-head")
+    assert f"Branch run {parent} after step 0, at position 0" in head and "now 'an'" in head, head
+    assert "so it starts after step 0" in head, head
+    page.locator("#branch-where").get_by_text("Run, step and position").click()  # the editable fields
+    page.locator("#branch-step input").wait_for()
+    assert page.input_value("#branch-step input") == "0" and page.input_value("#branch-position input") == "0"
+    # The panel follows the slider: after step 1 masks remain, so the branch starts there.
+    set_number(page, "#step-slider input[type=number]", 1)
+    page.wait_for_function("() => document.querySelector('#branch-head').innerText.includes('after step 1, at')")
+    page.wait_for_function("() => document.querySelector('#branch-step input').value === '1'")
+    assert "picked" in page.locator("#tokens .tokens-line .tok").first.get_attribute("class")  # kept on re-render
+    set_number(page, "#step-slider input[type=number]", 3)
+    page.wait_for_function("() => document.querySelector('#branch-step input').value === '0'")
+    assert "picked" in first.get_attribute("class")
+    choice = page.locator("#branch-alt-0")
+    assert re.fullmatch(r"a\s+\(p = 0\.\d\d\)", choice.inner_text()), choice.inner_text()
+    assert page.locator("#branch-remask").is_enabled()
+    page.mouse.move(0, 0)
+    screenshot_between(page, artifacts / "branch_panel.png", "#status", "#branch-panel")
+
+    # Which decision mattered? The top 3 tokens here, each re-decoded as a stored branch.
+    page.locator("#alternatives").get_by_text("Which decision mattered?").first.click()
+    set_number(page, "#alt-top input", 3)
+    page.click("#alt-run")
+    page.wait_for_function("() => document.querySelector('#alt-status')?.innerText.includes('Done:')", timeout=60_000)
+    table = page.inner_text("#alt-table")
+    assert "an (as decoded)" in table and "violation(s)" in table, table
+    plot_drawn(page, "#alt-plot")
+    assert page.locator("#alt-plot .barlayer .point").count() >= 3
+    screenshot_between(page, artifacts / "branch_alternatives.png", "#alternatives", "#alt-compare")
+
+    # One click on 'a': the branch decodes live in the Decode view, the copied steps shown too.
+    choice.click()
+    page.wait_for_function(
+        f"() => document.querySelector('#status').innerText.includes('Decoding the branch of run {parent}')"
+    )
+    assert page.locator("#tokens .tokens-line .tok:not(.masked)").count() >= 8  # step 0 (copied) and the edit
+    page.wait_for_function(
+        f"""() => {{ const m = document.querySelector('#status').innerText.match(/run (\\d+) · completed/);
+                    return m !== null && m[1] !== '{parent}'; }}""",
+        timeout=60_000,
+    )
+    child = int(re.search(r"run (\d+) · completed", page.inner_text("#status")).group(1))
+    assert f"Run {child} is a branch of run {parent} after step 0 (position 0 forced to 'a')" in page.inner_text(
+        "#lineage"
+    )
+    assert page.locator("#branch-panel").is_hidden()  # the choice belonged to the parent
+    forced = page.locator("#tokens .tokens-line .tok.forced")
+    assert forced.count() == 1 and forced.inner_text() == "a"
+    assert forced.evaluate("el => getComputedStyle(el, '::before').content") == '"✎"'
+    assert "forced by an edit after step 0" in tooltip_of(page, forced)
+    page.mouse.move(0, 0)
+    page.screenshot(path=artifacts / "branch_child.png", full_page=True)
+
+    # Compare with the parent: A = parent, B = the branch, one slider over both.
+    page.click("#compare-parent-btn")
+    page.wait_for_function("() => document.querySelector('#compare-summary')?.innerText.includes('differ')")
+    assert page.get_by_role("tab", name="Compare").get_attribute("aria-selected") == "true"
+    assert page.input_value("#compare-a input") == str(parent) and page.input_value("#compare-b input") == str(child)
+    assert page.input_value("#compare-step input[type=number]") == "3"
+    summary = page.inner_text("#compare-summary")
+    for row in ("checker", "violations", "AR-ness", "forward passes", "steps", "tokens / step"):
+        assert row in summary, row
+    assert f"run {parent} after step 0" in summary
+    assert page.locator("#compare-tokens-a .tokens-line .tok.diff").count() >= 1
+    assert page.locator("#compare-tokens-b .tokens-line .tok.diff").count() >= 1
+    assert page.locator("#compare-tokens-b .tokens-line .tok.forced").inner_text() == "a"
+
+    # The shared slider at the branch step: both texts after step 0, only the edit differs.
+    set_number(page, "#compare-step input[type=number]", 0)
+    page.wait_for_function(
+        "() => document.querySelector('#compare-summary').innerText.includes('1 position(s) differ after step 0')"
+    )
+    masked = [page.locator(f"{v} .tokens-line .tok.masked").count() for v in ("#compare-tokens-a", "#compare-tokens-b")]
+    assert masked[0] == masked[1] == 24, masked  # 8 tokens per step: the state after step 0 in both
+    diff_b = page.locator("#compare-tokens-b .tokens-line .tok.diff")
+    assert diff_b.count() == 1 and diff_b.inner_text() == "a"
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2")
+    page.screenshot(path=artifacts / "branch_compare.png", full_page=True)
+
+    # The Runs tab: the branches (the analysis' and this one) listed under their parent.
+    open_tab(page, "Runs")
+    page.get_by_role("button", name="Refresh").click()
+    wait_for_table_row(page, child)
+    rows = [r for r in page.evaluate(TABLE_ROWS_JS, "#runs-table") if r]
+    at = next(i for i, row in enumerate(rows) if row[0] == str(parent))
+    assert [row[1] for row in rows[at + 1 : at + 5]] == [str(parent)] * 4, rows  # 3 analysis runs, this branch
+    assert all(row[9].startswith("↳ ") for row in rows[at + 1 : at + 5]), rows
+    assert rows[at + 4][:3] == [str(child), str(parent), "0"], rows[at + 4]
+    page.screenshot(path=artifacts / "branch_runs_tree.png", full_page=True)
+
+
+def test_branch_panel_on_a_phone(browser, server, artifacts):
+    context = browser.new_context(viewport=MOBILE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(server[1])
+        page.wait_for_selector("#run-btn")
+        choose_preset(page, A_AN_PRESET)
+        run_and_wait(page)
+        open_branch_panel(page, 1)  # tap 'girl'
+        panel = page.locator("#branch-panel")
+        box = panel.bounding_box()
+        assert box["width"] <= MOBILE["width"], box  # fits the screen: nothing to scroll sideways
+        assert page.evaluate("document.documentElement.scrollWidth") <= MOBILE["width"] + 1
+        for button in ("#branch-alt-0", "#branch-force", "#branch-remask", "#branch-settings"):
+            target = page.locator(button).bounding_box()
+            assert target["height"] >= 32 and target["x"] + target["width"] <= MOBILE["width"], (button, target)
+        # the screen a user sees: the last line of tokens (the tapped one), then the panel
+        page.evaluate("window.scrollBy(0, document.querySelector('#branch-panel').getBoundingClientRect().top - 230)")
+        page.screenshot(path=artifacts / "branch_panel_mobile.png")
+        # the panel works by tap: branch with the typed word
+        page.locator("#branch-word textarea, #branch-word input").first.fill("boy")
+        page.locator("#branch-force").tap()
+        page.wait_for_function(
+            "() => document.querySelector('#lineage')?.innerText.includes(\"position 1 forced to 'boy'\")",
+            timeout=60_000,
+        )
+    finally:
+        context.close()
+    assert not errors, errors

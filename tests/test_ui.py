@@ -394,3 +394,165 @@ def test_compare_violation_maps_share_one_scale(client, two_runs):
     traces = [_plot(h)["data"][0] for h in (heat_a, heat_b)]
     assert all("Dependency violations" in _title_of(h) for h in (heat_a, heat_b))
     assert traces[0]["zmax"] == traces[1]["zmax"] >= 1.0 and traces[0]["zmid"] == 0
+
+
+# ---- branching ---------------------------------------------------------------------------------
+
+A_AN = dict(prompt="once upon a time there was", gen_length=32, steps=4, temperature=0.7, seed=2)  # 'an girl'
+
+
+@pytest.fixture(scope="module")
+def a_an_run(client):
+    """The 'a/an violation' preset's run: position 0 holds 'an' (committed at step 0) before 'girl'."""
+    return decode(client, **A_AN)
+
+
+def branch(client, run_id: int, step: int, position: int, word: str) -> list:
+    return client.predict(run_id, step, position, word, "confidence", 0, api_name="/branch")
+
+
+def test_branch_with_a_token_stores_a_child(client, services, a_an_run):
+    parent = services.store.get_run(a_an_run)
+    assert parent["final_text"].split()[0] == "an"
+    outputs = branch(client, a_an_run, 0, 0, "a")
+    child = run_id_of(outputs[0])
+    run = services.store.get_run(child)
+    assert (run["parent_run_id"], run["branch_step"], run["status"]) == (a_an_run, 0, "completed")
+    assert run["final_text"].split()[0] == "a"  # the forced token
+    assert run["config"] == parent["config"]  # the parent's settings
+    # the Decode view shows the child: the forced token marked, the branch line names the parent
+    assert re.search(
+        r'<span class="tok[^"]* forced"[^>]*data-tip="[^"]*forced by an edit after step 0[^"]*">a</span>', outputs[1]
+    )
+    assert f"Run {child} is a branch of run {a_an_run} after step 0 (position 0 forced to &#x27;a&#x27;)" in outputs[11]
+    slider = outputs[-1]
+    assert slider["maximum"] == 3 and slider["value"] == 3
+    # the same session scrubs the child
+    first = client.predict(0, "confidence", api_name="/scrub")
+    assert f"run {child}" in first[0] and ">a</span>" in first[1]
+
+
+@pytest.mark.parametrize(
+    "step, position, word, pattern",
+    [
+        pytest.param(
+            0,
+            0,
+            "gril",
+            r"EditError: &#x27;gril&#x27; is not a token of model &#x27;embedded&#x27;; close words: girl",
+            id="unknown-word",
+        ),
+        pytest.param(0, 32, "a", r"EditError: position 32 is out of range; valid: 0\.\.31", id="position-out-of-range"),
+        pytest.param(
+            4, 0, "a", r"BranchError: step 4 is out of range for run \d+; valid: -1\.\.3", id="step-out-of-range"
+        ),
+        pytest.param(0, 0, "<mask>", r"EditError: .*&lt;mask&gt;.* special token", id="the-mask"),
+    ],
+)
+def test_bad_branch_is_refused_and_nothing_is_stored(client, services, a_an_run, step, position, word, pattern):
+    runs_before = services.store.count_runs()
+    outputs = branch(client, a_an_run, step, position, word)
+    assert "status-error" in outputs[0] and "The branch was not made (nothing stored)" in outputs[0], outputs[0]
+    assert re.search(pattern, outputs[0]), outputs[0]
+    assert f"run {a_an_run} · completed" not in outputs[0]  # the status is the error, over the parent shown again
+    assert services.store.count_runs() == runs_before
+    assert services.pool.pending() == 0 and services.pool.busy() == 0
+
+
+def test_branch_requests_refused_before_the_worker(client, services, a_an_run):
+    runs_before = services.store.count_runs()
+    for args, pattern in (
+        ((987654, 0, 0, "a"), "there is no run with id 987654"),
+        ((a_an_run, 0, 0, "  "), "type a word"),
+        ((a_an_run, 0, None, "a"), "position is empty|position must be a whole number"),
+    ):
+        with pytest.raises(Exception) as refused:
+            client.predict(*args, "confidence", 0, api_name="/branch")
+        assert type(refused.value).__name__ == "AppError"
+        assert re.search(pattern, str(refused.value)), str(refused.value)
+    assert services.store.count_runs() == runs_before
+
+
+def test_remask_and_other_settings_branches(client, services, a_an_run):
+    outputs = client.predict(a_an_run, 0, 0, "confidence", 0, api_name="/branch_remask")
+    remasked = run_id_of(outputs[0])
+    arrays = services.store.read_arrays(remasked)
+    an = int(services.store.read_arrays(a_an_run).tokens[0, 0])
+    assert arrays.edits.rows() == [(0, 0, an, False)]  # the edit took 'an' away after step 0
+    mask = int(arrays.run["mask_id"])
+    assert int(arrays.tokens[0, 0]) == mask and int(arrays.tokens[0, -1]) != mask  # masked, then decoded again
+    assert services.store.get_run(remasked)["parent_run_id"] == a_an_run
+
+    # no edit; the form's settings: one token per step from step 1 on (strategy margin)
+    form = decode_args(**{**A_AN, "steps": 32, "strategy": "margin"})
+    outputs = client.predict(a_an_run, 0, *form, api_name="/branch_settings")
+    child = run_id_of(outputs[0])
+    run = services.store.get_run(child)
+    assert run["config"]["strategy"] == "margin" and run["config"]["steps"] == 32 and run["branch_step"] == 0
+    assert services.store.read_arrays(child).edits.size == 0
+
+    runs_before = services.store.count_runs()
+    with pytest.raises(Exception) as refused:
+        client.predict(a_an_run, 0, *decode_args(**{**A_AN, "gen_length": 64}), api_name="/branch_settings")
+    assert "keeps its parent's generation length" in str(refused.value)
+    assert services.store.count_runs() == runs_before
+
+
+def test_alternatives_rows_are_children_of_the_parent(client, services, a_an_run):
+    status, table, plot, _pick = client.predict(a_an_run, 0, 0, 3, api_name="/alternatives")
+    assert "Done: " in status and "status-ok" in status, status
+    assert table["headers"][:4] == ["token", "p", "run", "checker"]
+    rows = table["data"]
+    assert len(rows) >= 3
+    tokens = [row[0] for row in rows]
+    assert "an (as decoded)" in tokens and "a" in tokens
+    for row in rows:
+        run = services.store.get_run(int(row[2]))
+        assert (run["parent_run_id"], run["branch_step"]) == (a_an_run, 0), row
+    figure = _plot(plot)
+    assert "Which decision mattered?" in figure["layout"]["title"]["text"]
+    assert "nats" in figure["layout"]["yaxis"]["title"]["text"]
+    assert sum(len(trace["x"]) for trace in figure["data"]) == len(rows)
+
+    with pytest.raises(Exception) as refused:
+        client.predict(a_an_run, 0, 0, 11, api_name="/alternatives")
+    assert "top-N 11 is out of range; valid: 1..10" in str(refused.value)
+
+
+def test_runs_table_shows_branches_under_their_parent(client, services, a_an_run):
+    child = run_id_of(branch(client, a_an_run, 1, 5, "the")[0])
+    table, _message = client.predict("any", "any", "any", "", "", api_name="/list_runs")
+    headers, rows = table["headers"], table["data"]
+    assert headers[:3] == ["id", "parent", "branch step"]
+    ids = [row[0] for row in rows]
+    row = rows[ids.index(child)]
+    assert (str(row[1]), str(row[2])) == (str(a_an_run), "1")
+    assert row[headers.index("prompt")].startswith("↳ ")
+    # every branch of the parent is listed after it, before the next run that is not one of its branches
+    start = ids.index(a_an_run)
+    block = []
+    for row in rows[start + 1 :]:
+        if not row[headers.index("prompt")].lstrip("· ").startswith("↳"):
+            break
+        block.append(row[0])
+    assert child in block
+    assert services.store.get_run(a_an_run)["parent_run_id"] is None
+
+
+def test_compare_a_branch_with_its_parent(client, services, a_an_run):
+    child = run_id_of(branch(client, a_an_run, 0, 0, "a")[0])
+    outputs = client.predict(child, "confidence", api_name="/compare_branch")
+    a_id, b_id, slider, summary, tokens_a, _heat_a, tokens_b, _heat_b = outputs
+    assert (a_id, b_id) == (a_an_run, child)
+    assert slider["maximum"] == 3 and slider["value"] == 3
+    for name in ("checker", "violations: Σ S &lt; 0 (nats)", "AR-ness τ", "forward passes", "steps", "tokens / step"):
+        assert f"<th>{name}</th>" in summary, name
+    assert f"run {a_an_run} after step 0" in summary and "after step 0)" in summary  # passes after the branch step
+    assert 'class="tok diff' in tokens_a and 'class="tok diff' in tokens_b
+
+    # the shared slider: before the branch step nothing differs; at it, the edit
+    summary_0 = client.predict(a_an_run, child, "confidence", 0, api_name="/compare_step")[0]
+    assert "1 position(s) differ after step 0" in summary_0, summary_0
+    with pytest.raises(Exception) as refused:
+        client.predict(a_an_run, "confidence", api_name="/compare_branch")
+    assert "is not a branch" in str(refused.value)

@@ -37,9 +37,12 @@ def parse_force(text: str) -> Force:
     position, sep, token = text.partition("=")
     if not sep or not token:
         raise EditError(f"--force {text!r}: write POSITION=WORD or POSITION=#ID, e.g. --force 7=girl")
-    if token.startswith("#") and token[1:].isdigit():
-        return Force(parse_position(position, "--force"), int(token[1:]))
-    return Force(parse_position(position, "--force"), token)
+    return Force(parse_position(position, "--force"), parse_token(token))
+
+
+def parse_token(text: str) -> int | str:
+    """'#123' -> the id 123; anything else is the token's text."""
+    return int(text[1:]) if text.startswith("#") and text[1:].isdigit() else text
 
 
 def parse_position(text: str, flag: str = "--remask") -> int:

@@ -450,6 +450,16 @@ class TrajectoryStore:
             edits=Edits.of([tuple(r) for r in edits]),
         )
 
+    def forward_passes(self, run_id: int, after_step: int = -1) -> int:
+        """The sequence forwards a run's steps after `after_step` ran (all of them by default)."""
+        with self.session() as s:
+            total = s.scalar(
+                select(func.coalesce(func.sum(Step.forward_passes), 0)).where(
+                    Step.run_id == run_id, Step.step > after_step
+                )
+            )
+        return int(total)
+
     def count_runs(self) -> int:
         with self.session() as s:
             return s.scalar(select(func.count(Run.id)))

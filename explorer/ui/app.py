@@ -21,6 +21,7 @@ from explorer.decoding.strategies import STRATEGIES
 from explorer.jobs import JobDone, JobError, JobFailed, Queued, RunStarted, StepDone
 from explorer.services import Services
 from explorer.store.arrays import RunArrays
+from explorer.ui.branch import BranchHandlers, branch_panel, wire_branching
 from explorer.ui.compare import compare_tab
 from explorer.ui.controls import decode_controls, visible_knobs
 from explorer.ui.logic import (
@@ -32,18 +33,45 @@ from explorer.ui.logic import (
     preset_form,
     strategy_note,
     violations_default,
+    with_prefix,
 )
 from explorer.ui.runs import runs_tab
-from explorer.ui.view import DecodeView, pending_analysis, render_all, render_view, status_html
+from explorer.ui.view import DecodeView, lineage, pending_analysis, render_all, render_view, status_html
 from explorer.views import pairwise
 
 METRICS = ("confidence", "entropy", "margin")
 LIVE_REFRESH_S = 0.25  # at most this often the page gets new figures while a run streams
 
+# The token view's click: the position of the token clicked (tapped) and the run it belongs to,
+# to the server (`trigger`), which opens the branch panel; the picked token keeps an outline
+# across re-renders (scrubbing) while the same run is shown.
+PICK_TOKEN_JS = """
+const tokensOf = (view) => Array.from(view.querySelectorAll('.tokens-line .tok'));  // one per position, in order
+const mark = () => {
+  const view = element.querySelector('.tokens-view');
+  element.querySelectorAll('.tok.picked').forEach((el) => el.classList.remove('picked'));
+  if (!view || view.dataset.run !== element.dataset.pickRun) return;
+  const tok = tokensOf(view)[Number(element.dataset.pickPos)];
+  if (tok) tok.classList.add('picked');
+};
+element.addEventListener('click', (event) => {
+  const tok = event.target.closest('.tokens-line .tok');
+  const view = tok && tok.closest('.tokens-view');
+  if (!view || !view.dataset.run) return;
+  const position = tokensOf(view).indexOf(tok);
+  element.dataset.pickRun = view.dataset.run;
+  element.dataset.pickPos = String(position);
+  mark();
+  trigger('click', {position: position, run: Number(view.dataset.run)});
+});
+watch('value', mark);
+"""
+
 HEADER = """# Diffusion-LM Trajectory Explorer
 Watch a masked diffusion language model fill in a text step by step. Pick a preset or type a prompt,
 choose how many tokens to commit per step (generation length / steps) and an unmasking strategy, then **Run**.
-Every step is stored: scrub it with the slider, reopen it in **Runs**, put two runs side by side in **Compare**."""
+Every step is stored: scrub it with the slider, reopen it in **Runs**, put two runs side by side in **Compare**.
+**Branch**: after a run, click any token to put another one there (or re-mask it) and decode the rest again."""
 
 ANALYSIS_NOTE = """#### Dependency violations and energies
 Tokens committed in the same step are chosen without seeing each other. **Dependency violations** (tick the box
@@ -68,22 +96,27 @@ def build_app(services: Services) -> gr.Blocks:
         gr.Markdown(HEADER)
         with gr.Tabs() as tabs:
             with gr.Tab("Decode", id="decode"):
-                view = _decode_tab(services, cache, run_state, job_state)
+                view, controls, handlers, panel = _decode_tab(services, cache, run_state, job_state)
             with gr.Tab("Runs", id="runs"):
                 runs_tab(services, cache, tabs, view)
             with gr.Tab("Compare", id="compare"):
-                compare_tab(services, cache)
+                compare = compare_tab(services, cache)
+        # Wired once every tab exists: a branch opens the Compare tab with its parent.
+        wire_branching(BranchHandlers(services, cache, view, controls, handlers, panel), tabs, compare)
     return app
 
 
-def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job_state: gr.State) -> DecodeView:
+def _decode_tab(
+    services: Services, cache: ArraysCache, run_state: gr.State, job_state: gr.State
+) -> tuple[DecodeView, dict, _DecodeHandlers, dict]:
+    """The Decode tab; (its view, the form's controls, its handlers, the branch panel's components)."""
     if services.pool is None:
         gr.Markdown(REPLAY_ONLY_NOTE, elem_id="replay-only-note")
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
             c = decode_controls(services)
         with gr.Column(scale=3):
-            f = _figures_column(services)
+            f, panel = _figures_column(services)
     c["metric"] = f["metric"]
     view = DecodeView({**f, "violation_cost": c["violation_cost"], "run_state": run_state, "job_state": job_state})
     handlers = _DecodeHandlers(services, cache, view, c)
@@ -119,21 +152,29 @@ def _decode_tab(services: Services, cache: ArraysCache, run_state: gr.State, job
         api_name=False,
     )
     c["model"].change(handlers.model_changed, [c["model"]], [c["violations"]], api_name=False)
-    return view
+    return view, c, handlers, panel
 
 
-def _figures_column(services: Services) -> dict:
-    """The right-hand column: status, tokens, step slider and every figure."""
+def _figures_column(services: Services) -> tuple[dict, dict]:
+    """The right-hand column: status, the branch line, tokens, step slider, the branch panel and
+    every figure; (the view's components, the branch panel's)."""
     f: dict = {}
     replay_only = services.pool is None
     f["status"] = gr.HTML(
         status_html("warn", REPLAY_ONLY_STATUS) if replay_only else status_html("idle", "Ready. Press Run."),
         elem_id="status",
     )
-    f["tokens"] = gr.HTML(elem_id="tokens")
+    with gr.Row(elem_id="lineage-row", equal_height=True):
+        f["lineage"] = gr.HTML(elem_id="lineage")
+        f["compare_parent"] = gr.Button(
+            "Compare with parent", visible=False, size="sm", scale=0, min_width=160, elem_id="compare-parent-btn"
+        )
+        f["open_parent"] = gr.Button("Open parent", visible=False, size="sm", scale=0, min_width=110)
+    f["tokens"] = gr.HTML(elem_id="tokens", js_on_load=PICK_TOKEN_JS)
     f["slider"] = gr.Slider(
         0, 1, value=0, step=1, label="Step (the state after this step)", elem_id="step-slider", interactive=True
     )
+    panel = branch_panel(services)
     f["metric"] = gr.Radio(list(METRICS), value="confidence", label="Heatmap")
     f["heat"] = gr.Plot(label="Heatmap", elem_id="heatmap")
     with gr.Row():
@@ -149,7 +190,11 @@ def _figures_column(services: Services) -> dict:
     with gr.Row():
         f["candidates"] = gr.Plot(label="Energies of a step's candidates", elem_id="candidates")
         gr.Markdown(pairwise.READING_GUIDE, elem_id="reading-guide")
-    return f
+    return f, panel
+
+
+def _no_lineage() -> dict:
+    return {"lineage": "", "compare_parent": gr.Button(visible=False), "open_parent": gr.Button(visible=False)}
 
 
 class _DecodeHandlers:
@@ -160,15 +205,17 @@ class _DecodeHandlers:
         self.form = {name: controls[name] for name in DECODE_FIELDS if name != "metric"}  # what a preset fills
         self.pending = pending_analysis()  # the same for every run: built once
 
-    def live_view(self, run: dict, records: list, config, began: float, metric: str, device: str | None = None) -> dict:
+    def live_view(
+        self, arrays: RunArrays, began: float, metric: str, device: str | None = None, what: str = "Decoding"
+    ) -> dict:
         """A streaming run: tokens and the three main figures; the violations and energies section
         waits for the end of the run (it would double the cost of every live frame)."""
-        arrays = RunArrays.from_records(run, records)
         shown = render_view(self.services, arrays, None, metric, None)
         done = int((arrays.commit_step >= 0).sum())
+        step = f"step {int(arrays.steps[-1]) + 1} · " if arrays.n_steps else ""
         shown["status"] = status_html(
             "busy",
-            f"Decoding… step {records[-1].step + 1} · {done}/{config.gen_length} tokens · "
+            f"{what}… {step}{done}/{arrays.gen_length} tokens · "
             f"{time.monotonic() - began:.1f} s" + (f" · {device}" if device else ""),
         )
         return self.view.bind(shown)
@@ -187,10 +234,6 @@ class _DecodeHandlers:
             handle = services.pool.submit(form["prompt"].strip(), form["model"], config, pace_ms=pace)
         except (RequestError, RuntimeError) as exc:
             raise gr.Error(str(exc)) from None
-        yield from self._stream(handle, form, config)
-
-    def _stream(self, handle, form: dict, config) -> Iterator[dict]:
-        job_id, metric, bind = handle.job.job_id, form["metric"], self.view.bind
         run = {
             "id": None,
             "model": form["model"],
@@ -200,7 +243,17 @@ class _DecodeHandlers:
             "prompt": form["prompt"].strip(),
             "config": json.loads(config.to_json()),
         }
-        records, last, began = [], 0.0, time.monotonic()
+        yield from self.stream(handle, run, form["metric"])
+
+    def stream(self, handle, run: dict, metric: str, parent: int | None = None) -> Iterator[dict]:
+        """Stream a decode's (or, with `parent`, a branch's) worker events into the Decode view.
+
+        A branch's copied steps 0..k are in the store once its RunStarted arrives: they are read
+        then and every live frame shows them before the branch's own steps. A branch refused
+        before it started (bad input: nothing stored) shows its parent again, with the error."""
+        job_id, bind = handle.job.job_id, self.view.bind
+        records, last, began, prefix = [], 0.0, time.monotonic(), None
+        what = "Decoding" if parent is None else f"Decoding the branch of run {parent}"
         # The slider belongs to the finished run: locked at 0 while this one streams.
         yield bind(
             {
@@ -208,6 +261,7 @@ class _DecodeHandlers:
                 "slider": gr.Slider(0, 1, value=0, step=1, interactive=False),
                 "run_state": None,
                 "job_state": job_id,
+                **_no_lineage(),
             }
         )
         for event in handle.iter_events():
@@ -217,19 +271,26 @@ class _DecodeHandlers:
                     yield bind({"status": status_html("busy", f"Waiting for the worker: {ahead} job(s) ahead")})
                 case RunStarted(run_id=run_id):
                     run["id"] = run_id
-                    # Not yet "Decoding…" (that line carries the first step); says where the run runs.
-                    yield bind(
-                        {
-                            "status": status_html("busy", "Starting…" + (f" · {device}" if device else "")),
-                            **self.pending,
-                            "run_state": run_id,
+                    if parent is None:
+                        # Not yet "Decoding…" (that line carries the first step); says where the run runs.
+                        starting = status_html("busy", "Starting…" + (f" · {device}" if device else ""))
+                        yield bind({**self.pending, "status": starting, "run_state": run_id})
+                    else:
+                        prefix = self.services.store.read_arrays(run_id)
+                        yield {
+                            **bind({**self.pending, **lineage(self.services, prefix, live=True), "run_state": run_id}),
+                            **self.live_view(prefix, began, metric, device, what),
                         }
-                    )
                 case StepDone(record=record):
                     records.append(record)
                     if time.monotonic() - last >= LIVE_REFRESH_S:
                         last = time.monotonic()
-                        yield self.live_view(run, records, config, began, metric, device)
+                        arrays = (
+                            with_prefix(prefix, {"status": "running"}, records)
+                            if prefix is not None
+                            else RunArrays.from_records(run, records)
+                        )
+                        yield self.live_view(arrays, began, metric, device, what)
                 case JobDone(result=result):
                     yield {
                         **self.view.stored(self.services, self.cache, result.run_id, metric, device=device),
@@ -237,11 +298,14 @@ class _DecodeHandlers:
                     }
                 case JobError(message=message) | JobFailed(message=message):
                     # show what was stored, so a partial run can be scrubbed
-                    yield self._failed(run, f"The run ended with an error: {message}", metric)
+                    refused = parent is not None and run["id"] is None  # before RunStarted: nothing stored
+                    text = "The branch was not made (nothing stored)" if refused else "The run ended with an error"
+                    yield self._failed(run, f"{text}: {message}", metric, parent)
 
-    def _failed(self, run: dict, message: str, metric: str) -> dict:
+    def _failed(self, run: dict, message: str, metric: str, parent: int | None = None) -> dict:
         gr.Warning(message)
-        if run["id"] is None:
+        shown_id = run["id"] if run["id"] is not None else parent
+        if shown_id is None:
             return self.view.bind(
                 {
                     "status": status_html("error", message),
@@ -251,7 +315,7 @@ class _DecodeHandlers:
                 }
             )
         return {
-            **self.view.stored(self.services, self.cache, run["id"], metric, status_html("error", message)),
+            **self.view.stored(self.services, self.cache, shown_id, metric, status_html("error", message)),
             **self.view.bind({"job_state": None}),
         }
 

@@ -1,69 +1,174 @@
-"""The Compare tab: two runs side by side, aligned by position, on the same colour scales."""
+"""The Compare tab: two runs side by side, aligned by position and by step, on the same colour
+scales. One step slider moves both runs; positions whose tokens differ at that step are outlined.
+A branch and its parent are the same run up to the branch step, so the outlines start there."""
 
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 
 import gradio as gr
-import numpy as np
 
 from explorer.services import Services
-from explorer.ui.logic import ArraysCache, summarise, token_text_for
+from explorer.store.arrays import RunArrays
+from explorer.ui.logic import ArraysCache, differing_at, forward_passes, summarise, token_text_for
 from explorer.views import figures as plots
 from explorer.views.tokens import render_tokens
 
+# The outputs of /compare and /compare_step, in this order.
+PAIR = ("summary", "tokens_a", "heat_a", "tokens_b", "heat_b")
 
-def compare_tab(services: Services, cache: ArraysCache) -> None:
+
+@dataclass
+class CompareTab:
+    """The Compare tab's components by name, and what other tabs need to open a pair in it."""
+
+    services: Services
+    cache: ArraysCache
+    components: dict[str, gr.components.Component]
+
+    def outputs(self, *names: str) -> list:
+        return [self.components[name] for name in names]
+
+    def bind(self, shown: dict) -> dict:
+        return {self.components[name]: value for name, value in shown.items()}
+
+    def branch_pair(self, child_id, metric: str) -> dict:
+        """A branch (B) and its parent (A), at the last step: {component: value}."""
+        child = _load(self.cache, child_id, "B")
+        parent = child.run.get("parent_run_id")
+        if parent is None:
+            raise gr.Error(f"run {child.run['id']} is not a branch: it has no parent to compare with")
+        a = _load(self.cache, parent, "A (the parent; it may have been deleted)")
+        last = max(a.n_steps, child.n_steps, 1) - 1  # the slider's step: marked on both maps
+        shown = render_pair(self.services, a, child, metric or "confidence", last)
+        return self.bind({**shown, "a_id": a.run["id"], "b_id": child.run["id"], "step": step_slider(a, child)})
+
+
+def compare_tab(services: Services, cache: ArraysCache) -> CompareTab:
     gr.Markdown(
-        "Two runs side by side (e.g. the same prompt and seed with different strategies). Positions "
-        "where the final tokens differ are outlined in red; both heatmaps share one colour scale."
+        "Two runs side by side (e.g. the same prompt and seed with different strategies, or a branch and its "
+        "parent: press *Compare with parent* under a branch in the Decode tab). The step slider moves both runs; "
+        "positions where their tokens differ at that step are outlined in red; both heatmaps share one colour scale."
     )
+    c: dict = {}
     with gr.Row():
-        a_id = gr.Number(label="Run A", precision=0, elem_id="compare-a")
-        b_id = gr.Number(label="Run B", precision=0, elem_id="compare-b")
-        metric = gr.Radio(list(COMPARE_MAPS), value="confidence", label="Heatmap")
+        c["a_id"] = gr.Number(label="Run A", precision=0, elem_id="compare-a")
+        c["b_id"] = gr.Number(label="Run B", precision=0, elem_id="compare-b")
+        c["metric"] = gr.Radio(list(COMPARE_MAPS), value="confidence", label="Heatmap")
         go_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
-    summary = gr.HTML(elem_id="compare-summary")
+    c["step"] = gr.Slider(
+        0, 1, value=0, step=1, label="Step (both runs: the state after this step)", elem_id="compare-step"
+    )
+    # The two texts right under the slider (what it moves), then the numbers, then the maps.
     with gr.Row():
         with gr.Column():
             gr.Markdown("**Run A**")
-            tokens_a = gr.HTML()
-            heat_a = gr.Plot(label="Run A: heatmap")
+            c["tokens_a"] = gr.HTML(elem_id="compare-tokens-a")
         with gr.Column():
             gr.Markdown("**Run B**")
-            tokens_b = gr.HTML()
-            heat_b = gr.Plot(label="Run B: heatmap")
+            c["tokens_b"] = gr.HTML(elem_id="compare-tokens-b")
+    c["summary"] = gr.HTML(elem_id="compare-summary")
+    with gr.Row():
+        c["heat_a"] = gr.Plot(label="Run A: heatmap")
+        c["heat_b"] = gr.Plot(label="Run B: heatmap")
+    tab = CompareTab(services, cache, c)
 
     def compare(rid_a, rid_b, metric_v):
-        runs = []
-        for label, rid in (("A", rid_a), ("B", rid_b)):
-            if rid is None:
-                raise gr.Error(f"give the id of run {label}")
-            try:
-                runs.append(cache.get(int(rid)))
-            except KeyError:
-                raise gr.Error(f"there is no run with id {int(rid)} (run {label})") from None
-        a, b = runs
-        differ = _differing_positions(a, b)
-        views = [render_tokens(r, token_text_for(services, r), None, r.run["prompt"], highlight=differ) for r in (a, b)]
-        figures = COMPARE_MAPS[metric_v](a, b)
-        return _summary_table(a, b, differ), views[0], figures[0], views[1], figures[1]
+        a, b = _load(cache, rid_a, "A"), _load(cache, rid_b, "B")
+        shown = render_pair(services, a, b, metric_v, None)
+        return tuple(shown[name] for name in PAIR)
 
-    go_btn.click(compare, [a_id, b_id, metric], [summary, tokens_a, heat_a, tokens_b, heat_b], api_name="compare")
+    def compare_at(rid_a, rid_b, metric_v, step):
+        if rid_a is None or rid_b is None:
+            return (gr.skip(),) * len(PAIR)  # nothing compared yet: the slider alone does nothing
+        a, b = _load(cache, rid_a, "A"), _load(cache, rid_b, "B")
+        shown = render_pair(services, a, b, metric_v, int(step or 0))
+        return tuple(shown[name] for name in PAIR)
+
+    def reset_step(rid_a, rid_b):
+        try:
+            return step_slider(cache.get(int(rid_a)), cache.get(int(rid_b)))
+        except (KeyError, TypeError, ValueError):
+            return gr.skip()
+
+    pair, inputs = tab.outputs(*PAIR), [c["a_id"], c["b_id"], c["metric"]]
+    # /compare keeps its five outputs; the slider follows in a second event.
+    go_btn.click(compare, inputs, pair, api_name="compare").then(
+        reset_step, [c["a_id"], c["b_id"]], [c["step"]], api_name=False
+    )
+    gr.on(
+        [c["step"].release, c["step"].input],
+        compare_at,
+        [*inputs, c["step"]],
+        pair,
+        api_name="compare_step",
+        trigger_mode="always_last",
+    )
+    c["metric"].change(compare_at, [*inputs, c["step"]], pair, api_name=False)
+    return tab
+
+
+def step_slider(a: RunArrays, b: RunArrays) -> gr.Slider:
+    """One slider over both runs' steps, on the last step."""
+    last = max(a.n_steps, b.n_steps, 1) - 1
+    return gr.Slider(0, max(last, 1), value=last, step=1, interactive=True)
+
+
+def render_pair(services: Services, a: RunArrays, b: RunArrays, metric: str, step: int | None) -> dict:
+    """Both runs after `step` (None: the end; a run with fewer steps shows its last state):
+    the summary, both token views with the differing positions outlined, both heatmaps."""
+    since = branch_step_between(a, b)
+    differ = differing_at(a, b, step, since=-1 if since is None else since)
+    views = [
+        render_tokens(
+            r, token_text_for(services, r), _own_step(r, step), r.run["prompt"], highlight=differ, outline_step=False
+        )
+        for r in (a, b)
+    ]
+    figures = COMPARE_MAPS[metric](a, b, step)
+    return {
+        "summary": _summary_table(services, a, b, differ, step, since),
+        "tokens_a": views[0],
+        "heat_a": figures[0],
+        "tokens_b": views[1],
+        "heat_b": figures[1],
+    }
+
+
+def branch_step_between(a: RunArrays, b: RunArrays) -> int | None:
+    """The branch step when one run is a branch of the other, else None."""
+    for child, parent in ((b, a), (a, b)):
+        if child.run.get("parent_run_id") is not None and child.run.get("parent_run_id") == parent.run.get("id"):
+            return int(child.run["branch_step"])
+    return None
+
+
+def _own_step(arrays: RunArrays, step: int | None) -> int | None:
+    return None if step is None else min(step, max(arrays.n_steps - 1, 0))
+
+
+def _load(cache: ArraysCache, rid, label: str) -> RunArrays:
+    if rid is None:
+        raise gr.Error(f"give the id of run {label}")
+    try:
+        return cache.get(int(rid))
+    except KeyError:
+        raise gr.Error(f"there is no run with id {int(rid)} (run {label})") from None
 
 
 def _metric_pair(metric: str):
-    def draw(a, b):
+    def draw(a, b, step=None):
         zmax = plots.common_zmax(metric, a, b)
-        return [plots.metric_heatmap(r, metric, zmax=zmax) for r in (a, b)]
+        return [plots.metric_heatmap(r, metric, zmax=zmax, step=_own_step(r, step)) for r in (a, b)]
 
     return draw
 
 
 def _nats_pair(name: str, figure):
-    def draw(a, b):
+    def draw(a, b, step=None):
         bound = plots.common_bound(name, a, b)
-        return [figure(r, bound=bound) for r in (a, b)]
+        return [figure(r, bound=bound, step=_own_step(r, step)) for r in (a, b)]
 
     return draw
 
@@ -76,40 +181,52 @@ COMPARE_MAPS = {
 }
 
 
-def _differing_positions(a, b) -> set[int]:
-    final_a, final_b = a.tokens[:, -1] if a.tokens.size else None, b.tokens[:, -1] if b.tokens.size else None
-    if final_a is None or final_b is None:
-        return set()
-    n = min(len(final_a), len(final_b))
-    differ = set(np.nonzero(final_a[:n] != final_b[:n])[0].tolist())
-    return differ | set(range(n, max(len(final_a), len(final_b))))
-
-
-def _summary_table(a, b, differ: set[int]) -> str:
+def _summary_table(
+    services: Services, a: RunArrays, b: RunArrays, differ: set[int], step: int | None, since: int | None
+) -> str:
     rows = []
     sa = summarise(a, f"{a.run['prompt']} {a.run['final_text'] or ''}", a.run["model"])
     sb = summarise(b, f"{b.run['prompt']} {b.run['final_text'] or ''}", b.run["model"])
     fields = [
         ("run", sa.run_id, sb.run_id),
+        ("branch of", _origin(a), _origin(b)),
         ("model", a.run["model"], b.run["model"]),
         ("strategy", a.run["strategy"], b.run["strategy"]),
         ("status", sa.status, sb.status),
+        ("checker", sa.verdict or "n/a", sb.verdict or "n/a"),
+        ("violations: Σ S < 0 (nats)", _violation_total(a), _violation_total(b)),
+        ("AR-ness τ", f"{sa.arness:+.2f}", f"{sb.arness:+.2f}"),
+        ("forward passes", _passes(services, a), _passes(services, b)),
         ("steps", sa.n_steps, sb.n_steps),
         ("tokens / step", f"{sa.committed / max(sa.n_steps, 1):.2f}", f"{sb.committed / max(sb.n_steps, 1):.2f}"),
-        ("AR-ness τ", f"{sa.arness:+.2f}", f"{sb.arness:+.2f}"),
         ("mean p at commit", f"{sa.mean_commit_prob:.3f}", f"{sb.mean_commit_prob:.3f}"),
         ("energies", _energies_text(a), _energies_text(b)),
-        ("violations: Σ S < 0 (nats)", _violation_total(a), _violation_total(b)),
-        ("checker", sa.verdict or "n/a", sb.verdict or "n/a"),
     ]
     for name, va, vb in fields:
         rows.append(
             f"<tr><th>{html.escape(str(name))}</th><td>{html.escape(str(va))}</td><td>{html.escape(str(vb))}</td></tr>"
         )
-    return (
-        f'<table class="compare"><tr><th></th><th>A</th><th>B</th></tr>{"".join(rows)}</table>'
-        f"<p>{len(differ)} position(s) differ in the final text.</p>"
-    )
+    where = "in the final text" if step is None else f"after step {step}"
+    note = f"{len(differ)} position(s) differ {where}."
+    if since is not None:
+        note += (
+            f" One run is a branch of the other after step {since}: up to step {since} they are the same run "
+            f"(its steps were copied), so the outlines start at step {since}, where the branch's edit took effect."
+        )
+    table = f'<table class="compare"><tr><th></th><th>A</th><th>B</th></tr>{"".join(rows)}</table>'
+    return f'<p class="compare-note">{html.escape(note)}</p>{table}'
+
+
+def _origin(arrays: RunArrays) -> str:
+    parent = arrays.run.get("parent_run_id")
+    return "-" if parent is None else f"run {parent} after step {arrays.run.get('branch_step')}"
+
+
+def _passes(services: Services, arrays: RunArrays) -> str:
+    total, own = forward_passes(services, int(arrays.run["id"]))
+    if arrays.run.get("parent_run_id") is None:
+        return str(total)
+    return f"{total} ({own} after step {arrays.run.get('branch_step')})"
 
 
 def _energies_text(arrays) -> str:

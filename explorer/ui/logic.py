@@ -5,21 +5,25 @@ Kept apart from `explorer/ui/app.py` (layout and wiring) so it can be tested dir
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from explorer.decoding.config import KNOBS, KNOBS_BY_NAME, ConfigError, DecodeConfig
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import Knob
+from explorer.decoding.records import StepRecord
 from explorer.decoding.strategies import STRATEGIES
 from explorer.jobs import DeviceInfo
 from explorer.services import Services
-from explorer.store.arrays import RunArrays
+from explorer.store.arrays import Commits, Remasks, RunArrays, assemble
 from explorer.views.metrics import arness
+from explorer.views.tokens import state_at
 from models.checker import check
 
 
@@ -74,7 +78,7 @@ def violations_default(spec) -> bool:
     return spec is not None and spec.violations_default
 
 
-def _as_int(name: str, value) -> int:
+def as_int(name: str, value) -> int:
     not_whole = isinstance(value, float) and (not math.isfinite(value) or value != int(value))
     if value is None or isinstance(value, bool) or not_whole:
         raise RequestError(f"{name} must be a whole number, got {value!r}")
@@ -124,7 +128,7 @@ def _checked_model(services: Services, model):
 
 def _base_fields(services: Services, form: dict) -> dict:
     limits = services.limits
-    gen_length, steps = _as_int("generation length", form.get("gen_length")), _as_int("steps", form.get("steps"))
+    gen_length, steps = as_int("generation length", form.get("gen_length")), as_int("steps", form.get("steps"))
     if not 1 <= gen_length <= limits.max_gen_length:
         raise RequestError(f"generation length {gen_length} is outside this server's range 1..{limits.max_gen_length}")
     if not 1 <= steps <= limits.max_steps:
@@ -133,8 +137,8 @@ def _base_fields(services: Services, form: dict) -> dict:
     return {
         "gen_length": gen_length,
         "steps": steps,
-        "seed": _as_int("seed", form.get("seed")),
-        "block_length": _as_int("block length", block) if block not in (None, 0, "") else None,
+        "seed": as_int("seed", form.get("seed")),
+        "block_length": as_int("block length", block) if block not in (None, 0, "") else None,
         "strategy": form.get("strategy"),
         "schedule": form.get("schedule") or _CONFIG.schedule,
         "temperature": _as_float("temperature", form.get("temperature")),
@@ -149,7 +153,7 @@ def _knob_fields(form: dict) -> dict:
         out[knob.name] = (
             bool(value)
             if knob.kind is bool
-            else _as_int(knob.label, value)
+            else as_int(knob.label, value)
             if knob.kind is int
             else _as_float(knob.label, value)
         )
@@ -169,7 +173,7 @@ def _energy_fields(form: dict, spec) -> dict:
     if terms:
         for name, cap in SERVER_CAPS.items():
             knob = KNOBS_BY_NAME[name]
-            value = _as_int(knob.label, form.get(name))
+            value = as_int(knob.label, form.get(name))
             if value > cap:
                 raise RequestError(
                     f"energy {knob.label[0].lower()}{knob.label[1:]} = {value} is over this server's limit of {cap}"
@@ -304,6 +308,7 @@ class RunSummary:
 def summarise(arrays: RunArrays, text: str | None, model: str) -> RunSummary:
     committed = int((arrays.commit_step >= 0).sum())
     probs = arrays.commit_prob[arrays.commit_step >= 0]
+    probs = probs[np.isfinite(probs)]  # a token forced by a branch's edit has no model probability
     verdict = None
     if model == "embedded" and text and committed == arrays.run["gen_length"]:
         result = check(text)
@@ -322,3 +327,107 @@ def summarise(arrays: RunArrays, text: str | None, model: str) -> RunSummary:
         float(probs.mean()) if probs.size else math.nan,
         verdict,
     )
+
+
+# ---- branches ------------------------------------------------------------------------------------
+
+# DecodeConfig fields the Decode form does not set: a branch with "other settings" keeps the
+# parent's values of these (the form would only hold their defaults).
+_NOT_IN_FORM = frozenset({"ar_scorer"} | {knob.name for knob in KNOBS if not knob.in_form})
+
+
+def changed_settings(parent_config: dict, config: DecodeConfig) -> dict:
+    """The fields of the form's `config` that differ from the parent run's stored config: what
+    a "continue with other settings" branch changes (an empty dict reproduces the parent)."""
+    parent = DecodeConfig.from_json(json.dumps(parent_config))
+    return {
+        f.name: getattr(config, f.name)
+        for f in fields(config)
+        if f.name not in _NOT_IN_FORM and getattr(config, f.name) != getattr(parent, f.name)
+    }
+
+
+def branch_step_for(arrays: RunArrays, step: int, position: int) -> int:
+    """The step a branch from `position` starts after: the slider's `step`, unless nothing is
+    masked after it (a finished text: a branch there could only swap this one token), then the
+    step that committed the token at `position` (its co-committed tokens and everything before
+    stay; every later step decodes again)."""
+    last = arrays.n_steps - 1
+    step = min(max(int(step), -1), last)
+    state = state_at(arrays, step)
+    still_masked = int((state.since < 0).sum())
+    if still_masked > 0 or state.since[position] < 0:
+        return step
+    return int(state.since[position])
+
+
+def with_prefix(prefix: RunArrays, run: dict, records: Sequence[StepRecord]) -> RunArrays:
+    """A streaming branch as one run: its stored steps 0..k (the parent's, with the edits at
+    step k; `prefix` is read from the store at RunStarted) followed by its live steps k+1..."""
+    live = RunArrays.from_records({**prefix.run, **run}, records)
+    return assemble(
+        live.run,
+        steps=np.concatenate([prefix.steps, live.steps]),
+        blocks=np.concatenate([prefix.blocks, live.blocks]),
+        n_committed=np.concatenate([prefix.n_committed, live.n_committed]),
+        argmax=np.concatenate([prefix.argmax, live.argmax], axis=1),
+        confidence=np.concatenate([prefix.confidence, live.confidence], axis=1),
+        entropy=np.concatenate([prefix.entropy, live.entropy], axis=1),
+        margin=np.concatenate([prefix.margin, live.margin], axis=1),
+        commits=_joined_commits(prefix, live),
+        extras=[*prefix.extras, *live.extras],
+        remasks=Remasks(*(_joined(prefix.remasks, live.remasks, n) for n in ("step", "position", "token"))),
+        edits=prefix.edits,
+    )
+
+
+def _joined_commits(prefix: RunArrays, live: RunArrays) -> Commits:
+    names = ("step", "position", "token", "prob", "top_ids", "top_probs")
+    return Commits(*(_joined(prefix.commits, live.commits, n) for n in names))
+
+
+def _joined(a, b, name: str) -> np.ndarray:
+    first = getattr(a, name)
+    return np.concatenate([first, getattr(b, name).astype(first.dtype)])
+
+
+def forward_passes(services: Services, run_id: int) -> tuple[int, int]:
+    """(all steps, steps after the branch step) of a run's model forward passes, as stored per
+    step; the second equals the first for a run that is not a branch."""
+    run = services.store.get_run(run_id) or {}
+    after = run.get("branch_step")
+    return services.store.forward_passes(run_id), services.store.forward_passes(run_id, -1 if after is None else after)
+
+
+def run_tree(runs: Sequence[dict]) -> list[tuple[dict, int]]:
+    """(run, depth) in display order: each run followed by its branches (oldest first), their
+    branches after them, and so on; runs whose parent is not in `runs` start a tree (depth 0)
+    in the given order (newest first from the store)."""
+    listed = {r["id"] for r in runs}
+    children: dict[int, list[dict]] = {}
+    roots = []
+    for r in runs:
+        parent = r.get("parent_run_id")
+        if parent is not None and parent in listed and parent != r["id"]:
+            children.setdefault(parent, []).append(r)
+        else:
+            roots.append(r)
+    out: list[tuple[dict, int]] = []
+    stack = [(r, 0) for r in reversed(roots)]
+    while stack:  # depth first, iterative: a long chain of branches must not hit the recursion limit
+        run, depth = stack.pop()
+        out.append((run, depth))
+        stack.extend((c, depth + 1) for c in sorted(children.get(run["id"], []), key=lambda c: c["id"], reverse=True))
+    return out
+
+
+def differing_at(a: RunArrays, b: RunArrays, step: int | None, since: int = -1) -> set[int]:
+    """Positions whose token (or mask) differs between two runs after `step` (None: the end;
+    a run with fewer steps shows its last state), counted only when `step` >= `since` (the
+    branch step: before it a branch and its parent are the same run)."""
+    if step is not None and step < since:
+        return set()
+    states = [state_at(r, None if step is None else min(step, r.n_steps - 1)) for r in (a, b)]
+    n = min(a.gen_length, b.gen_length)
+    differ = set(np.flatnonzero(states[0].tokens[:n] != states[1].tokens[:n]).tolist())
+    return differ | set(range(n, max(a.gen_length, b.gen_length)))

@@ -9,13 +9,25 @@ import gradio as gr
 
 from explorer.decoding.strategies import STRATEGIES
 from explorer.services import Services
-from explorer.store.bundle import BundleError, export_run_json, import_run
+from explorer.store.bundle import BundleError, bundle_json, export_run_json, export_tree, import_bundle
 from explorer.store.database import STATUSES
-from explorer.ui.logic import ArraysCache
+from explorer.ui.logic import ArraysCache, run_tree
 from explorer.ui.view import DecodeView, status_html
 
 ANY = "any"
-COLUMNS = ["id", "created (UTC)", "status", "model", "strategy", "length", "steps", "prompt", "text"]
+COLUMNS = [
+    "id",
+    "parent",
+    "branch step",
+    "created (UTC)",
+    "status",
+    "model",
+    "strategy",
+    "length",
+    "steps",
+    "prompt",
+    "text",
+]
 
 
 def _rows(services: Services, model, strategy, status, since, text) -> list[list]:
@@ -27,19 +39,22 @@ def _rows(services: Services, model, strategy, status, since, text) -> list[list
         text=(text or "").strip() or None,
         limit=services.limits.runs_table_rows,
     )
+    # Branches right after their parent, marked ↳ (one more level per branch of a branch).
     return [
         [
             r["id"],
+            "" if r["parent_run_id"] is None else r["parent_run_id"],
+            "" if r["branch_step"] is None else r["branch_step"],
             f"{r['created_at']:%Y-%m-%d %H:%M:%S}",
             r["status"],
             r["model"],
             r["strategy"],
             r["gen_length"],
             r["n_steps"],
-            _clip(r["prompt"], 60),
+            ("· " * (depth - 1) + "↳ " if depth else "") + _clip(r["prompt"], 60),
             _clip(r["final_text"] or "", 80),
         ]
-        for r in runs
+        for r, depth in run_tree(runs)
     ]
 
 
@@ -51,7 +66,8 @@ def _clip(text: str, limit: int) -> str:
 def runs_tab(services: Services, cache: ArraysCache, tabs: gr.Tabs, view: DecodeView) -> None:
     gr.Markdown(
         "Every run is stored. Filter, click a row to select it, then open it in the Decode tab, "
-        "export it as a JSON bundle, or delete it. Import a bundle recorded elsewhere."
+        "export it as a JSON bundle (with its whole branch tree when it has a parent or branches), "
+        "or delete it. Import a bundle recorded elsewhere."
     )
     with gr.Row():
         model = gr.Dropdown([ANY, *services.models], value=ANY, label="Model", allow_custom_value=True)
@@ -67,7 +83,7 @@ def runs_tab(services: Services, cache: ArraysCache, tabs: gr.Tabs, view: Decode
         wrap=True,
         elem_id="runs-table",
         # fits the page width: the text column wraps instead of running off the right edge
-        column_widths=["4%", "13%", "8%", "8%", "12%", "6%", "5%", "18%", "26%"],
+        column_widths=["4%", "6%", "7%", "11%", "8%", "8%", "11%", "6%", "5%", "14%", "20%"],
     )
     with gr.Row():
         run_id = gr.Number(label="Selected run id", precision=0, elem_id="selected-run")
@@ -96,9 +112,14 @@ def runs_tab(services: Services, cache: ArraysCache, tabs: gr.Tabs, view: Decode
 
     def export(rid):
         _get(services, cache, rid)
-        path = Path(tempfile.mkdtemp(prefix="explorer-export-")) / f"run-{int(rid)}.json"
-        path.write_bytes(export_run_json(services.store, int(rid)))
-        return str(path), status_html("ok", f"Run {int(rid)} exported ({path.stat().st_size / 1024:.0f} KiB).")
+        # a branch's links survive only inside a tree bundle; a run without relatives stays version 1
+        tree = export_tree(services.store, int(rid))
+        n = len(tree["runs"])
+        name = f"run-{int(rid)}-tree.json" if n > 1 else f"run-{int(rid)}.json"
+        path = Path(tempfile.mkdtemp(prefix="explorer-export-")) / name
+        path.write_bytes(bundle_json(tree) if n > 1 else export_run_json(services.store, int(rid)))
+        what = f" with its branch tree ({n} runs)" if n > 1 else ""
+        return str(path), status_html("ok", f"Run {int(rid)} exported{what} ({path.stat().st_size / 1024:.0f} KiB).")
 
     def delete(rid, *values):
         _get(services, cache, rid)
@@ -116,10 +137,13 @@ def runs_tab(services: Services, cache: ArraysCache, tabs: gr.Tabs, view: Decode
                 f"{_size(services.limits.max_import_bytes)}"
             )
         try:
-            new_id = import_run(services.store, Path(path).read_bytes())
+            report = import_bundle(services.store, Path(path).read_bytes())
         except BundleError as exc:
             raise gr.Error(f"cannot import this file: {exc}") from None
-        return _rows(services, *values), status_html("ok", f"Imported as run {new_id}."), new_id
+        ids = report.run_ids
+        done = f"Imported as run {ids[0]}." if len(ids) == 1 else f"Imported {len(ids)} runs as {_id_list(ids)}."
+        message = " ".join([done, *(f"Note: {note}." for note in report.notes)])
+        return _rows(services, *values), status_html("ok", message), ids[0]
 
     refresh.click(refresh_rows, filters, [table, message], api_name="list_runs")
     for box in (since, text):
@@ -133,6 +157,13 @@ def runs_tab(services: Services, cache: ArraysCache, tabs: gr.Tabs, view: Decode
     export_btn.click(export, [run_id], [exported, message], api_name="export_run")
     delete_btn.click(delete, [run_id, *filters], [table, message], api_name="delete_run")
     upload.upload(do_import, [upload, *filters], [table, message, run_id], api_name="import_run")
+
+
+def _id_list(ids: list[int]) -> str:
+    """New ids are consecutive in one import unless another writer interleaved: a range, else a list."""
+    if ids == list(range(ids[0], ids[0] + len(ids))):
+        return f"runs {ids[0]}–{ids[-1]}"
+    return "runs " + ", ".join(map(str, ids))
 
 
 def _size(n: int) -> str:

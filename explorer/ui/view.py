@@ -16,7 +16,8 @@ from explorer.views import pairwise
 from explorer.views.tokens import render_tokens
 
 # What the Decode tab shows of a run state, by name (the /decode, /scrub and /open_run outputs
-# start with these, in this order).
+# start with these, in this order; the last three, the branch line and its buttons, only change
+# when another run is shown).
 VIEW = (
     "status",
     "tokens",
@@ -29,7 +30,11 @@ VIEW = (
     "pair_a",
     "candidates",
     "violation_cost",
+    "lineage",
+    "compare_parent",
+    "open_parent",
 )
+BRANCH_HINT = "Click (tap) any token to branch from it: the branch starts after the step on the slider."
 ANALYSIS_TITLES = {
     "violation_heat": "Dependency violations",
     "energy_heat": "Energy",
@@ -53,9 +58,13 @@ def render_view(
     token_text = token_text_for(services, arrays)
     summary = summarise(arrays, text, arrays.run["model"])
     line = summary.line() + (f" · {device}" if device else "")
+    # A finished run on a server that runs models can be branched: the token view says how.
+    branchable = services.pool is not None and summary.status != "running" and arrays.run.get("id") is not None
     return {
         "status": status_html("ok" if summary.status in ("completed", "running") else "warn", line),
-        "tokens": render_tokens(arrays, token_text, step, arrays.run.get("prompt", "")),
+        "tokens": render_tokens(
+            arrays, token_text, step, arrays.run.get("prompt", ""), hint=BRANCH_HINT if branchable else ""
+        ),
         "heat": plots.metric_heatmap(arrays, metric, step=step),
         "order": plots.commit_order_map(arrays, step=step),
         "bars": plots.tokens_per_step(arrays, step=step),
@@ -82,6 +91,41 @@ def render_all(
 ) -> Shown:
     """Every output of the Decode tab's view (`VIEW`)."""
     return {**render_view(services, arrays, step, metric, text, device), **render_analysis(services, arrays, step)}
+
+
+def lineage(services: Services, arrays: RunArrays, live: bool = False) -> Shown:
+    """The line under the status for a branch (its parent, branch step and edits) and its
+    buttons (shown once it has ended); empty for a run that is not a branch."""
+    run = arrays.run
+    parent, k = run.get("parent_run_id"), run.get("branch_step")
+    if parent is None or k is None:
+        return {"lineage": "", "compare_parent": gr.Button(visible=False), "open_parent": gr.Button(visible=False)}
+    token_text = token_text_for(services, arrays)
+    edits = [
+        f"position {p} forced to '{token_text(t)}'" if forced else f"position {p} re-masked (was '{token_text(t)}')"
+        for _, p, t, forced in arrays.edits.rows()
+    ]
+    what = (
+        "; ".join(edits)
+        if edits
+        else "no edit, " + ("other settings" if _settings_changed(services, run) else "same settings")
+    )
+    exists = services.store.get_run(int(parent)) is not None
+    text = f"↳ Run {run.get('id')} is a branch of run {parent} after step {k} ({what})" + (
+        ": decoding…" if live else "."
+    )
+    if not exists:
+        text += " The parent run has been deleted."
+    return {
+        "lineage": f'<div class="lineage">{html.escape(text)}</div>',
+        "compare_parent": gr.Button(visible=exists and not live),
+        "open_parent": gr.Button(visible=exists and not live),
+    }
+
+
+def _settings_changed(services: Services, run: dict) -> bool:
+    parent = services.store.get_run(int(run["parent_run_id"]))
+    return parent is not None and parent.get("config") != run.get("config")
 
 
 def pending_analysis() -> Shown:
@@ -128,6 +172,7 @@ class DecodeView:
         return self.bind(
             {
                 **shown,
+                **lineage(services, arrays),
                 "slider": gr.Slider(0, max(last_step, 1), value=last_step, step=1, interactive=True),
                 "run_state": run_id,
             }

@@ -41,6 +41,8 @@ def render_tokens(
     separator: str = " ",
     highlight: Collection[int] = (),
     highlight_label: str = "differs from the other run",
+    hint: str = "",
+    outline_step: bool = True,
 ) -> str:
     """The prompt, then every generated position as it stood after `step` (None: the end).
 
@@ -53,18 +55,37 @@ def render_tokens(
     `data-tip` tooltip. Colours span the run's recorded steps, so while a run streams they are
     relative to the steps so far. `separator` joins tokens (a space suits word-level
     vocabularies). Positions in `highlight` (the compare view's differing positions) get the
-    class `diff` and `highlight_label` in their tooltip.
+    class `diff` and `highlight_label` in their tooltip; `outline_step=False` leaves out the
+    outline of the tokens committed at `step` (the compare view, where outlines mean "differs").
+
+    A branch's edits (after its branch step k, shown from step k on): a token an edit forced
+    gets the class `forced` (a ✎ badge) and the tooltip line "forced by an edit after step k";
+    a position an edit re-masked gets `edited` and the token it took away. The line holds exactly
+    one `.tok` span per position, in order (the Decode tab's click handler counts on it), and the
+    view carries `data-run` (the run's id). `hint`: plain text added to the legend (e.g. what a
+    click does).
     """
     state = state_at(arrays, step)
     remasks = remask_history(arrays, step)
+    edits = edit_marks(arrays, step, state)
     highlight = {int(p) for p in highlight}
     spans = []
     for position in range(arrays.gen_length):
         events = remasks.get(position, [])
-        extra = (" diff" if position in highlight else "") + (" remasked" if events else "")
-        notes = _remask_notes(events, token_text) + ([highlight_label] if position in highlight else [])
+        mark = edits.get(position)
+        extra = (
+            (" diff" if position in highlight else "")
+            + (" remasked" if events else "")
+            + (f" {mark.css}" if mark is not None else "")
+        )
+        notes = (
+            _remask_notes(events, token_text)
+            + ([mark.note(token_text)] if mark is not None else [])
+            + ([highlight_label] if position in highlight else [])
+        )
         if state.since[position] >= 0:
-            spans.append(_token_span(arrays, position, state, token_text, step, extra, notes, _badge(events)))
+            outlined = step if outline_step else None
+            spans.append(_token_span(arrays, position, state, token_text, outlined, extra, notes, _badge(events)))
         else:
             tip = " · ".join(
                 [f"position {position} · still masked" + ("" if step is None else f" after step {step}"), *notes]
@@ -72,7 +93,44 @@ def render_tokens(
             spans.append(f'<span class="tok masked{extra}"{_badge(events)} data-tip="{_esc(tip)}">{MASK_GLYPH}</span>')
     prompt = f'<span class="prompt">{_esc(prompt_text)}</span>' if prompt_text else ""
     line = separator.join([prompt, *spans] if prompt else spans)
-    return f'<div class="tokens-view"><div class="tokens-line">{line}</div>{legend(step, remasked=bool(remasks))}</div>'
+    shown_legend = legend(step if outline_step else None, remasked=bool(remasks), edited=bool(edits), hint=hint)
+    run_id = arrays.run.get("id")
+    owner = f' data-run="{int(run_id)}"' if run_id is not None else ""  # which run a click picks from
+    return f'<div class="tokens-view"{owner}><div class="tokens-line">{line}</div>{shown_legend}</div>'
+
+
+@dataclass(frozen=True)
+class EditMark:
+    """A branch's edit at one position, as the token view shows it."""
+
+    step: int  # the branch step k: the edit was applied after it (-1: before step 0)
+    token: int  # forced: the token written; re-mask: the token taken away
+    forced: bool
+
+    @property
+    def css(self) -> str:
+        return "forced" if self.forced else "edited"
+
+    def note(self, token_text: Callable[[int], str]) -> str:
+        """Plain tooltip text (escaped by the caller)."""
+        after = "before step 0" if self.step < 0 else f"after step {self.step}"
+        if self.forced:
+            return f"✎ forced by an edit {after} (a branch)"
+        return f"✎ re-masked by an edit {after}: took away '{token_text(self.token)}', the model decoded it again"
+
+
+def edit_marks(arrays: RunArrays, step: int | None, state: SequenceState | None = None) -> dict[int, EditMark]:
+    """position -> its edit, for the edits in effect after `step` (None: the end): a forced
+    token still standing there, or a re-masked position (whatever stands there now)."""
+    state = state if state is not None else state_at(arrays, step)
+    marks: dict[int, EditMark] = {}
+    for at, position, token, forced in arrays.edits.rows():
+        if step is not None and step < at:
+            continue
+        if forced and int(state.tokens[position]) != int(token):
+            continue  # the model replaced it later (a remasking strategy)
+        marks[int(position)] = EditMark(int(at), int(token), bool(forced))
+    return marks
 
 
 @dataclass(frozen=True)
@@ -114,9 +172,9 @@ def step_colour(commit_step: int, n_steps: int) -> tuple[str, str]:
     return background, _text_colour(background)
 
 
-def legend(step: int | None = None, remasked: bool = False) -> str:
-    """One line explaining the colours, the mask glyph, (with a step) the outline and (when the
-    run re-masked tokens) the ↺ badge."""
+def legend(step: int | None = None, remasked: bool = False, edited: bool = False, hint: str = "") -> str:
+    """One line explaining the colours, the mask glyph, (with a step) the outline, (when the
+    run re-masked tokens) the ↺ badge, (a branch's edits) the ✎ badge, then `hint` (plain text)."""
     gradient = ", ".join(STEP_RAMP)
     just = (
         "" if step is None else f'; <span class="tok just legend-just">outlined</span> = committed at step {int(step)}'
@@ -128,10 +186,16 @@ def legend(step: int | None = None, remasked: bool = False) -> str:
         if remasked
         else ""
     )
+    forced = (
+        '; <span class="tok forced legend-forced">word</span> ✎ = put there (or re-masked) by an edit of this branch'
+        if edited
+        else ""
+    )
+    tail = f'<div class="tokens-hint">{_esc(hint)}</div>' if hint else ""
     return (
         '<div class="tokens-legend">colour = step at which the token was committed: early → late '
         f'<span class="ramp" style="background: linear-gradient(to right, {gradient})"></span>; '
-        f'<span class="tok masked">{MASK_GLYPH}</span> = still masked{just}{again}</div>'
+        f'<span class="tok masked">{MASK_GLYPH}</span> = still masked{just}{again}{forced}{tail}</div>'
     )
 
 
