@@ -19,6 +19,7 @@ from explorer.decoding.callbacks import Callback
 from explorer.decoding.config import DecodeConfig
 from explorer.services import Services
 from explorer.store.database import TrajectoryStore
+from explorer.ui.branch_markup import outcome_row, outcome_table, panel_head, stored_choices
 from explorer.ui.logic import branch_step_for, changed_settings, differing_at, run_tree, with_prefix
 from explorer.views.outcomes import alternatives_figure
 from explorer.views.tokens import render_tokens
@@ -164,3 +165,27 @@ def test_replay_only_server_refuses_to_branch(tmp_path, store, parent):
         # the token view does not invite a click that cannot work
         tokens = client.predict(parent, "confidence", api_name="/open_run")[1]
         assert "branch" not in tokens.lower()
+
+
+def test_panel_markup_escapes_token_text_and_lists_other_choices(store, parent):
+    arrays = store.read_arrays(parent)
+    position = int(np.flatnonzero(arrays.commit_step == 0)[0])
+    head = panel_head(arrays, 0, position, lambda t: "<b>&", moved_from=3)
+    assert "<b>&" not in head and "&lt;b&gt;&amp;" in head and "after step 0" in head
+    assert "Nothing is left to decode after step 3" in head
+    now = int(arrays.tokens[position, 0])
+    note, choices = stored_choices(arrays, position, now, str)
+    assert choices and now not in [t for t, _ in choices] and "step 0 committed" in note
+    assert all(0 < p <= 1 for _, p in choices)
+
+
+def test_outcome_rows_name_the_checker_kinds():
+    class Outcome:  # the fields outcome_row reads
+        token_text, as_decoded, prob, run_id, valid, n_violations = "a", False, 0.78, 7, False, 2
+        verdict = "a_an@6: 'an' before 'girl'; syntax@8: expected a noun"
+        violation_score, ar_nll, changed = -3.21, 1.5, ((0, "an", "a"),)
+
+    row = outcome_row(Outcome())
+    assert row["checker"] == "2 violation(s): a_an, syntax" and row["changed"] == "0: an → a"
+    table = outcome_table([row])
+    assert list(table.iloc[0])[:3] == ["a", 0.78, 7]

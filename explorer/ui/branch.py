@@ -7,18 +7,16 @@ the position re-masked, or no edit and the Decode form's settings; it streams in
 view like any run (`_DecodeHandlers.stream`). The "Which decision mattered?" analysis re-decodes
 the run once per top-N token there and lists what became of each.
 
-The model runs in the worker: this module builds the `BranchRequest` and streams the events.
+The model runs in the worker: this module builds the `BranchRequest` and streams the events;
+what the panel says (its head, the stored choices, the analysis table) is in `branch_markup.py`.
 """
 
 from __future__ import annotations
 
 import html
-import math
-import re
 from collections.abc import Iterator
 
 import gradio as gr
-import pandas as pd
 
 from explorer.branching.alternatives import MAX_TOP
 from explorer.branching.edits import EditSpec, Force, Remask, parse_token
@@ -26,6 +24,7 @@ from explorer.branching.plan import BranchRequest
 from explorer.jobs import AlternativesDone, JobError, JobFailed, OutcomeDone, Queued
 from explorer.services import Services
 from explorer.store.arrays import RunArrays
+from explorer.ui.branch_markup import ALT_COLUMNS, outcome_row, outcome_table, panel_head, stored_choices
 from explorer.ui.compare import PAIR, CompareTab
 from explorer.ui.logic import (
     DECODE_FIELDS,
@@ -39,18 +38,9 @@ from explorer.ui.logic import (
 )
 from explorer.ui.view import DecodeView, status_html
 from explorer.views.outcomes import alternatives_figure
-from explorer.views.tokens import MASK_GLYPH, state_at
+from explorer.views.tokens import state_at
 
 N_ALTERNATIVES = 3  # buttons for the stored top choices (the store keeps 3 per commit)
-ALT_COLUMNS = [
-    "token",
-    "p",
-    "run",
-    "checker",
-    "violation score after the step (nats)",
-    "AR NLL (nats / token)",
-    "changed positions (parent → this run)",
-]
 ACTIONS_NOTE = (
     "**Re-mask and continue**: turn this position back into a mask and let the model decode it again with the rest. "
     "**Continue with other settings**: no edit; the rest is decoded with the settings now in the form on the left "
@@ -198,7 +188,7 @@ class BranchHandlers:
                 "position": position,
                 "word": "",
                 "alt_status": "",
-                "alt_table": _table([]),
+                "alt_table": outcome_table([]),
                 "alt_plot": alternatives_figure([], k, position),
                 "alt_pick": gr.Dropdown(choices=[], value=None),
                 **self._selection(arrays, k, position, step),
@@ -211,8 +201,8 @@ class BranchHandlers:
         token_text = token_text_for(self.services, arrays)
         state = state_at(arrays, k)
         committed = bool(state.since[position] >= 0)
-        head = _head(arrays, k, position, token_text, moved_from=slider_step if k != slider_step else None)
-        note, choices = _choices(arrays, position, int(state.tokens[position]) if committed else None, token_text)
+        head = panel_head(arrays, k, position, token_text, moved_from=slider_step if k != slider_step else None)
+        note, choices = stored_choices(arrays, position, int(state.tokens[position]) if committed else None, token_text)
         buttons = {f"alt_{i}": gr.Button(visible=False) for i in range(len(choices), N_ALTERNATIVES)}
         for i, (token, prob) in enumerate(choices):
             buttons[f"alt_{i}"] = gr.Button(value=f"{token_text(token)}  (p = {prob:.2f})", visible=True)
@@ -313,7 +303,7 @@ class BranchHandlers:
         yield self.bind(
             {
                 "alt_status": status_html("busy", "Queued…"),
-                "alt_table": _table([]),
+                "alt_table": outcome_table([]),
                 "alt_plot": alternatives_figure([], k, p),
                 "alt_pick": gr.Dropdown(choices=[], value=None),
             }
@@ -325,7 +315,7 @@ class BranchHandlers:
                         {"alt_status": status_html("busy", f"Waiting for the worker: {ahead} job(s) ahead")}
                     )
                 case OutcomeDone(outcome=outcome):
-                    rows.append(_outcome_row(outcome))
+                    rows.append(outcome_row(outcome))
                     line = f"Re-decoding after step {k}: {len(rows)} alternative(s) done…"
                     yield self._alt_frame(rows, k, p, status_html("busy", line))
                 case AlternativesDone(report=report):
@@ -348,7 +338,7 @@ class BranchHandlers:
         return self.bind(
             {
                 "alt_status": status,
-                "alt_table": _table(rows),
+                "alt_table": outcome_table(rows),
                 "alt_plot": alternatives_figure(rows, k, p),
                 "alt_pick": gr.Dropdown(choices=choices, value=choices[0][1] if choices else None),
             }
@@ -375,97 +365,12 @@ class BranchHandlers:
         return self.open_run(run["parent_run_id"], metric)
 
 
-ROW_KEYS = ("token", "p", "run", "checker", "violations", "ar_nll", "changed")
-
-
-def _table(rows: list[dict]) -> pd.DataFrame:
-    cells = [[_token_cell(row), *(row[key] for key in ROW_KEYS[1:])] for row in rows]
-    return pd.DataFrame(cells, columns=ALT_COLUMNS)
-
-
-def _token_cell(row: dict) -> str:
-    return row["token"] + (" (as decoded)" if row["as_decoded"] else "")
-
-
 def _position(value) -> int:
     """A position from the panel or an API call; its range is the worker's check."""
     try:
         return as_int("position", value)
     except RequestError as exc:
         raise gr.Error(f"{exc} (click a token to pick one)") from None
-
-
-def _outcome_row(outcome) -> dict:
-    """One alternative's outcome: a table row (ROW_KEYS) and the figure's data."""
-    if outcome.valid is None:
-        checker = "n/a"
-    elif outcome.valid:
-        checker = "valid"
-    else:  # the kinds only ("kind@word: message; ..."): the full messages would crowd out the table
-        kinds = sorted(set(re.findall(r"(\w+)@\d+:", outcome.verdict or "")))
-        checker = f"{outcome.n_violations} violation(s)" + (f": {', '.join(kinds)}" if kinds else "")
-    changed = ", ".join(f"{p}: {old} → {new}" for p, old, new in outcome.changed)
-    prob = float(outcome.prob)
-    return {
-        "token": outcome.token_text,
-        "as_decoded": outcome.as_decoded,
-        "p": round(prob, 3) if math.isfinite(prob) else "n/a",
-        "run": int(outcome.run_id),
-        "checker": checker,
-        "violations": round(float(outcome.violation_score), 2),
-        "ar_nll": "n/a" if outcome.ar_nll is None else round(float(outcome.ar_nll), 3),
-        "changed": _clip(changed, 100) or "none",
-        "valid": outcome.valid,
-        "violation_score": float(outcome.violation_score),
-    }
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _head(arrays: RunArrays, k: int, position: int, token_text, moved_from: int | None) -> str:
-    """The panel's head (escaped): the choice, the token there now, and what a branch does."""
-    run_id = arrays.run["id"]
-    state = state_at(arrays, k)
-    since = int(state.since[position])
-    now = (
-        f"'{token_text(int(state.tokens[position]))}' (committed at step {since})"
-        if since >= 0
-        else MASK_GLYPH + " (still masked)"
-    )
-    masked = int((state.since < 0).sum())
-    after = "from the prompt" if k < 0 else f"after step {k}"
-    lines = [
-        f"<b>Branch run {run_id} {html.escape(after)}, at position {position}</b>: now {html.escape(now)}.",
-        html.escape(
-            f"A branch is a new run from this exact state: your change here, then the {masked} masked "
-            f"position(s) decoded again with run {run_id}'s settings."
-        ),
-    ]
-    if moved_from is not None:
-        lines.append(
-            html.escape(
-                f"Nothing is left to decode after step {moved_from} (the slider), so it starts after step {k}, "
-                "where this token was committed. Move the slider to pick another step."
-            )
-        )
-    return '<div class="branch-head">' + "".join(f"<p>{line}</p>" for line in lines) + "</div>"
-
-
-def _choices(arrays: RunArrays, position: int, now: int | None, token_text) -> tuple[str, list[tuple[int, float]]]:
-    """(the note above the buttons, [(token id, p)]): the stored top choices of the position's
-    last commit, without the token standing there now."""
-    at = int(arrays.commit_step[position])
-    stored = [
-        (int(t), float(p))
-        for t, p in zip(arrays.commit_top_ids[position].tolist(), arrays.commit_top_probs[position].tolist())
-        if t >= 0 and p == p and int(t) != now  # p == p: not NaN
-    ]
-    if not stored:
-        return "No stored alternatives for this position: type a word below.", []
-    where = f"when step {at} committed this position" if at >= 0 else "at its commit"
-    return f"**One click branches** with one of the model's other top choices here (p {where}):", stored
 
 
 # The panel's outputs when it opens on a token, and when it only re-describes its choice.
