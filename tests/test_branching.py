@@ -363,3 +363,21 @@ def test_another_model_with_the_same_vocabulary_may_branch(denoiser, store):
     with pytest.raises(BranchError, match="the vocabularies differ"):
         branch(out.run_id, 1, store, model=respelled)
     assert store.count_runs() == 2
+
+
+def test_branches_on_every_backend(denoiser, db_url):
+    """The prefix copy (INSERT ... SELECT) and the edit events on SQLite and PostgreSQL."""
+    store = TrajectoryStore(db_url)
+    out = decode(PROMPT, denoiser, store=store, **{**BASE, "strategy": "rcr", "temperature": 1.0, "seed": 6})
+    remasked = int(out.steps[0].committed[0])
+    child = branch(out.run_id, 1, store, edits=[Force(12, "girl"), Remask(remasked)])
+    grandchild = branch(child.run_id, 2, store, model=denoiser)
+    assert grandchild.token_ids == child.token_ids
+    parent, mine = store.read_arrays(out.run_id), store.read_arrays(child.run_id)
+    np.testing.assert_array_equal(mine.confidence[:, :2], parent.confidence[:, :2])  # steps 0..1 copied
+    edited = parent.tokens[:, 1].copy()  # the state after step 1 holds the edits
+    edited[12], edited[remasked] = denoiser.vocabulary()["girl"], denoiser.mask_id
+    np.testing.assert_array_equal(mine.tokens[:, 0], parent.tokens[:, 0])
+    np.testing.assert_array_equal(mine.tokens[:, 1], edited)
+    assert [kind for *_, kind in mine.edits.rows()] == [True, False]
+    assert store.read_arrays(grandchild.run_id).edits.rows() == mine.edits.rows()
