@@ -19,7 +19,6 @@ field as a keyword.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -28,7 +27,7 @@ from explorer.adapters.registry import ModelRegistry
 from explorer.branching import alternatives as branching
 from explorer.branching.alternatives import AlternativesReport, RepairReport
 from explorer.branching.edits import EditSpec
-from explorer.branching.plan import BranchError, BranchPlan, BranchRequest, plan_branch
+from explorer.branching.plan import BranchPlan, BranchRequest, plan_branch, stored_run
 from explorer.decoding.callbacks import Callback, CollectSteps
 from explorer.decoding.config import DecodeConfig
 from explorer.decoding.engine import run_decode
@@ -94,7 +93,7 @@ def branch(
     """Branch stored run `run_id` after step `step` (-1: from the prompt) with `edits`
     (`Force(position, "word" or id)`, `Remask(position)`) and any DecodeConfig field changed;
     the branch is stored as a child of the run. `steps` holds only the branch's own steps."""
-    denoiser = _model_of(run_id, model, store, registry)
+    denoiser = run_model(run_id, model, store, registry)
     plan = plan_branch(store, denoiser, BranchRequest(run_id, step, tuple(edits), settings))
     return _run(denoiser, plan.prompt, plan.prompt_ids, plan.config, store, callbacks, registry, plan)
 
@@ -110,7 +109,7 @@ def alternatives(
 ) -> AlternativesReport:
     """ "Which decision mattered?": branch run `run_id` after `step` once per token among the
     model's `top` at `position` (and once as decoded); each branch is a stored child run."""
-    denoiser = _model_of(run_id, model, store, registry)
+    denoiser = run_model(run_id, model, store, registry)
     scorer = _analysis_scorer(run_id, store, denoiser, registry)
     return branching.alternatives(store, denoiser, run_id, step, position, top, scorer)
 
@@ -124,7 +123,7 @@ def repairs(
 ) -> RepairReport:
     """The alternatives at every token the checker (or the violation pass) flags in run `run_id`,
     at the step that committed it; `.repairs` lists the single changes that repair the run."""
-    denoiser = _model_of(run_id, model, store, registry)
+    denoiser = run_model(run_id, model, store, registry)
     scorer = _analysis_scorer(run_id, store, denoiser, registry)
     return branching.repairs(store, denoiser, run_id, top, scorer)
 
@@ -133,22 +132,17 @@ def _analysis_scorer(
     run_id: int, store: TrajectoryStore, denoiser: Denoiser, registry: ModelRegistry | None
 ) -> ARScorer | None:
     """The AR model that measures each outcome's NLL: the run's AR scorer or the model's own."""
-    config = DecodeConfig.from_json(json.dumps(store.get_run(run_id)["config"]))
+    config = DecodeConfig.from_dict(stored_run(store, run_id)["config"])
     return ScorerCache(registry).configured(config, denoiser)
 
 
-def _model_of(
-    run_id: int, model: str | Denoiser | None, store: TrajectoryStore, registry: ModelRegistry | None
+def run_model(
+    run_id: int, model: str | Denoiser | None, store: TrajectoryStore, registry: ModelRegistry | None = None
 ) -> Denoiser:
-    """The given model, or the stored run's (BranchError if there is no such run)."""
+    """The given model (loaded if a name), or the stored run's (BranchError if there is no such run)."""
     if model is not None and not isinstance(model, str):
         return model
-    if model is None:
-        run = store.get_run(run_id)
-        if run is None:
-            raise BranchError(f"no run with id {run_id} (see `python -m explorer runs`)")
-        model = run["model"]
-    return load_denoiser(model, registry=registry)
+    return load_denoiser(model or stored_run(store, run_id)["model"], registry=registry)
 
 
 def _run(

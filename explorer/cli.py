@@ -14,14 +14,13 @@ from dataclasses import asdict
 
 from explorer.adapters.loading import load_denoiser
 from explorer.adapters.registry import ENV_VAR, resolve_registry
-from explorer.api import alternatives, branch, decode, prepare, repairs
+from explorer.api import alternatives, branch, decode, prepare, repairs, run_model
 from explorer.branching.alternatives import CHECKED_MODELS, MAX_TOP, AlternativesReport, RepairReport
 from explorer.branching.edits import Remask, parse_force, parse_position
 from explorer.decoding.callbacks import ProgressBar
 from explorer.decoding.config import KNOBS, DecodeConfig
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import Knob
-from explorer.decoding.protocols import Denoiser
 from explorer.decoding.schedule import SCHEDULES
 from explorer.decoding.strategies import STRATEGIES, strategies_using
 from explorer.store.database import StoreError, TrajectoryStore, existing_sqlite_file, resolve_url
@@ -54,9 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_model(d, "embedded", "'embedded' or a model listed in the operator's model configuration")
     _add_settings(d, inherit=False)
     store = d.add_mutually_exclusive_group()
-    store.add_argument(
-        "--db", default=None, help="SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)"
-    )
+    store.add_argument("--db", default=None, help=DB_HELP)
     store.add_argument("--no-store", action="store_true", help="do not record the run")
     d.add_argument("--data-dir", default=None)
     d.add_argument("--json", action="store_true", help="print one JSON object")
@@ -83,9 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_model(b, None, "the run's model (default), or one with the same vocabulary")
     _add_settings(b, inherit=True)
-    b.add_argument("--db", default=None, help="SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)")
-    b.add_argument("--data-dir", default=None)
-    b.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_store(b, json_flag=True)
 
     a = sub.add_parser(
         "alternatives",
@@ -101,20 +96,27 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--sweep", action="store_true", help="every flagged token of the run instead of one (K, P)")
     a.add_argument("--top", type=int, default=None, help=f"N alternatives, 1..{MAX_TOP} (default 5; 3 for --sweep)")
     _add_model(a, None, "the run's model (default)")
-    a.add_argument("--db", default=None)
-    a.add_argument("--data-dir", default=None)
-    a.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_store(a, json_flag=True)
 
     r = sub.add_parser("runs", help="list stored runs (a branch shows its parent and branch step)")
-    r.add_argument("--db", default=None)
-    r.add_argument("--data-dir", default=None)
+    _add_store(r)
     r.add_argument("--limit", type=int, default=20)
 
     s = sub.add_parser("show", help="print a stored run and its steps")
     s.add_argument("run_id", type=int)
-    s.add_argument("--db", default=None)
-    s.add_argument("--data-dir", default=None)
+    _add_store(s)
     return parser
+
+
+DB_HELP = "SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)"
+
+
+def _add_store(parser, json_flag: bool = False) -> None:
+    """--db and --data-dir of a command that reads (or adds to) a store, and its --json."""
+    parser.add_argument("--db", default=None, help=DB_HELP)
+    parser.add_argument("--data-dir", default=None)
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _add_model(parser, default: str | None, help: str) -> None:
@@ -244,7 +246,7 @@ def _branch(args: argparse.Namespace) -> None:
     store = _existing_store(args, args.run_id)
     registry = resolve_registry(args.models_config)
     edits = [*map(parse_force, args.force), *(Remask(parse_position(p)) for p in args.remask)]
-    model = _model_of(store, args.run_id, args.model, registry)
+    model = run_model(args.run_id, args.model, store, registry)
     callbacks = [ProgressBar()] if sys.stderr.isatty() and not args.json else []
     out = branch(args.run_id, args.step, store, edits, model, callbacks, registry, **_settings(args))
     if not args.json:
@@ -305,10 +307,6 @@ def _existing_store(args: argparse.Namespace, run_id: int) -> TrajectoryStore:
     return store
 
 
-def _model_of(store: TrajectoryStore, run_id: int, model: str | None, registry) -> Denoiser:
-    return load_denoiser(model or store.get_run(run_id)["model"], registry=registry)
-
-
 def _edits_note(store: TrajectoryStore, run_id: int) -> str:
     edits = store.read_arrays(run_id).edits.rows()
     texts = store.token_texts(run_id)
@@ -330,7 +328,7 @@ def _alternatives(args: argparse.Namespace) -> None:
         raise CliError("give both --step K and --position P (or --sweep)")
     store = _existing_store(args, args.run_id)
     registry = resolve_registry(args.models_config)
-    model = _model_of(store, args.run_id, args.model, registry)
+    model = run_model(args.run_id, args.model, store, registry)
     if args.sweep:
         _print_repairs(repairs(args.run_id, store, args.top or 3, model, registry), args.json)
     else:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import json
 import logging
 import multiprocessing as mp
 import queue
@@ -268,7 +267,7 @@ def run_alternatives(
     """The alternatives analysis: each re-decode's outcome is sent as it finishes; a cancel
     stops the analysis between re-decodes (the runs already made stay stored)."""
     run = store.get_run(job.run_id)
-    scorer = scorers.configured(DecodeConfig.from_json(json.dumps(run["config"])), denoiser) if run else None
+    scorer = scorers.configured(DecodeConfig.from_dict(run["config"]), denoiser) if run else None
     cancel = _CancelCheck(jobs, job.job_id)
 
     def sent(outcome: Outcome) -> None:

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from explorer.branching.edits import Force
-from explorer.branching.plan import BranchError, BranchPlan, BranchRequest, plan_branch, state_after
+from explorer.branching.edits import Force, special_ids
+from explorer.branching.plan import BranchError, BranchPlan, BranchRequest, plan_branch, state_after, stored_run
 from explorer.decoding.callbacks import CollectSteps
 from explorer.decoding.engine import run_decode
 from explorer.decoding.model_pass import ModelPass
@@ -97,17 +97,16 @@ class RepairReport:
         ]
 
 
-def top_tokens(
-    store: TrajectoryStore, denoiser: Denoiser, run_id: int, step: int, position: int, top: int
-) -> list[tuple[int, float]]:
-    """(token id, p) of the `top` most probable tokens at `position` in the state step `step`
-    decided from, `position` masked, with the run's classifier-free guidance."""
-    run = _parent(store, run_id)
-    arrays = store.read_arrays(run_id)
+def position_probs(
+    denoiser: Denoiser, run: dict, arrays: RunArrays, step: int, position: int, top: int
+) -> torch.Tensor:
+    """(V,) p(token) at `position` in the state step `step` decided from, `position` masked, with
+    the run's classifier-free guidance; 0 for the ids an edit may not write. BranchError for a
+    step, position or `top` out of range."""
     if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= MAX_TOP:
         raise BranchError(f"top {top} is out of range; valid: 1..{MAX_TOP}")
     if not 0 <= step < arrays.n_steps:
-        raise BranchError(f"step {step} is out of range for run {run_id}; valid: 0..{arrays.n_steps - 1}")
+        raise BranchError(f"step {step} is out of range for run {run['id']}; valid: 0..{arrays.n_steps - 1}")
     if not 0 <= position < arrays.gen_length:
         raise BranchError(f"position {position} is out of range; valid: 0..{arrays.gen_length - 1} (generated part)")
     before, _ = state_after(arrays, step - 1)
@@ -116,10 +115,14 @@ def top_tokens(
     model = ModelPass(denoiser, len(run["prompt_ids"]), float(run["config"].get("cfg_scale", 0.0)))
     with torch.no_grad():
         probs = torch.softmax(model.logits(ids)[0, position].float(), -1)  # (V,)
-    special = denoiser.special_ids() if hasattr(denoiser, "special_ids") else frozenset({denoiser.mask_id})
-    probs[[i for i in special if 0 <= i < probs.shape[0]]] = 0.0
-    values, ids_ = probs.topk(top)
-    return [(int(i), float(v)) for i, v in zip(ids_.tolist(), values.tolist()) if v > 0]
+    probs[[i for i in special_ids(denoiser) if 0 <= i < probs.shape[0]]] = 0.0
+    return probs
+
+
+def _top(probs: torch.Tensor, top: int) -> list[tuple[int, float]]:
+    """(token id, p) of the `top` most probable tokens, most probable first."""
+    values, ids = probs.topk(top)
+    return [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist()) if v > 0]
 
 
 def alternatives(
@@ -133,12 +136,14 @@ def alternatives(
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> AlternativesReport:
     """Branch run `run_id` after `step` once per top token at `position` (and once with no edit)."""
-    candidates = top_tokens(store, denoiser, run_id, step, position, top)
+    run = stored_run(store, run_id)
     parent_arrays = store.read_arrays(run_id)
+    probs = position_probs(denoiser, run, parent_arrays, step, position, top)
+    candidates = _top(probs, top)
     tokens_k, _ = state_after(parent_arrays, step)
     parent_token = int(tokens_k[position])
     if parent_token != denoiser.mask_id and parent_token not in {t for t, _ in candidates}:
-        candidates.append((parent_token, _prob_of(store, denoiser, run_id, step, position, parent_token)))
+        candidates.append((parent_token, float(probs[parent_token])))
     outcomes = []
     for token_id, prob in candidates:
         as_decoded = token_id == parent_token
@@ -160,7 +165,7 @@ def repairs(
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> RepairReport:
     """The alternatives at each flagged token of a run (at the step that committed it)."""
-    run = _parent(store, run_id)
+    run = stored_run(store, run_id)
     arrays = store.read_arrays(run_id)
     flagged = flag_tokens(run, arrays, denoiser)
     reports = tuple(
@@ -189,20 +194,6 @@ def flag_tokens(run: dict, arrays: RunArrays, denoiser: Denoiser) -> list[Flagge
         for p in sorted(reasons)
         if arrays.commit_step[p] >= 0
     ]
-
-
-def _parent(store: TrajectoryStore, run_id: int) -> dict:
-    run = store.get_run(run_id)
-    if run is None:
-        raise BranchError(f"no run with id {run_id} (see `python -m explorer runs`)")
-    return run
-
-
-def _prob_of(store: TrajectoryStore, denoiser: Denoiser, run_id: int, step: int, position: int, token: int) -> float:
-    """p(token) at position in the state step `step` decided from (for the parent's own token
-    when it is not among the top n)."""
-    every = top_tokens(store, denoiser, run_id, step, position, MAX_TOP)
-    return next((p for t, p in every if t == token), float("nan"))
 
 
 def _outcome(

@@ -55,7 +55,7 @@ def parse_position(text: str, flag: str = "--remask") -> int:
 def resolve_token(denoiser: Denoiser, token: int | str) -> int:
     """The id of a token given by id or text; EditError naming close words if it is unknown, or
     if it is the mask or a special token (an edit writes ordinary tokens only)."""
-    special = _special_ids(denoiser)
+    special = special_ids(denoiser)
     if isinstance(token, bool) or not isinstance(token, (int, str)):
         raise EditError(f"a token is given as its text or its id, got {token!r}")
     if isinstance(token, int):
@@ -88,5 +88,6 @@ def _vocabulary(denoiser: Denoiser) -> dict[str, int]:
     return denoiser.vocabulary()
 
 
-def _special_ids(denoiser: Denoiser) -> frozenset[int]:
+def special_ids(denoiser: Denoiser) -> frozenset[int]:
+    """The ids no edit (nor the alternatives analysis) writes: the model's, else its mask."""
     return denoiser.special_ids() if hasattr(denoiser, "special_ids") else frozenset({denoiser.mask_id})

@@ -18,7 +18,6 @@ schedule where the parent was.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
@@ -58,9 +57,7 @@ class BranchPlan:
 
 def plan_branch(store: TrajectoryStore, denoiser: Denoiser, request: BranchRequest) -> BranchPlan:
     """Check the request against the stored parent and the model; the plan, or BranchError."""
-    run = store.get_run(request.parent_id)
-    if run is None:
-        raise BranchError(f"no run with id {request.parent_id} (see `python -m explorer runs`)")
+    run = stored_run(store, request.parent_id)
     if run["status"] == "running":
         raise BranchError(f"run {run['id']} is still running: branch it once it has finished")
     _check_model(store, run, denoiser)
@@ -70,13 +67,21 @@ def plan_branch(store: TrajectoryStore, denoiser: Denoiser, request: BranchReque
         raise BranchError(
             f"step {k} is out of range for run {run['id']}; valid: -1..{arrays.n_steps - 1} (-1 = from the prompt)"
         )
-    parent_config = DecodeConfig.from_json(json.dumps(run["config"]))
+    parent_config = DecodeConfig.from_dict(run["config"])
     config = _settings(parent_config, request.settings, denoiser, len(run["prompt_ids"]))
     tokens, conf = state_after(arrays, k)
     edits = apply_edits(denoiser, tokens, conf, request.edits, k)
     replan = (config.steps, config.block_size) != (parent_config.steps, parent_config.block_size)
     resume = _resume(arrays, k, tokens, conf, parent_config, edits, replan)
     return BranchPlan(run["prompt"], list(run["prompt_ids"]), config, resume, Origin(run["id"], k, tuple(edits)))
+
+
+def stored_run(store: TrajectoryStore, run_id: int) -> dict:
+    """The run's row; BranchError when there is none."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise BranchError(f"no run with id {run_id} (see `python -m explorer runs`)")
+    return run
 
 
 def _check_model(store: TrajectoryStore, run: dict, denoiser: Denoiser) -> None:

@@ -135,10 +135,14 @@ class Settings:
 
     @classmethod
     def from_json(cls, text: str) -> DecodeConfig:
-        """The config of a stored run; keys it does not know (a newer release's) are ignored,
-        and knobs an older release did not have take their defaults."""
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DecodeConfig:
+        """The config of a stored run (its `config` column); keys it does not know (a newer
+        release's) are ignored, and knobs an older release did not have take their defaults."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # The dataclass the rest of the code uses: Settings plus one field per knob, generated from the

@@ -5,7 +5,6 @@ Kept apart from `explorer/ui/app.py` (layout and wiring) so it can be tested dir
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections import OrderedDict
@@ -339,7 +338,7 @@ _NOT_IN_FORM = frozenset({"ar_scorer"} | {knob.name for knob in KNOBS if not kno
 def changed_settings(parent_config: dict, config: DecodeConfig) -> dict:
     """The fields of the form's `config` that differ from the parent run's stored config: what
     a "continue with other settings" branch changes (an empty dict reproduces the parent)."""
-    parent = DecodeConfig.from_json(json.dumps(parent_config))
+    parent = DecodeConfig.from_dict(parent_config)
     return {
         f.name: getattr(config, f.name)
         for f in fields(config)
