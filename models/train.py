@@ -3,7 +3,9 @@
 Trains the masked diffusion denoiser (MDLM objective) and the causal AR model on the same
 vocabulary, on windows of concatenated stories from the seeded grammar, and writes
 `models/embedded/{mdlm,ar}.safetensors` with their configs, the vocabulary and a training
-log (held-out NELBO / NLL, steps, wall time). Runs on the CPU; uses CUDA when present
+log (held-out NELBO / NLL, steps, wall time). `--kind xdlm --k 0.1` trains the XDLM denoiser
+(mask + uniform noise, models/xdlm.py) with the MDLM's budget and writes `xdlm.*`; its
+kernel (k) goes into `xdlm_kernel.json`, which the explorer reads. Runs on the CPU; uses CUDA when present
 unless `--device cpu`. `python bench/evaluate_embedded.py` then measures sample validity and writes
 the model card.
 """
@@ -24,6 +26,7 @@ from models import EMBEDDED_DIR
 from models.data import StoryStream
 from models.tokenizer import WordTokenizer
 from models.transformer import Transformer, TransformerConfig, save_model
+from models.xdlm import EPS, xdlm_loss
 
 HELD_OUT_SEED = 999_999
 
@@ -37,6 +40,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     seed: int = 0
     eval_batches: int = 8
+    k: float = 0.0  # XDLM's uniform-noise share (kind "xdlm" only)
 
 
 def mdlm_loss(
@@ -60,6 +64,18 @@ def ar_loss(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.transpose(1, 2), ids[:, 1:])
 
 
+def kind_loss(
+    kind: str, model: Transformer, ids: torch.Tensor, mask_id: int, cfg: TrainConfig, generator=None
+) -> torch.Tensor:
+    """The training loss of one model kind on a batch (one table, no branching at the call sites)."""
+    losses = {
+        "mdlm": lambda: mdlm_loss(model, ids, mask_id, generator),
+        "xdlm": lambda: xdlm_loss(model, ids, mask_id, cfg.k, generator=generator),
+        "ar": lambda: ar_loss(model, ids),
+    }
+    return losses[kind]()
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -75,7 +91,7 @@ def held_out_loss(model: Transformer, kind: str, tokenizer: WordTokenizer, devic
     losses = []
     for _ in range(cfg.eval_batches):
         ids = stream.batch(cfg.batch_size).to(device)
-        losses.append(mdlm_loss(model, ids, tokenizer.mask_id, generator) if kind == "mdlm" else ar_loss(model, ids))
+        losses.append(kind_loss(kind, model, ids, tokenizer.mask_id, cfg, generator))
     model.train()
     return float(torch.stack(losses).mean())
 
@@ -103,7 +119,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         ids = stream.batch(cfg.batch_size).to(device)
-        loss = mdlm_loss(model, ids, tokenizer.mask_id) if kind == "mdlm" else ar_loss(model, ids)
+        loss = kind_loss(kind, model, ids, tokenizer.mask_id, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -114,7 +130,7 @@ def train(
             print(f"[{kind}] step {step:5d}  loss {loss.item():.4f}  {elapsed:7.1f}s", flush=True)
     seconds = time.perf_counter() - start
     held_out = held_out_loss(model, kind, tokenizer, device, cfg)
-    print(f"[{kind}] held-out {'NELBO' if kind == 'mdlm' else 'NLL'} {held_out:.4f} nats/token", flush=True)
+    print(f"[{kind}] held-out {'NLL' if kind == 'ar' else 'NELBO'} {held_out:.4f} nats/token", flush=True)
     log = {
         "kind": kind,
         "train": asdict(cfg),
@@ -133,7 +149,16 @@ def train(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=EMBEDDED_DIR)
-    parser.add_argument("--which", choices=["both", "mdlm", "ar"], default="both")
+    parser.add_argument(
+        "--kind",
+        "--which",
+        dest="kind",
+        choices=["both", "mdlm", "ar", "xdlm"],
+        default="both",
+        help="both = mdlm and ar (the default embedded pair); xdlm trains with the MDLM's steps",
+    )
+    parser.add_argument("--k", type=float, default=0.1, help="XDLM's uniform-noise share k in [0, 1]")
+    parser.add_argument("--name", default=None, help="file stem of an xdlm model (default xdlm, or xdlm_k<k>)")
     parser.add_argument("--mdlm-steps", type=int, default=6000)
     parser.add_argument("--ar-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -151,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         "to --out (the weights there are left alone)",
     )
     args = parser.parse_args(argv)
+    if not 0.0 <= args.k <= 1.0:
+        parser.error(f"--k must be in [0, 1], got {args.k}")
     if args.measure_cpu:
         measure_cpu(args)
         return
@@ -158,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = WordTokenizer.from_grammar()
     args.out.mkdir(parents=True, exist_ok=True)
     tokenizer.save(args.out / "vocab.json")
-    kinds = ["mdlm", "ar"] if args.which == "both" else [args.which]
+    kinds = ["mdlm", "ar"] if args.kind == "both" else [args.kind]
     for kind in kinds:
         model_config = TransformerConfig(
             vocab_size=len(tokenizer),
@@ -167,11 +194,23 @@ def main(argv: list[str] | None = None) -> None:
             d_model=args.d_model,
             causal=(kind == "ar"),
         )
-        steps = args.mdlm_steps if kind == "mdlm" else args.ar_steps
-        cfg = TrainConfig(steps=steps, batch_size=args.batch_size, seed=args.seed)
+        steps = args.ar_steps if kind == "ar" else args.mdlm_steps
+        k = args.k if kind == "xdlm" else 0.0
+        cfg = TrainConfig(steps=steps, batch_size=args.batch_size, seed=args.seed, k=k)
         model, log = train(kind, model_config, cfg, tokenizer, args.device)
-        save_model(model, args.out, kind)
-        (args.out / f"{kind}_train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+        name = model_name(kind, args.name, k)
+        save_model(model, args.out, name)
+        (args.out / f"{name}_train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+        if kind == "xdlm":
+            kernel = {"kernel": "xdlm", "k": k, "eps": EPS, "mask_logit": "forced to -inf"}
+            (args.out / f"{name}_kernel.json").write_text(json.dumps(kernel, indent=1) + "\n")
+
+
+def model_name(kind: str, name: str | None, k: float) -> str:
+    """File stem: the kind, or for XDLM models other than k = 0.1 `xdlm_k<k>` unless --name says."""
+    if kind != "xdlm":
+        return kind
+    return name or ("xdlm" if k == 0.1 else f"xdlm_k{k:g}")
 
 
 def measure_cpu(args: argparse.Namespace) -> None:

@@ -26,25 +26,29 @@ def run(denoiser, **settings):
 
 
 def assert_complete(out, denoiser, gen_length=G):
-    """No mask left, every position committed once more than it was re-masked (exactly once
-    without a remasking strategy), records consistent with the result."""
+    """No mask left, every position unmasked once more than it was re-masked (exactly once
+    without a remasking strategy; revisions of a visible token are not unmaskings), records
+    consistent with the result."""
     assert out.result.status == "completed"
     assert len(out.token_ids) == gen_length
     assert denoiser.mask_id not in out.token_ids
     commits = np.bincount(np.concatenate([r.committed for r in out.steps]), minlength=gen_length)
     remasks = np.bincount(np.concatenate([r.remasked for r in out.steps]), minlength=gen_length)
-    assert (commits - remasks == 1).all()
+    revisions = np.bincount(np.concatenate([r.committed[r.revised] for r in out.steps]), minlength=gen_length)
+    assert (commits - revisions - remasks == 1).all()
     rebuilt = np.full(gen_length, -1)
     masked = gen_length
     for i, r in enumerate(out.steps):
         assert r.step == i
         assert r.masked_before == masked
         assert len(r.tokens) == len(r.committed) == r.n_committed
-        assert (rebuilt[r.committed] == -1).all()  # only masked positions are committed
+        # Only masked positions are committed, unless the step revised a visible token.
+        assert ((rebuilt[r.committed] == -1) != r.revised).all()
+        assert (rebuilt[r.committed[r.revised]] == r.previous[r.revised]).all()
         assert (rebuilt[r.remasked] == r.remasked_tokens).all()  # a re-mask takes the token there
         rebuilt[r.committed] = r.tokens
         rebuilt[r.remasked] = -1
-        masked += len(r.remasked) - r.n_committed
+        masked += len(r.remasked) - r.n_committed + r.n_revised
     assert rebuilt.tolist() == out.token_ids
     assert out.result.n_steps == len(out.steps)
     assert out.result.text == denoiser.decode(out.token_ids)

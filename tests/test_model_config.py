@@ -54,7 +54,7 @@ def write(tmp_path, data, name="models.json"):
 
 def test_without_a_configuration_only_embedded_is_offered():
     registry = mc.registry_from_env()
-    assert registry is mc.DEFAULT_REGISTRY and registry.names() == ("embedded",)
+    assert registry is mc.DEFAULT_REGISTRY and registry.names() == ("embedded", "embedded-xdlm")
     assert load_denoiser("embedded").name == "embedded"
     assert describe_model("embedded").mask_id == load_denoiser("embedded").mask_id
     with pytest.raises(UnknownModelError, match=r"unknown model 'llada'; valid: embedded.*--models-config"):
@@ -88,7 +88,7 @@ def test_toml_and_json_forms_parse_to_the_same_frozen_entries(tmp_path):
     json_registry = load_registry(write(tmp_path, data))
     assert toml_registry.models == json_registry.models
     assert toml_registry.ar_scorers == json_registry.ar_scorers
-    assert toml_registry.names() == ("embedded", "llada-8b-instruct", "bert")
+    assert toml_registry.names() == ("embedded", "embedded-xdlm", "llada-8b-instruct", "bert")
     llada, bert = toml_registry.models
     assert llada == ModelEntry(
         "llada-8b-instruct",
@@ -115,7 +115,7 @@ def test_an_unlisted_model_is_refused_naming_the_listed_ones(tmp_path):
         load_denoiser("gpt-4", registry=registry)
     message = str(err.value)
     assert "unknown model 'gpt-4'" in message
-    assert "embedded, llada-8b-instruct, bert" in message and str(path) in message
+    assert "embedded, embedded-xdlm, llada-8b-instruct, bert" in message and str(path) in message
 
 
 def test_remote_code_is_refused_unless_the_file_allows_it(tmp_path):
@@ -139,7 +139,7 @@ def test_remote_code_is_refused_unless_the_file_allows_it(tmp_path):
 
 
 def test_families_and_which_need_remote_code():
-    assert set(MODEL_FAMILIES) == set(MODEL_DESCRIBERS) == {"embedded", "masked_lm", "llada", "dream", "mdlm"}
+    assert set(MODEL_FAMILIES) == set(MODEL_DESCRIBERS) == {"embedded", "embedded_xdlm", "masked_lm", "llada", "dream", "mdlm"}
     assert REMOTE_CODE_FAMILIES == {"llada", "dream", "mdlm"}
 
 
@@ -155,7 +155,7 @@ BAD = [
     ({"models": [{"family": "llada", "path": "p"}]}, "models[0]: field 'name' is required"),
     (
         {"models": [{"name": "x", "family": "gpt", "path": "p"}]},
-        "models[0] ('x'): field 'family' 'gpt' is unknown; valid: embedded, masked_lm, llada, dream, mdlm",
+        "models[0] ('x'): field 'family' 'gpt' is unknown; valid: embedded, embedded_xdlm, masked_lm, llada, dream, mdlm",
     ),
     (
         {"models": [{"name": "x", "family": "llada", "path": "p", "dtype": "fp8"}]},
@@ -219,10 +219,10 @@ def test_the_environment_variable_and_the_flag(tmp_path, monkeypatch):
     long-lived process passes the registry it read on (Services -> WorkerPool -> worker)."""
     path = write(tmp_path, TOML, "models.toml")
     monkeypatch.setenv(mc.ENV_VAR, str(path))
-    assert mc.registry_from_env().names() == ("embedded", "llada-8b-instruct", "bert")
+    assert mc.registry_from_env().names() == ("embedded", "embedded-xdlm", "llada-8b-instruct", "bert")
     assert mc.resolve_registry(None) == mc.registry_from_env()
     other = write(tmp_path, {"models": [{"name": "only", "family": "masked_lm", "path": "p"}]})
-    assert mc.resolve_registry(str(other)).names() == ("embedded", "only")  # the flag wins
+    assert mc.resolve_registry(str(other)).names() == ("embedded", "embedded-xdlm", "only")  # the flag wins
     monkeypatch.delenv(mc.ENV_VAR)
     assert mc.registry_from_env() is mc.DEFAULT_REGISTRY
     assert not hasattr(mc, "use_models_config") and not hasattr(mc, "active_registry")

@@ -219,6 +219,8 @@ def test_threshold_is_adaptive_it_ignores_the_scheduled_count():
         "eb",
         "rcr",
         "remdm_conf",
+        "xdlm_ancestral",
+        "xdlm_revise",
     }
 
 

@@ -1,7 +1,12 @@
-"""The embedded denoiser: the story-grammar MDLM shipped in models/embedded (word vocabulary)."""
+"""The embedded denoisers: the story-grammar MDLM and XDLM shipped in models/embedded (word vocabulary).
+
+Both are the same transformer on the same vocabulary; they differ in their weights (`mdlm` /
+`xdlm` files) and in the noise they were trained with (absorbing mask / mask + uniform, k in
+`xdlm_kernel.json`)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,24 +60,35 @@ class EmbeddedDenoiser:
 
 
 def load_embedded(
-    directory: str | Path = EMBEDDED_DIR, device: str = "cpu", name: str = "embedded"
+    directory: str | Path = EMBEDDED_DIR, device: str = "cpu", name: str = "embedded", weights: str = "mdlm"
 ) -> EmbeddedDenoiser:
     directory = Path(directory)
-    return EmbeddedDenoiser(load_model(directory, "mdlm", device), WordTokenizer.load(directory / "vocab.json"), name)
+    return EmbeddedDenoiser(load_model(directory, weights, device), WordTokenizer.load(directory / "vocab.json"), name)
 
 
-def describe_embedded(directory: str | Path = EMBEDDED_DIR, name: str = "embedded") -> ModelSpec:
+def xdlm_k(directory: str | Path = EMBEDDED_DIR, weights: str = "xdlm") -> float:
+    """The uniform-noise share k an embedded XDLM was trained with (its `<weights>_kernel.json`)."""
+    return float(json.loads((Path(directory) / f"{weights}_kernel.json").read_text())["k"])
+
+
+def describe_embedded(
+    directory: str | Path = EMBEDDED_DIR, name: str = "embedded", weights: str = "mdlm", family: str = "embedded"
+) -> ModelSpec:
     directory = Path(directory)
     tokenizer = WordTokenizer.load(directory / "vocab.json")
-    config = TransformerConfig.from_json((directory / "mdlm.json").read_text())
+    config = TransformerConfig.from_json((directory / f"{weights}.json").read_text())
+    if weights == "mdlm":
+        what = "story-grammar MDLM"
+    else:
+        what = f"story-grammar XDLM (mask + uniform noise, k = {xdlm_k(directory, weights):g}; xdlm_* strategies)"
     return ModelSpec(
         name,
-        "embedded",
+        family,
         config.context_length,
         tokenizer.mask_id,
         tokenizer.encode,
         tokenizer.token,
-        f"story-grammar MDLM shipped with the app ({len(tokenizer)} words, CPU)",
+        f"{what} shipped with the app ({len(tokenizer)} words, CPU)",
         violations_default=EmbeddedDenoiser.violations_default,
         default_ar_scorer=EmbeddedDenoiser.default_ar_scorer,
     )
@@ -84,4 +100,13 @@ def load_entry(entry: ModelEntry) -> EmbeddedDenoiser:
 
 def describe_entry(entry: ModelEntry) -> ModelSpec:
     spec = describe_embedded(entry.path or EMBEDDED_DIR, entry.name)
+    return spec if not entry.description else replace(spec, description=entry.description)
+
+
+def load_xdlm_entry(entry: ModelEntry) -> EmbeddedDenoiser:
+    return load_embedded(entry.path or EMBEDDED_DIR, str(resolve_device(entry.device)), entry.name, "xdlm")
+
+
+def describe_xdlm_entry(entry: ModelEntry) -> ModelSpec:
+    spec = describe_embedded(entry.path or EMBEDDED_DIR, entry.name, "xdlm", "embedded_xdlm")
     return spec if not entry.description else replace(spec, description=entry.description)

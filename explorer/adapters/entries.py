@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 EMBEDDED = "embedded"
+EMBEDDED_XDLM = "embedded-xdlm"
 
 # Families whose checkpoints ship their modeling code (`trust_remote_code`): only the operator
 # configuration can allow them.
@@ -47,6 +48,8 @@ class ArScorerEntry:
 
 
 EMBEDDED_ENTRY = ModelEntry(name=EMBEDDED, family="embedded", dtype="float32", device="cpu")
+EMBEDDED_XDLM_ENTRY = ModelEntry(name=EMBEDDED_XDLM, family="embedded_xdlm", dtype="float32", device="cpu")
+BUILTIN_MODELS = (EMBEDDED_ENTRY, EMBEDDED_XDLM_ENTRY)  # always offered; their names are reserved
 EMBEDDED_AR_ENTRY = ArScorerEntry(
     name=EMBEDDED,
     family="embedded_ar",

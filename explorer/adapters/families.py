@@ -3,6 +3,7 @@
 | family      | what                                                        | module             |
 |-------------|-------------------------------------------------------------|--------------------|
 | `embedded`  | the story-grammar MDLM shipped in models/embedded           | adapters/embedded  |
+| `embedded_xdlm` | the story-grammar XDLM (mask + uniform noise) shipped there | adapters/embedded  |
 | `masked_lm` | any `AutoModelForMaskedLM` (BERT, RoBERTa, ModernBERT)      | adapters/hf        |
 | `llada`     | LLaDA (`AutoModel`, remote code)                            | adapters/hf        |
 | `dream`     | Dream (`AutoModel`, remote code, logits shifted right by 1) | adapters/hf        |
@@ -47,9 +48,11 @@ def _hf_describer(family: str) -> Callable[[ModelEntry], ModelSpec]:
 # Family name -> loader (registry entry -> Denoiser) and describer (entry -> ModelSpec, no weights).
 MODEL_FAMILIES: dict[str, Callable[[ModelEntry], Denoiser]] = {
     "embedded": embedded.load_entry,
+    "embedded_xdlm": embedded.load_xdlm_entry,
     **{family: _hf_loader(family) for family in HF_FAMILIES},
 }
 MODEL_DESCRIBERS: dict[str, Callable[[ModelEntry], ModelSpec]] = {
     "embedded": embedded.describe_entry,
+    "embedded_xdlm": embedded.describe_xdlm_entry,
     **{family: _hf_describer(family) for family in HF_FAMILIES},
 }

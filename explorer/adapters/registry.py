@@ -52,7 +52,7 @@ from pathlib import Path
 
 from explorer.adapters.ar_scorers import AR_SCORER_LOADERS
 from explorer.adapters.devices import DTYPES as TORCH_DTYPES
-from explorer.adapters.entries import EMBEDDED, EMBEDDED_AR_ENTRY, EMBEDDED_ENTRY, ArScorerEntry, ModelEntry
+from explorer.adapters.entries import BUILTIN_MODELS, EMBEDDED, EMBEDDED_AR_ENTRY, ArScorerEntry, ModelEntry
 from explorer.adapters.errors import ModelConfigError, UnknownModelError
 from explorer.adapters.families import MODEL_FAMILIES
 
@@ -72,22 +72,20 @@ class ModelRegistry:
     source: str | None = None  # the configuration file, None for the built-in default
 
     def names(self) -> tuple[str, ...]:
-        return (EMBEDDED, *(m.name for m in self.models))
+        return (*(m.name for m in BUILTIN_MODELS), *(m.name for m in self.models))
 
     def get(self, name: str) -> ModelEntry:
-        return self._find(name, EMBEDDED_ENTRY, self.models, "model", self.names())
+        return self._find(name, BUILTIN_MODELS, self.models, "model", self.names())
 
     def ar_scorer_names(self) -> tuple[str, ...]:
         return (EMBEDDED, *(s.name for s in self.ar_scorers))
 
     def get_ar_scorer(self, name: str) -> ArScorerEntry:
-        return self._find(name, EMBEDDED_AR_ENTRY, self.ar_scorers, "AR scorer", self.ar_scorer_names())
+        return self._find(name, (EMBEDDED_AR_ENTRY,), self.ar_scorers, "AR scorer", self.ar_scorer_names())
 
-    def _find(self, name: str, builtin, entries: tuple, what: str, valid: tuple[str, ...]):
-        """The entry called `name` (the built-in one for 'embedded'), or an error listing the valid names."""
-        if name == EMBEDDED:
-            return builtin
-        for entry in entries:
+    def _find(self, name: str, builtins: tuple, entries: tuple, what: str, valid: tuple[str, ...]):
+        """The entry called `name` (a built-in one first), or an error listing the valid names."""
+        for entry in (*builtins, *entries):
             if entry.name == name:
                 return entry
         raise UnknownModelError(f"unknown {what} {name!r}; valid: {', '.join(valid)} ({self._where()})")
@@ -99,6 +97,7 @@ class ModelRegistry:
 
 
 DEFAULT_REGISTRY = ModelRegistry()
+RESERVED_NAMES = frozenset({EMBEDDED, *(m.name for m in BUILTIN_MODELS)})
 
 
 # ---- reading and validating a file ---------------------------------------------------------
@@ -202,9 +201,9 @@ def _common(item: dict, where: str) -> None:
             f"{where}: field 'name' {item['name']!r} must be 1-64 characters of "
             "letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
-    if item["name"] == EMBEDDED:
+    if item["name"] in RESERVED_NAMES:
         raise ModelConfigError(
-            f"{where}: field 'name': 'embedded' is reserved for the built-in model "
+            f"{where}: field 'name': {item['name']!r} is reserved for a built-in model "
             "(always offered); choose another name"
         )
     dtype = item.get("dtype", "auto")
@@ -233,7 +232,7 @@ def _parse_model(item: object, where: str, base_dir: Path | None, families: tupl
     family = item["family"]
     if family not in families:
         raise ModelConfigError(f"{where}: field 'family' {family!r} is unknown; valid: {', '.join(families)}")
-    if family != "embedded" and "path" not in item:
+    if family not in ("embedded", "embedded_xdlm") and "path" not in item:
         raise ModelConfigError(f"{where}: field 'path' is required (a hub id or a local folder)")
     if item.get("chat") and family not in CHAT_FAMILIES:
         raise ModelConfigError(

@@ -182,7 +182,7 @@ def _resume(
     if replan or reopened:
         return Resume(tokens, conf, k + 1)
     mark = arrays.extras[k].schedule or _derived_mark(arrays, k, parent.block_size)
-    return Resume(tokens, conf, k + 1, block, mark.step_in_block + 1, mark.block_n_masked)
+    return Resume(tokens, conf, k + 1, block, mark.step_in_block + 1, mark.block_n_masked, mark.revisions)
 
 
 def _derived_mark(arrays: RunArrays, k: int, block_size: int) -> ScheduleMark:

@@ -86,6 +86,12 @@ class Settings:
         _check_int("seed", self.seed, 0, 2**63 - 1, "0..2^63-1")
         for knob in KNOBS:
             knob.check(getattr(self, knob.name))
+        spec = STRATEGIES[self.strategy]
+        if spec.check is not None:
+            try:
+                spec.check(self.knob_values(spec.knobs))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         self._validate_energies()
         return self
 

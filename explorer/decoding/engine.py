@@ -113,10 +113,12 @@ def iter_steps(
     run = DecodeRun.start(denoiser, state.prompt_length, config, ar_scorer)
     for index, (start, end) in enumerate(block_bounds(config.gen_length, config.block_size)):
         if resume is not None and resume.block == index:
-            block = state.enter_block(index, start, end, resume.step_in_block, resume.block_n_masked)
+            block = state.enter_block(
+                index, start, end, resume.step_in_block, resume.block_n_masked, resume.block_revisions
+            )
         else:
             block = state.enter_block(index, start, end)
-        while state.masked_in(block):
+        while _block_open(run, state, block):
             began, passes_before = time.perf_counter(), run.model.sequences
             run.reseed(state.step)
             x_before = state.x.clone() if config.violations else None
@@ -128,10 +130,18 @@ def iter_steps(
             host = state.commit(choice.commit, choice.tokens, choice.remask, metrics)
             violations = _violation_stage(run, x_before, state.prompt_length, host, metrics.log_p, forward_seconds)
             passes = run.model.sequences - passes_before + choice.ar_passes
-            mark = ScheduleMark(state.step_in_block, block.n_masked)
+            mark = ScheduleMark(state.step_in_block, block.n_masked, state.revisions_in_block)
             extras = StepExtras(violations, choice.energy, choice.prophet, mark)
             yield _record(state, block, host, time.perf_counter() - began, passes, extras)
             state.advance()
+
+
+def _block_open(run: DecodeRun, state: DecodeState, block: Block) -> bool:
+    """Does the block take another step? While it holds masks; the fixed-step (XDLM ancestral)
+    rule runs exactly S + 1 steps on a block that started with masks, whatever is masked."""
+    if run.strategy.fixed_steps:
+        return block.n_masked > 0 and state.step_in_block <= run.config.steps_per_block
+    return state.masked_in(block) > 0
 
 
 def _select(run: DecodeRun, state: DecodeState, block: Block, metrics: StepMetrics, logits: torch.Tensor) -> StepChoice:
@@ -157,11 +167,23 @@ def _select(run: DecodeRun, state: DecodeState, block: Block, metrics: StepMetri
             committed=~masked & block.in_block,
             commit_confidence=state.commit_conf,
             n_later=n_now - k,
+            n_block=block.n_masked,
             prompt_length=state.prompt_length,
+            log_p=metrics.log_p,
+            tokens=state.generated,
+            proposal=metrics.proposal,
+            revisable=~masked & block.up_to_end,
+            revisions_in_block=state.revisions_in_block,
+            mask_id=state.mask_id,
+            temperature=config.temperature,
         )
     )
+    # A strategy commits masked positions of the block; one that revises may also change the
+    # visible tokens of this block and the earlier ones (never the prompt, never a later block).
+    may_commit = block.up_to_end if run.strategy.revises else masked & block.in_block
     remask = None if selection.remask is None else selection.remask & ~masked & block.in_block
-    return StepChoice(selection.commit & masked & block.in_block, metrics.proposal, remask, prophet)
+    tokens = metrics.proposal if selection.tokens is None else selection.tokens
+    return StepChoice(selection.commit & may_commit, tokens, remask, prophet)
 
 
 def _synced_seconds(began: float, device: torch.device) -> float:
@@ -194,13 +216,17 @@ def _energy_stage(run: DecodeRun, state: DecodeState, metrics: StepMetrics, choi
     # The proposal: the marginals at the run's temperature (1 for greedy runs, whose point
     # mass would make every candidate the same).
     log_q = metrics.log_p if temperature == 1.0 else torch.log_softmax(metrics.log_p / temperature, -1)  # (G, V)
-    masked = state.masked()
+    # The candidates re-draw the tokens of every changed position (a revision too), from the
+    # state with those positions masked.
+    masked = state.masked() | choice.commit
+    x_base = state.x.clone()
+    x_base[0, state.prompt_length :] = torch.where(masked, state.mask_id, state.generated)
     cands = Candidates(
-        x=state.x,
+        x=x_base,
         prompt_length=state.prompt_length,
         masked=masked,
         positions=positions,
-        tokens=draw(log_q, masked, state.generated, config.energy_candidates, run.generator),
+        tokens=draw(log_q, masked, x_base[0, state.prompt_length :], config.energy_candidates, run.generator),
         log_q=log_q,
         log_p=metrics.log_p,
         log_probs=run.model.log_probs,
@@ -226,6 +252,9 @@ def _violation_stage(
         return None
     began = time.perf_counter()
     committed = np.flatnonzero(host.commit)
+    # The pass reads the committed set from the state before the step with that set masked;
+    # a revised position held a visible token there, so mask it as well.
+    x_before[0, prompt_length + torch.as_tensor(committed, device=x_before.device)] = run.model.denoiser.mask_id
     result = measure(
         run.model.log_probs,
         x_before,
@@ -244,6 +273,7 @@ def _record(
 ) -> StepRecord:
     positions = np.flatnonzero(host.commit)
     remasked = np.flatnonzero(host.remask).astype(np.int64)
+    previous = host.before[positions].astype(np.int64)
     return StepRecord(
         step=state.step,
         block=block.index,
@@ -263,6 +293,9 @@ def _record(
         remasked_tokens=host.before[remasked].astype(np.int64),
         remasked_probs=host.conf_before[remasked],
         extras=extras,
+        previous=previous,
+        revised=previous != state.mask_id,
+        previous_probs=host.conf_before[positions],
     )
 
 

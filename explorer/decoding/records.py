@@ -97,10 +97,19 @@ class StepRecord:
     remasked_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (r,) the tokens removed
     remasked_probs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (r,) p at their commit
     extras: StepExtras = field(default_factory=StepExtras)  # violations, energies, Prophet's check
+    # Token-changing strategies (XDLM): a committed position may have held a visible token,
+    # which this step replaced (a revision). Aligned with `committed`.
+    previous: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,) token before (mask id)
+    revised: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (n,) the position was visible
+    previous_probs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (n,) p at its commit
 
     @property
     def n_committed(self) -> int:
         return int(self.committed.size)
+
+    @property
+    def n_revised(self) -> int:
+        return int(self.revised.sum())
 
 
 @dataclass(frozen=True)

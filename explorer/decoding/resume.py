@@ -39,15 +39,17 @@ class ScheduleMark:
 
     step_in_block: int
     block_n_masked: int
+    revisions: int = 0  # revisions the block has made through this step (xdlm_revise's budget)
 
     def to_json(self) -> dict:
-        return {"j": self.step_in_block, "n_block": self.block_n_masked}
+        mark = {"j": self.step_in_block, "n_block": self.block_n_masked}
+        return mark | ({"revisions": self.revisions} if self.revisions else {})
 
     @classmethod
     def from_json(cls, data: object) -> ScheduleMark:
-        if not isinstance(data, dict) or set(data) != {"j", "n_block"}:
-            raise ValueError(f"a schedule mark is {{'j': int, 'n_block': int}}, got {data!r:.60}")
-        values = (data["j"], data["n_block"])
+        if not isinstance(data, dict) or not {"j", "n_block"} <= set(data) <= {"j", "n_block", "revisions"}:
+            raise ValueError(f"a schedule mark is {{'j': int, 'n_block': int[, 'revisions': int]}}, got {data!r:.60}")
+        values = (data["j"], data["n_block"], data.get("revisions", 0))
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
             raise ValueError(f"a schedule mark holds whole numbers >= 0, got {data!r:.60}")
         return cls(*values)
@@ -65,6 +67,7 @@ class Resume:
     block: int | None = None
     step_in_block: int = 0  # j: steps the block has run
     block_n_masked: int = 0  # masks in the block when it started (LLaDA's schedule reads it)
+    block_revisions: int = 0  # revisions the block has made so far (xdlm_revise's budget)
 
     def __post_init__(self) -> None:
         if self.tokens.shape != self.commit_conf.shape or self.tokens.ndim != 1:

@@ -26,6 +26,7 @@ class Block:
     end: int
     n_masked: int  # masked positions in the block when it started
     in_block: torch.Tensor  # (G,) bool, on the device
+    up_to_end: torch.Tensor  # (G,) bool: this block and the earlier ones (what a revision may touch)
 
 
 class HostStep:
@@ -70,6 +71,7 @@ class DecodeState:
         self.commit_conf = torch.zeros(gen_length, dtype=torch.float32, device=device)  # p(token) at last commit, fp16
         self.step = 0  # over the whole run
         self.step_in_block = 0  # j
+        self.revisions_in_block = 0  # visible tokens changed into others in the current block
 
     @property
     def generated(self) -> torch.Tensor:
@@ -96,14 +98,18 @@ class DecodeState:
         self.step = resume.step
 
     def enter_block(
-        self, index: int, start: int, end: int, step_in_block: int = 0, n_masked: int | None = None
+        self, index: int, start: int, end: int, step_in_block: int = 0, n_masked: int | None = None, revisions: int = 0
     ) -> Block:
-        """Start block `index` (or, for a branch, continue it at step j with its starting count)."""
+        """Start block `index` (or, for a branch, continue it at step j with its starting count
+        and the revisions it made)."""
         in_block = torch.zeros(self.masked_host.shape[0], dtype=torch.bool, device=self.x.device)
         in_block[start:end] = True
+        up_to_end = torch.zeros_like(in_block)
+        up_to_end[:end] = True
         self.step_in_block = step_in_block
+        self.revisions_in_block = revisions
         n_masked = int(self.masked_host[start:end].sum()) if n_masked is None else n_masked
-        return Block(index, start, end, n_masked, in_block)
+        return Block(index, start, end, n_masked, in_block, up_to_end)
 
     def advance(self) -> None:
         self.step += 1
@@ -124,6 +130,7 @@ class DecodeState:
         if remask is not None:
             self.generated.copy_(torch.where(remask, torch.full_like(tokens, self.mask_id), self.generated))
         host = _to_host(commit, remask, tokens, token_prob, metrics, before, conf_before, int(self.masked_host.sum()))
+        self.revisions_in_block += int((host.commit & ~self.masked_host).sum())
         self.masked_host &= ~host.commit
         self.masked_host |= host.remask
         return host

@@ -5,7 +5,9 @@ Each strategy is a pure function `StepInput -> Selection`, registered with its k
 `candidates` are the masked positions a step may commit (those of the current block: positions
 right of it are never committed). Remasking strategies (`rcr`, `remdm_conf`) also return
 positions to re-mask: committed positions of the current block (`committed`), ranked by the
-confidence they had when they were committed (`commit_confidence`).
+confidence they had when they were committed (`commit_confidence`). The XDLM strategies
+(`xdlm_ancestral`, `xdlm_revise`) may also *revise* a visible token: their `commit` may hold
+positions that are not masked, and `tokens` says what each changed position gets.
 
 Adding a strategy: write its function and one `StrategySpec` entry below (with its `Knob`s);
 the config, its validation, the CLI flags and the UI form are generated from the entry.
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from explorer.decoding.knobs import Knob, Value, unique_knobs
+from explorer.decoding.xdlm import alpha as xdlm_alpha
+from explorer.decoding.xdlm import posterior, revision_allowance, sample_rows, step_times, x0_probs
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,23 @@ class StepInput:
     committed: torch.Tensor | None = None  # (G,) bool: committed positions of the current block
     commit_confidence: torch.Tensor | None = None  # (G,) p(token) when each was last committed
     n_later: int = 0  # tokens the schedule leaves masked after this step: k_{j+1} + ... (RCR)
+    n_block: int = 0  # masked positions of the current block when it started
     prompt_length: int = 0  # P: ranking runs over a (P + G) row laid out as LLaDA's (ties)
+    # What the token-changing (XDLM) strategies read besides the above:
+    log_p: torch.Tensor | None = None  # (G, V) log-probabilities, mask at -inf
+    tokens: torch.Tensor | None = None  # (G,) the generated part now (mask id where masked)
+    proposal: torch.Tensor | None = None  # (G,) x̂, the token a commit would write
+    revisable: torch.Tensor | None = None  # (G,) bool: visible positions of this and earlier blocks
+    revisions_in_block: int = 0  # revisions the current block has made so far
+    mask_id: int = -1
+    temperature: float = 0.0
 
 
 @dataclass(frozen=True)
 class Selection:
-    commit: torch.Tensor  # (G,) bool
+    commit: torch.Tensor  # (G,) bool: positions that get a token (unmasked, or revised)
     remask: torch.Tensor | None = None  # (G,) bool: committed positions to mask again
+    tokens: torch.Tensor | None = None  # (G,) the token written at each commit (None: x̂)
 
 
 Strategy = Callable[[StepInput], Selection]
@@ -58,6 +72,9 @@ class StrategySpec:
     knobs: tuple[Knob, ...] = ()
     scheduled: bool = True  # follows the tokens-per-step schedule (else adaptive: steps vary)
     remasks: bool = False  # may take committed tokens back
+    revises: bool = False  # may change a visible token into another (XDLM)
+    fixed_steps: bool = False  # runs exactly steps_per_block + 1 steps per block, masks or not
+    check: Callable[[Mapping[str, Value]], None] | None = None  # raises ValueError on a bad knob mix
 
 
 def top_k_commit(scores: torch.Tensor, candidates: torch.Tensor, k: int, prompt_length: int = 0) -> torch.Tensor:
@@ -219,6 +236,54 @@ def remdm_conf(s: StepInput) -> Selection:
     return Selection(commit, remask)
 
 
+def xdlm_ancestral(s: StepInput) -> Selection:
+    """XDLM's ancestral step on every position of the block, from t to s on
+    t_i = linspace(1, 1e-5, S + 1), then one final noise-removal step to alpha = 1: each
+    position draws z_s from the posterior q(z_s | z_t, x0 ~ p), so it may unmask, stay, be
+    revised or be masked again. No mask is left after the final step."""
+    k = s.knobs["xdlm_k"]
+    t, t_next = step_times(s.steps_per_block, s.step_in_block)
+    p = x0_probs(s.log_p, s.temperature, s.knobs["xdlm_top_p"], s.mask_id)  # (G, N)
+    rows = posterior(p, s.tokens, s.mask_id, k, xdlm_alpha(t), xdlm_alpha(t_next))
+    new = sample_rows(rows, s.generator)  # (G,)
+    changed = (s.candidates | s.committed) & (new != s.tokens)
+    to_mask = changed & (new == s.mask_id)
+    return Selection(changed & ~to_mask, to_mask, new)
+
+
+def xdlm_revise(s: StepInput) -> Selection:
+    """LLaDA-XDLM's sampler: commit the scheduled number of most confident masked positions
+    (as low_confidence), and revise up to the block's budget floor(unmasked x k / (1 - k))
+    minus the revisions made so far (unspent budget carries over; none on a block's first
+    step): the visible positions whose x̂ differs from their token with p(x̂) >= p(token),
+    most confident first."""
+    commit = top_k_commit(s.confidence, s.candidates, s.n_scheduled, s.prompt_length)
+    if s.step_in_block == 0:
+        return Selection(commit)
+    unmasked_after = s.n_block - s.n_later  # the schedule's cumulative count through this step
+    budget = revision_allowance(unmasked_after, s.knobs["xdlm_k"]) - s.revisions_in_block
+    p_now = s.log_p.gather(-1, s.tokens[:, None]).squeeze(-1).exp()  # (G,) p(current token)
+    wants = s.revisable & (s.proposal != s.tokens) & (s.confidence >= p_now)
+    revise = top_k_commit(s.confidence, wants, max(0, budget), s.prompt_length)
+    return Selection(commit | revise)
+
+
+def _revise_check(knobs: Mapping[str, Value]) -> None:
+    if knobs["xdlm_k"] >= 1.0:
+        raise ValueError(
+            f"xdlm-k {knobs['xdlm_k']} with xdlm_revise: the revision budget k / (1 - k) divides by zero; "
+            "valid: [0, 1) (xdlm_ancestral takes k = 1)"
+        )
+
+
+_XDLM = "XDLM (Balancing Understanding and Generation in Discrete Diffusion Models, 2026)"
+XDLM_K = Knob("xdlm_k", float, 0.1, "the uniform-noise share k of the kernel: 0 = MDLM (mask only), 1 = uniform "
+              "(UDLM); use the k the model was trained with (0 for a masked model)", label="XDLM k", paper=_XDLM,
+              low=0.0, high=1.0, step=0.01)  # fmt: skip
+XDLM_TOP_P = Knob("xdlm_top_p", float, 1.0, "nucleus: sample x0 from the smallest set holding this much "
+                  "probability (1 = off)", label="nucleus top-p", paper=_XDLM, low=0.0, high=1.0, low_open=True,
+                  step=0.01)  # fmt: skip
+
 _FAST_DLLM = "Fast-dLLM (Wu et al. 2025)"
 _EB = "EB-sampler (Ben-Hamu et al. 2025)"
 THRESHOLD = Knob("threshold", float, 0.9, "commit every position at least this confident", label="Threshold τ",
@@ -254,6 +319,14 @@ _ENTRIES = (
     StrategySpec(name="remdm_conf", select=remdm_conf, paper="ReMDM (Wang et al. 2025)", knobs=(TIME_EPS,),
                  scheduled=False, remasks=True,
                  summary="ReMDM-conf: MDLM steps that may re-mask low-confidence committed tokens (↺ in the text)."),
+    StrategySpec(name="xdlm_ancestral", select=xdlm_ancestral, paper=_XDLM, knobs=(XDLM_K, XDLM_TOP_P),
+                 scheduled=False, remasks=True, revises=True, fixed_steps=True,
+                 summary="XDLM ancestral sampling: every position may unmask, be revised (✎) or re-mask each step; "
+                         "S steps and a final one."),
+    StrategySpec(name="xdlm_revise", select=xdlm_revise, paper=_XDLM + ", LLaDA-XDLM's generate_xdm",
+                 knobs=(XDLM_K,), revises=True, check=_revise_check,
+                 summary="low-confidence unmasking plus up to k/(1−k) revisions per unmasked token of the most "
+                         "confident visible tokens the model would change (✎)."),
 )  # fmt: skip
 STRATEGIES: dict[str, StrategySpec] = {entry.name: entry for entry in _ENTRIES}
 STRATEGY_KNOBS: tuple[Knob, ...] = unique_knobs(*(entry.knobs for entry in _ENTRIES))

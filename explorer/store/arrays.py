@@ -22,7 +22,10 @@ TOP_ALTERNATIVES = 3  # alternatives kept per committed position, for the token 
 
 @dataclass(frozen=True)
 class Commits:
-    """The commit events of a run, one entry per commit (any order)."""
+    """The commit events of a run, one entry per commit (any order). A *revision* (a
+    token-changing strategy such as XDLM's replacing a visible token by another) is a commit at
+    a position that held a token: it has `revised` set, and the token it replaced is the
+    position's previous event."""
 
     step: np.ndarray  # (n,) int
     position: np.ndarray  # (n,) int
@@ -30,6 +33,11 @@ class Commits:
     prob: np.ndarray  # (n,) float32 p(token) at commit
     top_ids: np.ndarray  # (n, K) int32, -1 where fewer than K were recorded
     top_probs: np.ndarray  # (n, K) float32, NaN where fewer than K were recorded
+    revised: np.ndarray | None = None  # (n,) bool: a revision of a visible token (None: none)
+
+    def __post_init__(self) -> None:
+        if self.revised is None:
+            object.__setattr__(self, "revised", np.zeros(self.step.shape[0], dtype=bool))
 
     @staticmethod
     def empty() -> Commits:
@@ -41,6 +49,10 @@ class Commits:
             np.full((0, TOP_ALTERNATIVES), -1, np.int32),
             np.full((0, TOP_ALTERNATIVES), np.nan, np.float32),
         )
+
+    @property
+    def n_revised(self) -> int:
+        return int(self.revised.sum())
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,7 @@ class RunArrays:
     confidence: np.ndarray  # (G, S) float32
     entropy: np.ndarray  # (G, S) float32
     margin: np.ndarray  # (G, S) float32
-    commit_step: np.ndarray  # (G,) int32: the step that committed each position, -1 if none
+    commit_step: np.ndarray  # (G,) int32: the step that last changed each position (commit or revision), -1 if none
     tokens: np.ndarray  # (G, S) int32: the sequence after each step (mask id where masked)
     commit_prob: np.ndarray  # (G,) float32: p(token) at commit, NaN if not committed
     commit_top_ids: np.ndarray  # (G, K) int32: the K most probable tokens at commit, -1 if none
@@ -157,7 +169,15 @@ def commits_from_records(records: Sequence[StepRecord]) -> Commits:
         prob=np.concatenate([r.probs for r in records]).astype(np.float32),
         top_ids=np.concatenate([fit_top(r.top_ids, -1, np.int32, r.n_committed) for r in records]),
         top_probs=np.concatenate([fit_top(r.top_probs, np.nan, np.float32, r.n_committed) for r in records]),
+        revised=np.concatenate([_revised(r) for r in records]),
     )
+
+
+def _revised(record: StepRecord) -> np.ndarray:
+    """(n,) bool: which of the record's commits revised a visible token (none in older records)."""
+    if record.revised.size != record.n_committed:
+        return np.zeros(record.n_committed, bool)
+    return record.revised.astype(bool)
 
 
 def fit_top(values, fill, dtype, n: int) -> np.ndarray:
@@ -204,7 +224,7 @@ def assemble(
     edits = edits if edits is not None else Edits.of([])
     extras = list(extras) if extras is not None else [StepExtras() for _ in range(S)]
     forced = np.zeros(G, dtype=bool)
-    if remasks.step.size == 0 and edits.size == 0:
+    if remasks.step.size == 0 and edits.size == 0 and not commits.revised.any():
         # The sequence after each step; columns are steps 0..S-1 in order.
         step_index = np.arange(S)[None, :]  # (1, S)
         committed_by = (commit_step[:, None] >= 0) & (commit_step[:, None] <= step_index)  # (G, S)

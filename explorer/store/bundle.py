@@ -72,7 +72,7 @@ from sqlalchemy.orm import Session
 
 from explorer.decoding.records import StepExtras
 from explorer.decoding.resume import EDIT_EVENTS
-from explorer.store.database import STATUSES, Event, Run, Step, StoreError, TrajectoryStore
+from explorer.store.database import COMMIT_EVENTS, STATUSES, Event, Run, Step, StoreError, TrajectoryStore
 
 FORMAT = "diffusion-explorer-run"
 VERSION = 1  # one run
@@ -80,7 +80,7 @@ TREE_VERSION = 2  # a branch tree: several runs
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 RUNNING_IMPORT_ERROR = "imported while still running"
 EDIT_KINDS = tuple(EDIT_EVENTS.values())  # a branch's edits, stored as events at its branch step
-EVENT_KINDS = ("commit", "remask", *EDIT_KINDS)
+EVENT_KINDS = (*COMMIT_EVENTS, "remask", *EDIT_KINDS)
 BLOB_DTYPES = {"argmax": "<i4", "confidence": "<f2", "entropy": "<f2", "margin": "<f2"}
 _DTYPE_NAMES = {"<i4": "int32", "<f2": "float16"}
 _INT64 = (-(2**63), 2**63 - 1)
@@ -569,7 +569,7 @@ def _validate_events(obj: object, steps: list[dict], gen_length: int, branch_ste
         top_probs = [_float(label, f"top_probs[{k}]", p) for k, p in enumerate(top_probs)]
         if len(top_ids) != len(top_probs):
             raise BundleError(f"{label}: top_ids has {len(top_ids)} entries but top_probs has {len(top_probs)}")
-        if kind == "commit":  # edits and re-masks are not commits
+        if kind in COMMIT_EVENTS:  # a step's commits count its revisions; edits and re-masks are not commits
             commits_per_step[step] += 1
         rows.append(
             {

@@ -54,6 +54,7 @@ from explorer.store.arrays import Commits, Edits, Remasks, RunArrays, assemble, 
 DEFAULT_DATA_DIR = Path(os.environ.get("EXPLORER_DATA_DIR", Path.home() / ".diffusion-explorer"))
 DB_URL_ENV = "EXPLORER_DB_URL"
 STATUSES = ("running", "completed", "failed", "cancelled")
+COMMIT_EVENTS = ("commit", "revise")  # the events that write a token the model chose
 
 
 class StoreError(RuntimeError):
@@ -142,7 +143,8 @@ class Event(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
     position: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(16), default="commit")  # commit | remask | force | remask_edit
+    # commit | revise (a visible token changed into another) | remask | force | remask_edit
+    kind: Mapped[str] = mapped_column(String(16), default="commit")
     token_id: Mapped[int] = mapped_column(Integer)
     token_text: Mapped[str] = mapped_column(String(200))
     prob: Mapped[float] = mapped_column(Float)
@@ -266,13 +268,14 @@ class TrajectoryStore:
                 }
             )
             scores = violation_scores(r)
+            revised = r.revised.tolist() if r.revised.size == r.n_committed else [False] * r.n_committed
             for i, (pos, tok, prob) in enumerate(zip(r.committed.tolist(), r.tokens.tolist(), r.probs.tolist())):
                 event_rows.append(
                     {
                         "run_id": run_id,
                         "step": r.step,
                         "position": pos,
-                        "kind": "commit",
+                        "kind": "revise" if revised[i] else "commit",
                         "token_id": tok,
                         "token_text": token_text(tok),
                         "prob": prob,
@@ -373,7 +376,7 @@ class TrajectoryStore:
             ).all()
             events = s.execute(
                 select(Event.step, Event.position, Event.token_id, Event.token_text, Event.prob)
-                .where(Event.run_id == run_id, Event.kind == "commit")
+                .where(Event.run_id == run_id, Event.kind.in_(COMMIT_EVENTS))
                 .order_by(Event.step, Event.position)
             ).all()
         by_step: dict[int, list] = {}
@@ -412,8 +415,16 @@ class TrajectoryStore:
                 .order_by(Step.step)
             ).all()
             commits = s.execute(
-                select(Event.step, Event.position, Event.token_id, Event.prob, Event.top_ids, Event.top_probs)
-                .where(Event.run_id == run_id, Event.kind == "commit")
+                select(
+                    Event.step,
+                    Event.position,
+                    Event.token_id,
+                    Event.prob,
+                    Event.top_ids,
+                    Event.top_probs,
+                    Event.kind == "revise",
+                )
+                .where(Event.run_id == run_id, Event.kind.in_(COMMIT_EVENTS))
                 .order_by(Event.id)
             ).all()
             remasks = s.execute(
@@ -505,7 +516,7 @@ def _copy_prefix(s: Session, origin: Origin, run_id: int, token_text: Callable[[
 
 
 def _commits(rows) -> Commits:
-    """Commit event rows (step, position, token_id, prob, top_ids, top_probs) as Commits."""
+    """Commit and revision event rows (step, position, token_id, prob, top_ids, top_probs, is_revision)."""
     if not rows:
         return Commits.empty()
     n = len(rows)
@@ -519,6 +530,7 @@ def _commits(rows) -> Commits:
         prob=np.fromiter((r[3] for r in rows), np.float32, n),
         top_ids=top_ids,
         top_probs=top_probs,
+        revised=np.fromiter((bool(r[6]) for r in rows), bool, n),
     )
 
 
