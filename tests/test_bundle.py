@@ -533,7 +533,7 @@ DICT_CASES = {
         _set("events.1.top_probs", [0.5]),
         r"event 1: top_ids has 3 entries but top_probs has 1",
     ),
-    "event kind unknown": (_set("events.1.kind", "flip"), r"event 1: kind 'flip' is not one of commit, remask"),
+    "event kind unknown": (_set("events.1.kind", "flip"), r"event 1: kind 'flip' is not one of commit, revise, remask"),
     "integer beyond 64 bits": (
         _set("run.seed", 2**64),
         r"run: seed 18446744073709551616 does not fit in a 64-bit integer",

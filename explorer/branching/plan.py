@@ -3,10 +3,11 @@
 `plan_branch` checks everything before anything is stored (a `BranchError` names the valid
 range), then returns a `BranchPlan`: the branch's config, the `Resume` state for the engine and
 the `Origin` the store records (parent, k, edits). The state after step k is read from the
-store: the tokens (commits, re-masks and earlier edits replayed), each committed position's
-confidence at its last commit (stored at the engine's float16 precision) and the schedule mark of
-step k. With the same settings and no edits the branch therefore reproduces the parent's steps
-k+1.. token for token (each step's random draws depend on (seed, step) only).
+store: the tokens (commits, revisions, re-masks and earlier edits replayed), each committed
+position's confidence at its last commit or revision (stored at the engine's float16 precision)
+and the schedule mark of step k (with the block's revisions so far, xdlm_revise's budget). With
+the same settings and no edits the branch therefore reproduces the parent's steps k+1.., its
+revisions included, token for token (each step's random draws depend on (seed, step) only).
 
 Settings: the parent's, with `settings` replacing some (any DecodeConfig field but gen_length).
 Changing `steps` or `block_length` re-plans what is left: each block that still holds masks
@@ -115,8 +116,8 @@ def _settings(parent: DecodeConfig, settings: Mapping[str, object], denoiser: De
 
 def state_after(arrays: RunArrays, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(G,) tokens and (G,) commit confidences after step k (k = -1: the prompt's state, with a
-    branch's edits from the prompt). Confidences are those of each position's last commit (its
-    forced value for an edit), 0 where masked."""
+    branch's edits from the prompt). Confidences are those of each position's last commit (a
+    revision is one: p of the token it wrote; its forced value for an edit), 0 where masked."""
     mask_id, G = int(arrays.run["mask_id"]), arrays.gen_length
     conf = np.zeros(G, dtype=np.float32)
     commits = zip(arrays.commits.step.tolist(), arrays.commits.position.tolist(), arrays.commits.prob.tolist())
@@ -186,12 +187,20 @@ def _resume(
 
 
 def _derived_mark(arrays: RunArrays, k: int, block_size: int) -> ScheduleMark:
-    """Step k's schedule mark for a run recorded before steps stored theirs (no branches then):
-    j counts the block's steps, and the block started with the masks left before its first."""
+    """Step k's schedule mark for a run whose steps do not store theirs (recorded before they
+    did, or stripped): j counts the block's steps, the block started with the masks left before
+    its first, and its revisions are the revise events of its steps through k (the engine
+    counts every visible token a step changed, in this block or an earlier one)."""
     block = int(arrays.blocks[k])
     in_block = np.flatnonzero(arrays.blocks[: k + 1] == block)
     first = int(in_block[0])
     before, _ = state_after(arrays, first - 1)
     lo = block * block_size
     n = int((before[lo : lo + block_size] == int(arrays.run["mask_id"])).sum())
-    return ScheduleMark(len(in_block) - 1, n)
+    return ScheduleMark(len(in_block) - 1, n, _revisions_between(arrays, first, k))
+
+
+def _revisions_between(arrays: RunArrays, first: int, last: int) -> int:
+    """The revise events at steps first..last."""
+    commits = arrays.commits
+    return int((commits.revised & (commits.step >= first) & (commits.step <= last)).sum())

@@ -169,12 +169,13 @@ def commits_from_records(records: Sequence[StepRecord]) -> Commits:
         prob=np.concatenate([r.probs for r in records]).astype(np.float32),
         top_ids=np.concatenate([fit_top(r.top_ids, -1, np.int32, r.n_committed) for r in records]),
         top_probs=np.concatenate([fit_top(r.top_probs, np.nan, np.float32, r.n_committed) for r in records]),
-        revised=np.concatenate([_revised(r) for r in records]),
+        revised=np.concatenate([revised_flags(r) for r in records]),
     )
 
 
-def _revised(record: StepRecord) -> np.ndarray:
-    """(n,) bool: which of the record's commits revised a visible token (none in older records)."""
+def revised_flags(record: StepRecord) -> np.ndarray:
+    """(n,) bool: which of the record's commits revised a visible token (none in older records).
+    The store's writer reads the same flags, so stored and in-memory arrays cannot disagree."""
     if record.revised.size != record.n_committed:
         return np.zeros(record.n_committed, bool)
     return record.revised.astype(bool)
@@ -211,8 +212,9 @@ def assemble(
     commit_prob = np.full(G, np.nan, dtype=np.float32)
     top_ids = np.full((G, TOP_ALTERNATIVES), -1, dtype=np.int32)
     top_probs = np.full((G, TOP_ALTERNATIVES), np.nan, dtype=np.float32)
-    # Sorted by step so that, should a position ever be committed twice (remasking), the
-    # latest commit wins, whatever order the events came in.
+    # Sorted by step so that, when a position is committed twice (re-masked and committed
+    # again, or revised), the latest commit wins, whatever order the events came in: commit_step
+    # is the step of the last change and commit_prob p of the token written then.
     order = np.argsort(commits.step, kind="stable")
     positions = commits.position[order]
     commit_step[positions] = commits.step[order]
@@ -224,7 +226,7 @@ def assemble(
     edits = edits if edits is not None else Edits.of([])
     extras = list(extras) if extras is not None else [StepExtras() for _ in range(S)]
     forced = np.zeros(G, dtype=bool)
-    if remasks.step.size == 0 and edits.size == 0 and not commits.revised.any():
+    if not _needs_replay(commits, remasks, edits):
         # The sequence after each step; columns are steps 0..S-1 in order.
         step_index = np.arange(S)[None, :]  # (1, S)
         committed_by = (commit_step[:, None] >= 0) & (commit_step[:, None] <= step_index)  # (G, S)
@@ -261,11 +263,22 @@ def assemble(
     )
 
 
+def _needs_replay(commits: Commits, remasks: Remasks, edits: Edits) -> bool:
+    """Does the sequence after each step need the event-by-event replay? Yes when a position
+    changes more than once: a re-mask, an edit, or a second commit at one position (a revision).
+    A repeated position is looked for as well as the `revised` flags, so that Commits built
+    without them (joined by hand, older callers) still replay their revisions exactly."""
+    if remasks.step.size or edits.size or commits.revised.any():
+        return True
+    return np.unique(commits.position).size != commits.position.size
+
+
 def _replay(
     G: int, S: int, mask_id: int, steps: np.ndarray, commits: Commits, remasks: Remasks, edits: Edits
 ) -> np.ndarray:
-    """(G, S) the sequence after each step, replaying each step's commits, then its re-masks
-    (the engine's order: a step never re-masks what it commits), then a branch's edits."""
+    """(G, S) the sequence after each step, replaying each step's commits (revisions included:
+    a revision overwrites the visible token), then its re-masks (the engine's order: a step
+    never re-masks what it commits), then a branch's edits."""
     column = {int(step): i for i, step in enumerate(steps.tolist())}
     tokens = np.full((G, S), mask_id, dtype=np.int32)
     current = np.full(G, mask_id, dtype=np.int32)

@@ -28,7 +28,14 @@ from the prompt, so those edit events have step -1), then its own steps. A branc
 also holds its ancestors' edit events, copied with the prefix, at their (earlier) branch steps.
 The checks: a run with edit events has a `branch_step` k, and every edit event is at step k
 or before it; step -1 holds edit events only; -1 <= branch_step < n_steps; edit events are not
-commits (a step's `n_committed` counts its `commit` events).
+commits (a step's `n_committed` counts its `commit` and `revise` events).
+
+Revisions (XDLM: a visible token changed into another) are events of kind `revise`. Replayed in
+the engine's order (edits at step -1; then per step its commits and revisions against the state
+before the step, its re-masks, then the edits at that step), a `commit` must fill a masked
+position and a `revise` must change a visible one; neither writes the run's mask id, and a
+step changes a position at most once. So `read_arrays` replays the imported run exactly as
+the engine decoded it.
 
 `import_bundle(store, data)` validates the whole bundle (either version) before writing
 anything, then inserts every run, parents first, with its steps and events in one transaction
@@ -593,6 +600,51 @@ def _validate_events(obj: object, steps: list[dict], gen_length: int, branch_ste
     return rows
 
 
+# The order the engine applies a step's events in: its commits and revisions (read against the
+# state before the step), then its re-masks, then a branch's edits at that step.
+_PHASE = {"commit": 0, "revise": 0, "remask": 1, **{kind: 2 for kind in EDIT_KINDS}}
+
+
+def _check_changes(events: list[dict], gen_length: int, mask_id: int) -> None:
+    """Replay the events position by position: a commit fills a masked position, a revision
+    changes a visible one, neither writes the mask, and a step changes a position once."""
+    visible = np.zeros(gen_length, dtype=bool)  # holds a token after the events replayed so far
+    changed: set[tuple[int, int]] = set()  # (step, position) of the commits and revisions seen
+    order = sorted(range(len(events)), key=lambda i: (events[i]["step"], _PHASE[events[i]["kind"]], i))
+    for i in order:
+        event = events[i]
+        if event["kind"] in COMMIT_EVENTS:
+            _check_change(f"event {i} (step {event['step']})", event, bool(visible[event["position"]]), mask_id)
+            key = (event["step"], event["position"])
+            if key in changed:
+                raise BundleError(
+                    f"event {i} (step {event['step']}): position {event['position']} has a second commit or "
+                    "revise event in this step; a step changes a position at most once"
+                )
+            changed.add(key)
+        visible[event["position"]] = event["kind"] in (*COMMIT_EVENTS, "force")
+
+
+def _check_change(label: str, event: dict, visible: bool, mask_id: int) -> None:
+    """One commit or revise event against whether its position held a token before its step."""
+    kind, position = event["kind"], event["position"]
+    if event["token_id"] == mask_id:
+        raise BundleError(
+            f"{label}: a {kind} event at position {position} writes the mask id {mask_id}; "
+            "taking a token away is a remask event"
+        )
+    if kind == "revise" and not visible:
+        raise BundleError(
+            f"{label}: a revise event at position {position}, which is masked before this step; a revision "
+            "changes a visible token (filling a mask is a commit event)"
+        )
+    if kind == "commit" and visible:
+        raise BundleError(
+            f"{label}: a commit event at position {position}, which already holds a token before this step; "
+            "changing a visible token is a revise event"
+        )
+
+
 def _validate_parent_ref(value: object, parent_run_id: int | None) -> dict | None:
     if value is None:
         return None
@@ -627,6 +679,7 @@ def _validate_entry(entry: dict, source_id: int | None) -> BundleRun:
     if run["n_steps"] != len(steps):
         raise BundleError(f"run: n_steps is {run['n_steps']} but the bundle has {len(steps)} steps")
     events = _validate_events(entry["events"], steps, run["gen_length"], run["branch_step"])
+    _check_changes(events, run["gen_length"], run["mask_id"])
     parent_ref = _validate_parent_ref(entry.get("parent_ref"), run["parent_run_id"])
     return BundleRun(source_id, run, parent_ref, steps, events)
 

@@ -1,9 +1,12 @@
 """The trajectory store: SQLAlchemy 2.0 ORM over SQLite or PostgreSQL (or any SQLAlchemy URL).
 
 Tables: `runs` (one per decode), `steps` (per-position arrays as compact typed blobs) and
-`events` (one row per commit, for SQL across runs). `StoreWriter` is the engine callback
-that writes a run: its row first (status `running`), steps in batched transactions, then the
-final status. `TrajectoryStore.read_arrays` reads a run back as (position x step) arrays.
+`events` (one row per commit, revision, re-mask or edit, for SQL across runs). A *revision*
+(XDLM: a visible token changed into another) is a commit at a position that held a token; it is
+stored with kind `revise`, so `COMMIT_EVENTS` covers both kinds wherever commits are read.
+`StoreWriter` is the engine callback that writes a run: its row first (status `running`), steps
+in batched transactions, then the final status. `TrajectoryStore.read_arrays` reads a run back
+as (position x step) arrays.
 
 The same code runs on every backend (the tests run it on SQLite and on PostgreSQL through
 psycopg, `postgresql+psycopg://user@host/db`): times are stored as naive UTC (`UTCDateTime`,
@@ -49,7 +52,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from explorer.decoding.callbacks import Callback, RunStart
 from explorer.decoding.records import DecodeResult, StepExtras, StepRecord
 from explorer.decoding.resume import EDIT_EVENTS, Origin
-from explorer.store.arrays import Commits, Edits, Remasks, RunArrays, assemble, fit_top
+from explorer.store.arrays import Commits, Edits, Remasks, RunArrays, assemble, fit_top, revised_flags
 
 DEFAULT_DATA_DIR = Path(os.environ.get("EXPLORER_DATA_DIR", Path.home() / ".diffusion-explorer"))
 DB_URL_ENV = "EXPLORER_DB_URL"
@@ -268,7 +271,7 @@ class TrajectoryStore:
                 }
             )
             scores = violation_scores(r)
-            revised = r.revised.tolist() if r.revised.size == r.n_committed else [False] * r.n_committed
+            revised = revised_flags(r).tolist()
             for i, (pos, tok, prob) in enumerate(zip(r.committed.tolist(), r.tokens.tolist(), r.probs.tolist())):
                 event_rows.append(
                     {
@@ -367,7 +370,8 @@ class TrajectoryStore:
             return _run_dict(run) if run else None
 
     def step_summaries(self, run_id: int) -> list[dict]:
-        """Per step: block, committed positions with their tokens and probabilities."""
+        """Per step: block, committed positions (revisions included, flagged in `revised`)
+        with their tokens and probabilities."""
         with self.session() as s:
             steps = s.execute(
                 select(Step.step, Step.block, Step.n_committed, Step.seconds)
@@ -375,7 +379,7 @@ class TrajectoryStore:
                 .order_by(Step.step)
             ).all()
             events = s.execute(
-                select(Event.step, Event.position, Event.token_id, Event.token_text, Event.prob)
+                select(Event.step, Event.position, Event.token_id, Event.token_text, Event.prob, Event.kind)
                 .where(Event.run_id == run_id, Event.kind.in_(COMMIT_EVENTS))
                 .order_by(Event.step, Event.position)
             ).all()
@@ -391,6 +395,7 @@ class TrajectoryStore:
                 "tokens": [e.token_id for e in by_step.get(st.step, [])],
                 "token_texts": [e.token_text for e in by_step.get(st.step, [])],
                 "probs": [e.prob for e in by_step.get(st.step, [])],
+                "revised": [e.kind == "revise" for e in by_step.get(st.step, [])],
             }
             for st in steps
         ]
