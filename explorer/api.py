@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from numbers import Integral
 
 from explorer.adapters.loading import ScorerCache, load_denoiser, scorer_for
 from explorer.adapters.registry import ModelRegistry
@@ -29,7 +30,7 @@ from explorer.branching.alternatives import AlternativesReport, RepairReport
 from explorer.branching.edits import EditSpec
 from explorer.branching.plan import BranchPlan, BranchRequest, plan_branch, stored_run
 from explorer.decoding.callbacks import Callback, CollectSteps
-from explorer.decoding.config import DecodeConfig
+from explorer.decoding.config import ConfigError, DecodeConfig
 from explorer.decoding.engine import run_decode
 from explorer.decoding.protocols import ARScorer, Denoiser
 from explorer.decoding.records import DecodeResult, StepRecord
@@ -62,7 +63,27 @@ def prepare(prompt: str, denoiser: Denoiser, config: DecodeConfig) -> list[int]:
     """Tokenise the prompt and validate the config against the model; raise ValueError subclasses."""
     prompt_ids = denoiser.encode(prompt)
     config.validate(denoiser.context_length, len(prompt_ids))
+    _check_mask(denoiser, config)
     return prompt_ids
+
+
+def _check_mask(denoiser: Denoiser, config: DecodeConfig) -> None:
+    """Every strategy decodes from the mask (the XDLM ones also noise toward it): a model must have
+    one, a class of its own output (a loaded model's adapter checks this; a Denoiser object given
+    to `decode` may not say)."""
+    mask_id = getattr(denoiser, "mask_id", None)
+    name = getattr(denoiser, "name", type(denoiser).__name__)
+    if isinstance(mask_id, bool) or not isinstance(mask_id, Integral) or mask_id < 0:
+        raise ConfigError(
+            f"model {name!r} has no mask token (mask_id {mask_id!r}); strategy {config.strategy} decodes "
+            "masked positions and needs one: set mask_id (an id >= 0 of the model's vocabulary)"
+        )
+    vocab = getattr(denoiser, "vocab_size", None)
+    if isinstance(vocab, int) and vocab > 0 and mask_id >= vocab:
+        raise ConfigError(
+            f"model {name!r}: mask id {mask_id} is outside its vocabulary (0..{vocab - 1}); "
+            f"strategy {config.strategy} needs the mask among the model's classes"
+        )
 
 
 def decode(

@@ -68,11 +68,17 @@ def token_loss(probs: torch.Tensor, z: torch.Tensor, x: torch.Tensor, t: torch.T
     fh = a * N * p_z + b * rho
     fx, fhx = a * N + b * k, a * N * p_x + b * k
     r = torch.where(at_x.bool(), k / (a * N + b * k), 1.0 / b)
-    # The log ratios are 0 * log(...) where their weight vanishes; keep them finite there.
+    # The log ratios are 0 * log(...) where their weight vanishes (k = 0: r = 0 at z = x, and
+    # fh = 0 when p(z) underflows); keep them finite there. Differences of clamped logs, not the
+    # log of a ratio: f / tiny overflows to inf (0 * inf = nan) once f > max * tiny (~4 in float32).
     tiny = torch.finfo(probs.dtype).tiny
+
+    def log(v: torch.Tensor) -> torch.Tensor:
+        return torch.log(v.clamp_min(tiny))
+
     h = N * (at_x - p_z) * rho / (fh * f).clamp_min(tiny)
-    h = h - (r / a) * torch.log(f.clamp_min(tiny) / fh.clamp_min(tiny)) * (r > 0)
-    h = h + r * torch.log(fx / fhx.clamp_min(tiny))
+    h = h - (r / a) * (log(f) - log(fh)) * (r > 0)
+    h = h + r * (log(fx) - log(fhx))
     if k > 0:
         c = (N - 1) / N * torch.log(b * k) + torch.log(a * N + b * k) / N  # (B, 1)
         c = c - torch.log(a[..., None] * N * probs + b[..., None] * k).mean(-1)  # (B, L)

@@ -4,6 +4,8 @@
   `add_gumbel_noise`), without CFG.
 - `fast_dllm_generate`: NVlabs/Fast-dLLM `llada/generate.py` (`generate` with
   `get_transfer_index` and a confidence threshold), without KV cache.
+- `xdlm_generate`: MzeroMiko/LLaDA-XDLM `generate.py` (`generate_xdm`: low-confidence unmasking
+  plus a budget of revisions), without CFG, with the prompt frozen (see its docstring).
 
 They keep the originals' structure (whole-sequence top-k with -inf outside the block, the
 softmax of un-noised logits, float64 Gumbel noise) so that the engine can be compared token
@@ -184,3 +186,104 @@ def dream_sample(model, prompt, steps, gen_length, alg="maskgit_plus", mask_id=1
             row_indices = torch.arange(x.size(0)).unsqueeze(1).expand_as(transfer_index)
             x[row_indices, transfer_index] = x_[row_indices, transfer_index]
     return x, steps
+
+
+def xdlm_gumbel(logits, temperature, noise):
+    """`add_gumbel_noise` with the uniform draws given (`noise`, float64, like `logits`)."""
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    gumbel_noise = (-torch.log(noise)) ** temperature
+    return logits.exp() / gumbel_noise
+
+
+@torch.no_grad()
+def xdlm_generate(
+    model,
+    prompt,
+    steps,
+    gen_length,
+    block_length,
+    temperature=0.0,
+    mask_id=1,
+    k1=0.0,
+    noise=None,
+    freeze_prompt=True,
+):
+    """MzeroMiko/LLaDA-XDLM `generate.py:generate_xdm` (low_confidence, no CFG, no EOS tweaks), line
+    by line, with two changes:
+
+    - `freeze_prompt`: the prompt positions are left out of the revision candidates
+      (`clean_change_cond`); the published code may revise the prompt, the explorer never does.
+    - `noise(step, logits)` gives the uniform draws of the Gumbel noise of global step `step`
+      (float64, shaped like `logits`) instead of `torch.rand_like`, so a test can feed the
+      engine's own draws. Returns x (1, P + G).
+    """
+    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
+    x[:, : prompt.shape[1]] = prompt.clone()
+    prompt_index = x != mask_id
+    assert gen_length % block_length == 0
+    num_blocks = gen_length // block_length
+    assert steps % num_blocks == 0
+    steps = steps // num_blocks
+    for num_block in range(num_blocks):
+        block_mask_index = (
+            x[:, prompt.shape[1] + num_block * block_length : prompt.shape[1] + (num_block + 1) * block_length]
+            == mask_id
+        )
+        num_transfer_tokens = get_num_transfer_tokens(block_mask_index, steps)
+        accumulate_num_transfer_tokens = num_transfer_tokens.cumsum(dim=-1)
+        accumulate_num_transfer_tokens_mask = accumulate_num_transfer_tokens
+        num_transfer_tokens_mask = torch.cat(
+            [
+                accumulate_num_transfer_tokens_mask[:, 0:1],
+                accumulate_num_transfer_tokens_mask[:, 1:] - accumulate_num_transfer_tokens_mask[:, :-1],
+            ],
+            dim=-1,
+        )
+        if k1 > 0.0:
+            accumulate_num_transfer_tokens_rnew = (accumulate_num_transfer_tokens_mask * k1 / (1 - k1)).int()
+            accumulate_num_transfer_tokens_rnew[:, 0] = 0
+            num_transfer_tokens_rnew = torch.cat(
+                [
+                    accumulate_num_transfer_tokens_rnew[:, 0:1],
+                    accumulate_num_transfer_tokens_rnew[:, 1:] - accumulate_num_transfer_tokens_rnew[:, :-1],
+                ],
+                dim=-1,
+            )
+        for i in range(steps):
+            mask_index = x == mask_id
+            logits = model(x)
+            if temperature == 0:
+                logits_with_noise = logits
+            else:
+                draws = (
+                    torch.rand_like(logits, dtype=torch.float64)
+                    if noise is None
+                    else noise(num_block * steps + i, logits)
+                )
+                logits_with_noise = xdlm_gumbel(logits, temperature, draws)
+            x0 = torch.argmax(logits_with_noise, dim=-1)
+            p = F.softmax(logits, dim=-1)
+            x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)
+            x_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x, -1)), -1)
+            x0_p[:, prompt.shape[1] + (num_block + 1) * block_length :] = -np.inf
+            confidence = torch.where(mask_index, x0_p, -np.inf)
+            clean_change_cond = (~mask_index) & (x0 != x) & (x0_p >= x_p)
+            if freeze_prompt:
+                clean_change_cond &= ~prompt_index
+            confidence_clean = torch.where(clean_change_cond, x0_p, -np.inf)
+            num_max_uniform_transfers = (confidence_clean != -np.inf).sum(-1)
+            transfer_index = torch.zeros_like(x0, dtype=torch.bool)
+            for j in range(confidence.shape[0]):
+                _, select_index = torch.topk(confidence[j], k=int(num_transfer_tokens_mask[j, i]))
+                transfer_index[j, select_index] = True
+                if k1 > 0.0:
+                    topk = int(min(num_max_uniform_transfers[j], num_transfer_tokens_rnew[j, i]))
+                    addition = num_transfer_tokens_rnew[j, i] - topk
+                    if i < steps - 1:
+                        num_transfer_tokens_rnew[j, i + 1] += addition
+                    _, select_index_clean = torch.topk(confidence_clean[j], k=topk)
+                    transfer_index[j, select_index_clean] = True
+            x[transfer_index] = x0[transfer_index]
+    return x
