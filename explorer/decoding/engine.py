@@ -236,7 +236,9 @@ def _energy_stage(run: DecodeRun, state: DecodeState, metrics: StepMetrics, choi
     record = choose(cands, dict(config.energies), config.energy_tau, run.generator)
     record.passes.denoiser = run.model.sequences - sequences_before  # x2 with CFG
     tokens = torch.where(choice.commit, cands.tokens[record.chosen], choice.tokens)
-    return replace(choice, tokens=tokens, energy=record.kept(), ar_passes=record.passes.ar)
+    # A re-drawn revision may put the old token back: that position no longer changes.
+    commit = choice.commit & (tokens != state.generated)
+    return replace(choice, commit=commit, tokens=tokens, energy=record.kept(), ar_passes=record.passes.ar)
 
 
 def _violation_stage(
