@@ -1,5 +1,5 @@
 """The app in a real browser (Chromium through Playwright): live decoding, scrubbing, tooltips,
-the Runs and Compare tabs, energies and dependency violations, re-masking, and HTML injection
+the Runs and Compare tabs, energies and dependency violations, re-masking, XDLM's revisions, and HTML injection
 through a prompt, a stored token and a stored prompt.
 
 One server (one model worker, a SQLite file in a temporary directory) and one browser serve
@@ -11,7 +11,9 @@ violations_full.png, remasking.png and remasking_tokens.png (the RCR preset); br
 branch_panel.png (a token clicked), branch_alternatives.png ("which decision mattered?"),
 branch_child.png (the branch decoded), branch_compare.png (with its parent, at the branch step),
 branch_runs_tree.png (the Runs tab with the branches under their parent) and
-branch_panel_mobile.png (390 x 844, a token tapped).
+branch_panel_mobile.png (390 x 844, a token tapped); XDLM: xdlm_full.png (an embedded-xdlm run with
+revisions) and xdlm_compare.png (that run against the MDLM on the same prompt and seed), and
+docs/screenshot_xdlm.png (the tokens with a revised token's history up, and the changes map).
 Skipped when /usr/bin/chromium or playwright is missing.
 """
 
@@ -149,7 +151,9 @@ def tooltip_of(page, locator) -> str:
     content = locator.evaluate("el => getComputedStyle(el, '::after').content")
     assert content not in ("none", "normal", ""), "no tooltip is shown on hover"
     assert content[0] == content[-1] == '"', content  # a CSS string: text, never markup
-    return re.sub(r"\\(.)", r"\1", content[1:-1])  # undo CSS string escapes (\" and \\)
+    # undo CSS string escapes in one pass: hex ones (a line break is "\\a "), \" and \\
+    unescape = lambda m: chr(int(m.group(1), 16)) if m.group(1) else m.group(2)  # noqa: E731
+    return re.sub(r"\\([0-9a-fA-F]{1,6}) ?|\\(.)", unescape, content[1:-1])
 
 
 def wait_mid_run(page, committed: int) -> dict:
@@ -563,3 +567,86 @@ def test_branch_panel_on_a_phone(browser, server, artifacts):
     finally:
         context.close()
     assert not errors, errors
+
+
+# ---- XDLM: revisions ------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick `option` in the dropdown labelled `label`."""
+    page.get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_xdlm_revisions_badge_history_and_changes_map(page, artifacts):
+    # The model list offers the embedded XDLM, and says what it is.
+    choose(page, "Model", "embedded-xdlm")
+    page.wait_for_function("() => document.querySelector('.model-note')?.innerText.includes('XDLM')")
+    # Its strategies' knobs come from the registry: xdlm_ancestral has k and top-p, xdlm_revise only k.
+    assert not page.locator("#xdlm-k input").first.is_visible()
+    choose(page, "Unmasking strategy", "xdlm_revise")
+    page.locator("#xdlm-k input").first.wait_for(state="visible")
+    assert not page.locator("#xdlm-top-p input").first.is_visible()
+    choose(page, "Unmasking strategy", "xdlm_ancestral")
+    page.locator("#xdlm-top-p input").first.wait_for(state="visible")
+    assert page.locator("#xdlm-k input").first.is_visible()
+    page.get_by_label("Temperature", exact=True).fill("1")
+    page.get_by_label("Temperature", exact=True).press("Enter")
+
+    # The first seed from 3 on whose run revises a token (the weights may be retrained).
+    for seed in range(3, 13):
+        page.get_by_label("Seed", exact=True).fill(str(seed))
+        page.get_by_label("Seed", exact=True).press("Enter")
+        status = run_and_wait(page)
+        if re.search(r"· \d+ revisions? ·", status):
+            break
+    else:
+        pytest.fail("no seed in 3..12 revised a token")
+    n_revised = int(re.search(r"· (\d+) revisions? ·", status).group(1))
+
+    # The ⇄ badge on every revised token, its history on hover.
+    revised = page.locator("#tokens .tokens-line .tok.revised")
+    assert revised.count() >= 1
+    assert "⇄" in revised.first.evaluate("el => getComputedStyle(el, '::before').content")
+    tip = tooltip_of(page, revised.first)
+    change = r"step \d+: '[^']+' \(p [\d.]+ when committed\) → '[^']+' \(p [\d.]+\)"
+    assert re.search(r"⇄ revised \d+×:\s*" + change, tip), tip
+    assert "⇄ = revised" in page.inner_text("#tokens .tokens-legend")
+
+    # The changes map: titled, labelled, a legend with the revisions counted.
+    plot_drawn(page, "#changes")
+    assert "What changed where" in page.locator("#changes .gtitle").text_content()
+    legend = [t.strip() for t in page.locator("#changes .legendtext").all_text_contents()]
+    assert f"revise ({n_revised})" in legend and any(t.startswith("unmask (") for t in legend), legend
+    assert page.locator("#changes .xtitle").text_content() == "decoding step"
+    assert page.locator("#changes .ytitle").text_content() == "position in generated text"
+
+    # The screenshot: the tokens with a revised token's history up, and the changes map.
+    DOCS.mkdir(exist_ok=True)
+    page.locator("#changes").scroll_into_view_if_needed()
+    revised.last.hover()  # the last one: its history opens over the tokens above it, not the status line
+    screenshot_between(page, DOCS / "screenshot_xdlm.png", "#status", "#changes")
+    page.mouse.move(0, 0)
+    page.screenshot(path=artifacts / "xdlm_full.png", full_page=True)
+
+    # Compare: the run is A; decode its prompt and seed on the MDLM (low_confidence) as B.
+    open_tab(page, "Compare")
+    run_a = re.search(r"run (\d+) · completed", status).group(1)
+    page.wait_for_function(f"() => document.querySelector('#compare-a input').value === '{run_a}'")
+    page.wait_for_function("() => document.querySelector('#compare-other-model input').value === 'embedded'")
+    page.locator("#compare-metric").get_by_text("changes", exact=True).click()
+    choose(page, "Strategy for B", "low_confidence")
+    page.click("#compare-other-btn")
+    page.wait_for_function(
+        "() => /Run \\d+: run \\d+'s prompt and seed on embedded/.test("
+        "document.querySelector('#compare-other-status').innerText)",
+        timeout=60_000,
+    )
+    summary = page.inner_text("#compare-summary")
+    assert "embedded-xdlm" in summary and "revisions" in summary, summary
+    assert page.locator("#compare-tokens-a .tokens-line .tok.revised").count() >= 1
+    assert page.locator("#compare-tokens-b .tokens-line .tok.revised").count() == 0
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .legendtext').length >= 6")
+    page.screenshot(path=artifacts / "xdlm_compare.png", full_page=True)

@@ -137,7 +137,7 @@ def test_huge_run_payloads_under_1mb(huge):
         assert _z(fig).shape == (256, 256)
         assert "each cell = 4 positions x 4 steps" in _title(fig)
         assert figure_payload_bytes(fig) < 1_000_000, metric
-    for fig in (commit_order_map(huge, step=500), tokens_per_step(huge, step=500)):
+    for fig in (commit_order_map(huge, step=500), tokens_per_step(huge, step=500), plots.changes_map(huge, step=500)):
         assert figure_payload_bytes(fig) < 1_000_000
 
 
@@ -150,6 +150,7 @@ def test_step_marker(small):
         metric_heatmap(small, "confidence", step=3),
         commit_order_map(small, step=3),
         tokens_per_step(small, step=3),
+        plots.changes_map(small, step=3),
     ):
         assert _vlines(fig) == [3]
         assert any("step 3" in a.text for a in fig.layout.annotations)
@@ -197,8 +198,29 @@ def test_live_run_figures(small):
     assert "live" in metric_heatmap(live, "confidence").layout.uirevision
     assert metric_heatmap(small, "confidence").layout.uirevision != metric_heatmap(small, "entropy").layout.uirevision
     empty = type(live).from_records({"gen_length": 8, "mask_id": 1}, [])
-    for fig in (metric_heatmap(empty, "entropy"), commit_order_map(empty), tokens_per_step(empty)):
+    for fig in (
+        metric_heatmap(empty, "entropy"),
+        commit_order_map(empty),
+        tokens_per_step(empty),
+        plots.changes_map(empty),
+    ):
         fig.to_json()
+
+
+def test_changes_map_of_a_run_without_revisions(small):
+    """Every position unmasked once, at its commit step; the legend still names revise and re-mask (0)."""
+    fig = plots.changes_map(small)
+    z = np.asarray(fig.data[0].z, dtype=np.float64)
+    for position, step in enumerate(small.commit_step.tolist()):
+        assert z[position, step] == 1 and np.isnan(np.delete(z[position], step)).all()
+    assert [t.name for t in fig.data[1:]] == ["unmask (24)", "revise (0)", "re-mask (0)"]
+    assert "What changed where" in _title(fig) and "blank = nothing changed" in _title(fig)
+    assert (
+        fig.layout.xaxis.title.text == "decoding step" and fig.layout.yaxis.title.text == "position in generated text"
+    )
+    hover = np.asarray(fig.data[0].customdata, dtype=object)
+    p = 5
+    assert hover[p, small.commit_step[p]].startswith(f"unmasked → '#{int(small.tokens[p, -1])}' (p ")
 
 
 def test_unknown_metric(small):

@@ -139,7 +139,7 @@ def test_highlight_marks_positions(arrays):
 # ---- re-masks ---------------------------------------------------------------------------------------
 
 
-def _record(step: int, committed, tokens, remasked=(), remasked_tokens=(), G: int = 4) -> StepRecord:
+def _record(step: int, committed, tokens, remasked=(), remasked_tokens=(), G: int = 4, revised=()) -> StepRecord:
     n = len(committed)
     return StepRecord(
         step=step,
@@ -147,6 +147,7 @@ def _record(step: int, committed, tokens, remasked=(), remasked_tokens=(), G: in
         committed=np.array(committed, np.int64),
         tokens=np.array(tokens, np.int64),
         probs=np.full(n, 0.5, np.float32),
+        revised=np.array(revised if revised else [False] * n, bool),
         top_ids=np.array([[t, 2, 3] for t in tokens], np.int64).reshape(n, 3),
         top_probs=np.tile(np.array([0.5, 0.3, 0.1], np.float32), (n, 1)),
         argmax=np.zeros(G, np.int32),
@@ -184,9 +185,10 @@ def test_scrubbing_shows_masks_that_came_back(remasked):
     # step 1 took token 11 away: position 1 is a mask again, with the re-mask badge and its story
     assert after[1][1].startswith('<span class="tok masked remasked" data-remasks="1"')
     assert "still masked after step 1 · ↺ re-masked 1× (step 1 took away 'w11')" in _tip(after[1][1])
-    # the token at position 0 still stands after step 1; it is the commit of step 0, re-masked later
-    assert ">w10<" in after[1][0] and "committed at step 0 · re-masked later" in _tip(after[1][0])
-    assert "p = " not in _tip(after[1][0])  # p and alternatives belong to the position's last commit
+    # the token at position 0 still stands after step 1; it is the commit of step 0, re-masked later,
+    # with the p and the alternatives of that commit (each commit event keeps its own)
+    assert ">w10<" in after[1][0] and "committed at step 0 · re-masked later · p = 0.50" in _tip(after[1][0])
+    assert "top-3: w10 0.50, w2 0.30, w3 0.10" in _tip(after[1][0])
     assert MASK_GLYPH in after[2][0] and ">w13<" in after[2][1]
     assert ">w15<" in after[3][0] and "committed at step 3 · p = 0.50" in _tip(after[3][0])
 
@@ -208,3 +210,32 @@ def test_remask_tooltips_are_escaped(remasked):
     out = render_tokens(remasked, evil, 1, prompt_text="p")
     assert "<img" not in out and "<b>" not in out
     assert html.escape(f"took away '{evil(11)}'", quote=True) in out
+
+
+# ---- revisions (XDLM: a visible token changed into another) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def revised():
+    """4 positions, 3 steps: position 0 holds token 10 (step 0), revised to 13 at step 1 and to 14 at step 2."""
+    records = [
+        _record(0, [0, 1], [10, 11]),
+        _record(1, [0, 2], [13, 12], revised=[True, False]),
+        _record(2, [0, 3], [14, 15], revised=[True, False]),
+    ]
+    return RunArrays.from_records({"gen_length": 4, "mask_id": 1}, records)
+
+
+def test_revision_history_tooltips_are_escaped(revised):
+    out = render_tokens(revised, evil, None, prompt_text=f"p {EVIL}")
+    assert "<img" not in out and "<b>" not in out
+    spans = _spans(_line(out))
+    assert 'data-revisions="2"' in spans[0] and " revised" in spans[0].split(">")[0]
+    tip = _tip(spans[0])
+    # both changes, old -> new, every token text as text (escaped in the markup, whole here)
+    assert f"step 1: '{evil(10)}' (p 0.50 when committed) → '{evil(13)}' (p 0.50)" in tip
+    assert f"step 2: '{evil(13)}' (p 0.50 when committed) → '{evil(14)}' (p 0.50)" in tip
+    assert html.escape(f"'{evil(10)}' (p 0.50 when committed) → '{evil(13)}'", quote=True) in spans[0]
+    for value in re.findall(r'data-tip="([^"]*)"', out):
+        assert "<" not in value and ">" not in value
+    assert out.count('data-tip="') == revised.gen_length

@@ -8,6 +8,7 @@ the open run for scrubbing) belongs to it.
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import os
 import re
@@ -545,7 +546,8 @@ def test_compare_a_branch_with_its_parent(client, services, a_an_run):
     a_id, b_id, slider, summary, tokens_a, _heat_a, tokens_b, _heat_b = outputs
     assert (a_id, b_id) == (a_an_run, child)
     assert slider["maximum"] == 3 and slider["value"] == 3
-    for name in ("checker", "violations: Σ S &lt; 0 (nats)", "AR-ness τ", "forward passes", "steps", "tokens / step"):
+    rows = ("checker", "violations: Σ S &lt; 0 (nats)", "AR-ness τ (by last change)", "forward passes", "steps")
+    for name in (*rows, "tokens / step"):
         assert f"<th>{name}</th>" in summary, name
     assert f"run {a_an_run} after step 0" in summary and "after step 0)" in summary  # passes after the branch step
     assert 'class="tok diff' in tokens_a and 'class="tok diff' in tokens_b
@@ -556,3 +558,103 @@ def test_compare_a_branch_with_its_parent(client, services, a_an_run):
     with pytest.raises(Exception) as refused:
         client.predict(a_an_run, "confidence", api_name="/compare_branch")
     assert "is not a branch" in str(refused.value)
+
+
+# ---- XDLM: revisions, the changes map, MDLM and XDLM compared ----------------------------------------
+
+XDLM = dict(prompt="once upon a time", model="embedded-xdlm", strategy="xdlm_ancestral", temperature=1.0)
+# The changes map's place in the /decode, /scrub and /open_run outputs: the view's last, and the
+# client leaves out the two buttons before it (compare_parent, open_parent).
+CHANGES = 12
+
+
+def _component(client: Client, elem_id: str) -> dict:
+    return next(c["props"] for c in client.config["components"] if c.get("props", {}).get("elem_id") == elem_id)
+
+
+@pytest.fixture(scope="module")
+def xdlm_run(client):
+    """An embedded-xdlm run (xdlm_ancestral, T = 1) that revised a token: the first seed from 3 on
+    that does (its weights may be retrained: the seed is searched, not fixed); (run id, outputs)."""
+    for seed in range(3, 13):
+        outputs = client.predict(*decode_args(**XDLM, seed=seed), api_name="/decode")
+        if re.search(r"· \d+ revisions? ·", outputs[0]):
+            return run_id_of(outputs[0]), seed, outputs
+    pytest.fail("no seed in 3..12 revised a token")
+
+
+def test_the_form_offers_embedded_xdlm_and_its_knobs(client):
+    model = _component(client, "model")
+    assert "embedded-xdlm" in [choice[1] for choice in model["choices"]]
+    # the knobs come from the registry and show only with their strategies (low_confidence at first)
+    for knob in ("xdlm-k", "xdlm-top-p"):
+        props = _component(client, knob)
+        assert props["visible"] is False and "xdlm_ancestral" in props["label"], props["label"]
+    assert "xdlm_revise" in _component(client, "xdlm-k")["label"]
+    assert "xdlm_revise" not in _component(client, "xdlm-top-p")["label"]
+
+
+def test_xdlm_run_shows_revisions_and_the_changes_map(client, services, xdlm_run):
+    run_id, _seed, outputs = xdlm_run
+    arrays = services.store.read_arrays(run_id)
+    assert arrays.commits.n_revised > 0
+    assert f"· {arrays.commits.n_revised} revision" in outputs[0] and "checker: " in outputs[0]
+    tokens = outputs[1].split('<div class="tokens-legend">')[0]  # the line (the legend shows a sample badge)
+    badges = re.findall(r'<span class="tok[^"]* revised[^"]*" [^>]*data-revisions="(\d+)"', tokens)
+    assert sum(map(int, badges)) == arrays.commits.n_revised
+    assert re.search(r"⇄ revised \d×:\nstep \d+: &#x27;", tokens)  # the history, one change a line, escaped
+    changes = _plot(outputs[CHANGES])
+    assert "What changed where" in changes["layout"]["title"]["text"] and changes["layout"]["showlegend"]
+    legend = [trace["name"] for trace in changes["data"][1:]]
+    assert f"revise ({arrays.commits.n_revised})" in legend, legend
+    # the commit order and the AR-ness are of each position's last change, and say so
+    order = outputs[3]
+    assert "last change" in _title_of(order) and "last changed at step" in _plot(order)["data"][0]["hovertemplate"]
+
+    # scrubbing: the token view after step s holds exactly tokens[:, s]; the changes map marks s
+    mask = int(arrays.run["mask_id"])
+    text = services.models["embedded-xdlm"].token_text
+    for step in (0, arrays.n_steps // 2, arrays.n_steps - 1):
+        shown = client.predict(step, "confidence", api_name="/scrub")
+        line = shown[1].split('<div class="tokens-legend">')[0]
+        spans = re.findall(r'<span class="tok([^"]*)"[^>]*>([^<]*)</span>', line)
+        got = ["▒" if "masked" in classes.split() else html.unescape(word) for classes, word in spans]
+        assert got == ["▒" if t == mask else text(t) for t in arrays.tokens[:, step].tolist()], step
+        assert any(a["text"] == f"step {step}" for a in _plot(shown[CHANGES])["layout"]["annotations"])
+
+
+def test_compare_mdlm_and_xdlm_on_the_same_prompt_and_seed(client, services, xdlm_run):
+    a, seed, _outputs = xdlm_run
+    outputs = client.predict(a, "embedded", "low_confidence", "changes", api_name="/compare_other_model")
+    b_id, slider, summary, tokens_a, heat_a, tokens_b, heat_b, status = outputs
+    run_a, run_b = services.store.get_run(a), services.store.get_run(int(b_id))
+    assert (run_b["model"], run_b["strategy"], run_b["prompt"], run_b["seed"]) == (
+        "embedded",
+        "low_confidence",
+        run_a["prompt"],
+        seed,
+    )
+    assert run_b["config"]["gen_length"] == run_a["config"]["gen_length"] and run_b["status"] == "completed"
+    assert f"Run {b_id}: run {a}&#x27;s prompt and seed on embedded (low_confidence)" in status
+    assert "<tr><th>model</th><td>embedded-xdlm</td><td>embedded</td></tr>" in summary
+    assert f"<tr><th>prompt · seed</th><td>once upon a time · seed {seed}</td>" in summary
+    assert "<th>revisions</th>" in summary and "<th>AR-ness τ (by last change)</th>" in summary
+    assert slider["value"] == max(services.store.get_run(a)["n_steps"], run_b["n_steps"]) - 1
+    legends = [[t["name"] for t in _plot(h)["data"][1:]] for h in (heat_a, heat_b)]
+    assert any(name.startswith("revise (") and name != "revise (0)" for name in legends[0]), legends
+    assert "revise (0)" in legends[1]  # low_confidence never revises
+    assert 'data-revisions="' in tokens_a and 'data-revisions="' not in tokens_b
+    # A's own strategy on the MDLM too; the Compare heatmap choice "changes" is there for both
+    same = client.predict(a, "embedded", "same as run A", "confidence", api_name="/compare_other_model")
+    assert services.store.get_run(int(same[0]))["strategy"] == "xdlm_ancestral"
+    assert "Confidence" in _title_of(same[4]) and "Confidence" in _title_of(same[6])
+
+    runs_before = services.store.count_runs()
+    for args, pattern in (
+        ((a, "nonexistent", "same as run A", "changes"), "not in the list of choices|unknown model"),
+        ((987654, "embedded", "same as run A", "changes"), "there is no run with id 987654"),
+    ):
+        with pytest.raises(Exception) as refused:
+            client.predict(*args, api_name="/compare_other_model")
+        assert re.search(pattern, str(refused.value)), str(refused.value)
+    assert services.store.count_runs() == runs_before

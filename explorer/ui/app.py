@@ -30,6 +30,7 @@ from explorer.ui.logic import (
     RequestError,
     build_config,
     device_label,
+    model_note,
     preset_form,
     strategy_note,
     violations_default,
@@ -99,8 +100,11 @@ def build_app(services: Services) -> gr.Blocks:
                 view, controls, handlers, panel = _decode_tab(services, cache, run_state, job_state)
             with gr.Tab("Runs", id="runs"):
                 runs_tab(services, cache, tabs, view)
-            with gr.Tab("Compare", id="compare"):
+            with gr.Tab("Compare", id="compare") as compare_page:
                 compare = compare_tab(services, cache)
+        # Opening Compare with no run A picked yet: the run shown in the Decode tab is run A.
+        a_id = compare.components["a_id"]
+        compare_page.select(_decode_run_as_a, [run_state, a_id], [a_id], api_name=False)
         # Wired once every tab exists: a branch opens the Compare tab with its parent.
         wire_branching(BranchHandlers(services, cache, view, controls, handlers, panel), tabs, compare)
     return app
@@ -151,7 +155,7 @@ def _decode_tab(
         [c["strategy_note"], c["knobs_accordion"], c["schedule"], *knob_fields.values()],
         api_name=False,
     )
-    c["model"].change(handlers.model_changed, [c["model"]], [c["violations"]], api_name=False)
+    c["model"].change(handlers.model_changed, [c["model"]], [c["violations"], c["model_note"]], api_name=False)
     return view, c, handlers, panel
 
 
@@ -177,6 +181,8 @@ def _figures_column(services: Services) -> tuple[dict, dict]:
     panel = branch_panel(services)
     f["metric"] = gr.Radio(list(METRICS), value="confidence", label="Heatmap")
     f["heat"] = gr.Plot(label="Heatmap", elem_id="heatmap")
+    # Under the heatmap, on the same axes: what changed where (unmask, revise, re-mask).
+    f["changes"] = gr.Plot(label="Changes", elem_id="changes")
     with gr.Row():
         f["order"] = gr.Plot(label="Commit order", elem_id="order")
         f["bars"] = gr.Plot(label="Tokens per step", elem_id="bars")
@@ -191,6 +197,11 @@ def _figures_column(services: Services) -> tuple[dict, dict]:
         f["candidates"] = gr.Plot(label="Energies of a step's candidates", elem_id="candidates")
         gr.Markdown(pairwise.READING_GUIDE, elem_id="reading-guide")
     return f, panel
+
+
+def _decode_run_as_a(run_id, a_id):
+    """Run ids start at 1: an empty field may arrive as None or as 0."""
+    return run_id if not a_id and run_id is not None else gr.skip()
 
 
 def _no_lineage() -> dict:
@@ -352,4 +363,6 @@ class _DecodeHandlers:
         }
 
     def model_changed(self, name):
-        return violations_default(self.services.models.get(name))
+        """The violations box's default for the model, and what the model is."""
+        spec = self.services.models.get(name)
+        return violations_default(spec), model_note(spec)

@@ -1,6 +1,8 @@
 """The Compare tab: two runs side by side, aligned by position and by step, on the same colour
 scales. One step slider moves both runs; positions whose tokens differ at that step are outlined.
-A branch and its parent are the same run up to the branch step, so the outlines start there."""
+A branch and its parent are the same run up to the branch step, so the outlines start there.
+Run B can also be made here: run A's prompt, seed and settings decoded on another model (e.g. the
+embedded MDLM against the embedded XDLM), optionally with another strategy."""
 
 from __future__ import annotations
 
@@ -9,14 +11,29 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from explorer.decoding.strategies import STRATEGIES
+from explorer.jobs import JobDone, JobError, JobFailed, StepDone
 from explorer.services import Services
 from explorer.store.arrays import RunArrays
-from explorer.ui.logic import ArraysCache, differing_at, forward_passes, summarise, token_text_for
+from explorer.ui.logic import (
+    SAME_STRATEGY,
+    ArraysCache,
+    RequestError,
+    differing_at,
+    forward_passes,
+    other_model,
+    rerun_config,
+    summarise,
+    token_text_for,
+)
+from explorer.ui.view import status_html
 from explorer.views import figures as plots
 from explorer.views.tokens import render_tokens
 
 # The outputs of /compare and /compare_step, in this order.
 PAIR = ("summary", "tokens_a", "heat_a", "tokens_b", "heat_b")
+# The outputs of /compare_other_model: the new run B, the slider, the pair, the status line.
+OTHER = ("b_id", "step", *PAIR, "other_status")
 
 
 @dataclass
@@ -47,16 +64,18 @@ class CompareTab:
 
 def compare_tab(services: Services, cache: ArraysCache) -> CompareTab:
     gr.Markdown(
-        "Two runs side by side (e.g. the same prompt and seed with different strategies, or a branch and its "
-        "parent: press *Compare with parent* under a branch in the Decode tab). The step slider moves both runs; "
-        "positions where their tokens differ at that step are outlined in red; both heatmaps share one colour scale."
+        "Two runs side by side (e.g. the same prompt and seed with different strategies or models, or a branch "
+        "and its parent: press *Compare with parent* under a branch in the Decode tab). The step slider moves both "
+        "runs; positions where their tokens differ at that step are outlined in red; both heatmaps share one "
+        "colour scale."
     )
     c: dict = {}
     with gr.Row():
         c["a_id"] = gr.Number(label="Run A", precision=0, elem_id="compare-a")
         c["b_id"] = gr.Number(label="Run B", precision=0, elem_id="compare-b")
-        c["metric"] = gr.Radio(list(COMPARE_MAPS), value="confidence", label="Heatmap")
+        c["metric"] = gr.Radio(list(COMPARE_MAPS), value="confidence", label="Heatmap", elem_id="compare-metric")
         go_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+    other_btn = _other_model_row(services, c)
     c["step"] = gr.Slider(
         0, 1, value=0, step=1, label="Step (both runs: the state after this step)", elem_id="compare-step"
     )
@@ -80,7 +99,7 @@ def compare_tab(services: Services, cache: ArraysCache) -> CompareTab:
         return tuple(shown[name] for name in PAIR)
 
     def compare_at(rid_a, rid_b, metric_v, step):
-        if rid_a is None or rid_b is None:
+        if not rid_a or not rid_b:  # ids start at 1: an empty field arrives as None or 0
             return (gr.skip(),) * len(PAIR)  # nothing compared yet: the slider alone does nothing
         a, b = _load(cache, rid_a, "A"), _load(cache, rid_b, "B")
         shown = render_pair(services, a, b, metric_v, int(step or 0))
@@ -106,7 +125,85 @@ def compare_tab(services: Services, cache: ArraysCache) -> CompareTab:
         trigger_mode="always_last",
     )
     c["metric"].change(compare_at, [*inputs, c["step"]], pair, api_name=False)
+    other = OtherModel(tab)
+    other_btn.click(
+        other.run,
+        [c["a_id"], c["other_model"], c["other_strategy"], c["metric"]],
+        tab.outputs(*OTHER),
+        api_name="compare_other_model",
+        show_progress_on=[c["other_status"]],
+    )
+    c["a_id"].change(other.suggest, [c["a_id"]], [c["other_model"]], api_name=False)
     return tab
+
+
+OTHER_NOTE = (
+    "**Or make run B here**: run A's prompt, seed and settings decoded on another model "
+    "(e.g. *embedded* against *embedded-xdlm*), with A's strategy or another one."
+)
+
+
+def _other_model_row(services: Services, c: dict) -> gr.Button:
+    """The "decode run A on another model" controls (hidden on a replay-only server); its button."""
+    shown = services.pool is not None
+    models = list(services.models)
+    gr.Markdown(OTHER_NOTE, visible=shown, elem_id="compare-other-note")
+    with gr.Row(equal_height=True, visible=shown):
+        c["other_model"] = gr.Dropdown(
+            models, value=other_model(services, None), label="Model for B", elem_id="compare-other-model"
+        )
+        c["other_strategy"] = gr.Dropdown(
+            [SAME_STRATEGY, *STRATEGIES], value=SAME_STRATEGY, label="Strategy for B", elem_id="compare-other-strategy"
+        )
+        button = gr.Button("Decode run A on this model as run B", elem_id="compare-other-btn")
+    c["other_status"] = gr.HTML(elem_id="compare-other-status", visible=shown)
+    return button
+
+
+@dataclass
+class OtherModel:
+    """The handlers of "decode run A on another model": a new run B, then the pair compared."""
+
+    tab: CompareTab
+
+    def suggest(self, rid_a):
+        """When run A is picked, offer the first model that is not A's."""
+        run = self.tab.services.store.get_run(int(rid_a)) if rid_a else None
+        if run is None:
+            return gr.skip()
+        return gr.Dropdown(value=other_model(self.tab.services, run["model"]) or run["model"])
+
+    def run(self, rid_a, model, strategy, metric):
+        services, bind = self.tab.services, self.tab.bind
+        a = _load(self.tab.cache, rid_a, "A")
+        model = model or other_model(services, a.run["model"])
+        try:
+            config = rerun_config(services, a.run, model, strategy)
+            handle = services.pool.submit(a.run["prompt"], model, config)
+        except (RequestError, RuntimeError) as exc:
+            raise gr.Error(str(exc)) from None
+        what = f"Decoding run {a.run['id']}'s prompt (seed {config.seed}, {config.strategy}) on {model}"
+        yield bind({"other_status": status_html("busy", what + "…")})
+        steps = 0
+        for event in handle.iter_events():
+            match event:
+                case StepDone():
+                    steps += 1
+                    yield bind({"other_status": status_html("busy", f"{what}… step {steps}")})
+                case JobDone(result=result):
+                    b = self.tab.cache.get(int(result.run_id))
+                    shown = render_pair(services, a, b, metric or "confidence", None)
+                    done = f"Run {b.run['id']}: run {a.run['id']}'s prompt and seed on {model} ({config.strategy})."
+                    yield bind(
+                        {
+                            **shown,
+                            "b_id": b.run["id"],
+                            "step": step_slider(a, b),
+                            "other_status": status_html("ok", done),
+                        }
+                    )
+                case JobError(message=message) | JobFailed(message=message):
+                    raise gr.Error(f"the run on {model} ended with an error: {message}")
 
 
 def step_slider(a: RunArrays, b: RunArrays) -> gr.Slider:
@@ -126,7 +223,8 @@ def render_pair(services: Services, a: RunArrays, b: RunArrays, metric: str, ste
         )
         for r in (a, b)
     ]
-    figures = COMPARE_MAPS[metric](a, b, step)
+    texts = (token_text_for(services, a), token_text_for(services, b))
+    figures = COMPARE_MAPS[metric](a, b, step, texts)
     return {
         "summary": _summary_table(services, a, b, differ, step, since),
         "tokens_a": views[0],
@@ -149,7 +247,7 @@ def _own_step(arrays: RunArrays, step: int | None) -> int | None:
 
 
 def _load(cache: ArraysCache, rid, label: str) -> RunArrays:
-    if rid is None:
+    if not rid:  # ids start at 1: an empty field arrives as None or 0
         raise gr.Error(f"give the id of run {label}")
     try:
         return cache.get(int(rid))
@@ -158,7 +256,7 @@ def _load(cache: ArraysCache, rid, label: str) -> RunArrays:
 
 
 def _metric_pair(metric: str):
-    def draw(a, b, step=None):
+    def draw(a, b, step=None, texts=(None, None)):
         zmax = plots.common_zmax(metric, a, b)
         return [plots.metric_heatmap(r, metric, zmax=zmax, step=_own_step(r, step)) for r in (a, b)]
 
@@ -166,18 +264,25 @@ def _metric_pair(metric: str):
 
 
 def _nats_pair(name: str, figure):
-    def draw(a, b, step=None):
+    def draw(a, b, step=None, texts=(None, None)):
         bound = plots.common_bound(name, a, b)
         return [figure(r, bound=bound, step=_own_step(r, step)) for r in (a, b)]
 
     return draw
 
 
-# The Heatmap choices of the Compare tab: each draws both runs on one colour scale.
+def _changes_pair(a, b, step=None, texts=(None, None)):
+    """Both runs' changes maps (one fixed colour per event, so they compare as they are)."""
+    return [plots.changes_map(r, step=_own_step(r, step), token_text=t) for r, t in zip((a, b), texts)]
+
+
+# The Heatmap choices of the Compare tab: each draws both runs on one colour scale. `texts`: each
+# run's token id -> text, for the hovers that name tokens.
 COMPARE_MAPS = {
     **{m: _metric_pair(m) for m in ("confidence", "entropy", "margin")},
     "violations": _nats_pair("violation", plots.violation_heatmap),
     "energy": _nats_pair("energy", plots.energy_heatmap),
+    "changes": _changes_pair,
 }
 
 
@@ -192,10 +297,12 @@ def _summary_table(
         ("branch of", _origin(a), _origin(b)),
         ("model", a.run["model"], b.run["model"]),
         ("strategy", a.run["strategy"], b.run["strategy"]),
+        ("prompt · seed", _prompt_seed(a), _prompt_seed(b)),
         ("status", sa.status, sb.status),
         ("checker", sa.verdict or "n/a", sb.verdict or "n/a"),
         ("violations: Σ S < 0 (nats)", _violation_total(a), _violation_total(b)),
-        ("AR-ness τ", f"{sa.arness:+.2f}", f"{sb.arness:+.2f}"),
+        ("revisions", sa.revisions, sb.revisions),
+        ("AR-ness τ (by last change)", f"{sa.arness:+.2f}", f"{sb.arness:+.2f}"),
         ("forward passes", _passes(services, a), _passes(services, b)),
         ("steps", sa.n_steps, sb.n_steps),
         ("tokens / step", f"{sa.committed / max(sa.n_steps, 1):.2f}", f"{sb.committed / max(sb.n_steps, 1):.2f}"),
@@ -215,6 +322,10 @@ def _summary_table(
         )
     table = f'<table class="compare"><tr><th></th><th>A</th><th>B</th></tr>{"".join(rows)}</table>'
     return f'<p class="compare-note">{html.escape(note)}</p>{table}'
+
+
+def _prompt_seed(arrays: RunArrays) -> str:
+    return f"{arrays.run.get('prompt', '')} · seed {arrays.run.get('seed')}"
 
 
 def _origin(arrays: RunArrays) -> str:

@@ -22,6 +22,7 @@ from explorer.ui.logic import (
     FORM_KNOBS,
     SERVER_CAPS,
     VIOLATION_COST_BEFORE,
+    model_note,
     strategy_note,
     violations_default,
 )
@@ -66,7 +67,8 @@ def decode_controls(services: Services) -> dict:
         c["stop_btn"] = gr.Button("Stop", variant="stop", elem_id="stop-btn", min_width=80, interactive=not replay_only)
     # Replay-only offers no model; any name then reaches the handler, which says why it refuses.
     first = models[0] if models else None
-    c["model"] = gr.Dropdown(models, value=first, label="Model", allow_custom_value=replay_only)
+    c["model"] = gr.Dropdown(models, value=first, label="Model", allow_custom_value=replay_only, elem_id="model")
+    c["model_note"] = gr.Markdown(model_note(services.models.get(first)), elem_classes=["model-note"])
     with gr.Row():
         # No min/max on the fields: the server's own check names the field and its range.
         c["gen_length"] = gr.Number(

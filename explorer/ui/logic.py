@@ -5,11 +5,13 @@ Kept apart from `explorer/ui/app.py` (layout and wiring) so it can be tested dir
 
 from __future__ import annotations
 
+import html
 import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -69,6 +71,14 @@ def strategy_note(name: str) -> str:
     if spec.knobs:
         note += " Its knob" + ("s are" if len(spec.knobs) > 1 else " is") + " in *Strategy knobs*."
     return note
+
+
+def model_note(spec) -> str:
+    """One line of Markdown on the model picked: its description, escaped as HTML and as Markdown
+    (an operator's file may say anything; 'xdlm_* strategies' must not start an emphasis)."""
+    if spec is None or not spec.description:
+        return ""
+    return re.sub(r"([\\`*_\[\]|#~])", r"\\\1", html.escape(spec.description))
 
 
 def violations_default(spec) -> bool:
@@ -186,6 +196,33 @@ def _energy_fields(form: dict, spec) -> dict:
     }
 
 
+SAME_STRATEGY = "same as run A"
+
+
+def rerun_config(services: Services, run: dict, model, strategy: str | None = None) -> DecodeConfig:
+    """A stored run's settings (its seed included) for another model (the Compare tab's "decode
+    run A on another model"), with `strategy` instead of the run's own unless it is None or
+    SAME_STRATEGY; checked against that model as the Decode form is, or RequestError."""
+    spec = _checked_model(services, model)
+    config = DecodeConfig.from_dict(run.get("config") or {})
+    if strategy not in (None, "", SAME_STRATEGY):
+        if strategy not in STRATEGIES:
+            raise RequestError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+        config = replace(config, strategy=strategy)
+    if any(term == "ar" for term, _ in config.energies) and spec.default_ar_scorer is None:
+        raise RequestError(f"run {run.get('id')} uses the AR energy (ar), which {spec.name!r} has no AR model for")
+    try:
+        config.validate(spec.context_length, len(spec.encode(run["prompt"])))
+    except (ConfigError, ValueError) as exc:
+        raise RequestError(f"run {run.get('id')}'s settings do not fit {spec.name!r}: {exc}") from None
+    return config
+
+
+def other_model(services: Services, model: str | None) -> str | None:
+    """The first model offered here that is not `model` (None if there is none)."""
+    return next((name for name in services.models if name != model), None)
+
+
 def preset_form(preset, services: Services) -> dict:
     """Every Decode form field for a preset: its settings over FORM_DEFAULTS, so a field it does
     not name is reset (loading a plain preset after an energy one turns the energies off)."""
@@ -277,6 +314,11 @@ def token_text_for(services: Services, arrays: RunArrays):
     return lambda token_id: known.get(int(token_id), f"#{int(token_id)}")
 
 
+# The built-in models of the story grammar (explorer/adapters/entries.py; ui may not import
+# adapters): the grammar checker judges their texts.
+GRAMMAR_MODELS = frozenset({"embedded", "embedded-xdlm"})
+
+
 @dataclass(frozen=True)
 class RunSummary:
     run_id: int | None
@@ -284,9 +326,10 @@ class RunSummary:
     n_steps: int
     committed: int
     gen_length: int
-    arness: float
+    arness: float  # of the step that last changed each position (its commit or last revision)
     mean_commit_prob: float
     verdict: str | None
+    revisions: int = 0  # visible tokens changed into others (XDLM)
 
     def line(self) -> str:
         parts = [
@@ -297,6 +340,8 @@ class RunSummary:
         ]
         if self.n_steps:
             parts.append(f"{self.committed / self.n_steps:.2f} tokens/step")
+        if self.revisions:
+            parts.append(f"{self.revisions} revision" + ("" if self.revisions == 1 else "s"))
         if not math.isnan(self.arness):
             parts.append(f"AR-ness τ = {self.arness:+.2f}")
         if self.verdict is not None:
@@ -309,7 +354,7 @@ def summarise(arrays: RunArrays, text: str | None, model: str) -> RunSummary:
     probs = arrays.commit_prob[arrays.commit_step >= 0]
     probs = probs[np.isfinite(probs)]  # a token forced by a branch's edit has no model probability
     verdict = None
-    if model == "embedded" and text and committed == arrays.run["gen_length"]:
+    if model in GRAMMAR_MODELS and text and committed == arrays.run["gen_length"]:
         result = check(text)
         verdict = (
             "valid"
@@ -325,6 +370,7 @@ def summarise(arrays: RunArrays, text: str | None, model: str) -> RunSummary:
         arness(arrays.commit_step),
         float(probs.mean()) if probs.size else math.nan,
         verdict,
+        arrays.commits.n_revised,
     )
 
 
@@ -381,7 +427,7 @@ def with_prefix(prefix: RunArrays, run: dict, records: Sequence[StepRecord]) -> 
 
 
 def _joined_commits(prefix: RunArrays, live: RunArrays) -> Commits:
-    names = ("step", "position", "token", "prob", "top_ids", "top_probs")
+    names = ("step", "position", "token", "prob", "top_ids", "top_probs", "revised")
     return Commits(*(_joined(prefix.commits, live.commits, n) for n in names))
 
 

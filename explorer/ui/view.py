@@ -16,8 +16,8 @@ from explorer.views import pairwise
 from explorer.views.tokens import render_tokens
 
 # What the Decode tab shows of a run state, by name (the /decode, /scrub and /open_run outputs
-# start with these, in this order; the last three, the branch line and its buttons, only change
-# when another run is shown).
+# start with these, in this order; the branch line and its two buttons only change when another
+# run is shown; the changes map came later, so it is last and the earlier outputs keep their place).
 VIEW = (
     "status",
     "tokens",
@@ -33,6 +33,7 @@ VIEW = (
     "lineage",
     "compare_parent",
     "open_parent",
+    "changes",
 )
 BRANCH_HINT = "Click (tap) any token to branch from it: the branch starts after the step on the slider."
 ANALYSIS_TITLES = {
@@ -53,7 +54,8 @@ def status_html(kind: str, text: str) -> str:
 def render_view(
     services: Services, arrays: RunArrays, step: int | None, metric: str, text: str | None, device: str | None = None
 ) -> Shown:
-    """The Decode tab's main outputs for one state of a run: summary, tokens and figures.
+    """The Decode tab's main outputs for one state of a run: summary, tokens and figures (the
+    metric heatmap, the commit order, the tokens per step and the changes map).
     `device`: the worker's device line, appended to the summary of a run it just decoded."""
     token_text = token_text_for(services, arrays)
     summary = summarise(arrays, text, arrays.run["model"])
@@ -68,6 +70,7 @@ def render_view(
         "heat": plots.metric_heatmap(arrays, metric, step=step),
         "order": plots.commit_order_map(arrays, step=step),
         "bars": plots.tokens_per_step(arrays, step=step),
+        "changes": plots.changes_map(arrays, step=step, token_text=token_text),
     }
 
 

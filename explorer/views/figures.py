@@ -18,6 +18,17 @@ import numpy as np
 import plotly.graph_objects as go
 
 from explorer.store.arrays import RunArrays
+from explorer.views.changes import (
+    CHANGE_KINDS,
+    EDIT,
+    KIND_BY_CODE,
+    REVISE,
+    block_max,
+    change_counts,
+    change_grid,
+    change_texts,
+    revision_history,
+)
 from explorer.views.metrics import arness
 
 FIGURE_HEIGHT = 320
@@ -185,41 +196,41 @@ def metric_heatmap(
 
 
 def commit_order_map(arrays: RunArrays, step: int | None = None, uirevision: str | None = None) -> go.Figure:
-    """Scatter of position (y) against the step that committed it (x), coloured by step.
+    """Scatter of position (y) against the step that last changed it (x), coloured by that step.
 
-    A left-to-right decode is a diagonal from the top left; the title gives the AR-ness tau.
+    The step is `arrays.commit_step`: the position's commit, or for a token-changing strategy
+    (XDLM) its last revision; revised positions get a purple ring and their count in the hover.
+    A left-to-right decode is a diagonal from the top left; the title gives the AR-ness tau (of
+    the same last-change steps).
     """
     committed = np.flatnonzero(arrays.commit_step >= 0)  # (n,)
     steps = arrays.commit_step[committed]  # (n,)
     G, S = arrays.gen_length, arrays.n_steps
     tau = arness(arrays.commit_step)
+    n_revised = revision_counts(arrays)[committed]  # (n,)
+    revised = bool(n_revised.any())
     fig = go.Figure(
         go.Scatter(
             x=steps,
             y=committed,
             mode="markers",
-            customdata=arrays.commit_prob[committed],
+            customdata=np.stack([arrays.commit_prob[committed], n_revised], axis=1),
             marker=dict(
                 color=steps,
                 colorscale=STEP_COLORSCALE,
                 cmin=0,
                 cmax=max(S - 1, 1),
                 size=_marker_size(G),
-                colorbar=dict(title=dict(text="commit<br>step"), thickness=12),
+                line=dict(color=np.where(n_revised > 0, REVISE.colour, "rgba(0,0,0,0)"), width=2 if revised else 0),
+                colorbar=dict(title=dict(text="last change<br>step" if revised else "commit<br>step"), thickness=12),
             ),
-            hovertemplate="position %{y}<br>committed at step %{x}<br>p = %{customdata:.2f} (probability)"
-            "<extra></extra>",
+            hovertemplate=_order_hover(revised),
         )
     )
-    subtitle = "Kendall tau between commit order and position: +1 = strictly left to right, 0 = no order"
-    if committed.size < G:  # no longer than the line above: a half-width figure clips what runs past it
-        subtitle = (
-            f"Kendall tau between commit order and position: +1 = left to right · {committed.size} of {G} committed"
-        )
     apply_layout(
         fig,
-        f"Commit order · AR-ness τ = {format_tau(tau)}",
-        subtitle,
+        f"Commit order{' (last change)' if revised else ''} · AR-ness τ = {format_tau(tau)}",
+        _order_subtitle(committed.size, G, revised),
         STEP_AXIS,
         POSITION_AXIS,
         uirevision or _uirevision(arrays, "commit-order"),
@@ -230,16 +241,51 @@ def commit_order_map(arrays: RunArrays, step: int | None = None, uirevision: str
     return fig
 
 
+def revision_counts(arrays: RunArrays) -> np.ndarray:
+    """(G,) int: how often each position was revised (a visible token changed into another)."""
+    counts = np.zeros(arrays.gen_length, dtype=np.int64)
+    for position, changes in revision_history(arrays).items():
+        if 0 <= position < counts.size:
+            counts[position] = len(changes)
+    return counts
+
+
+def _order_hover(revised: bool) -> str:
+    if not revised:
+        return "position %{y}<br>committed at step %{x}<br>p = %{customdata[0]:.2f} (probability)<extra></extra>"
+    return (
+        "position %{y}<br>last changed at step %{x} (its commit or its last revision)<br>"
+        "p = %{customdata[0]:.2f} (probability of the token standing there)<br>"
+        "revised %{customdata[1]}×<extra></extra>"
+    )
+
+
+def _order_subtitle(n_committed: int, G: int, revised: bool) -> str:
+    """Lines no longer than a half-width figure shows (it clips what runs past them)."""
+    if revised:
+        head = "x = each position's last change: its commit or last revision (ringed)"
+        tail = "<br>τ = Kendall tau between that step and position: +1 = left to right"
+    else:
+        head, tail = "Kendall tau between commit order and position: +1 = strictly left to right, 0 = no order", ""
+        if n_committed < G:
+            head = "Kendall tau between commit order and position: +1 = left to right"
+    if n_committed < G:
+        tail += f" · {n_committed} of {G} committed"
+    return head + tail
+
+
 def tokens_per_step(arrays: RunArrays, step: int | None = None, uirevision: str | None = None) -> go.Figure:
     """Bar chart: how many tokens each step committed (the selected step's bar highlighted); with
-    a remasking strategy also how many it re-masked, as orange bars below zero."""
-    counts = np.asarray(arrays.n_committed, dtype=np.int64)  # (S,)
+    a token-changing strategy (XDLM) the revisions stacked on top in purple; with a remasking
+    strategy also how many it re-masked, as orange bars below zero."""
+    counts = np.asarray(arrays.n_committed, dtype=np.int64)  # (S,) commits, revisions included
     steps = np.asarray(arrays.steps, dtype=np.int64)  # (S,)
+    revised = _per_step(steps, arrays.commits.step[arrays.commits.revised])  # (S,)
     colours = [MARKER_COLOUR if s == step else BAR_COLOUR for s in steps.tolist()]
     fig = go.Figure(
         go.Bar(
             x=steps,
-            y=counts,
+            y=counts - revised,
             marker=dict(color=colours, line=dict(width=0)),
             name="committed",
             hovertemplate="step %{x}<br>%{y} tokens committed<extra></extra>",
@@ -248,8 +294,19 @@ def tokens_per_step(arrays: RunArrays, step: int | None = None, uirevision: str 
     shown = int((arrays.tokens[:, -1] != int(arrays.run["mask_id"])).sum()) if arrays.n_steps else 0
     subtitle = f"{shown} of {arrays.gen_length} positions committed in {arrays.n_steps} steps"
     y_title = "tokens committed"
+    if revised.any():
+        fig.add_trace(
+            go.Bar(
+                x=steps,
+                y=revised,
+                marker=dict(color=REVISE.colour, line=dict(width=0)),
+                name="revised",
+                hovertemplate="step %{x}<br>%{y} tokens revised (changed into another)<extra></extra>",
+            )
+        )
+        subtitle = f"{int(revised.sum())} revisions (purple, on top) · " + subtitle
     if arrays.remasks.step.size:
-        remasked = np.bincount(np.searchsorted(steps, arrays.remasks.step), minlength=steps.size)[: steps.size]  # (S,)
+        remasked = _per_step(steps, arrays.remasks.step)  # (S,)
         fig.add_trace(
             go.Bar(
                 x=steps,
@@ -265,7 +322,7 @@ def tokens_per_step(arrays: RunArrays, step: int | None = None, uirevision: str 
     apply_layout(
         fig,
         "Tokens committed per step",
-        subtitle,
+        subtitle.replace(" · ", "<br>", 1) if revised.any() and arrays.remasks.step.size else subtitle,
         STEP_AXIS,
         y_title,
         uirevision or _uirevision(arrays, "tokens-per-step"),
@@ -276,6 +333,111 @@ def tokens_per_step(arrays: RunArrays, step: int | None = None, uirevision: str 
     _step_axis(fig, arrays.n_steps)
     _step_marker(fig, step)
     return fig
+
+
+def _per_step(steps: np.ndarray, events: np.ndarray) -> np.ndarray:
+    """(S,) how many of `events` (their steps) fall on each of `steps`."""
+    if steps.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    events = np.asarray(events, dtype=np.int64)
+    columns = np.searchsorted(steps, events)
+    known = (columns < steps.size) & (steps[np.minimum(columns, steps.size - 1)] == events)
+    return np.bincount(columns[known], minlength=steps.size)[: steps.size].astype(np.int64)
+
+
+def changes_map(
+    arrays: RunArrays,
+    step: int | None = None,
+    token_text=None,
+    max_positions: int = 256,
+    max_steps: int = 256,
+    uirevision: str | None = None,
+) -> go.Figure:
+    """Position x step map of what changed: one colour per event (unmask, revise, re-mask, a
+    branch's edit), blank where nothing did, with a legend. Hover: the event, with the tokens
+    (`token_text`: id -> text; default '#id') and their probabilities. Downsampled blocks show
+    their most telling event (revise over re-mask over edit over unmask), and the title says so."""
+    token_text = token_text or (lambda t: f"#{int(t)}")
+    full = change_grid(arrays)  # (G, S) codes
+    G, S = full.shape
+    fg, fs = downsample_factors(G, S, max_positions, max_steps)
+    z = block_max(full, fg, fs) if (fg, fs) != (1, 1) else full
+    x, y = np.arange(z.shape[1]) * fs + (fs - 1) / 2, np.arange(z.shape[0]) * fg + (fg - 1) / 2
+    n = len(CHANGE_KINDS)
+    fig = go.Figure(
+        go.Heatmap(
+            z=np.where(z > 0, z, np.nan).astype(np.float32),  # float32: half the payload of float64
+            x=x,
+            y=y,
+            zmin=0.5,
+            zmax=n + 0.5,
+            colorscale=_categorical_scale(),
+            showscale=False,
+            xgap=1,  # a thin white line between steps: the cells of one position read as separate events
+            hoverongaps=False,
+            customdata=_change_hover_text(arrays, full, z, (fg, fs), token_text),
+            hovertemplate=_change_hover(fg, fs),
+        )
+    )
+    counts = change_counts(full)
+    for kind in CHANGE_KINDS:  # legend entries only (no data): a heatmap has no legend of its own
+        if counts[kind] or kind is not EDIT:  # the edits only where a branch has them
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="markers",
+                    name=f"{kind.name} ({counts[kind]})",
+                    marker=dict(symbol="square", size=12, color=kind.colour),
+                    hoverinfo="skip",
+                )
+            )
+    lines = ["one colour per event · blank = nothing changed · hover a cell for the tokens"]
+    if (fg, fs) != (1, 1):
+        block = f"{_plural(fg, 'position')} x {_plural(fs, 'step')}"
+        lines.insert(0, f"downsampled for display: each cell = the most telling change of {block}")
+    apply_layout(
+        fig,
+        "What changed where: unmask, revise, re-mask",
+        "<br>".join(lines),
+        STEP_AXIS,
+        POSITION_AXIS,
+        uirevision or _uirevision(arrays, "changes"),
+    )
+    fig.update_layout(
+        showlegend=True,
+        legend=dict(title=dict(text="event (count)"), x=1.01, xanchor="left", y=1, yanchor="top"),
+        margin=dict(r=150),
+    )
+    _grid_axes(fig, (G, S), step)
+    fig.update_layout(plot_bgcolor="#ffffff")
+    return fig
+
+
+def _categorical_scale() -> list:
+    """A stepped colorscale: code c (1..n) -> its kind's colour, on zmin 0.5, zmax n + 0.5."""
+    n, scale = len(CHANGE_KINDS), []
+    for code in range(1, n + 1):
+        colour = KIND_BY_CODE[code].colour
+        scale += [[(code - 1) / n, colour], [code / n, colour]]
+    return scale
+
+
+def _change_hover_text(arrays: RunArrays, full: np.ndarray, z: np.ndarray, factors: tuple[int, int], token_text):
+    """(G', S') hover text: what happened in the cell (full resolution), or the block's shown kind."""
+    if factors == (1, 1):
+        texts = change_texts(arrays, full, token_text)
+        return np.vectorize(plotly_text, otypes=[object])(texts) if texts.size else texts
+    return np.vectorize(lambda c: KIND_BY_CODE[int(c)].name if c else "", otypes=[object])(z)
+
+
+def _change_hover(fg: int, fs: int) -> str:
+    if (fg, fs) == (1, 1):
+        return "step %{x} · position %{y}<br>%{customdata}<extra></extra>"
+    return (
+        f"{_plural(fg, 'position')} x {_plural(fs, 'step')} centred at step %{{x:.1f}}, position %{{y:.1f}}"
+        "<br>most telling change: %{customdata}<extra></extra>"
+    )
 
 
 def violation_heatmap(

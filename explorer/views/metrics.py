@@ -1,7 +1,9 @@
 """Summary numbers of a run, computed from RunArrays fields (pure numpy, no scipy).
 
 `arness` measures how autoregressive a decode was: the Kendall tau-b rank correlation between
-the step that committed each position and the position itself.
+the step that committed each position and the position itself. For a token-changing strategy
+(XDLM) that step is the position's *last* change (its last revision, else its commit), as
+`RunArrays.commit_step` holds it: the order in which the final text took shape.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ ROW_CHUNK = 256
 
 def arness(commit_step: np.ndarray) -> float:
     """Kendall tau-b between commit step and position, over committed positions (step >= 0).
+    `commit_step` is the step that last changed each position (`RunArrays.commit_step`).
 
     +1: strictly left to right (every position committed no earlier than those on its left),
     -1: right to left, ~0: no order. Several positions committed in one step are ties in the

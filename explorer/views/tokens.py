@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from explorer.store.arrays import RunArrays
+from explorer.views.changes import Revision, revision_history
 
 # Plotly's Viridis, the colorscale of plots.commit_order_map, so a token's colour here
 # matches its marker there. Dark purple = early, yellow = late.
@@ -58,6 +59,11 @@ def render_tokens(
     class `diff` and `highlight_label` in their tooltip; `outline_step=False` leaves out the
     outline of the tokens committed at `step` (the compare view, where outlines mean "differs").
 
+    A position a token-changing strategy (XDLM) revised by then (a visible token changed into
+    another) gets the class `revised` and `data-revisions` (its count, drawn as a ⇄ badge), its
+    colour is the step of its last change, and its tooltip lists every change up to `step`, one a
+    line: the step, the old and the new token and their probabilities.
+
     A branch's edits (after its branch step k, shown from step k on): a token an edit forced
     gets the class `forced` (a ✎ badge) and the tooltip line "forced by an edit after step k";
     a position an edit re-masked gets `edited` and the token it took away. The line holds exactly
@@ -67,33 +73,43 @@ def render_tokens(
     """
     state = state_at(arrays, step)
     remasks = remask_history(arrays, step)
+    revised = revision_history(arrays, step)
     edits = edit_marks(arrays, step, state)
+    events = CommitIndex.of(arrays)
     highlight = {int(p) for p in highlight}
     spans = []
     for position in range(arrays.gen_length):
-        events = remasks.get(position, [])
-        mark = edits.get(position)
+        taken, changes, mark = remasks.get(position, []), revised.get(position, []), edits.get(position)
         extra = (
             (" diff" if position in highlight else "")
-            + (" remasked" if events else "")
+            + (" remasked" if taken else "")
+            + (" revised" if changes else "")
             + (f" {mark.css}" if mark is not None else "")
         )
         notes = (
-            _remask_notes(events, token_text)
+            _remask_notes(taken, token_text)
             + ([mark.note(token_text)] if mark is not None else [])
             + ([highlight_label] if position in highlight else [])
         )
+        badge = _badge(taken) + _revision_badge(changes)
+        history = _revision_lines(changes, token_text)
         if state.since[position] >= 0:
             outlined = step if outline_step else None
-            spans.append(_token_span(arrays, position, state, token_text, outlined, extra, notes, _badge(events)))
+            tip = " · ".join([_tooltip(arrays, events, state, position, token_text), *notes])
+            spans.append(_token_span(arrays, position, state, token_text, outlined, extra, tip + history, badge))
         else:
-            tip = " · ".join(
-                [f"position {position} · still masked" + ("" if step is None else f" after step {step}"), *notes]
-            )
-            spans.append(f'<span class="tok masked{extra}"{_badge(events)} data-tip="{_esc(tip)}">{MASK_GLYPH}</span>')
+            still = f"position {position} · still masked" + ("" if step is None else f" after step {step}")
+            tip = " · ".join([still, *notes]) + history
+            spans.append(f'<span class="tok masked{extra}"{badge} data-tip="{_esc(tip)}">{MASK_GLYPH}</span>')
     prompt = f'<span class="prompt">{_esc(prompt_text)}</span>' if prompt_text else ""
     line = separator.join([prompt, *spans] if prompt else spans)
-    shown_legend = legend(step if outline_step else None, remasked=bool(remasks), edited=bool(edits), hint=hint)
+    shown_legend = legend(
+        step if outline_step else None,
+        remasked=bool(remasks),
+        edited=bool(edits),
+        hint=hint,
+        revised=bool(revised),
+    )
     run_id = arrays.run.get("id")
     owner = f' data-run="{int(run_id)}"' if run_id is not None else ""  # which run a click picks from
     return f'<div class="tokens-view"{owner}><div class="tokens-line">{line}</div>{shown_legend}</div>'
@@ -172,12 +188,21 @@ def step_colour(commit_step: int, n_steps: int) -> tuple[str, str]:
     return background, _text_colour(background)
 
 
-def legend(step: int | None = None, remasked: bool = False, edited: bool = False, hint: str = "") -> str:
+def legend(
+    step: int | None = None, remasked: bool = False, edited: bool = False, hint: str = "", revised: bool = False
+) -> str:
     """One line explaining the colours, the mask glyph, (with a step) the outline, (when the
-    run re-masked tokens) the ↺ badge, (a branch's edits) the ✎ badge, then `hint` (plain text)."""
+    run re-masked tokens) the ↺ badge, (revised tokens) the ⇄ badge, (a branch's edits) the ✎
+    badge, then `hint` (plain text)."""
     gradient = ", ".join(STEP_RAMP)
-    just = (
-        "" if step is None else f'; <span class="tok just legend-just">outlined</span> = committed at step {int(step)}'
+    what = "committed (or revised)" if revised else "committed"
+    just = "" if step is None else f'; <span class="tok just legend-just">outlined</span> = {what} at step {int(step)}'
+    changed = (
+        '; <span class="tok revised legend-revised" data-revisions="1">word</span> ⇄ = revised: the model changed '
+        "this visible token into another (its colour is the step of its last change; hover for each change: "
+        "step, old → new token, their probabilities)"
+        if revised
+        else ""
     )
     again = (
         '; <span class="tok masked remasked legend-remask" data-remasks="1">'
@@ -195,7 +220,7 @@ def legend(step: int | None = None, remasked: bool = False, edited: bool = False
     return (
         '<div class="tokens-legend">colour = step at which the token was committed: early → late '
         f'<span class="ramp" style="background: linear-gradient(to right, {gradient})"></span>; '
-        f'<span class="tok masked">{MASK_GLYPH}</span> = still masked{just}{again}{forced}{tail}</div>'
+        f'<span class="tok masked">{MASK_GLYPH}</span> = still masked{just}{again}{changed}{forced}{tail}</div>'
     )
 
 
@@ -208,38 +233,84 @@ def _token_span(
     state: SequenceState,
     token_text: Callable[[int], str],
     step: int | None,
-    extra_class: str = "",
-    notes: list[str] | None = None,
-    badge: str = "",
+    extra_class: str,
+    tip: str,
+    badge: str,
 ) -> str:
+    """A visible token: coloured by the step that put it there; `tip` is plain text (escaped here)."""
     committed_at = int(state.since[position])
     background, text = step_colour(committed_at, arrays.n_steps)
     classes = ("tok just" if step is not None and committed_at == step else "tok") + extra_class
-    tip = _esc(" · ".join([_tooltip(arrays, position, committed_at, token_text), *(notes or [])]))
     return (
         f'<span class="{classes}" style="background: {background}; color: {text}"{badge} '
-        f'data-tip="{tip}">{_esc(token_text(int(state.tokens[position])))}</span>'
+        f'data-tip="{_esc(tip)}">{_esc(token_text(int(state.tokens[position])))}</span>'
     )
 
 
-def _tooltip(arrays: RunArrays, position: int, committed_at: int, token_text: Callable[[int], str]) -> str:
-    """Plain text (escaped by the caller): 'position P · committed at step S · p = 0.83 · top-3: ...'.
-    p and the alternatives are those of the position's last commit: shown only for that commit."""
-    parts = [f"position {position}", f"committed at step {committed_at}"]
-    if committed_at != int(arrays.commit_step[position]):
-        parts.append("re-masked later")
-        return " · ".join(parts)
-    prob = float(arrays.commit_prob[position])
+@dataclass(frozen=True)
+class CommitIndex:
+    """The run's commit events by (step, position), and each position's event steps, in order."""
+
+    at: dict[tuple[int, int], int]  # (step, position) -> index into arrays.commits
+    changes: dict[int, list[tuple[int, str]]]  # position -> [(step, 'commit' | 'revise' | 're-mask'), ...]
+
+    @classmethod
+    def of(cls, arrays: RunArrays) -> CommitIndex:
+        c = arrays.commits
+        at = {(int(s), int(p)): i for i, (s, p) in enumerate(zip(c.step.tolist(), c.position.tolist()))}
+        changes: dict[int, list[tuple[int, str]]] = {}
+        for s, p, revised in zip(c.step.tolist(), c.position.tolist(), c.revised.tolist()):
+            changes.setdefault(int(p), []).append((int(s), "revise" if revised else "commit"))
+        for s, p in zip(arrays.remasks.step.tolist(), arrays.remasks.position.tolist()):
+            changes.setdefault(int(p), []).append((int(s), "re-mask"))
+        return cls(at, {p: sorted(events) for p, events in changes.items()})
+
+    def later(self, position: int, step: int) -> str | None:
+        """What next happened to the position after `step` ('re-masked later', 'revised later at
+        step 6'), None if nothing did."""
+        for at, kind in self.changes.get(position, []):
+            if at > step:
+                return "re-masked later" if kind == "re-mask" else f"revised later (step {at})"
+        return None
+
+
+def _tooltip(
+    arrays: RunArrays, events: CommitIndex, state: SequenceState, position: int, token_text: Callable[[int], str]
+) -> str:
+    """Plain text (escaped by the caller): 'position P · committed at step S · p = 0.83 · top-3: ...'
+    ('revised at step S' where a revision put the token there). p and the alternatives are those
+    the model gave when that token was written (none for a token a branch's edit forced)."""
+    committed_at, token = int(state.since[position]), int(state.tokens[position])
+    i = events.at.get((committed_at, position))
+    c = arrays.commits
+    revised = i is not None and bool(c.revised[i])
+    parts = [f"position {position}", f"{'revised' if revised else 'committed'} at step {committed_at}"]
+    later = events.later(position, committed_at)
+    if later is not None:
+        parts.append(later)
+    if i is None or int(c.token[i]) != token:
+        return " · ".join(parts)  # a token a branch's edit forced: the model gave it no probability
+    prob = float(c.prob[i])
     if np.isfinite(prob):
         parts.append(f"p = {prob:.2f}")
-    alternatives = [
-        f"{token_text(int(t))} {float(p):.2f}"
-        for t, p in zip(arrays.commit_top_ids[position], arrays.commit_top_probs[position])
-        if t >= 0 and np.isfinite(p)
-    ]
+    pairs = zip(c.top_ids[i].tolist(), c.top_probs[i].tolist())
+    alternatives = [f"{token_text(int(t))} {float(p):.2f}" for t, p in pairs if t >= 0 and np.isfinite(p)]
     if alternatives:
         parts.append(f"top-{len(alternatives)}: " + ", ".join(alternatives))
     return " · ".join(parts)
+
+
+def _revision_lines(changes: list[Revision], token_text: Callable[[int], str]) -> str:
+    """The revision history for the tooltip, one change a line (the tooltip keeps line breaks):
+    "\n⇄ revised 2×:\nstep 3: 'cat' (p 0.12 when committed) → 'dog' (p 0.54)\n..."; '' if none."""
+    if not changes:
+        return ""
+    return f"\n⇄ revised {len(changes)}×:" + "".join(f"\n{r.text(token_text)}" for r in changes)
+
+
+def _revision_badge(changes: list[Revision]) -> str:
+    """The data attribute static/tokens.css draws as a ⇄ count badge ('' when never revised)."""
+    return f' data-revisions="{len(changes)}"' if changes else ""
 
 
 def _remask_notes(events: list[tuple[int, int]], token_text: Callable[[int], str]) -> list[str]:
