@@ -276,6 +276,7 @@ def _record(
     positions = np.flatnonzero(host.commit)
     remasked = np.flatnonzero(host.remask).astype(np.int64)
     previous = host.before[positions].astype(np.int64)
+    revised = previous != state.mask_id
     return StepRecord(
         step=state.step,
         block=block.index,
@@ -296,8 +297,10 @@ def _record(
         remasked_probs=host.conf_before[remasked],
         extras=extras,
         previous=previous,
-        revised=previous != state.mask_id,
-        previous_probs=host.conf_before[positions],
+        revised=revised,
+        # p of the replaced token at its commit; NaN where the position was masked (a re-masked
+        # position keeps its old confidence in the state, which means nothing once it is masked).
+        previous_probs=np.where(revised, host.conf_before[positions], np.float32(np.nan)).astype(np.float32),
     )
 
 

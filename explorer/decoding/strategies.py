@@ -321,12 +321,12 @@ _ENTRIES = (
                  summary="ReMDM-conf: MDLM steps that may re-mask low-confidence committed tokens (↺ in the text)."),
     StrategySpec(name="xdlm_ancestral", select=xdlm_ancestral, paper=_XDLM, knobs=(XDLM_K, XDLM_TOP_P),
                  scheduled=False, remasks=True, revises=True, fixed_steps=True,
-                 summary="XDLM ancestral sampling: every position may unmask, be revised (✎) or re-mask each step; "
+                 summary="XDLM ancestral sampling: every position may unmask, be revised (⇄) or re-mask each step; "
                          "S steps and a final one."),
     StrategySpec(name="xdlm_revise", select=xdlm_revise, paper=_XDLM + ", LLaDA-XDLM's generate_xdm",
                  knobs=(XDLM_K,), revises=True, check=_revise_check,
                  summary="low-confidence unmasking plus up to k/(1−k) revisions per unmasked token of the most "
-                         "confident visible tokens the model would change (✎)."),
+                         "confident visible tokens the model would change (⇄)."),
 )  # fmt: skip
 STRATEGIES: dict[str, StrategySpec] = {entry.name: entry for entry in _ENTRIES}
 STRATEGY_KNOBS: tuple[Knob, ...] = unique_knobs(*(entry.knobs for entry in _ENTRIES))
