@@ -139,7 +139,8 @@ def test_remote_code_is_refused_unless_the_file_allows_it(tmp_path):
 
 
 def test_families_and_which_need_remote_code():
-    assert set(MODEL_FAMILIES) == set(MODEL_DESCRIBERS) == {"embedded", "embedded_xdlm", "masked_lm", "llada", "dream", "mdlm"}
+    families = {"embedded", "embedded_xdlm", "masked_lm", "llada", "dream", "mdlm"}
+    assert set(MODEL_FAMILIES) == set(MODEL_DESCRIBERS) == families
     assert REMOTE_CODE_FAMILIES == {"llada", "dream", "mdlm"}
 
 
@@ -155,7 +156,8 @@ BAD = [
     ({"models": [{"family": "llada", "path": "p"}]}, "models[0]: field 'name' is required"),
     (
         {"models": [{"name": "x", "family": "gpt", "path": "p"}]},
-        "models[0] ('x'): field 'family' 'gpt' is unknown; valid: embedded, embedded_xdlm, masked_lm, llada, dream, mdlm",
+        "models[0] ('x'): field 'family' 'gpt' is unknown; "
+        "valid: embedded, embedded_xdlm, masked_lm, llada, dream, mdlm",
     ),
     (
         {"models": [{"name": "x", "family": "llada", "path": "p", "dtype": "fp8"}]},

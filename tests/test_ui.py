@@ -388,6 +388,22 @@ def test_form_defaults_and_presets_fill_every_field(services):
     assert build_config(services, plain).energies == ()
 
 
+def test_the_xdlm_k_field_follows_the_models_training_noise(services):
+    """XDLM's k is the noise the model was trained with: 0 for the MDLM, the kernel's k for the
+    XDLM (models/embedded/xdlm_kernel.json), set when the model (or a preset naming it) is picked."""
+    from explorer.adapters.embedded import xdlm_k
+    from explorer.presets import Preset
+    from explorer.ui.logic import model_noise_k, preset_form
+
+    assert model_noise_k(services.models["embedded"]) == 0.0
+    assert model_noise_k(services.models["embedded-xdlm"]) == xdlm_k() > 0
+    on_xdlm = preset_form(Preset("x", "", {"model": "embedded-xdlm", "strategy": "xdlm_ancestral"}), services)
+    assert on_xdlm["xdlm_k"] == xdlm_k()
+    assert preset_form(Preset("m", "", {"model": "embedded", "strategy": "xdlm_ancestral"}), services)["xdlm_k"] == 0
+    named = preset_form(Preset("n", "", {"model": "embedded-xdlm", "xdlm_k": 0.5}), services)
+    assert named["xdlm_k"] == 0.5  # a preset that names k keeps it
+
+
 def test_compare_violation_maps_share_one_scale(client, two_runs):
     a, b = two_runs
     summary, _ta, heat_a, _tb, heat_b = client.predict(a, b, "violations", api_name="/compare")

@@ -77,10 +77,11 @@ def describe_embedded(
     directory = Path(directory)
     tokenizer = WordTokenizer.load(directory / "vocab.json")
     config = TransformerConfig.from_json((directory / f"{weights}.json").read_text())
+    k = 0.0 if weights == "mdlm" else xdlm_k(directory, weights)
     if weights == "mdlm":
         what = "story-grammar MDLM"
     else:
-        what = f"story-grammar XDLM (mask + uniform noise, k = {xdlm_k(directory, weights):g}; xdlm_* strategies)"
+        what = f"story-grammar XDLM (mask + uniform noise, k = {k:g}; xdlm_* strategies)"
     return ModelSpec(
         name,
         family,
@@ -91,6 +92,7 @@ def describe_embedded(
         f"{what} shipped with the app ({len(tokenizer)} words, CPU)",
         violations_default=EmbeddedDenoiser.violations_default,
         default_ar_scorer=EmbeddedDenoiser.default_ar_scorer,
+        noise_k=k,
     )
 
 

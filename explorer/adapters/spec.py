@@ -19,3 +19,6 @@ class ModelSpec:
     description: str
     violations_default: bool = False  # measure dependency violations unless the user turns them off
     default_ar_scorer: str | None = None  # the AR energy's model when the run names none
+    # The uniform-noise share k the model was trained with (0: absorbing mask only, as MDLM and
+    # LLaDA; XDLM's k otherwise): the UI sets the XDLM strategies' k to it when the model is picked.
+    noise_k: float = 0.0

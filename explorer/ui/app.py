@@ -30,6 +30,7 @@ from explorer.ui.logic import (
     RequestError,
     build_config,
     device_label,
+    model_noise_k,
     model_note,
     preset_form,
     strategy_note,
@@ -155,7 +156,9 @@ def _decode_tab(
         [c["strategy_note"], c["knobs_accordion"], c["schedule"], *knob_fields.values()],
         api_name=False,
     )
-    c["model"].change(handlers.model_changed, [c["model"]], [c["violations"], c["model_note"]], api_name=False)
+    c["model"].change(
+        handlers.model_changed, [c["model"]], [c["violations"], c["model_note"], c["xdlm_k"]], api_name=False
+    )
     return view, c, handlers, panel
 
 
@@ -363,6 +366,7 @@ class _DecodeHandlers:
         }
 
     def model_changed(self, name):
-        """The violations box's default for the model, and what the model is."""
+        """The violations box's default for the model, what the model is, and the XDLM strategies'
+        k set to the noise the model was trained with (0 for a masked model)."""
         spec = self.services.models.get(name)
-        return violations_default(spec), model_note(spec)
+        return violations_default(spec), model_note(spec), model_noise_k(spec)

@@ -22,6 +22,7 @@ from explorer.ui.logic import (
     FORM_KNOBS,
     SERVER_CAPS,
     VIOLATION_COST_BEFORE,
+    model_noise_k,
     model_note,
     strategy_note,
     violations_default,
@@ -92,7 +93,8 @@ def decode_controls(services: Services) -> dict:
         visible=STRATEGIES[d["strategy"]].scheduled,
         info=" · ".join(f"{s.name}: {s.help}" for s in SCHEDULES.values()),
     )
-    _strategy_knobs(c, d)
+    # The XDLM strategies' k starts at the noise the first model was trained with (0: masked).
+    _strategy_knobs(c, {**d, "xdlm_k": model_noise_k(services.models.get(first))})
     with gr.Row():
         c["temperature"] = gr.Number(d["temperature"], label="Temperature", info="0 = argmax")
         c["seed"] = gr.Number(d["seed"], label="Seed", precision=0)

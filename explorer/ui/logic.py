@@ -81,6 +81,12 @@ def model_note(spec) -> str:
     return re.sub(r"([\\`*_\[\]|#~])", r"\\\1", html.escape(spec.description))
 
 
+def model_noise_k(spec) -> float:
+    """The XDLM k field's value for a model: the noise it was trained with (the knob's default
+    when the model is unknown)."""
+    return spec.noise_k if spec is not None else KNOBS_BY_NAME["xdlm_k"].default
+
+
 def violations_default(spec) -> bool:
     """The Dependency violations box for a model: on for the embedded model (its extra pass is
     cheap), off for the others (a batched pass of n copies per step)."""
@@ -236,6 +242,8 @@ def preset_form(preset, services: Services) -> dict:
         form["window_start"], form["window_end"] = s["energy_window"]
     if form["violations"] is None:
         form["violations"] = violations_default(services.models.get(form["model"]))
+    if "xdlm_k" not in s:
+        form["xdlm_k"] = model_noise_k(services.models.get(form["model"]))
     form["block_length"] = form["block_length"] or 0
     return form
 
