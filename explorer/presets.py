@@ -127,4 +127,21 @@ PRESETS: tuple[Preset, ...] = (
         "at which step, and which word was removed); scrub the step slider to watch masks come back.",
         {"prompt": "once upon a time", "gen_length": 32, "steps": 8, "strategy": "rcr", "temperature": 0.0, "seed": 0},
     ),
+    Preset(
+        "XDLM: a revision repairs the story",
+        "The XDLM model with LLaDA-XDLM's sampler: 4 tokens per step, plus a budget of revisions of visible tokens. "
+        "At step 2 'girl' is changed into 'boy' (purple ⇄ badge; hover for its history), which the name 'ben' needs, "
+        "and the story checks valid; the changes map shows the revision. Run the same seed with low_confidence "
+        "(no revisions) to see the story break.",
+        {
+            "prompt": "once upon a time",
+            "model": "embedded-xdlm",
+            "gen_length": 32,
+            "steps": 8,
+            "strategy": "xdlm_revise",
+            "xdlm_k": 0.1,
+            "temperature": 0.7,
+            "seed": 1,
+        },
+    ),
 )

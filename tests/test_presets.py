@@ -11,6 +11,7 @@ from dataclasses import fields, replace
 import numpy as np
 import pytest
 
+from explorer.adapters.loading import load_denoiser
 from explorer.api import decode
 from explorer.decoding.config import DecodeConfig
 from explorer.presets import PRESETS
@@ -93,6 +94,24 @@ def remasks(denoiser, preset):
     assert arrays.remasks.step.size > 0 and arrays.remask_count.max() >= 1
 
 
+def revision_repairs(denoiser, preset):
+    """The story checks valid, a revision made it so (putting the replaced word back breaks it),
+    and the same settings without revisions (low_confidence) break."""
+    result, arrays, decoded = run(denoiser, preset)
+    assert result.valid, result.summary()
+    assert arrays.commits.revised.any(), "the run must revise a token"
+    prompt, final = preset.settings["prompt"], list(decoded.result.token_ids)
+    repairs = []
+    for r in decoded.steps:
+        for pos, old, new in zip(r.committed[r.revised], r.previous[r.revised], r.tokens[r.revised]):
+            undone = [int(old) if i == pos else t for i, t in enumerate(final)]
+            if final[pos] == new and not check(f"{prompt} {denoiser.decode(undone)}").valid:
+                repairs.append((r.step, denoiser.token_text(int(old)), denoiser.token_text(int(new))))
+    assert (2, "girl", "boy") in repairs, repairs  # the revision the explanation names
+    plain, _, _ = run(denoiser, preset, replace(config_of(preset), strategy="low_confidence"))
+    assert not plain.valid, "without revisions the same run should break"
+
+
 # Preset name -> the check of what its explanation promises.
 PHENOMENA = {
     "a/an violation at 8 tokens per step": a_an,
@@ -103,6 +122,7 @@ PHENOMENA = {
     "Two full stops in one step: a dependency violation": two_full_stops,
     "Energy repairs the violation (Uni-E)": energy_repairs,
     "Re-masking (RCR): tokens taken back": remasks,
+    "XDLM: a revision repairs the story": revision_repairs,
 }
 
 
@@ -112,4 +132,5 @@ def test_every_preset_has_a_check():
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
 def test_preset_shows_its_phenomenon(denoiser, preset):
-    PHENOMENA[preset.name](denoiser, preset)
+    model = preset.settings.get("model", "embedded")
+    PHENOMENA[preset.name](denoiser if model == "embedded" else load_denoiser(model), preset)
