@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("decode", help="decode a prompt step by step")
     d.add_argument("--prompt", required=True)
-    _add_model(d, "embedded", "'embedded' or a model listed in the operator's model configuration")
+    _add_model(d, "embedded", "'embedded', 'embedded-xdlm' or a model listed in the operator's model configuration")
     _add_settings(d, inherit=False)
     store = d.add_mutually_exclusive_group()
     store.add_argument("--db", default=None, help=DB_HELP)
@@ -264,10 +264,7 @@ def _print_run(out, denoiser, args: argparse.Namespace, store: TrajectoryStore |
     print(out.text)
     print()
     for r in out.steps:
-        words = " ".join(
-            f"{p}:{denoiser.token_text(t)}({q:.2f})"
-            for p, t, q in zip(r.committed.tolist(), r.tokens.tolist(), r.probs.tolist())
-        )
+        words = " ".join(_change(denoiser, r, i) for i in range(r.n_committed))
         print(f"step {r.step:3d}  block {r.block}  +{r.n_committed}  {words}{_step_notes(r, denoiser)}")
     if denoiser.name in CHECKED_MODELS:  # the story grammar's exact checker applies to this model only
         print(f"\nchecker: {check(out.text).summary()}")
@@ -389,6 +386,14 @@ def _energy_terms(items: list[str]) -> tuple[tuple[str, float], ...]:
     return tuple(terms)
 
 
+def _change(denoiser, record, i: int) -> str:
+    """One committed position of a step: `pos:word(p)`, or `pos:old->new(p)` for a revision."""
+    position, token, prob = int(record.committed[i]), int(record.tokens[i]), float(record.probs[i])
+    revised = record.revised.size == record.n_committed and bool(record.revised[i])
+    old = f"{denoiser.token_text(int(record.previous[i]))}->" if revised else ""
+    return f"{position}:{old}{denoiser.token_text(token)}({prob:.2f})"
+
+
 def _step_notes(r, denoiser) -> str:
     """The step's re-masks, violation total and kept energy candidate, when there are any."""
     notes = []
@@ -437,7 +442,10 @@ def _show(args: argparse.Namespace) -> None:
     if run["error"]:
         print(f"error:  {run['error']}")
     for s in store.step_summaries(args.run_id):
-        words = " ".join(f"{p}:{w}({q:.2f})" for p, w, q in zip(s["committed"], s["token_texts"], s["probs"]))
+        words = " ".join(
+            f"{p}:{'⇄' if rev else ''}{w}({q:.2f})"
+            for p, w, q, rev in zip(s["committed"], s["token_texts"], s["probs"], s["revised"])
+        )
         print(f"step {s['step']:3d}  block {s['block']}  +{len(s['committed'])}  {words}")
 
 

@@ -130,9 +130,9 @@ PRESETS: tuple[Preset, ...] = (
     Preset(
         "XDLM: a revision repairs the story",
         "The XDLM model with LLaDA-XDLM's sampler: 4 tokens per step, plus a budget of revisions of visible tokens. "
-        "At step 2 'girl' is changed into 'boy' (purple ⇄ badge; hover for its history), which the name 'ben' needs, "
-        "and the story checks valid; the changes map shows the revision. Run the same seed with low_confidence "
-        "(no revisions) to see the story break.",
+        "Step 1 commits 'girl' and 'he' together, neither seeing the other; at step 2 the sampler revises 'girl' "
+        "into 'boy' (purple ⇄ badge; hover for its history, the changes map shows it) and the story checks valid. "
+        "Run the same seed with low_confidence (no revisions) to see the story break.",
         {
             "prompt": "once upon a time",
             "model": "embedded-xdlm",

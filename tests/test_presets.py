@@ -107,7 +107,9 @@ def revision_repairs(denoiser, preset):
             undone = [int(old) if i == pos else t for i, t in enumerate(final)]
             if final[pos] == new and not check(f"{prompt} {denoiser.decode(undone)}").valid:
                 repairs.append((r.step, denoiser.token_text(int(old)), denoiser.token_text(int(new))))
-    assert (2, "girl", "boy") in repairs, repairs  # the revision the explanation names
+    assert (2, "girl", "boy") in repairs, repairs  # the revision the explanation names ...
+    words = {denoiser.token_text(int(t)) for t in decoded.steps[1].tokens}
+    assert {"girl", "he"} <= words  # ... of a word committed in step 1 with the pronoun
     plain, _, _ = run(denoiser, preset, replace(config_of(preset), strategy="low_confidence"))
     assert not plain.valid, "without revisions the same run should break"
 

@@ -34,7 +34,7 @@ from models.checker import check
 
 MAX_TOP = 10
 FLAG_NATS = -1.0  # a token whose violation score is below this is flagged (models without a checker)
-CHECKED_MODELS = ("embedded",)  # the story grammar's checker applies to these models' text
+CHECKED_MODELS = ("embedded", "embedded-xdlm")  # the story grammar's checker applies to these models' text
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
+from explorer.branching.alternatives import CHECKED_MODELS
 from explorer.decoding.config import KNOBS, KNOBS_BY_NAME, ConfigError, DecodeConfig
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import Knob
@@ -322,11 +323,6 @@ def token_text_for(services: Services, arrays: RunArrays):
     return lambda token_id: known.get(int(token_id), f"#{int(token_id)}")
 
 
-# The built-in models of the story grammar (explorer/adapters/entries.py; ui may not import
-# adapters): the grammar checker judges their texts.
-GRAMMAR_MODELS = frozenset({"embedded", "embedded-xdlm"})
-
-
 @dataclass(frozen=True)
 class RunSummary:
     run_id: int | None
@@ -362,7 +358,7 @@ def summarise(arrays: RunArrays, text: str | None, model: str) -> RunSummary:
     probs = arrays.commit_prob[arrays.commit_step >= 0]
     probs = probs[np.isfinite(probs)]  # a token forced by a branch's edit has no model probability
     verdict = None
-    if model in GRAMMAR_MODELS and text and committed == arrays.run["gen_length"]:
+    if model in CHECKED_MODELS and text and committed == arrays.run["gen_length"]:
         result = check(text)
         verdict = (
             "valid"
