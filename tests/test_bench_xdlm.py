@@ -82,3 +82,25 @@ def test_newcombe_interval_matches_a_published_example():
     # Newcombe (1998), Statistics in Medicine 17:873, table II example (56/70 vs 48/80): 0.0524 to 0.3339.
     d, low, high = load_bench().newcombe_difference(56, 70, 48, 80)
     assert math.isclose(d, 0.2) and math.isclose(low, 0.0524, abs_tol=1e-3) and math.isclose(high, 0.3339, abs_tol=1e-3)
+
+
+def test_model_card_gets_an_xdlm_section(tmp_path):
+    """bench/evaluate_embedded.py --xdlm-only re-measures the XDLM alone (tiny here) and appends its
+    section to the card, keeping the other models' entries of evaluation.json."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    directory = tmp_path / "embedded"
+    shutil.copytree(root / "models" / "embedded", directory)
+    before = json.loads((directory / "evaluation.json").read_text())
+    spec = importlib.util.spec_from_file_location("evaluate_embedded", root / "bench" / "evaluate_embedded.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--dir", str(directory), "--xdlm-only", "--samples", "2"])
+    after = json.loads((directory / "evaluation.json").read_text())
+    assert {k: v for k, v in after.items() if k != "xdlm"} == {k: v for k, v in before.items() if k != "xdlm"}
+    assert after["xdlm"]["ancestral"]["samples"] == after["xdlm"]["revise"]["samples"] == 2
+    card = (directory / "MODEL_CARD.md").read_text()
+    assert card.count("## `xdlm.safetensors`") == 1 and "held-out NELBO **" in card.split("## `xdlm")[1]
+    assert "2 seeded samples each" in card and "`xdlm_revise`, S = 64 steps" in card
+    assert card.startswith((root / "models" / "embedded" / "MODEL_CARD.md").read_text().split("\n## `xdlm")[0])
