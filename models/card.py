@@ -23,9 +23,9 @@ def write_card(directory: Path) -> Path:
     evaluation, cpu = _load(directory / "evaluation.json"), _load(directory / "cpu_timing.json")
     m = mdlm["model"]
     lines = [
-        "# Embedded models: story-grammar MDLM and AR transformer",
+        "# Embedded models: story-grammar MDLM, AR transformer and XDLM",
         "",
-        "Two small transformers on one word-level vocabulary of "
+        "Small transformers of one size on one word-level vocabulary of "
         f"{m['vocab_size']} tokens (`vocab.json`), trained from scratch on stories from the seeded "
         "grammar in `models/corpus.py` (a/an by sound, numeral and subject-verb number, "
         "there was/were, the child's name and pronoun gender). `models/checker.py` checks any text exactly.",
