@@ -332,22 +332,25 @@ def bench_energies(args, denoiser, ar, model_pass, timer, rng) -> tuple[list[dic
     return stage_rows, ar_rows
 
 
-def machine_info(args, device) -> dict:
-    import torch
-
-    cpu_model = platform.processor() or ""
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else what platform says)."""
     try:
-        cpu_model = next(
+        return next(
             line.split(":", 1)[1].strip()
             for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("model name")
         )
     except (OSError, StopIteration):
-        pass
+        return platform.processor() or ""
+
+
+def machine_info(args, device) -> dict:
+    import torch
+
     return {
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": str(device),

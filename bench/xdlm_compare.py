@@ -49,8 +49,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import torch
+from bench_violations import cpu_model
 
 from models import EMBEDDED_DIR
 from models.checker import check
@@ -270,19 +272,10 @@ def understanding(directory: Path) -> dict:
 
 
 def machine_info(threads: int, workers: int) -> dict:
-    cpu_model = platform.processor() or ""
-    try:
-        cpu_model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
     return {
         "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "torch": torch.__version__,
         "threads_per_worker": threads,
         "workers": workers,
