@@ -51,8 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def launch_kwargs() -> dict:
-    """Gradio 6 takes css/js at launch; both live in static/."""
-    return {"css": (STATIC / "tokens.css").read_text(), "js": (STATIC / "app.js").read_text()}
+    """Gradio 6 takes one css and one js at launch: every static/*.css joined, and every
+    static/*.js (each an arrow function `() => {...}`) called in turn, in file-name order."""
+    css = "\n".join(path.read_text() for path in sorted(STATIC.glob("*.css")))
+    scripts = ",\n".join(f"({path.read_text().strip().rstrip(';')})" for path in sorted(STATIC.glob("*.js")))
+    return {"css": css, "js": f"() => {{ [{scripts}].forEach((setup) => setup()); }}"}
 
 
 def create_services(args: argparse.Namespace):

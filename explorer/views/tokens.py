@@ -9,7 +9,8 @@ comes from the model or the user (token strings, the prompt, tooltips) goes thro
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Collection
+import math
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,47 +73,118 @@ def render_tokens(
     click does).
     """
     state = state_at(arrays, step)
-    remasks = remask_history(arrays, step)
-    revised = revision_history(arrays, step)
-    edits = edit_marks(arrays, step, state)
-    events = CommitIndex.of(arrays)
+    ctx = TokenContext.of(arrays, token_text)
     highlight = {int(p) for p in highlight}
-    spans = []
-    for position in range(arrays.gen_length):
-        taken, changes, mark = remasks.get(position, []), revised.get(position, []), edits.get(position)
+    outlined = step if outline_step else None
+    spans = [
+        ctx.span(
+            position,
+            step,
+            int(state.tokens[position]),
+            int(state.since[position]),
+            outlined=outlined,
+            highlight_label=highlight_label if position in highlight else None,
+        )
+        for position in range(arrays.gen_length)
+    ]
+    prompt = f'<span class="prompt">{_esc(prompt_text)}</span>' if prompt_text else ""
+    line = separator.join([prompt, *spans] if prompt else spans)
+    shown_legend = legend(
+        step if outline_step else None,
+        remasked=ctx.any_remask(step),
+        edited=bool(edit_marks(arrays, step, state)),
+        hint=hint,
+        revised=ctx.any_revision(step),
+    )
+    run_id = arrays.run.get("id")
+    owner = f' data-run="{int(run_id)}"' if run_id is not None else ""  # which run a click picks from
+    return f'<div class="tokens-view"{owner}><div class="tokens-line">{line}</div>{shown_legend}</div>'
+
+
+@dataclass(frozen=True)
+class TokenContext:
+    """What the span of any position at any step needs, indexed once per run: the commit events,
+    and each position's re-masks, revisions and a branch's edits (all of the run; a span keeps
+    those up to its step). One renderer for the server's token view and the page's player."""
+
+    arrays: RunArrays
+    token_text: Callable[[int], str]
+    events: CommitIndex
+    remasks: dict[int, list[tuple[int, int]]]  # position -> [(step, token taken away), ...]
+    revisions: dict[int, list[Revision]]  # position -> its revisions, in step order
+    edits: dict[int, list[tuple[int, int, bool]]]  # position -> [(step, token, forced), ...] in order
+
+    @classmethod
+    def of(cls, arrays: RunArrays, token_text: Callable[[int], str]) -> TokenContext:
+        edits: dict[int, list[tuple[int, int, bool]]] = {}
+        for at, position, token, forced in arrays.edits.rows():
+            edits.setdefault(int(position), []).append((int(at), int(token), bool(forced)))
+        return cls(
+            arrays, token_text, CommitIndex.of(arrays), remask_history(arrays, None), revision_history(arrays), edits
+        )
+
+    def any_remask(self, step: int | None) -> bool:
+        return any(_upto(events, step) for events in self.remasks.values())
+
+    def any_revision(self, step: int | None) -> bool:
+        return any(step is None or r.step <= step for changes in self.revisions.values() for r in changes)
+
+    def edit_mark(self, position: int, step: int | None, token: int) -> EditMark | None:
+        """The position's edit in effect after `step` (see `edit_marks`)."""
+        mark = None
+        for at, edited, forced in self.edits.get(position, []):
+            if step is not None and step < at:
+                continue
+            if forced and token != edited:
+                continue  # the model replaced it later (a remasking strategy)
+            mark = EditMark(at, edited, forced)
+        return mark
+
+    def span(
+        self,
+        position: int,
+        step: int | None,
+        token: int,
+        since: int,
+        outlined: int | None = None,
+        highlight_label: str | None = None,
+        data: str = "",
+        masked_note: str | None = None,
+        note: str | None = None,
+    ) -> str:
+        """The `.tok` span of `position` holding `token` (committed at `since`; -1: masked) after
+        `step` (None: the end). `outlined`: the step whose commits get the `just` outline;
+        `highlight_label`: the position is highlighted (class `diff`) with this tooltip line;
+        `data`: extra attributes (already escaped); `masked_note`: the masked tooltip's first
+        part (default 'position P · still masked [after step K]'); `note`: one more tooltip line."""
+        taken = _upto(self.remasks.get(position, []), step)
+        changes = [r for r in self.revisions.get(position, []) if step is None or r.step <= step]
+        mark = self.edit_mark(position, step, token)
         extra = (
-            (" diff" if position in highlight else "")
+            (" diff" if highlight_label is not None else "")
             + (" remasked" if taken else "")
             + (" revised" if changes else "")
             + (f" {mark.css}" if mark is not None else "")
         )
         notes = (
-            _remask_notes(taken, token_text)
-            + ([mark.note(token_text)] if mark is not None else [])
-            + ([highlight_label] if position in highlight else [])
+            _remask_notes(taken, self.token_text)
+            + ([mark.note(self.token_text)] if mark is not None else [])
+            + ([highlight_label] if highlight_label is not None else [])
+            + ([note] if note else [])
         )
-        badge = _badge(taken) + _revision_badge(changes)
-        history = _revision_lines(changes, token_text)
-        if state.since[position] >= 0:
-            outlined = step if outline_step else None
-            tip = " · ".join([_tooltip(arrays, events, state, position, token_text), *notes])
-            spans.append(_token_span(arrays, position, state, token_text, outlined, extra, tip + history, badge))
-        else:
-            still = f"position {position} · still masked" + ("" if step is None else f" after step {step}")
-            tip = " · ".join([still, *notes]) + history
-            spans.append(f'<span class="tok masked{extra}"{badge} data-tip="{_esc(tip)}">{MASK_GLYPH}</span>')
-    prompt = f'<span class="prompt">{_esc(prompt_text)}</span>' if prompt_text else ""
-    line = separator.join([prompt, *spans] if prompt else spans)
-    shown_legend = legend(
-        step if outline_step else None,
-        remasked=bool(remasks),
-        edited=bool(edits),
-        hint=hint,
-        revised=bool(revised),
-    )
-    run_id = arrays.run.get("id")
-    owner = f' data-run="{int(run_id)}"' if run_id is not None else ""  # which run a click picks from
-    return f'<div class="tokens-view"{owner}><div class="tokens-line">{line}</div>{shown_legend}</div>'
+        badge = _badge(taken) + _revision_badge(changes) + data
+        history = _revision_lines(changes, self.token_text)
+        if since >= 0:
+            tip = " · ".join([_tooltip(self.arrays, self.events, position, token, since, self.token_text), *notes])
+            return _token_span(self.arrays, token, since, self.token_text, outlined, extra, tip + history, badge)
+        if masked_note is None:
+            masked_note = f"position {position} · still masked" + ("" if step is None else f" after step {step}")
+        tip = " · ".join([masked_note, *notes]) + history
+        return f'<span class="tok masked{extra}"{badge} data-tip="{_esc(tip)}">{MASK_GLYPH}</span>'
+
+
+def _upto(events: list[tuple[int, int]], step: int | None) -> list[tuple[int, int]]:
+    return events if step is None else [e for e in events if e[0] <= step]
 
 
 @dataclass(frozen=True)
@@ -229,8 +301,8 @@ def legend(
 
 def _token_span(
     arrays: RunArrays,
-    position: int,
-    state: SequenceState,
+    token: int,
+    committed_at: int,
     token_text: Callable[[int], str],
     step: int | None,
     extra_class: str,
@@ -238,12 +310,11 @@ def _token_span(
     badge: str,
 ) -> str:
     """A visible token: coloured by the step that put it there; `tip` is plain text (escaped here)."""
-    committed_at = int(state.since[position])
     background, text = step_colour(committed_at, arrays.n_steps)
     classes = ("tok just" if step is not None and committed_at == step else "tok") + extra_class
     return (
         f'<span class="{classes}" style="background: {background}; color: {text}"{badge} '
-        f'data-tip="{_esc(tip)}">{_esc(token_text(int(state.tokens[position])))}</span>'
+        f'data-tip="{_esc(tip)}">{_esc(token_text(token))}</span>'
     )
 
 
@@ -275,26 +346,42 @@ class CommitIndex:
 
 
 def _tooltip(
-    arrays: RunArrays, events: CommitIndex, state: SequenceState, position: int, token_text: Callable[[int], str]
+    arrays: RunArrays,
+    events: CommitIndex,
+    position: int,
+    token: int,
+    committed_at: int,
+    token_text: Callable[[int], str],
 ) -> str:
     """Plain text (escaped by the caller): 'position P · committed at step S · p = 0.83 · top-3: ...'
     ('revised at step S' where a revision put the token there). p and the alternatives are those
     the model gave when that token was written (none for a token a branch's edit forced)."""
-    committed_at, token = int(state.since[position]), int(state.tokens[position])
     i = events.at.get((committed_at, position))
     c = arrays.commits
-    revised = i is not None and bool(c.revised[i])
-    parts = [f"position {position}", f"{'revised' if revised else 'committed'} at step {committed_at}"]
     later = events.later(position, committed_at)
+    if i is None or int(c.token[i]) != token:  # a token a branch's edit forced: the model gave it no probability
+        return commit_tooltip(position, committed_at, False, later, math.nan, [], token_text)
+    pairs = list(zip(c.top_ids[i].tolist(), c.top_probs[i].tolist()))
+    return commit_tooltip(position, committed_at, bool(c.revised[i]), later, float(c.prob[i]), pairs, token_text)
+
+
+def commit_tooltip(
+    position: int,
+    committed_at: int,
+    revised: bool,
+    later: str | None,
+    prob: float,
+    top: Sequence[tuple[int, float]],
+    token_text: Callable[[int], str],
+) -> str:
+    """The tooltip of a visible token, plain text: where, when (and what happened next), p and
+    the top alternatives when that token was written."""
+    parts = [f"position {position}", f"{'revised' if revised else 'committed'} at step {committed_at}"]
     if later is not None:
         parts.append(later)
-    if i is None or int(c.token[i]) != token:
-        return " · ".join(parts)  # a token a branch's edit forced: the model gave it no probability
-    prob = float(c.prob[i])
     if np.isfinite(prob):
         parts.append(f"p = {prob:.2f}")
-    pairs = zip(c.top_ids[i].tolist(), c.top_probs[i].tolist())
-    alternatives = [f"{token_text(int(t))} {float(p):.2f}" for t, p in pairs if t >= 0 and np.isfinite(p)]
+    alternatives = [f"{token_text(int(t))} {float(p):.2f}" for t, p in top if t >= 0 and np.isfinite(p)]
     if alternatives:
         parts.append(f"top-{len(alternatives)}: " + ", ".join(alternatives))
     return " · ".join(parts)

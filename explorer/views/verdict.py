@@ -1,0 +1,76 @@
+"""The story checker's verdict on a run, in the one position system the app uses everywhere:
+positions in the generated part (0 = the first generated token), as the token view, the
+heatmaps and the CLI's step lines count them.
+
+The checker (`models.checker`) numbers the words of the whole text, prompt included; the
+embedded models' tokens are words, so a checked word is a generated token exactly when its
+index is at or past the prompt's word count. Pure: words in, marks out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from models.checker import CheckResult, Violation, check
+
+
+@dataclass(frozen=True)
+class TokenMark:
+    """One violation as it touches one generated token."""
+
+    kind: str  # the checker's kind, e.g. "a_an"
+    message: str
+    culprit: bool  # the token the checker blames first (other positions are what it disagrees with)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The checker's result with positions moved into the generated part."""
+
+    result: CheckResult
+    n_prompt_words: int
+
+    @property
+    def valid(self) -> bool:
+        return self.result.valid
+
+    def generated(self, violation: Violation) -> tuple[int, ...]:
+        """The violation's positions in the generated part (prompt words left out)."""
+        return tuple(p - self.n_prompt_words for p in violation.positions if p >= self.n_prompt_words)
+
+    def marks(self) -> dict[int, list[TokenMark]]:
+        """generated position -> the violations touching that token, in the checker's order."""
+        out: dict[int, list[TokenMark]] = {}
+        for violation in self.result.violations:
+            positions = violation.positions
+            for p in positions:
+                if p >= self.n_prompt_words:
+                    mark = TokenMark(violation.kind, violation.message, p == positions[0])
+                    out.setdefault(p - self.n_prompt_words, []).append(mark)
+        return out
+
+    def line(self) -> str:
+        """'valid', or 'a_an@4: 'a' before 'owl' (should be 'an'); ...' with generated positions
+        ('prompt' for a violation that lies wholly in the prompt)."""
+        if self.valid:
+            return "valid"
+        parts = []
+        for v in self.result.violations:
+            where = self.generated(v)
+            at = str(where[0]) if where and v.positions[0] >= self.n_prompt_words else "prompt"
+            parts.append(f"{v.kind}@{at}: {v.message}")
+        return "; ".join(parts)
+
+    def short(self) -> str:
+        """'valid' or '3 violation(s): a_an, syntax' (the run summary's form)."""
+        if self.valid:
+            return "valid"
+        kinds = ", ".join(sorted({v.kind for v in self.result.violations}))
+        return f"{len(self.result.violations)} violation(s): {kinds}"
+
+
+def verdict_of(prompt: str, generated: Sequence[str]) -> Verdict:
+    """Check the prompt's words followed by the generated tokens' texts (one word each)."""
+    prompt_words = prompt.split()
+    return Verdict(check([*prompt_words, *generated]), len(prompt_words))
