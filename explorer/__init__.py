@@ -1,5 +1,7 @@
 """Diffusion-LM Trajectory Explorer: step-by-step masked-diffusion decoding, recorded."""
 
+__version__ = "0.1.0"  # the one version string (`python -m explorer --version`)
+
 from explorer.api import Decoded, alternatives, branch, decode, repairs
 from explorer.branching.edits import Force, Remask
 from explorer.decoding.config import ConfigError, DecodeConfig
@@ -17,6 +19,7 @@ __all__ = [
     "Remask",
     "StepRecord",
     "TrajectoryStore",
+    "__version__",
     "alternatives",
     "branch",
     "decode",

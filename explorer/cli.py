@@ -10,8 +10,12 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
+import numpy as np
+
+from explorer import __version__
+from explorer.adapters.entries import BUILTIN_MODELS
 from explorer.adapters.loading import load_denoiser
 from explorer.adapters.registry import ENV_VAR, resolve_registry
 from explorer.api import alternatives, branch, decode, prepare, repairs, run_model
@@ -21,10 +25,12 @@ from explorer.decoding.callbacks import ProgressBar
 from explorer.decoding.config import KNOBS, DecodeConfig
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import Knob
+from explorer.decoding.records import StepExtras, StepRecord
 from explorer.decoding.schedule import SCHEDULES
 from explorer.decoding.strategies import STRATEGIES, strategies_using
 from explorer.store.database import StoreError, TrajectoryStore, existing_sqlite_file, resolve_url
-from models.checker import check
+from explorer.views.verdict import verdict_of
+from models.tokenizer import WordTokenizer
 
 EXIT_BAD_INPUT = 2
 
@@ -33,8 +39,25 @@ class CliError(Exception):
     pass
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default: `(default: X)` is added unless the help already
+    says what the default is, or there is none to show (a required option, a branch's flags,
+    which keep the parent's values)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if not action.option_strings or action.default in (None, argparse.SUPPRESS) or "default" in help:
+            return help
+        return f"{help} (default: %(default)s)"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one `error:` line and exit status 2 like every other."""
+    """argparse, but a usage error is one `error:` line and exit status 2 like every other, and
+    every command's help shows the defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
@@ -46,16 +69,19 @@ _DEFAULT = DecodeConfig()  # one source for the defaults of the decode flags
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m explorer", description="Diffusion-LM Trajectory Explorer")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("decode", help="decode a prompt step by step")
-    d.add_argument("--prompt", required=True)
-    _add_model(d, "embedded", "'embedded', 'embedded-xdlm' or a model listed in the operator's model configuration")
+    d = sub.add_parser("decode", help="decode a prompt step by step", description="Decode a prompt step by step.")
+    d.add_argument("--prompt", required=True, help="the text to continue")
+    _add_model(
+        d, "embedded", f"built in: {', '.join(BUILTIN_NAMES)}; or a model listed in the operator's model configuration"
+    )
     _add_settings(d, inherit=False)
     store = d.add_mutually_exclusive_group()
     store.add_argument("--db", default=None, help=DB_HELP)
     store.add_argument("--no-store", action="store_true", help="do not record the run")
-    d.add_argument("--data-dir", default=None)
+    d.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     d.add_argument("--json", action="store_true", help="print one JSON object")
 
     b = sub.add_parser(
@@ -63,9 +89,10 @@ def _parser() -> argparse.ArgumentParser:
         help="decode a stored run again from the state after one of its steps, with edits or other settings",
         description="A branch starts from the exact state after step K of a stored run (K = -1: from the "
         "prompt), applies the edits, and decodes to the end with the run's settings, changed by any decode "
-        "flag given. It is stored as a child of the run. With no edits and no flags it reproduces the run.",
+        "flag given. It is stored as a child of the run. With no edits and no flags it reproduces the run. "
+        "Every decode setting defaults to the parent run's value.",
     )
-    b.add_argument("run_id", type=int)
+    b.add_argument("run_id", type=int, help="the stored run to branch (see `runs`)")
     b.add_argument("--step", type=int, required=True, help="K: start from the state after step K (-1: the prompt)")
     b.add_argument(
         "--force",
@@ -73,10 +100,14 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="POS=WORD",
         help="put a token at generated position POS (0 = the first generated token): its text, or #ID for an "
-        "id; repeatable",
+        "id; repeatable (default: no edit)",
     )
     b.add_argument(
-        "--remask", action="append", default=[], metavar="POS", help="mask a committed position again; repeatable"
+        "--remask",
+        action="append",
+        default=[],
+        metavar="POS",
+        help="mask a committed position again; repeatable (default: none)",
     )
     _add_model(b, None, "the run's model (default), or one with the same vocabulary")
     _add_settings(b, inherit=True)
@@ -90,31 +121,38 @@ def _parser() -> argparse.ArgumentParser:
         "token the checker (or the violation pass) flags, at the step that committed it, and list the single "
         "changes that repair the run.",
     )
-    a.add_argument("run_id", type=int)
+    a.add_argument("run_id", type=int, help="the stored run (see `runs`)")
     a.add_argument("--step", type=int, default=None, help="K: the step whose decision to vary")
     a.add_argument("--position", type=int, default=None, help="P: the generated position to vary")
     a.add_argument("--sweep", action="store_true", help="every flagged token of the run instead of one (K, P)")
-    a.add_argument("--top", type=int, default=None, help=f"N alternatives, 1..{MAX_TOP} (default 5; 3 for --sweep)")
+    a.add_argument("--top", type=int, default=None, help=f"N alternatives, 1..{MAX_TOP} (default: 5; 3 for --sweep)")
     _add_model(a, None, "the run's model (default)")
     _add_store(a, json_flag=True)
 
     r = sub.add_parser("runs", help="list stored runs (a branch shows its parent and branch step)")
     _add_store(r)
-    r.add_argument("--limit", type=int, default=20)
+    r.add_argument("--limit", type=int, default=20, help="the most recent runs to list")
 
-    s = sub.add_parser("show", help="print a stored run and its steps")
-    s.add_argument("run_id", type=int)
+    s = sub.add_parser(
+        "show",
+        help="print a stored run and its steps",
+        description="Print a stored run: its settings, text and step lines (with re-masks, violation totals and "
+        "kept energy candidates) and, for the embedded models, the checker's line, as decode prints them.",
+    )
+    s.add_argument("run_id", type=int, help="the stored run (see `runs`)")
     _add_store(s)
     return parser
 
 
-DB_HELP = "SQLAlchemy URL (default: $EXPLORER_DB_URL or a file in the data dir)"
+DB_HELP = "SQLAlchemy URL (default: $EXPLORER_DB_URL or trajectories.db in the data dir)"
+DATA_DIR_HELP = "where the default SQLite file lives (default: $EXPLORER_DATA_DIR or ~/.diffusion-explorer)"
+BUILTIN_NAMES = tuple(entry.name for entry in BUILTIN_MODELS)
 
 
 def _add_store(parser, json_flag: bool = False) -> None:
     """--db and --data-dir of a command that reads (or adds to) a store, and its --json."""
     parser.add_argument("--db", default=None, help=DB_HELP)
-    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -136,10 +174,20 @@ def _add_settings(parser, inherit: bool) -> None:
     def default(value):
         return argparse.SUPPRESS if inherit else value
 
-    parser.add_argument("--gen-length", type=int, default=default(64))
-    parser.add_argument("--steps", type=int, default=default(None), help="default: gen-length (one token per step)")
-    parser.add_argument("--block-length", type=int, default=default(None), help="default: gen-length (one block)")
-    parser.add_argument("--strategy", default=default("low_confidence"), help=_strategies_help())
+    parser.add_argument("--gen-length", type=int, default=default(64), help="tokens to generate")
+    parser.add_argument(
+        "--steps", type=int, default=default(None), help="decoding steps (default: gen-length, one token per step)"
+    )
+    parser.add_argument(
+        "--block-length", type=int, default=default(None), help="decode in blocks of this length (default: one block)"
+    )
+    parser.add_argument(
+        "--strategy",
+        default=default("low_confidence"),
+        choices=list(STRATEGIES),
+        metavar="NAME",
+        help=_strategies_help(),
+    )
     parser.add_argument(
         "--schedule",
         default=default("llada"),
@@ -147,15 +195,16 @@ def _add_settings(parser, inherit: bool) -> None:
         help="tokens per step of the scheduled strategies: "
         + "; ".join(f"{s.name}: {s.help} ({s.paper})" for s in SCHEDULES.values()),
     )
-    parser.add_argument("--temperature", type=float, default=default(0.0))
-    parser.add_argument("--seed", type=int, default=default(0))
+    parser.add_argument("--temperature", type=float, default=default(0.0), help="0 = argmax")
+    parser.add_argument("--seed", type=int, default=default(0), help="the run's random seed")
     parser.add_argument(
         "--energy",
         action="append",
+        type=_energy_term,
         default=default([]),
         metavar="TERM=WEIGHT",
-        help="an energy term and its weight, repeatable (e.g. --energy uni=1): "
-        + "; ".join(f"{term.name}: {term.help}" for term in ENERGY_TERMS.values()),
+        help=f"an energy term ({', '.join(ENERGY_TERMS)}) and its weight, repeatable (e.g. --energy uni=1; "
+        "default: no energy): " + "; ".join(f"{term.name}: {term.help}" for term in ENERGY_TERMS.values()),
     )
     parser.add_argument(
         "--energy-window",
@@ -197,7 +246,7 @@ def _add_knob(group, knob: Knob, inherit: bool = False) -> None:
         type=knob.kind,
         default=default,
         metavar=knob.kind.__name__.upper(),
-        help=f"{where}{knob.help}; {knob.valid_range()}, default {knob.default}",
+        help=f"{where}{knob.help}; {knob.valid_range()}",
     )
 
 
@@ -223,7 +272,7 @@ def _settings(args: argparse.Namespace) -> dict:
     settings = {field: given[dest] for dest, field in _SETTING_FLAGS.items() if dest in given}
     settings |= {knob.name: given[knob.name] for knob in KNOBS if knob.name in given}
     if "energies" in settings:
-        settings["energies"] = _energy_terms(settings["energies"])
+        settings["energies"] = tuple(settings["energies"])
     if "energy_window" in settings:
         settings["energy_window"] = tuple(settings["energy_window"])
     return settings
@@ -263,13 +312,85 @@ def _print_run(out, denoiser, args: argparse.Namespace, store: TrajectoryStore |
         return
     print(out.text)
     print()
-    for r in out.steps:
-        words = " ".join(_change(denoiser, r, i) for i in range(r.n_committed))
-        print(f"step {r.step:3d}  block {r.block}  +{r.n_committed}  {words}{_step_notes(r, denoiser)}")
-    if denoiser.name in CHECKED_MODELS:  # the story grammar's exact checker applies to this model only
-        print(f"\nchecker: {check(out.text).summary()}")
+    generated = [denoiser.token_text(t) for t in out.token_ids]
+    _print_steps([_record_line(r, denoiser) for r in out.steps], denoiser.name, out.prompt_text, generated)
     where = f"run {out.run_id} stored in {store.url}" if store else "not stored (--no-store)"
     print(f"\n{out.result.n_steps} steps, {out.result.status}; {where}")
+
+
+@dataclass(frozen=True)
+class _StepLine:
+    """What one step line shows, from a live StepRecord (decode, branch) or from the store (show)."""
+
+    step: int
+    block: int
+    changes: list[tuple[int, str]]  # (position, 'pos:word(p)' or 'pos:old->new(p)' for a revision)
+    remasked: list[str]  # 'pos:word' of each position masked again
+    extras: StepExtras
+
+    def __str__(self) -> str:
+        words = " ".join(text for _, text in sorted(self.changes, key=lambda change: change[0]))
+        return f"step {self.step:3d}  block {self.block}  +{len(self.changes)}  {words}{self.notes()}"
+
+    def notes(self) -> str:
+        """The step's re-masks, violation total and kept energy candidate, when there are any."""
+        notes = []
+        if self.remasked:
+            notes.append("re-masked " + " ".join(self.remasked))
+        if self.extras.violations is not None:
+            notes.append(f"violation total {self.extras.violations.total:.2f}")
+        if (e := self.extras.energy_ran) is not None:
+            notes.append(f"energy kept {e.chosen} of {len(e.total)} (E = {e.total[e.chosen]:.2f})")
+        return ("   [" + "; ".join(notes) + "]") if notes else ""
+
+
+def _print_steps(lines: Sequence[_StepLine], model: str, prompt: str, generated: Sequence[str] | None) -> None:
+    """The step lines and, for a model the story grammar's checker applies to, the checker's line
+    (positions in the generated part, as in the step lines). decode, branch and show print these."""
+    for line in lines:
+        print(line)
+    if model in CHECKED_MODELS and generated is not None:
+        # The checked models' tokens are words: the prompt's tokens are its words as the tokenizer splits them.
+        print(f"\nchecker: {verdict_of(' '.join(WordTokenizer.split(prompt)), generated).line()}")
+
+
+def _record_line(record: StepRecord, denoiser) -> _StepLine:
+    """A live step's line."""
+    changes = [(int(record.committed[i]), _change(denoiser, record, i)) for i in range(record.n_committed)]
+    remasked = [
+        f"{p}:{denoiser.token_text(t)}" for p, t in zip(record.remasked.tolist(), record.remasked_tokens.tolist())
+    ]
+    return _StepLine(record.step, record.block, changes, remasked, record.extras)
+
+
+def _stored_lines(store: TrajectoryStore, run_id: int) -> list[_StepLine]:
+    """A stored run's step lines, read back from its events and step extras."""
+    arrays = store.read_arrays(run_id)
+    texts = store.token_texts(run_id)
+
+    def text(token: int) -> str:
+        return texts.get(token, f"#{token}")
+
+    commits, remasks = arrays.commits, arrays.remasks
+    start = np.full(arrays.gen_length, int(arrays.run["mask_id"]), dtype=np.int64)  # before the first stored step
+    for step, position, token, forced in arrays.edits.rows():
+        if forced and arrays.n_steps and step < arrays.steps[0]:  # a branch from the prompt (k = -1)
+            start[position] = token
+    lines = []
+    for i, step in enumerate(arrays.steps.tolist()):
+        before = arrays.tokens[:, i - 1] if i else start  # the sequence a revision changed
+        changes = []
+        for j in np.flatnonzero(commits.step == step).tolist():
+            position, token = int(commits.position[j]), int(commits.token[j])
+            old = f"{text(int(before[position]))}->" if commits.revised[j] else ""
+            changes.append((position, f"{position}:{old}{text(token)}({float(commits.prob[j]):.2f})"))
+        remasked = [
+            f"{p}:{text(t)}"
+            for s, p, t in zip(remasks.step.tolist(), remasks.position.tolist(), remasks.token.tolist())
+            if s == step
+        ]
+        lines.append(_StepLine(step, int(arrays.blocks[i]), changes, remasked, arrays.extras[i]))
+    return lines
 
 
 def _run_json(out) -> dict:
@@ -374,16 +495,19 @@ def _print_repairs(report: RepairReport, as_json: bool) -> None:
         print(f"repair: step {flag.step}, position {flag.position}: {change} (run {o.run_id})")
 
 
-def _energy_terms(items: list[str]) -> tuple[tuple[str, float], ...]:
-    """'uni=1' -> ('uni', 1.0); a bare 'uni' has weight 1."""
-    terms = []
-    for item in items:
-        name, _, weight = item.partition("=")
-        try:
-            terms.append((name.strip(), float(weight) if weight else 1.0))
-        except ValueError:
-            raise CliError(f"--energy {item!r}: the weight must be a number, e.g. --energy uni=1") from None
-    return tuple(terms)
+def _energy_term(item: str) -> tuple[str, float]:
+    """--energy's type: 'uni=1' -> ('uni', 1.0); a bare 'uni' has weight 1. The term is one of
+    ENERGY_TERMS (argparse's `choices` cannot see inside TERM=WEIGHT)."""
+    name, _, weight = item.partition("=")
+    name = name.strip()
+    if name not in ENERGY_TERMS:
+        raise argparse.ArgumentTypeError(
+            f"unknown energy term {name!r} in {item!r}; choose from {', '.join(ENERGY_TERMS)}"
+        )
+    try:
+        return name, float(weight) if weight else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{item!r}: the weight must be a number, e.g. --energy uni=1") from None
 
 
 def _change(denoiser, record, i: int) -> str:
@@ -392,21 +516,6 @@ def _change(denoiser, record, i: int) -> str:
     revised = record.revised.size == record.n_committed and bool(record.revised[i])
     old = f"{denoiser.token_text(int(record.previous[i]))}->" if revised else ""
     return f"{position}:{old}{denoiser.token_text(token)}({prob:.2f})"
-
-
-def _step_notes(r, denoiser) -> str:
-    """The step's re-masks, violation total and kept energy candidate, when there are any."""
-    notes = []
-    if r.remasked.size:
-        notes.append(
-            "re-masked "
-            + " ".join(f"{p}:{denoiser.token_text(t)}" for p, t in zip(r.remasked.tolist(), r.remasked_tokens.tolist()))
-        )
-    if r.extras.violations is not None:
-        notes.append(f"violation total {r.extras.violations.total:.2f}")
-    if (e := r.extras.energy_ran) is not None:
-        notes.append(f"energy kept {e.chosen} of {len(e.total)} (E = {e.total[e.chosen]:.2f})")
-    return ("   [" + "; ".join(notes) + "]") if notes else ""
 
 
 def _runs(args: argparse.Namespace) -> None:
@@ -441,12 +550,9 @@ def _show(args: argparse.Namespace) -> None:
     print(f"text:   {run['final_text']}")
     if run["error"]:
         print(f"error:  {run['error']}")
-    for s in store.step_summaries(args.run_id):
-        words = " ".join(
-            f"{p}:{'⇄' if rev else ''}{w}({q:.2f})"
-            for p, w, q, rev in zip(s["committed"], s["token_texts"], s["probs"], s["revised"])
-        )
-        print(f"step {s['step']:3d}  block {s['block']}  +{len(s['committed'])}  {words}")
+    # The checked models' tokens are words, so the stored text splits into exactly the token texts.
+    generated = run["final_text"].split() if run["final_text"] is not None else None
+    _print_steps(_stored_lines(store, args.run_id), run["model"], run["prompt"], generated)
 
 
 COMMANDS = {"decode": _decode, "branch": _branch, "alternatives": _alternatives, "runs": _runs, "show": _show}

@@ -6,8 +6,10 @@ together once per module (a few at a time) and the tests check their results.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+import explorer
+from explorer.cli import _parser, main
+from explorer.decoding.energies import ENERGY_TERMS
+from explorer.decoding.schedule import SCHEDULES
+from explorer.decoding.strategies import STRATEGIES
+from explorer.views.verdict import verdict_of
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "once upon a time"
@@ -56,7 +65,10 @@ BAD_INPUT = {
     "steps_too_many": (["--gen-length", "32", "--steps", "100"], ["steps", "100"]),
     "block_not_divisor": (["--gen-length", "32", "--block-length", "5"], ["block-length", "5"]),
     "steps_not_multiple_of_blocks": (["--gen-length", "32", "--block-length", "8", "--steps", "6"], ["steps", "6"]),
-    "unknown_strategy": (["--gen-length", "32", "--strategy", "nope"], ["strategy", "nope"]),
+    "unknown_strategy": (["--gen-length", "32", "--strategy", "nope"], ["strategy", "nope", "low_confidence"]),
+    "unknown_schedule": (["--gen-length", "32", "--schedule", "nope"], ["schedule", "nope", "llada", "dream"]),
+    "unknown_energy_term": (["--gen-length", "32", "--energy", "nope=1"], ["energy", "nope", "ar, ind, inv, uni"]),
+    "energy_weight_not_a_number": (["--gen-length", "32", "--energy", "uni=lots"], ["energy", "lots", "number"]),
     "threshold_zero": (["--gen-length", "32", "--threshold", "0"], ["threshold", "0"]),
     "threshold_above_one": (["--gen-length", "32", "--threshold", "1.5"], ["threshold", "1.5"]),
     "negative_temperature": (["--gen-length", "32", "--temperature", "-1"], ["temperature", "-1"]),
@@ -305,3 +317,127 @@ def test_bad_branch_is_one_error_line_and_nothing_stored(branched, case):
     for word in BAD_BRANCH[case][1]:
         assert word in lines[0], (word, lines[0])
     assert _runs_in(branched["tmp"] / f"bad_{case}.db") == 1  # only the parent
+
+
+# ---- help, choices, version ------------------------------------------------------------------------
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", ["decode", "branch", "alternatives", "runs", "show"])
+def test_help_shows_every_default(command, capsys):
+    parser = _subparsers()[command]
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    formatter = parser._get_formatter()
+    with_default = 0
+    for action in parser._actions:
+        if not action.option_strings or action.default is argparse.SUPPRESS or action.required:
+            continue  # -h, a branch's settings (they keep the parent's values, which its description says), --prompt
+        if command == "alternatives" and action.dest in ("step", "position"):
+            continue  # no default: give both, or --sweep
+        assert "default" in formatter._expand_help(action), (command, action.option_strings)
+        with_default += 1
+    assert with_default >= 2
+    expected = {
+        "decode": ["tokens to generate (default: 64)", "(default: low_confidence)", "(default: llada)",
+                   "(0, 1] (default: 0.9)", "(default: embedded)", "default: no energy"],
+        "branch": ["Every decode setting defaults to the parent run's value"],
+        "alternatives": ["(default: 5; 3 for --sweep)"],
+        "runs": ["the most recent runs to list (default: 20)"],
+        "show": ["(default: $EXPLORER_DB_URL or trajectories.db in the data dir)"],
+    }  # fmt: skip
+    for phrase in expected[command]:
+        assert phrase in text, phrase
+
+
+def test_closed_sets_of_names_are_choices():
+    decode, branch = _subparsers()["decode"], _subparsers()["branch"]
+    for parser in (decode, branch):
+        actions = {a.dest: a for a in parser._actions}
+        assert actions["strategy"].choices == list(STRATEGIES)
+        assert actions["schedule"].choices == list(SCHEDULES)
+    # TERM=WEIGHT cannot be a `choices` list: its type checks the term against the registry
+    energy = {a.dest: a for a in decode._actions}["energy"]
+    assert energy.type("uni=2") == ("uni", 2.0) and energy.type("ar") == ("ar", 1.0)
+    for term in ENERGY_TERMS:
+        assert energy.type(f"{term}=0.5") == (term, 0.5)
+    with pytest.raises(argparse.ArgumentTypeError, match="ar, ind, inv, uni"):
+        energy.type("nope=1")
+    # model names are open (the operator's configuration), but the help names the built-in ones
+    assert {a.dest: a for a in decode._actions}["model"].choices is None
+    assert "embedded, embedded-xdlm" in {a.dest: a for a in decode._actions}["model"].help
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"python -m explorer {explorer.__version__}\n"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", explorer.__version__)
+
+
+# ---- show prints what decode printed ---------------------------------------------------------------
+# name -> decode args: a plain run with violations, an XDLM run with revisions, a re-masking run with energies
+SHOWN = {
+    "plain": GOOD,
+    "revisions": [*"decode --model embedded-xdlm --strategy xdlm_revise --prompt".split(), PROMPT,
+                  *"--gen-length 32 --steps 8 --temperature 0.7 --seed 1".split()],
+    "remasks_energies": [*"decode --strategy rcr --energy uni=1 --prompt".split(), PROMPT,
+                         *"--gen-length 16 --steps 4 --temperature 1 --seed 3".split()],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shown(tmp_path_factory):
+    """Each SHOWN decode (text output, stored), then `show` of each run; name -> (decode, show)."""
+    tmp = tmp_path_factory.mktemp("show")
+    env = _env(tmp)
+    urls = {name: _db(tmp, name)[0] for name in SHOWN}
+    with ThreadPoolExecutor(WORKERS) as pool:
+        decodes = dict(zip(SHOWN, pool.map(lambda n: _run([*SHOWN[n], "--db", urls[n]], env), SHOWN)))
+    for name, proc in decodes.items():
+        assert proc.returncode == 0, (name, proc.stderr)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        shows = dict(zip(SHOWN, pool.map(lambda n: _run(["show", "1", "--db", urls[n]], env), SHOWN)))
+    return {name: (decodes[name], shows[name]) for name in SHOWN}
+
+
+def _lines(out: str, prefix: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(prefix)]
+
+
+@pytest.mark.parametrize("name", list(SHOWN))
+def test_show_prints_the_step_violation_and_checker_lines_that_decode_printed(shown, name):
+    decoded, show = shown[name]
+    assert show.returncode == 0, show.stderr
+    steps, checker = _lines(decoded.stdout, "step "), _lines(decoded.stdout, "checker: ")
+    assert steps and len(checker) == 1
+    assert _lines(show.stdout, "step ") == steps
+    assert _lines(show.stdout, "checker: ") == checker
+    notes = " ".join(steps)
+    assert "violation total" in notes  # on by default for the embedded models
+    if name == "revisions":
+        assert re.search(r" \d+:\w+->\w+\(", notes)  # a revision, old -> new
+    if name == "remasks_energies":
+        assert "re-masked " in notes and "energy kept " in notes
+
+
+def test_the_checker_line_counts_positions_in_the_generated_part(shown):
+    decoded, _ = shown["plain"]
+    lines = decoded.stdout.splitlines()
+    prompt_words = PROMPT.split()
+    generated = lines[0].split()[len(prompt_words) :]
+    checker = _lines(decoded.stdout, "checker: ")[0].removeprefix("checker: ")
+    assert checker == verdict_of(PROMPT, generated).line()
+    assert checker != "valid"  # 4 tokens per step break this story (the step lines' positions are checked below)
+    committed = {}  # generated position -> word, from the step lines
+    for line in _lines(decoded.stdout, "step "):
+        for pos, word in re.findall(r" (\d+):(\S+?)\(\d\.\d\d\)", line):
+            committed[int(pos)] = word
+    assert sorted(committed) == list(range(32))
+    for pos in map(int, re.findall(r"@(\d+):", checker)):
+        assert generated[pos] == committed[pos]  # the step lines' position system, not the whole text's
