@@ -16,6 +16,11 @@ arrays, every event), so a CPU-only deployment can reopen runs recorded elsewher
      "runs": [{"id": the run's id in the exporting store, "run": ..., "parent_ref": ...,
                "steps": ..., "events": ...}, ... parents before their children]}
 
+Optional in either version, beside a run's "run": "notes": {"tags": [...], "note": "...",
+"preset": name or null}, a person's tags and note on the run and the teaching preset that
+started it (the run_notes table); written only for a run that has them, and bundles without
+it import as before.
+
 `export_run(store, run_id)` returns a version 1 dict, `export_run_json` its UTF-8 JSON bytes;
 `export_tree(store, run_id)` / `export_tree_json` the version 2 bundle of the run's whole
 branch tree (up its `parent_run_id` links to the root, then every descendant). In both, a
@@ -79,7 +84,18 @@ from sqlalchemy.orm import Session
 
 from explorer.decoding.records import StepExtras
 from explorer.decoding.resume import EDIT_EVENTS
-from explorer.store.database import COMMIT_EVENTS, STATUSES, Event, Run, Step, StoreError, TrajectoryStore
+from explorer.store.database import (
+    COMMIT_EVENTS,
+    MAX_NOTE_CHARS,
+    STATUSES,
+    Event,
+    Run,
+    RunNote,
+    Step,
+    StoreError,
+    TrajectoryStore,
+    parse_tags,
+)
 
 FORMAT = "diffusion-explorer-run"
 VERSION = 1  # one run
@@ -99,6 +115,8 @@ EVENT_FIELDS = tuple(c.name for c in Event.__table__.columns if c.name not in ("
 # What identifies a parent run in another store (ids do not travel): its row's own facts.
 PARENT_REF_FIELDS = ("created_at", "model", "seed", "prompt")
 _ENTRY_FIELDS = ("run", "steps", "events")
+_OPTIONAL_ENTRY_FIELDS = ("parent_ref", "notes")
+NOTES_FIELDS = ("tags", "note", "preset")
 
 
 class BundleError(ValueError):
@@ -168,7 +186,11 @@ def _entry_out(s: Session, run: Run) -> dict:
         for st in steps
     ]
     event_out = [{name: getattr(ev, name) for name in EVENT_FIELDS} for ev in events]
-    return {"run": run_out, "parent_ref": _parent_ref(s, run), "steps": step_out, "events": event_out}
+    entry = {"run": run_out, "parent_ref": _parent_ref(s, run), "steps": step_out, "events": event_out}
+    notes = s.get(RunNote, run.id)
+    if notes is not None and (notes.tags or notes.note or notes.preset):
+        entry["notes"] = {"tags": [t for t in notes.tags.split(",") if t], "note": notes.note, "preset": notes.preset}
+    return entry
 
 
 def export_run(store: TrajectoryStore, run_id: int) -> dict:
@@ -671,6 +693,7 @@ class BundleRun:
     parent_ref: dict | None
     steps: list[dict]
     events: list[dict]
+    notes: dict | None = None  # run_notes columns (tags as stored: ",a,b,"), or None
 
 
 def _validate_entry(entry: dict, source_id: int | None) -> BundleRun:
@@ -681,7 +704,34 @@ def _validate_entry(entry: dict, source_id: int | None) -> BundleRun:
     events = _validate_events(entry["events"], steps, run["gen_length"], run["branch_step"])
     _check_changes(events, run["gen_length"], run["mask_id"])
     parent_ref = _validate_parent_ref(entry.get("parent_ref"), run["parent_run_id"])
-    return BundleRun(source_id, run, parent_ref, steps, events)
+    return BundleRun(source_id, run, parent_ref, steps, events, _validate_notes(entry.get("notes")))
+
+
+def _validate_notes(value: object) -> dict | None:
+    """The optional "notes" of a run: tags (an array of strings), note (a string), preset (a
+    string or null); each field optional. The run_notes columns, or None when there are none."""
+    if value is None:
+        return None
+    where = "notes"
+    _fields(where, value, (), NOTES_FIELDS)
+    tags = value.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise BundleError(f"{where}: tags must be an array of strings, got {_type_name(tags)}")
+    for i, tag in enumerate(tags):
+        _str(where, f"tags[{i}]", tag)
+        if "," in tag:
+            raise BundleError(f"{where}: tags[{i}] {tag!r:.40} holds a comma, which separates tags")
+    try:
+        clean = parse_tags(tags)
+    except ValueError as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    note = _str(where, "note", value.get("note", ""))
+    if len(note) > MAX_NOTE_CHARS:
+        raise BundleError(f"{where}: note is {len(note)} characters, over {MAX_NOTE_CHARS}")
+    preset = _str(where, "preset", value.get("preset"), RunNote.__table__.columns.preset, nullable=True)
+    if not (clean or note or preset):
+        return None
+    return {"tags": "," + ",".join(clean) + "," if clean else "", "note": note, "preset": preset}
 
 
 def _header(data: bytes | str | dict) -> tuple[dict, int]:
@@ -727,7 +777,7 @@ def _tree_runs(bundle: dict) -> list[BundleRun]:
         raise BundleError("runs is empty: a version 2 bundle holds at least one run")
     runs = []
     for i, entry in enumerate(entries):
-        _fields(f"runs[{i}]", entry, ("id", *_ENTRY_FIELDS), ("parent_ref",))
+        _fields(f"runs[{i}]", entry, ("id", *_ENTRY_FIELDS), _OPTIONAL_ENTRY_FIELDS)
         source_id = _int(f"runs[{i}]", "id", entry["id"])
         try:
             runs.append(_validate_entry(entry, source_id))
@@ -742,7 +792,7 @@ def validate_bundle(data: bytes | str | dict) -> list[BundleRun]:
     bundle, version = _header(data)
     if version == TREE_VERSION:
         return _tree_runs(bundle)
-    _fields("the bundle", bundle, ("format", "version", *_ENTRY_FIELDS), ("parent_ref",))
+    _fields("the bundle", bundle, ("format", "version", *_ENTRY_FIELDS), _OPTIONAL_ENTRY_FIELDS)
     return [_validate_entry(bundle, None)]
 
 
@@ -781,6 +831,8 @@ def _insert(s: Session, entry: BundleRun, parent_id: int | None) -> int:
         s.execute(insert(Step), [{"run_id": run.id, **r} for r in entry.steps])
     if entry.events:
         s.execute(insert(Event), [{"run_id": run.id, **r} for r in entry.events])
+    if entry.notes is not None:
+        s.add(RunNote(run_id=run.id, **entry.notes))
     return run.id
 
 

@@ -156,6 +156,64 @@ class Event(Base):
     violation_score: Mapped[float | None] = mapped_column(Float)
 
 
+class RunNote(Base):
+    """A person's tags and note on a run, and the teaching preset that started it (if one did).
+
+    A table of its own (created by `create_all`, so a database written before it existed gets it
+    on the next start); deleted with its run. `tags` is stored as ",tag one,tag two," (each tag
+    between commas, none containing one) so that a tag filter is one LIKE on any backend."""
+
+    __tablename__ = "run_notes"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    tags: Mapped[str] = mapped_column(Text, default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    preset: Mapped[str | None] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
+
+
+MAX_TAG_CHARS = 40
+MAX_TAGS = 20
+MAX_NOTE_CHARS = 10_000
+
+
+def parse_tags(tags: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """Tags from "a, b ,,c" (or a list): stripped, empty ones dropped, the first of each
+    case-insensitive repeat kept, in order. Raises ValueError for a tag over MAX_TAG_CHARS
+    characters or more than MAX_TAGS tags (a comma separates tags, so no tag holds one)."""
+    parts = tags.split(",") if isinstance(tags, str) else [p for t in tags or () for p in str(t).split(",")]
+    out: list[str] = []
+    for part in parts:
+        tag = " ".join(part.split())
+        if not tag or tag.casefold() in (t.casefold() for t in out):
+            continue
+        if len(tag) > MAX_TAG_CHARS:
+            raise ValueError(f"the tag {tag[:20]!r}… is {len(tag)} characters; at most {MAX_TAG_CHARS}")
+        out.append(tag)
+    if len(out) > MAX_TAGS:
+        raise ValueError(f"{len(out)} tags; at most {MAX_TAGS} per run")
+    return out
+
+
+def _tags_column(tags: list[str]) -> str:
+    return "," + ",".join(tags) + "," if tags else ""
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _notes_dict(row: RunNote | None) -> dict:
+    if row is None:
+        return {"tags": [], "note": "", "preset": None, "updated_at": None}
+    return {
+        "tags": [t for t in row.tags.split(",") if t],
+        "note": row.note,
+        "preset": row.preset,
+        "updated_at": UTCDateTime().process_result_value(row.updated_at, None),  # naive UTC, as read back
+    }
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -329,6 +387,7 @@ class TrajectoryStore:
         with self.session() as s, s.begin():
             s.execute(delete(Event).where(Event.run_id == run_id))
             s.execute(delete(Step).where(Step.run_id == run_id))
+            s.execute(delete(RunNote).where(RunNote.run_id == run_id))
             return s.execute(delete(Run).where(Run.id == run_id)).rowcount > 0
 
     # ---- reading -------------------------------------------------------------------------
@@ -340,8 +399,10 @@ class TrajectoryStore:
         strategy: str | None = None,
         since: str | None = None,
         text: str | None = None,
+        tag: str | None = None,
     ) -> list[dict]:
-        """Newest first, filtered; `since` is an ISO date (YYYY-MM-DD), `text` searches prompt and text."""
+        """Newest first, filtered; `since` is an ISO date (YYYY-MM-DD), `text` searches prompt and text,
+        `tag` keeps the runs with that tag (case-insensitive, the whole tag; "a, b": both)."""
         query = select(Run).order_by(Run.id.desc()).limit(limit)
         for column, value in ((Run.status, status), (Run.model, model), (Run.strategy, strategy)):
             if value:
@@ -355,8 +416,53 @@ class TrajectoryStore:
         if text:
             pattern = f"%{text}%"
             query = query.where(Run.prompt.ilike(pattern) | Run.final_text.ilike(pattern))
+        for wanted in parse_tags(tag):  # "a, b": runs with both tags
+            tagged = select(RunNote.run_id).where(RunNote.tags.ilike(f"%,{_like_escaped(wanted)},%", escape="\\"))
+            query = query.where(Run.id.in_(tagged))
         with self.session() as s:
             return [_run_dict(r) for r in s.scalars(query)]
+
+    # ---- tags, notes and presets (the run_notes table) -----------------------------------------
+    def get_notes(self, run_id: int) -> dict:
+        """{"tags": [...], "note": str, "preset": str | None, "updated_at"}; empty ones for a run without."""
+        with self.session() as s:
+            return _notes_dict(s.get(RunNote, run_id))
+
+    def notes_for(self, run_ids: list[int]) -> dict[int, dict]:
+        """`get_notes` of several runs at once (runs without notes are left out)."""
+        if not run_ids:
+            return {}
+        with self.session() as s:
+            rows = s.scalars(select(RunNote).where(RunNote.run_id.in_(list(run_ids))))
+            return {row.run_id: _notes_dict(row) for row in rows}
+
+    def set_notes(self, run_id: int, tags: str | list[str] | None, note: str | None) -> dict:
+        """Replace a run's tags (see `parse_tags`) and note; the stored result. KeyError for an
+        unknown run, ValueError for tags or a note over the limits."""
+        clean = parse_tags(tags)
+        note = (note or "").strip()
+        if len(note) > MAX_NOTE_CHARS:
+            raise ValueError(f"the note is {len(note)} characters; at most {MAX_NOTE_CHARS}")
+        return self._update_notes(run_id, tags=_tags_column(clean), note=note)
+
+    def set_run_preset(self, run_id: int, preset: str | None) -> None:
+        """Record the teaching preset that started a run (None: nothing is recorded)."""
+        if preset:
+            self._update_notes(run_id, preset=preset[:200])
+
+    def _update_notes(self, run_id: int, **values) -> dict:
+        with self.session() as s, s.begin():
+            if s.get(Run, run_id) is None:
+                raise KeyError(f"no run with id {run_id}")
+            row = s.get(RunNote, run_id)
+            if row is None:
+                row = RunNote(run_id=run_id, tags="", note="")
+                s.add(row)
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updated_at = datetime.now(UTC)
+            s.flush()
+            return _notes_dict(row)
 
     def token_texts(self, run_id: int) -> dict[int, str]:
         """token id -> text of every token a run committed (for runs of models not loaded here)."""
