@@ -167,9 +167,9 @@ def test_open_run_shows_the_stored_tokens_and_scrubs(client, replay_server, reco
 
 def test_compare_two_imported_runs(client, replay_server):
     a, b = replay_server["run_ids"]
-    summary = client.predict(a, b, "entropy", api_name="/compare")[0]
-    assert f"<tr><th>run</th><td>{a}</td><td>{b}</td></tr>" in summary
-    assert "low_confidence" in summary and "margin" in summary and "position(s) differ" in summary
+    _step, summary, note = client.predict([a, b], "step", "entropy", api_name="/compare")[:3]
+    assert f"<th>A</th><td>{a}</td>" in summary and f"<th>B</th><td>{b}</td>" in summary
+    assert "low_confidence" in summary and "margin" in summary and "position(s) differ" in note
 
 
 def test_import_a_bundle_through_the_runs_tab(client, replay_server, recorded):

@@ -254,12 +254,12 @@ def test_open_run(client, services, two_runs):
 
 def test_compare_names_both_runs(client, two_runs):
     a, b = two_runs
-    summary = client.predict(a, b, "entropy", api_name="/compare")[0]
-    assert f"<tr><th>run</th><td>{a}</td><td>{b}</td></tr>" in summary
+    _step, summary, note = client.predict([a, b], "step", "entropy", api_name="/compare")[:3]
+    assert f"<th>A</th><td>{a}</td>" in summary and f"<th>B</th><td>{b}</td>" in summary
     assert "low_confidence" in summary and "margin" in summary
-    assert "position(s) differ" in summary
+    assert "position(s) differ" in note
     with pytest.raises(Exception) as refused:
-        client.predict(a, 987654, "entropy", api_name="/compare")
+        client.predict([a, 987654], "step", "entropy", api_name="/compare")
     assert "there is no run with id 987654 (run B)" in str(refused.value)
 
 
@@ -406,7 +406,8 @@ def test_the_xdlm_k_field_follows_the_models_training_noise(services):
 
 def test_compare_violation_maps_share_one_scale(client, two_runs):
     a, b = two_runs
-    summary, _ta, heat_a, _tb, heat_b = client.predict(a, b, "violations", api_name="/compare")
+    outputs = client.predict([a, b], "step", "violations", api_name="/compare")
+    summary, heat_a, heat_b = outputs[1], outputs[7]["value"], outputs[8]["value"]  # step, summary, note, 4 texts
     assert "violations: Σ S &lt; 0 (nats)" in summary and "<td>off</td>" in summary  # energies off in both
     traces = [_plot(h)["data"][0] for h in (heat_a, heat_b)]
     assert all("Dependency violations" in _title_of(h) for h in (heat_a, heat_b))
@@ -559,17 +560,18 @@ def test_runs_table_shows_branches_under_their_parent(client, services, a_an_run
 def test_compare_a_branch_with_its_parent(client, services, a_an_run):
     child = run_id_of(branch(client, a_an_run, 0, 0, "a")[0])
     outputs = client.predict(child, "confidence", api_name="/compare_branch")
-    a_id, b_id, slider, summary, tokens_a, _heat_a, tokens_b, _heat_b = outputs
-    assert (a_id, b_id) == (a_an_run, child)
+    picked, _align, _metric, slider, summary, _note, tokens_a, tokens_b = outputs[:8]  # then 2 texts, 4 maps
+    tokens_a, tokens_b = tokens_a["value"], tokens_b["value"]
+    assert picked["value"] == [a_an_run, child]
     assert slider["maximum"] == 3 and slider["value"] == 3
-    rows = ("checker", "violations: Σ S &lt; 0 (nats)", "AR-ness τ (by last change)", "forward passes", "steps")
-    for name in (*rows, "tokens / step"):
+    rows = ("checker", "dependency violations: Σ S &lt; 0 (nats)", "AR-ness τ (by last change)", "forward passes")
+    for name in (*rows, "steps", "tokens / step"):
         assert f"<th>{name}</th>" in summary, name
     assert f"run {a_an_run} after step 0" in summary and "after step 0)" in summary  # passes after the branch step
     assert 'class="tok diff' in tokens_a and 'class="tok diff' in tokens_b
 
     # the shared slider: before the branch step nothing differs; at it, the edit
-    summary_0 = client.predict(a_an_run, child, "confidence", 0, api_name="/compare_step")[0]
+    summary_0 = client.predict([a_an_run, child], "step", "confidence", 0, api_name="/compare_step")[0]  # the note
     assert "1 position(s) differ after step 0" in summary_0, summary_0
     with pytest.raises(Exception) as refused:
         client.predict(a_an_run, "confidence", api_name="/compare_branch")
@@ -641,8 +643,11 @@ def test_xdlm_run_shows_revisions_and_the_changes_map(client, services, xdlm_run
 
 def test_compare_mdlm_and_xdlm_on_the_same_prompt_and_seed(client, services, xdlm_run):
     a, seed, _outputs = xdlm_run
-    outputs = client.predict(a, "embedded", "low_confidence", "changes", api_name="/compare_other_model")
-    b_id, slider, summary, tokens_a, heat_a, tokens_b, heat_b, status = outputs
+    outputs = client.predict([a], "embedded", "low_confidence", "changes", api_name="/compare_other_model")
+    picked, _align, _metric, slider, summary, _note, tokens_a, tokens_b = outputs[:8]  # then 2 texts, 4 maps
+    heat_a, heat_b, status = outputs[10]["value"], outputs[11]["value"], outputs[-1]
+    b_id, tokens_a, tokens_b = picked["value"][1], tokens_a["value"], tokens_b["value"]
+    assert picked["value"][0] == a
     run_a, run_b = services.store.get_run(a), services.store.get_run(int(b_id))
     assert (run_b["model"], run_b["strategy"], run_b["prompt"], run_b["seed"]) == (
         "embedded",
@@ -652,8 +657,9 @@ def test_compare_mdlm_and_xdlm_on_the_same_prompt_and_seed(client, services, xdl
     )
     assert run_b["config"]["gen_length"] == run_a["config"]["gen_length"] and run_b["status"] == "completed"
     assert f"Run {b_id}: run {a}&#x27;s prompt and seed on embedded (low_confidence)" in status
-    assert "<tr><th>model</th><td>embedded-xdlm</td><td>embedded</td></tr>" in summary
-    assert f"<tr><th>prompt · seed</th><td>once upon a time · seed {seed}</td>" in summary
+    assert f"<th>A</th><td>{a}</td><td>embedded-xdlm</td><td>xdlm_ancestral</td><td>1</td><td>{seed}</td>" in summary
+    assert f"<th>B</th><td>{b_id}</td><td>embedded</td><td>low_confidence</td>" in summary
+    assert "<td>once upon a time</td></tr>" in summary
     assert "<th>revisions</th>" in summary and "<th>AR-ness τ (by last change)</th>" in summary
     assert slider["value"] == max(services.store.get_run(a)["n_steps"], run_b["n_steps"]) - 1
     legends = [[t["name"] for t in _plot(h)["data"][1:]] for h in (heat_a, heat_b)]
@@ -661,14 +667,14 @@ def test_compare_mdlm_and_xdlm_on_the_same_prompt_and_seed(client, services, xdl
     assert "revise (0)" in legends[1]  # low_confidence never revises
     assert 'data-revisions="' in tokens_a and 'data-revisions="' not in tokens_b
     # A's own strategy on the MDLM too; the Compare heatmap choice "changes" is there for both
-    same = client.predict(a, "embedded", "same as run A", "confidence", api_name="/compare_other_model")
-    assert services.store.get_run(int(same[0]))["strategy"] == "xdlm_ancestral"
-    assert "Confidence" in _title_of(same[4]) and "Confidence" in _title_of(same[6])
+    same = client.predict([a], "embedded", "same as run A", "confidence", api_name="/compare_other_model")
+    assert services.store.get_run(int(same[0]["value"][1]))["strategy"] == "xdlm_ancestral"
+    assert "Confidence" in _title_of(same[10]["value"]) and "Confidence" in _title_of(same[11]["value"])
 
     runs_before = services.store.count_runs()
     for args, pattern in (
-        ((a, "nonexistent", "same as run A", "changes"), "not in the list of choices|unknown model"),
-        ((987654, "embedded", "same as run A", "changes"), "there is no run with id 987654"),
+        (([a], "nonexistent", "same as run A", "changes"), "not in the list of choices|unknown model"),
+        (([987654], "embedded", "same as run A", "changes"), "there is no run with id 987654"),
     ):
         with pytest.raises(Exception) as refused:
             client.predict(*args, api_name="/compare_other_model")

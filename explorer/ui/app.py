@@ -104,8 +104,8 @@ def build_app(services: Services) -> gr.Blocks:
             with gr.Tab("Compare", id="compare") as compare_page:
                 compare = compare_tab(services, cache)
         # Opening Compare with no run A picked yet: the run shown in the Decode tab is run A.
-        a_id = compare.components["a_id"]
-        compare_page.select(_decode_run_as_a, [run_state, a_id], [a_id], api_name=False)
+        picked = compare.components["runs"]
+        compare_page.select(compare.on_open, [run_state, picked], [picked], api_name=False)
         # Wired once every tab exists: a branch opens the Compare tab with its parent.
         wire_branching(BranchHandlers(services, cache, view, controls, handlers, panel), tabs, compare)
     return app

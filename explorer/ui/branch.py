@@ -25,7 +25,7 @@ from explorer.jobs import AlternativesDone, JobError, JobFailed, OutcomeDone, Qu
 from explorer.services import Services
 from explorer.store.arrays import RunArrays
 from explorer.ui.branch_markup import ALT_COLUMNS, outcome_row, outcome_table, panel_head, stored_choices
-from explorer.ui.compare import PAIR, CompareTab
+from explorer.ui.compare import CompareTab
 from explorer.ui.logic import (
     DECODE_FIELDS,
     ArraysCache,
@@ -424,7 +424,7 @@ def wire_branching(h: BranchHandlers, tabs: gr.Tabs, compare: CompareTab) -> Non
     def compare_branch(run_id, metric):
         return {**compare.branch_pair(run_id, metric), tabs: gr.Tabs(selected="compare")}
 
-    pair = [*compare.outputs("a_id", "b_id", "step", *PAIR), tabs]
+    pair = [*compare.permalink_outputs(), tabs]
     metric = compare.components["metric"]
     p["alt_compare"].click(compare_branch, [p["alt_pick"], metric], pair, api_name="compare_branch")
     v["compare_parent"].click(compare_branch, [v["run_state"], metric], pair, api_name=False)

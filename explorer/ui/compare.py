@@ -1,16 +1,28 @@
-"""The Compare tab: two runs side by side, aligned by position and by step, on the same colour
-scales. One step slider moves both runs; positions whose tokens differ at that step are outlined.
-A branch and its parent are the same run up to the branch step, so the outlines start there.
+"""The Compare tab: two to four runs side by side, lined up on one slider, on shared colour scales.
+
+Runs are picked from a searchable list (labels like "#12 · embedded · low_confidence · 32 tok /
+8 steps · ..."). The slider aligns them *by step* (each run after step min(k, its last)) or *by
+fraction of steps* (each run after step round(f x its last)); see explorer/views/align.py. The
+tab finds the first slider value where the runs' sequences differ (tokens and masks): before it
+nothing is outlined; from it on the positions that differ at the shown step are outlined, those
+that already differed at that first divergence (class `diff-first`) apart from later differences
+(`diff-later`), and the note above the texts says where the runs part ways. A branch and its
+parent are the same run up to the branch step, so they part there. Below the texts a full-width
+table holds one row per run (checker verdict, violations, AR-ness, forward passes, wall time...).
 Run B can also be made here: run A's prompt, seed and settings decoded on another model (e.g. the
 embedded MDLM against the embedded XDLM), optionally with another strategy."""
 
 from __future__ import annotations
 
 import html
+import math
+import re
 from dataclasses import dataclass
+from datetime import datetime
 
 import gradio as gr
 
+from explorer.branching.alternatives import CHECKED_MODELS
 from explorer.decoding.strategies import STRATEGIES
 from explorer.jobs import JobDone, JobError, JobFailed, StepDone
 from explorer.services import Services
@@ -19,7 +31,6 @@ from explorer.ui.logic import (
     SAME_STRATEGY,
     ArraysCache,
     RequestError,
-    differing_at,
     forward_passes,
     other_model,
     rerun_config,
@@ -27,18 +38,42 @@ from explorer.ui.logic import (
     token_text_for,
 )
 from explorer.ui.view import status_html
+from explorer.views import align
 from explorer.views import figures as plots
-from explorer.views.tokens import render_tokens
+from explorer.views.tokens import render_tokens, state_at
+from explorer.views.verdict import verdict_of
 
-# The outputs of /compare and /compare_step, in this order.
-PAIR = ("summary", "tokens_a", "heat_a", "tokens_b", "heat_b")
-# The outputs of /compare_other_model: the new run B, the slider, the pair, the status line.
-OTHER = ("b_id", "step", *PAIR, "other_status")
+MAX_RUNS = 4
+LETTERS = "ABCD"  # run A is the first run picked, B the second...
+TOKENS = tuple(f"tokens_{x}" for x in "abcd")
+HEATS = tuple(f"heat_{x}" for x in "abcd")
+# What the slider moves (/compare_step's outputs, in this order): the note on where the runs
+# differ, the token views (one per run, hidden past the runs picked), the heatmaps (likewise).
+VIEW = ("note", *TOKENS, *HEATS)
+# /compare's outputs: the slider (at the end), the summary table, then VIEW.
+COMPARED = ("step", "summary", *VIEW)
+# Everything the tab shows: open_runs, permalink_outputs, /compare_branch.
+SHOWN = ("runs", "align", "metric", *COMPARED)
+# /compare_other_model's outputs: the tab with run A and the new run B, then the status line.
+OTHER = (*SHOWN, "other_status")
+
+ALIGN_CHOICES = [("by step", "step"), ("by fraction of steps", "fraction")]
+STEP_LABEL = "Step (each run: the state after this step, or its last step if it has fewer)"
+FRACTION_LABEL = "Percent of each run's steps (each run: the state after step round(f × its last step))"
+LIST_LIMIT = 200  # runs offered in the list, newest first (runs picked are always offered)
+SHOWN_POSITIONS = 12  # positions named in the note; more are counted
+
+DIFF_LABEL = "differs between the runs here"
+LEGEND = (
+    '<div class="compare-legend"><span class="compare-swatch diff-first">word</span> = differs, and already '
+    'differed where the runs first parted · <span class="compare-swatch diff-later">word</span> = a later '
+    "difference (the same at the first divergence)</div>"
+)
 
 
 @dataclass
 class CompareTab:
-    """The Compare tab's components by name, and what other tabs need to open a pair in it."""
+    """The Compare tab's components by name, and what other tabs (and a permalink) need to open runs in it."""
 
     services: Services
     cache: ArraysCache
@@ -50,90 +85,136 @@ class CompareTab:
     def bind(self, shown: dict) -> dict:
         return {self.components[name]: value for name, value in shown.items()}
 
+    def permalink_outputs(self) -> list:
+        """The components open_runs sets, in SHOWN order: everything the tab shows."""
+        return self.outputs(*SHOWN)
+
+    def open_runs(self, ids, metric: str = "confidence", mode: str = "step", step: float | None = None) -> dict:
+        """The tab showing runs `ids` (2 to 4; run A first) with heatmap `metric`, aligned by
+        `mode` ("step" or "fraction"), the slider at `step` (a step, or a percent by fraction;
+        None: the end): {component: value} for every component of permalink_outputs()."""
+        runs = load_runs(self.cache, ids)
+        mode = mode if mode in align.ALIGN_MODES else "step"
+        return self.bind(show_runs(self.services, runs, metric or "confidence", mode, step))
+
     def branch_pair(self, child_id, metric: str) -> dict:
-        """A branch (B) and its parent (A), at the last step: {component: value}."""
+        """A branch (B) and its parent (A), aligned by step, at the last step: {component: value}."""
         child = _load(self.cache, child_id, "B")
         parent = child.run.get("parent_run_id")
         if parent is None:
             raise gr.Error(f"run {child.run['id']} is not a branch: it has no parent to compare with")
-        a = _load(self.cache, parent, "A (the parent; it may have been deleted)")
-        last = max(a.n_steps, child.n_steps, 1) - 1  # the slider's step: marked on both maps
-        shown = render_pair(self.services, a, child, metric or "confidence", last)
-        return self.bind({**shown, "a_id": a.run["id"], "b_id": child.run["id"], "step": step_slider(a, child)})
+        _load(self.cache, parent, "A (the parent; it may have been deleted)")
+        return self.open_runs([parent, child.run["id"]], metric)
+
+    def on_open(self, decode_run, picked):
+        """The tab is opened: the list refreshed, and with no run picked yet, the Decode tab's run picked as run A."""
+        try:
+            ids = picked_ids(picked)
+        except gr.Error:
+            ids = []
+        if not ids and decode_run:
+            ids = [int(decode_run)]
+        return run_picker(self.services, ids)
+
+    def refresh(self, picked):
+        """The list of runs, read again (the runs picked stay picked)."""
+        try:
+            ids = picked_ids(picked)
+        except gr.Error:
+            return gr.Dropdown(choices=run_choices(self.services), allow_custom_value=True)
+        return run_picker(self.services, ids)
 
 
 def compare_tab(services: Services, cache: ArraysCache) -> CompareTab:
     gr.Markdown(
-        "Two runs side by side (e.g. the same prompt and seed with different strategies or models, or a branch "
-        "and its parent: press *Compare with parent* under a branch in the Decode tab). The step slider moves both "
-        "runs; positions where their tokens differ at that step are outlined in red; both heatmaps share one "
-        "colour scale."
+        "Two to four runs side by side (e.g. the same prompt and seed with different strategies or models, or a "
+        "branch and its parent: press *Compare with parent* under a branch in the Decode tab). Pick them from the "
+        "list (type to search: an id, a strategy, a model, words of the prompt). One slider moves every run, "
+        "lined up by step or by fraction of their steps; from the first step where the runs differ, the positions "
+        "that differ are outlined; all heatmaps share one colour scale."
     )
     c: dict = {}
-    with gr.Row():
-        c["a_id"] = gr.Number(label="Run A", precision=0, elem_id="compare-a")
-        c["b_id"] = gr.Number(label="Run B", precision=0, elem_id="compare-b")
+    with gr.Row(equal_height=True):
+        c["runs"] = gr.Dropdown(
+            run_choices(services),
+            value=[],
+            multiselect=True,
+            max_choices=MAX_RUNS,
+            allow_custom_value=True,  # ids typed or sent by the API are checked by load_runs
+            filterable=True,
+            label=f"Runs to compare (2 to {MAX_RUNS}; the first is run A)",
+            elem_id="compare-runs",
+            scale=5,
+        )
+        refresh_btn = gr.Button("↻ Refresh list", scale=0, min_width=130, elem_id="compare-refresh")
+    with gr.Row(equal_height=True):
+        c["align"] = gr.Radio(ALIGN_CHOICES, value="step", label="Align the runs", elem_id="compare-align")
         c["metric"] = gr.Radio(list(COMPARE_MAPS), value="confidence", label="Heatmap", elem_id="compare-metric")
-        go_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+        go_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn", scale=0, min_width=140)
     other_btn = _other_model_row(services, c)
-    c["step"] = gr.Slider(
-        0, 1, value=0, step=1, label="Step (both runs: the state after this step)", elem_id="compare-step"
-    )
-    # The two texts right under the slider (what it moves), then the numbers, then the maps.
-    with gr.Row():
-        with gr.Column():
-            gr.Markdown("**Run A**")
-            c["tokens_a"] = gr.HTML(elem_id="compare-tokens-a")
-        with gr.Column():
-            gr.Markdown("**Run B**")
-            c["tokens_b"] = gr.HTML(elem_id="compare-tokens-b")
+    c["step"] = gr.Slider(0, 1, value=0, step=1, label=STEP_LABEL, elem_id="compare-step")
+    # Right under the slider, what it moves: where the runs differ, then the texts (one per run),
+    # then the table of numbers (full width), then the maps in a grid of two by two.
+    c["note"] = gr.HTML(elem_id="compare-note")
+    for x, name in zip("abcd", TOKENS):
+        c[name] = gr.HTML(elem_id=f"compare-tokens-{x}", visible=x in "ab")
     c["summary"] = gr.HTML(elem_id="compare-summary")
-    with gr.Row():
-        c["heat_a"] = gr.Plot(label="Run A: heatmap")
-        c["heat_b"] = gr.Plot(label="Run B: heatmap")
+    for row in ("ab", "cd"):
+        with gr.Row():
+            for x in row:
+                label, shown = f"Run {x.upper()}: heatmap", x in "ab"
+                c[f"heat_{x}"] = gr.Plot(label=label, visible=shown, elem_id=f"compare-heat-{x}")
     tab = CompareTab(services, cache, c)
 
-    def compare(rid_a, rid_b, metric_v):
-        a, b = _load(cache, rid_a, "A"), _load(cache, rid_b, "B")
-        shown = render_pair(services, a, b, metric_v, None)
-        return tuple(shown[name] for name in PAIR)
+    def compare(picked, mode, metric_v):
+        runs = load_runs(cache, picked)
+        shown = show_runs(services, runs, metric_v, mode, None)
+        return tuple(shown[name] for name in COMPARED)
 
-    def compare_at(rid_a, rid_b, metric_v, step):
-        if not rid_a or not rid_b:  # ids start at 1: an empty field arrives as None or 0
-            return (gr.skip(),) * len(PAIR)  # nothing compared yet: the slider alone does nothing
-        a, b = _load(cache, rid_a, "A"), _load(cache, rid_b, "B")
-        shown = render_pair(services, a, b, metric_v, int(step or 0))
-        return tuple(shown[name] for name in PAIR)
-
-    def reset_step(rid_a, rid_b):
+    def compare_at(picked, mode, metric_v, step):
         try:
-            return step_slider(cache.get(int(rid_a)), cache.get(int(rid_b)))
-        except (KeyError, TypeError, ValueError):
-            return gr.skip()
+            enough = len(picked_ids(picked)) >= 2
+        except gr.Error:
+            enough = False
+        if not enough:  # nothing (or one run) picked: the slider alone does nothing
+            return (gr.skip(),) * len(VIEW)
+        shown = render_view(services, load_runs(cache, picked), metric_v, mode, step)
+        return tuple(shown[name] for name in VIEW)
 
-    pair, inputs = tab.outputs(*PAIR), [c["a_id"], c["b_id"], c["metric"]]
-    # /compare keeps its five outputs; the slider follows in a second event.
-    go_btn.click(compare, inputs, pair, api_name="compare").then(
-        reset_step, [c["a_id"], c["b_id"]], [c["step"]], api_name=False
-    )
+    def realign(picked, mode, metric_v, step):
+        """The alignment changed: the slider keeps its place (step k <-> percent of the longest run)."""
+        try:
+            runs = load_runs(cache, picked)
+        except gr.Error:
+            return (gr.skip(),) * (1 + len(VIEW))
+        last = max(max(r.n_steps for r in runs) - 1, 1)
+        value = float(step or 0)
+        value = round(100 * value / last) if mode == "fraction" else round(value / 100 * last)
+        shown = render_view(services, runs, metric_v, mode, value)
+        return (step_slider(runs, mode, value), *(shown[name] for name in VIEW))
+
+    inputs = [c["runs"], c["align"], c["metric"]]
+    go_btn.click(compare, inputs, tab.outputs(*COMPARED), api_name="compare")
     gr.on(
         [c["step"].release, c["step"].input],
         compare_at,
         [*inputs, c["step"]],
-        pair,
+        tab.outputs(*VIEW),
         api_name="compare_step",
         trigger_mode="always_last",
     )
-    c["metric"].change(compare_at, [*inputs, c["step"]], pair, api_name=False)
+    c["metric"].input(compare_at, [*inputs, c["step"]], tab.outputs(*VIEW), api_name=False)
+    c["align"].input(realign, [*inputs, c["step"]], tab.outputs("step", *VIEW), api_name=False)
+    refresh_btn.click(tab.refresh, [c["runs"]], [c["runs"]], api_name=False)
     other = OtherModel(tab)
     other_btn.click(
         other.run,
-        [c["a_id"], c["other_model"], c["other_strategy"], c["metric"]],
+        [c["runs"], c["other_model"], c["other_strategy"], c["metric"]],
         tab.outputs(*OTHER),
         api_name="compare_other_model",
         show_progress_on=[c["other_status"]],
     )
-    c["a_id"].change(other.suggest, [c["a_id"]], [c["other_model"]], api_name=False)
+    c["runs"].change(other.suggest, [c["runs"]], [c["other_model"]], api_name=False)
     return tab
 
 
@@ -162,20 +243,25 @@ def _other_model_row(services: Services, c: dict) -> gr.Button:
 
 @dataclass
 class OtherModel:
-    """The handlers of "decode run A on another model": a new run B, then the pair compared."""
+    """The handlers of "decode run A on another model": a new run B, then A and B compared."""
 
     tab: CompareTab
 
-    def suggest(self, rid_a):
+    def suggest(self, picked):
         """When run A is picked, offer the first model that is not A's."""
-        run = self.tab.services.store.get_run(int(rid_a)) if rid_a else None
+        try:
+            ids = picked_ids(picked)
+        except gr.Error:
+            return gr.skip()
+        run = self.tab.services.store.get_run(ids[0]) if ids else None
         if run is None:
             return gr.skip()
         return gr.Dropdown(value=other_model(self.tab.services, run["model"]) or run["model"])
 
-    def run(self, rid_a, model, strategy, metric):
+    def run(self, picked, model, strategy, metric):
         services, bind = self.tab.services, self.tab.bind
-        a = _load(self.tab.cache, rid_a, "A")
+        ids = picked_ids(picked)
+        a = _load(self.tab.cache, ids[0] if ids else None, "A (the first run in the list)")
         model = model or other_model(services, a.run["model"])
         try:
             config = rerun_config(services, a.run, model, strategy)
@@ -192,58 +278,89 @@ class OtherModel:
                     yield bind({"other_status": status_html("busy", f"{what}… step {steps}")})
                 case JobDone(result=result):
                     b = self.tab.cache.get(int(result.run_id))
-                    shown = render_pair(services, a, b, metric or "confidence", None)
+                    shown = show_runs(services, [a, b], metric or "confidence", "step", None)
                     done = f"Run {b.run['id']}: run {a.run['id']}'s prompt and seed on {model} ({config.strategy})."
-                    yield bind(
-                        {
-                            **shown,
-                            "b_id": b.run["id"],
-                            "step": step_slider(a, b),
-                            "other_status": status_html("ok", done),
-                        }
-                    )
+                    yield bind({**shown, "other_status": status_html("ok", done)})
                 case JobError(message=message) | JobFailed(message=message):
                     raise gr.Error(f"the run on {model} ended with an error: {message}")
 
 
-def step_slider(a: RunArrays, b: RunArrays) -> gr.Slider:
-    """One slider over both runs' steps, on the last step."""
-    last = max(a.n_steps, b.n_steps, 1) - 1
-    return gr.Slider(0, max(last, 1), value=last, step=1, interactive=True)
+# ---- picking runs -----------------------------------------------------------------------------------
 
 
-def render_pair(services: Services, a: RunArrays, b: RunArrays, metric: str, step: int | None) -> dict:
-    """Both runs after `step` (None: the end; a run with fewer steps shows its last state):
-    the summary, both token views with the differing positions outlined, both heatmaps."""
-    since = branch_step_between(a, b)
-    differ = differing_at(a, b, step, since=-1 if since is None else since)
-    views = [
-        render_tokens(
-            r, token_text_for(services, r), _own_step(r, step), r.run["prompt"], highlight=differ, outline_step=False
+def run_label(run: dict) -> str:
+    """The list's label of a stored run: '#12 · embedded · low_confidence · 32 tok / 8 steps ·
+    T 0.7 · seed 2 · once upon a time… there was a girl' (plain text: the list shows it as text)."""
+    config = run.get("config") or {}
+    parts = [f"#{run['id']}", str(run.get("model")), str(run.get("strategy"))]
+    parts.append(f"{run.get('gen_length')} tok / {run.get('n_steps')} steps")
+    if _number(config.get("temperature")):
+        parts.append(f"T {config['temperature']:g}")
+    parts.append(f"seed {run.get('seed')}")
+    if run.get("parent_run_id") is not None:
+        parts.append(f"branch of #{run['parent_run_id']} after step {run.get('branch_step')}")
+    if run.get("status") != "completed":
+        parts.append(str(run.get("status")))
+    prompt = _clip(" ".join(str(run.get("prompt") or "").split()), 40)
+    text = _clip(" ".join(str(run.get("final_text") or "").split()), 40)
+    parts.append(f"{prompt}… {text}" if text else prompt)
+    return " · ".join(parts)
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
+def run_choices(services: Services, picked=()) -> list[tuple[str, int]]:
+    """(label, run id) of the newest LIST_LIMIT stored runs, then any run picked that is older."""
+    runs = services.store.list_runs(limit=LIST_LIMIT)
+    listed = {int(r["id"]) for r in runs}
+    older = [services.store.get_run(int(i)) for i in picked if int(i) not in listed]
+    return [(run_label(r), int(r["id"])) for r in [*runs, *(r for r in older if r is not None)]]
+
+
+def run_picker(services: Services, ids) -> gr.Dropdown:
+    """The list of runs with `ids` picked (those that exist)."""
+    choices = run_choices(services, ids)
+    offered = {value for _, value in choices}
+    return gr.Dropdown(choices=choices, value=[int(i) for i in ids if int(i) in offered], allow_custom_value=True)
+
+
+def picked_ids(values) -> list[int]:
+    """Run ids from the list's value: ids, or text typed into it ('12', '#12 ...'); each once, in order."""
+    ids: list[int] = []
+    for value in values or []:
+        if isinstance(value, bool):
+            raise gr.Error(f"{value!r} is not a run: pick runs from the list")
+        if isinstance(value, int | float) and math.isfinite(value) and value == int(value):
+            run_id = int(value)
+        else:
+            match = re.fullmatch(r"\s*#?(\d+)\b.*", str(value), flags=re.DOTALL)
+            if match is None:
+                raise gr.Error(f"{str(value)[:60]!r} is not a run: pick runs from the list (or type a run's id)")
+            run_id = int(match.group(1))
+        if run_id not in ids:
+            ids.append(run_id)
+    return ids
+
+
+def load_runs(cache: ArraysCache, values) -> list[RunArrays]:
+    """The runs picked (2 to MAX_RUNS), run A first; gr.Error with what to do otherwise."""
+    ids = picked_ids(values)
+    if len(ids) > MAX_RUNS:
+        named = ", ".join(f"#{i}" for i in ids)
+        raise gr.Error(
+            f"compare at most {MAX_RUNS} runs at once: {len(ids)} are picked ({named}); "
+            f"remove {len(ids) - MAX_RUNS} of them"
         )
-        for r in (a, b)
-    ]
-    texts = (token_text_for(services, a), token_text_for(services, b))
-    figures = COMPARE_MAPS[metric](a, b, step, texts)
-    return {
-        "summary": _summary_table(services, a, b, differ, step, since),
-        "tokens_a": views[0],
-        "heat_a": figures[0],
-        "tokens_b": views[1],
-        "heat_b": figures[1],
-    }
-
-
-def branch_step_between(a: RunArrays, b: RunArrays) -> int | None:
-    """The branch step when one run is a branch of the other, else None."""
-    for child, parent in ((b, a), (a, b)):
-        if child.run.get("parent_run_id") is not None and child.run.get("parent_run_id") == parent.run.get("id"):
-            return int(child.run["branch_step"])
-    return None
-
-
-def _own_step(arrays: RunArrays, step: int | None) -> int | None:
-    return None if step is None else min(step, max(arrays.n_steps - 1, 0))
+    if len(ids) < 2:
+        only = f" (only run #{ids[0]} is picked)" if ids else ""
+        raise gr.Error(f"pick two to {MAX_RUNS} runs from the list to compare them{only}")
+    return [_load(cache, run_id, LETTERS[i]) for i, run_id in enumerate(ids)]
 
 
 def _load(cache: ArraysCache, rid, label: str) -> RunArrays:
@@ -255,77 +372,325 @@ def _load(cache: ArraysCache, rid, label: str) -> RunArrays:
         raise gr.Error(f"there is no run with id {int(rid)} (run {label})") from None
 
 
-def _metric_pair(metric: str):
-    def draw(a, b, step=None, texts=(None, None)):
-        zmax = plots.common_zmax(metric, a, b)
-        return [plots.metric_heatmap(r, metric, zmax=zmax, step=_own_step(r, step)) for r in (a, b)]
+# ---- what the tab shows -------------------------------------------------------------------------------
+
+
+def show_runs(services: Services, runs: list[RunArrays], metric: str, mode: str, value: float | None) -> dict:
+    """Every component of the tab (SHOWN) for `runs` at the slider's `value` (None: the end)."""
+    return {
+        "runs": run_picker(services, [r.run["id"] for r in runs]),
+        "align": mode,
+        "metric": metric,
+        "step": step_slider(runs, mode, value),
+        "summary": summary_table(services, runs),
+        **render_view(services, runs, metric, mode, value),
+    }
+
+
+def step_slider(runs: list[RunArrays], mode: str, value: float | None = None) -> gr.Slider:
+    """One slider over every run: steps 0..the longest run's last step, or percent 0..100."""
+    if mode == "fraction":
+        shown = 100 if value is None else min(max(round(float(value)), 0), 100)
+        return gr.Slider(0, 100, value=shown, step=1, label=FRACTION_LABEL, interactive=True)
+    last = max(max((r.n_steps for r in runs), default=1), 1) - 1
+    shown = last if value is None else min(max(int(value), 0), last)
+    return gr.Slider(0, max(last, 1), value=shown, step=1, label=STEP_LABEL, interactive=True)
+
+
+def _end(runs: list[RunArrays], mode: str) -> float:
+    return 1.0 if mode == "fraction" else max(max(r.n_steps for r in runs) - 1, 0)
+
+
+def render_view(services: Services, runs: list[RunArrays], metric: str, mode: str, value: float | None) -> dict:
+    """The note, the token views and the heatmaps (VIEW) at the slider's `value`: a step, or a
+    percent by fraction (None: the end). Views past the runs picked are hidden."""
+    mode = mode if mode in align.ALIGN_MODES else "step"
+    at = _end(runs, mode) if value is None else (float(value) / 100 if mode == "fraction" else int(value))
+    states = [align.masked_states(r.tokens, r.run["mask_id"]) for r in runs]
+    first = align.first_divergence(states, mode)
+    steps, differ = align.differing_at(states, mode, at)
+    if first is None or at < first.value:
+        differ = set()  # before the runs part ways nothing is outlined
+    parted = set(first.positions) if first is not None else set()
+    shown_steps = [_step_number(r, k) for r, k in zip(runs, steps)]
+    texts = [token_text_for(services, r) for r in runs]
+    first_label = (
+        DIFF_LABEL
+        + " · it already differed where the runs first parted"
+        + (f" ({_where(runs, mode, first)})" if first is not None else "")
+    )
+    out: dict = {"note": divergence_note(runs, mode, at, steps, differ, first)}
+    figures = COMPARE_MAPS.get(metric, COMPARE_MAPS["confidence"])(runs, shown_steps, texts)
+    for i, (tokens_name, heat_name) in enumerate(zip(TOKENS, HEATS)):
+        if i >= len(runs):
+            out[tokens_name] = gr.HTML(value="", visible=False)
+            out[heat_name] = gr.Plot(value=None, visible=False)
+            continue
+        r = runs[i]
+        view = render_tokens(
+            r,
+            texts[i],
+            shown_steps[i],
+            r.run["prompt"],
+            highlight=differ,
+            highlight_label=DIFF_LABEL,
+            outline_step=False,
+        )
+        view = outline_kinds(view, parted, first_label)
+        out[tokens_name] = gr.HTML(value=_run_head(i, r, steps[i]) + view, visible=True)
+        label = f"Run {LETTERS[i]} (#{r.run['id']}): {metric}"
+        out[heat_name] = gr.Plot(value=figures[i], label=label, visible=True)
+    return out
+
+
+def _step_number(arrays: RunArrays, k: int) -> int:
+    """The step number of a run's k-th recorded step (-1: before any step)."""
+    return -1 if k < 0 else int(arrays.steps[k])
+
+
+def outline_kinds(view: str, parted: set[int], first_label: str) -> str:
+    """A compare token view's outlined (`diff`) positions split in two: `diff-first` where the
+    position is one where the runs first parted (its tooltip says so), `diff-later` elsewhere. The
+    view holds one `<span class="tok` per position, in order, before its legend."""
+    line, legend_tag, rest = view.partition('<div class="tokens-legend">')
+    pieces = line.split('<span class="tok')
+    plain, marked = html.escape(DIFF_LABEL, quote=True), html.escape(first_label, quote=True)
+    for i in range(1, len(pieces)):
+        classes, quote, tail = pieces[i].partition('"')
+        if "diff" not in classes.split():
+            continue
+        position = i - 1
+        if position in parted:
+            pieces[i] = f"{classes} diff-first{quote}{tail.replace(plain, marked, 1)}"
+        else:
+            pieces[i] = f"{classes} diff-later{quote}{tail}"
+    return '<span class="tok'.join(pieces) + legend_tag + rest
+
+
+def _run_head(i: int, arrays: RunArrays, k: int) -> str:
+    """The line above a run's token view: its letter, id and settings, and the step shown."""
+    run = arrays.run
+    config = run.get("config") or {}
+    settings = [f"#{run['id']}", str(run.get("model")), str(run.get("strategy"))]
+    if _number(config.get("temperature")):
+        settings.append(f"T {config['temperature']:g}")
+    settings += [f"seed {run.get('seed')}", f"{arrays.gen_length} tok / {arrays.n_steps} steps"]
+    if run.get("parent_run_id") is not None:
+        settings.append(f"branch of #{run['parent_run_id']} after step {run.get('branch_step')}")
+    last = arrays.n_steps - 1
+    where = "before any step" if k < 0 else f"after step {_step_number(arrays, k)} of 0–{max(last, 0)}"
+    return (
+        f'<div class="compare-run-head"><span class="compare-letter">{LETTERS[i]}</span> '
+        f"{html.escape(' · '.join(settings), quote=False)} — <b>{html.escape(where, quote=False)}</b></div>"
+    )
+
+
+def _where(runs: list[RunArrays], mode: str, first: align.Divergence) -> str:
+    if mode == "step":
+        return f"after step {int(first.value)}"
+    return f"at {round(first.value * 100)}%: " + _each_step(runs, first.steps)
+
+
+def _each_step(runs: list[RunArrays], steps) -> str:
+    return ", ".join(
+        f"{LETTERS[i]} {'before step 0' if k < 0 else f'after step {_step_number(r, k)}'}"
+        for i, (r, k) in enumerate(zip(runs, steps))
+    )
+
+
+def _positions(positions) -> str:
+    ordered = sorted(positions)
+    named = ", ".join(map(str, ordered[:SHOWN_POSITIONS]))
+    return f"[{named}, … {len(ordered)} in all]" if len(ordered) > SHOWN_POSITIONS else f"[{named}]"
+
+
+def divergence_note(
+    runs: list[RunArrays], mode: str, at: float, steps, differ: set[int], first: align.Divergence | None
+) -> str:
+    """Where the runs part ways (in this alignment), how many positions differ at the value
+    shown and how they are outlined, and what makes runs comparable (branches, prompts)."""
+    lines = [_first_sentence(runs, mode, first)]
+    if mode == "step":
+        fewer = any(r.n_steps - 1 < at for r in runs)
+        shown = f"after step {int(at)}" + (" (a run with fewer steps shows its last state)" if fewer else "")
+    else:
+        shown = f"at {round(at * 100)}% of each run's steps ({_each_step(runs, steps)})"
+    count = f"{len(differ)} position(s) differ {shown}"
+    if differ and first is not None:
+        already = len(differ & set(first.positions))
+        count += f": {already} where the runs first parted, {len(differ) - already} later"
+    lines.append(count + ".")
+    for child in runs:
+        parent = child.run.get("parent_run_id")
+        for other in runs:
+            if parent is not None and other is not child and other.run.get("id") == parent:
+                k = child.run.get("branch_step")
+                lines.append(
+                    f"Run #{child.run['id']} is a branch of run #{parent} after step {k}: up to step {k} they are "
+                    f"the same run (its steps were copied), so they part at step {k} at the earliest, where the "
+                    "branch's edit took effect."
+                )
+    if len({r.run.get("prompt") for r in runs}) > 1:
+        lines.append("Their prompts differ: positions count from each run's first generated token.")
+    if len({r.gen_length for r in runs}) > 1:
+        lines.append("Their lengths differ: the positions only the longer runs have always differ.")
+    body = "".join(f"<p>{html.escape(line, quote=False)}</p>" for line in lines)
+    return f'<div class="compare-note">{body}{LEGEND if differ else ""}</div>'
+
+
+def _first_sentence(runs: list[RunArrays], mode: str, first: align.Divergence | None) -> str:
+    if first is None:
+        return "The runs agree at every step: their sequences are the same (tokens and masks) all the way."
+    where = _positions(first.positions)
+    if mode == "step":
+        d = int(first.value)
+        if d == 0:
+            return f"The runs differ from their first step on: after step 0 they differ at positions {where}."
+        return f"The runs agree up to step {d - 1}; they first differ after step {d}, at positions {where}."
+    percent = round(first.value * 100)
+    at = _each_step(runs, first.steps)
+    if percent == 0:
+        return f"The runs differ from their first step on (0%: {at}), at positions {where}."
+    return (
+        f"The runs agree up to {percent - 1}% of their steps; they first differ at {percent}% ({at}), "
+        f"at positions {where}."
+    )
+
+
+# ---- the heatmaps -----------------------------------------------------------------------------------
+
+
+def _metric_maps(metric: str):
+    def draw(runs, steps, texts):
+        zmax = plots.common_zmax(metric, *runs)
+        return [plots.metric_heatmap(r, metric, zmax=zmax, step=_marker(s)) for r, s in zip(runs, steps)]
 
     return draw
 
 
-def _nats_pair(name: str, figure):
-    def draw(a, b, step=None, texts=(None, None)):
-        bound = plots.common_bound(name, a, b)
-        return [figure(r, bound=bound, step=_own_step(r, step)) for r in (a, b)]
+def _nats_maps(name: str, figure):
+    def draw(runs, steps, texts):
+        bound = plots.common_bound(name, *runs)
+        return [figure(r, bound=bound, step=_marker(s)) for r, s in zip(runs, steps)]
 
     return draw
 
 
-def _changes_pair(a, b, step=None, texts=(None, None)):
-    """Both runs' changes maps (one fixed colour per event, so they compare as they are)."""
-    return [plots.changes_map(r, step=_own_step(r, step), token_text=t) for r, t in zip((a, b), texts)]
+def _changes_maps(runs, steps, texts):
+    """Every run's changes map (one fixed colour per event, so they compare as they are)."""
+    return [plots.changes_map(r, step=_marker(s), token_text=t) for r, s, t in zip(runs, steps, texts)]
 
 
-# The Heatmap choices of the Compare tab: each draws both runs on one colour scale. `texts`: each
-# run's token id -> text, for the hovers that name tokens.
+def _marker(step: int) -> int | None:
+    return None if step < 0 else step
+
+
+# The Heatmap choices of the Compare tab: each draws every run on one colour scale, each with the
+# marker at its own step shown; `texts`: each run's token id -> text, for the hovers that name tokens.
 COMPARE_MAPS = {
-    **{m: _metric_pair(m) for m in ("confidence", "entropy", "margin")},
-    "violations": _nats_pair("violation", plots.violation_heatmap),
-    "energy": _nats_pair("energy", plots.energy_heatmap),
-    "changes": _changes_pair,
+    **{m: _metric_maps(m) for m in ("confidence", "entropy", "margin")},
+    "violations": _nats_maps("violation", plots.violation_heatmap),
+    "energy": _nats_maps("energy", plots.energy_heatmap),
+    "changes": _changes_maps,
 }
 
 
-def _summary_table(
-    services: Services, a: RunArrays, b: RunArrays, differ: set[int], step: int | None, since: int | None
-) -> str:
-    rows = []
-    sa = summarise(a, f"{a.run['prompt']} {a.run['final_text'] or ''}", a.run["model"])
-    sb = summarise(b, f"{b.run['prompt']} {b.run['final_text'] or ''}", b.run["model"])
-    fields = [
-        ("run", sa.run_id, sb.run_id),
-        ("branch of", _origin(a), _origin(b)),
-        ("model", a.run["model"], b.run["model"]),
-        ("strategy", a.run["strategy"], b.run["strategy"]),
-        ("prompt · seed", _prompt_seed(a), _prompt_seed(b)),
-        ("status", sa.status, sb.status),
-        ("checker", sa.verdict or "n/a", sb.verdict or "n/a"),
-        ("violations: Σ S < 0 (nats)", _violation_total(a), _violation_total(b)),
-        ("revisions", sa.revisions, sb.revisions),
-        ("AR-ness τ (by last change)", f"{sa.arness:+.2f}", f"{sb.arness:+.2f}"),
-        ("forward passes", _passes(services, a), _passes(services, b)),
-        ("steps", sa.n_steps, sb.n_steps),
-        ("tokens / step", f"{sa.committed / max(sa.n_steps, 1):.2f}", f"{sb.committed / max(sb.n_steps, 1):.2f}"),
-        ("mean p at commit", f"{sa.mean_commit_prob:.3f}", f"{sb.mean_commit_prob:.3f}"),
-        ("energies", _energies_text(a), _energies_text(b)),
+# ---- the summary table ----------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = (
+    "",
+    "run",
+    "model",
+    "strategy",
+    "temperature",
+    "seed",
+    "steps",
+    "tokens / step",
+    "status",
+    "checker",
+    "checker violations",
+    "dependency violations: Σ S < 0 (nats)",
+    "AR-ness τ (by last change)",
+    "revisions",
+    "forward passes",
+    "wall time",
+    "energies",
+    "branch of",
+    "prompt",
+)
+
+
+def summary_table(services: Services, runs: list[RunArrays]) -> str:
+    """One row per run, every string escaped; wrapped so it scrolls sideways on a narrow screen."""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in SUMMARY_COLUMNS)
+    rows = [_summary_row(services, LETTERS[i], r) for i, r in enumerate(runs)]
+    return (
+        '<div class="compare-table-wrap"><table class="compare compare-summary-table">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _summary_row(services: Services, letter: str, arrays: RunArrays) -> str:
+    run = arrays.run
+    s = summarise(arrays, None, run["model"])  # the checker's verdict comes from checker_cells
+    verdict, count, detail = checker_cells(services, arrays)
+    temperature = (run.get("config") or {}).get("temperature")
+    cells = [
+        run["id"],
+        run["model"],
+        run["strategy"],
+        f"{temperature:g}" if _number(temperature) else "n/a" if temperature is None else temperature,
+        run.get("seed"),
+        s.n_steps,
+        f"{s.committed / max(s.n_steps, 1):.2f}",
+        s.status,
+        (verdict, detail),
+        count,
+        _violation_total(arrays),
+        "n/a" if math.isnan(s.arness) else f"{s.arness:+.2f}",
+        s.revisions,
+        _passes(services, arrays),
+        wall_time(run),
+        _energies_text(arrays),
+        _origin(arrays),
+        run.get("prompt", ""),
     ]
-    for name, va, vb in fields:
-        rows.append(
-            f"<tr><th>{html.escape(str(name))}</th><td>{html.escape(str(va))}</td><td>{html.escape(str(vb))}</td></tr>"
-        )
-    where = "in the final text" if step is None else f"after step {step}"
-    note = f"{len(differ)} position(s) differ {where}."
-    if since is not None:
-        note += (
-            f" One run is a branch of the other after step {since}: up to step {since} they are the same run "
-            f"(its steps were copied), so the outlines start at step {since}, where the branch's edit took effect."
-        )
-    table = f'<table class="compare"><tr><th></th><th>A</th><th>B</th></tr>{"".join(rows)}</table>'
-    return f'<p class="compare-note">{html.escape(note)}</p>{table}'
+    out = [f"<th>{html.escape(letter)}</th>"]
+    for cell in cells:
+        text, title = cell if isinstance(cell, tuple) else (cell, None)
+        tip = f' title="{html.escape(str(title), quote=True)}"' if title else ""
+        out.append(f"<td{tip}>{html.escape(str(text))}</td>")
+    return f"<tr>{''.join(out)}</tr>"
 
 
-def _prompt_seed(arrays: RunArrays) -> str:
-    return f"{arrays.run.get('prompt', '')} · seed {arrays.run.get('seed')}"
+def checker_cells(services: Services, arrays: RunArrays) -> tuple[str, str, str | None]:
+    """(verdict, number of violations, the checker's line) of the story checker on the run's
+    final text; only for the models it applies to, and only when every position is committed."""
+    model = arrays.run["model"]
+    if model not in CHECKED_MODELS:
+        return "n/a (no checker for this model)", "n/a", None
+    state = state_at(arrays, None)
+    if arrays.gen_length == 0 or (state.since < 0).any():
+        return "n/a (unfinished)", "n/a", None
+    token_text = token_text_for(services, arrays)
+    verdict = verdict_of(str(arrays.run.get("prompt") or ""), [token_text(int(t)) for t in state.tokens])
+    culprits = sorted(p for p, marks in verdict.marks().items() if any(m.culprit for m in marks))
+    short = verdict.short() + (f" at {', '.join(map(str, culprits))}" if culprits else "")
+    return short, str(len(verdict.result.violations)), verdict.line()
+
+
+def wall_time(run: dict) -> str:
+    """From the run's creation to its end, as stored ('n/a' while running or where not stored)."""
+    start, end = run.get("created_at"), run.get("finished_at")
+    if not isinstance(start, datetime) or not isinstance(end, datetime):
+        return "n/a"
+    try:
+        seconds = (end - start).total_seconds()
+    except TypeError:  # one naive, one aware: not comparable
+        return "n/a"
+    if seconds < 0:
+        return "n/a"
+    return f"{seconds:.2f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
 
 
 def _origin(arrays: RunArrays) -> str:
