@@ -198,7 +198,8 @@ def test_export_import_round_trip(client, services, two_runs):
         k: v for k, v in services.store.get_run(original).items() if k not in skip
     }
 
-    _table, message = client.predict(new_id, "any", "any", "any", "", "", api_name="/delete_run")
+    # the confirmation (the id the Confirm button was shown for) must match the selection
+    _table, message, *_ = client.predict(new_id, new_id, "any", "any", "any", "", "", api_name="/delete_run")
     assert f"Run {new_id} deleted" in message
     assert services.store.get_run(new_id) is None and services.store.count_runs() == runs_before
 

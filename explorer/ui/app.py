@@ -100,7 +100,7 @@ def build_app(services: Services) -> gr.Blocks:
             with gr.Tab("Decode", id="decode"):
                 view, controls, handlers, panel = _decode_tab(services, cache, run_state, job_state)
             with gr.Tab("Runs", id="runs"):
-                runs_tab(services, cache, tabs, view)
+                runs_tab(services, cache, tabs, view, controls)
             with gr.Tab("Compare", id="compare") as compare_page:
                 compare = compare_tab(services, cache)
         # Opening Compare with no run A picked yet: the run shown in the Decode tab is run A.

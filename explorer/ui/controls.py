@@ -4,7 +4,8 @@
 in `logic.DECODE_FIELDS` (the /decode endpoint's inputs, in that order) except `metric`, which
 sits with the figures, plus the few components that only explain (notes, accordions). The knob
 fields are generated from the registry entries (`logic.FORM_KNOBS`): a strategy's knobs show
-while that strategy is picked.
+while that strategy is picked. Beside Run, Re-run (shown once a stored run is opened), and under
+it the line that names the fields changed since (`opened_run`, `changed_since`: ui/form.py).
 """
 
 from __future__ import annotations
@@ -65,7 +66,15 @@ def decode_controls(services: Services) -> dict:
         c["run_btn"] = gr.Button(
             "Run", variant="primary", elem_id="run-btn", scale=2, min_width=100, interactive=not replay_only
         )
+        # Re-run: shown once a stored run is opened (Runs tab); decodes its settings as a new run.
+        c["rerun_btn"] = gr.Button(
+            "Re-run", elem_id="rerun-btn", min_width=90, visible=False, interactive=not replay_only
+        )
         c["stop_btn"] = gr.Button("Stop", variant="stop", elem_id="stop-btn", min_width=80, interactive=not replay_only)
+    # The run opened from the Runs tab ({"run_id", "form", "missing"}: ui/form.py) and which
+    # fields of the form differ from its settings.
+    c["opened_run"] = gr.State(None)
+    c["changed_since"] = gr.HTML(elem_id="changed-since")
     # Replay-only offers no model; any name then reaches the handler, which says why it refuses.
     first = models[0] if models else None
     c["model"] = gr.Dropdown(models, value=first, label="Model", allow_custom_value=replay_only, elem_id="model")
