@@ -16,17 +16,19 @@ import re
 import zipfile
 from pathlib import Path
 
+import gradio as gr
 import pyarrow.parquet as pq
 import pytest
-from app_server import running_app
+from app_server import free_port, running_app
 from gradio_client import Client
 
 from explorer.adapters.loading import describe_model
 from explorer.api import decode
 from explorer.decoding.config import DecodeConfig
 from explorer.services import Services
-from explorer.store.database import TrajectoryStore
+from explorer.store.database import RunNote, TrajectoryStore
 from explorer.store.export import read_csv
+from explorer.ui.controls import decode_controls
 from explorer.ui.form import (
     RUN_FIELDS,
     PresetMatcher,
@@ -38,6 +40,7 @@ from explorer.ui.form import (
     opened_state,
     preset_of,
     rerun_values,
+    wire_rerun,
 )
 from explorer.ui.logic import DECODE_FIELDS, build_config, preset_form
 from explorer.ui.runs import COLUMNS, ExportDir, run_verdict
@@ -196,6 +199,7 @@ def test_open_fills_the_form(client, db):
 def test_delete_needs_a_matching_confirmation(client, server, denoiser):
     services = server[0]
     run_id = decode(PROMPT, denoiser, store=services.store, gen_length=8, steps=2).run_id
+    services.store.set_notes(run_id, "doomed", "its note goes with it")
     filters = ("any", "any", "any", "", "", "any", "")
     for confirm in (None, run_id + 1):
         with pytest.raises(Exception) as refused:
@@ -207,6 +211,8 @@ def test_delete_needs_a_matching_confirmation(client, server, denoiser):
     table, message, *_ = client.predict(run_id, run_id, *filters, api_name="/delete_run")
     assert f"Run {run_id} deleted" in message and run_id not in _ids(table)
     assert services.store.get_run(run_id) is None
+    with services.store.session() as s:
+        assert s.get(RunNote, run_id) is None
 
 
 def test_tags_and_notes_are_stored_filterable_and_escaped(client, server, db):
@@ -287,3 +293,56 @@ def test_export_tables(client, db, fmt):
     events = read_csv(data) if fmt == "csv" else pq.read_table(io.BytesIO(data))
     assert events.num_rows == 16 and set(events["kind"].to_pylist()) == {"commit"}
     assert re.fullmatch(r"run-\d+-(steps|positions|events)\." + fmt, archive.namelist()[0])
+
+
+def test_wire_rerun_decodes_the_opened_runs_settings(server, db):
+    """Re-run fills the form with the opened run's settings and calls the /decode handler with
+    them (a stand-in handler here, which reports what it was given)."""
+    services, run_id = server[0], db[1]["threshold"]
+    calls = []
+
+    def fake_decode(*values):
+        calls.append(dict(zip(DECODE_FIELDS, values)))
+        yield "decoding"
+        yield "done"
+
+    with gr.Blocks() as demo:
+        controls = decode_controls(services)
+        controls["metric"] = gr.Radio(["confidence", "entropy"], value="confidence")
+        shown = gr.Textbox()
+        pick = gr.Number(precision=0)
+        gr.Button().click(
+            lambda rid: opened_state(services.store.get_run(int(rid))),
+            [pick],
+            [controls["opened_run"]],
+            api_name="open_for_test",
+        )
+        wire_rerun(controls, fake_decode, [shown])
+    demo.queue()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        with pytest.raises(Exception, match="open a run first"):
+            client.predict("entropy", 0, api_name="/rerun")
+        client.predict(run_id, api_name="/open_for_test")
+        assert client.predict("entropy", 30, api_name="/rerun") == "done"
+    finally:
+        demo.close()
+    expected = form_from_run(services.store.get_run(run_id))
+    assert calls == [{**expected, "metric": "entropy", "pace_ms": 30}]
+
+
+def test_notes_table_appears_in_an_older_database(tmp_path):
+    """A database written before run_notes existed gets the table on the next open (create_all)."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    store = TrajectoryStore(f"sqlite:///{path}")
+    RunNote.__table__.drop(store.engine)
+    store.engine.dispose()
+    assert "run_notes" not in {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master")}
+    store = TrajectoryStore(f"sqlite:///{path}")
+    assert "run_notes" in {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master")}
+    with pytest.raises(KeyError):
+        store.set_notes(1, "a", "")
+    store.engine.dispose()
