@@ -17,13 +17,13 @@ ALLOWED: dict[str, set[str]] = {
     "decoding": set(),
     "adapters": {"decoding", "models"},
     "store": {"decoding"},
-    "views": {"store", "decoding"},  # a stored run (RunArrays) and the record types it holds
+    "views": {"store", "decoding", "models"},  # a stored run (RunArrays), its record types; the story checker
     "branching": {"decoding", "store", "models"},  # models: the story grammar's checker
     "jobs": {"decoding", "branching"},
     "api": {"decoding", "adapters", "store", "branching"},
     "worker": {"api", "jobs", "decoding", "adapters", "store", "branching", "zerogpu"},
     "services": {"worker", "adapters", "store", "presets"},
-    "cli": {"api", "branching", "decoding", "adapters", "store", "models"},
+    "cli": {"api", "branching", "decoding", "adapters", "store", "models", "views", "__init__"},
     "ui": {"services", "views", "store", "decoding", "jobs", "presets", "models", "branching"},
     "presets": set(),
     "zerogpu": set(),

@@ -14,6 +14,7 @@ import html
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import gradio as gr
 
@@ -33,46 +34,32 @@ from explorer.ui.logic import (
     model_noise_k,
     model_note,
     preset_form,
+    preset_opens,
     strategy_note,
+    token_text_for,
     violations_default,
-    with_prefix,
 )
 from explorer.ui.runs import runs_tab
-from explorer.ui.view import DecodeView, lineage, pending_analysis, render_all, render_view, status_html
+from explorer.ui.view import DecodeView, lineage, pending_analysis, render_all, status_html
+from explorer.views import figures as plots
 from explorer.views import pairwise
+from explorer.views.player import LivePlayer, embed, stored_payload
+from explorer.views.speed import speed_html
+from explorer.views.tokens import legend
 
 METRICS = ("confidence", "entropy", "margin")
 LIVE_REFRESH_S = 0.25  # at most this often the page gets new figures while a run streams
 
-# The token view's click: the position of the token clicked (tapped) and the run it belongs to,
-# to the server (`trigger`), which opens the branch panel; the picked token keeps an outline
-# across re-renders (scrubbing) while the same run is shown.
-PICK_TOKEN_JS = """
-const tokensOf = (view) => Array.from(view.querySelectorAll('.tokens-line .tok'));  // one per position, in order
-const mark = () => {
-  const view = element.querySelector('.tokens-view');
-  element.querySelectorAll('.tok.picked').forEach((el) => el.classList.remove('picked'));
-  if (!view || view.dataset.run !== element.dataset.pickRun) return;
-  const tok = tokensOf(view)[Number(element.dataset.pickPos)];
-  if (tok) tok.classList.add('picked');
-};
-element.addEventListener('click', (event) => {
-  const tok = event.target.closest('.tokens-line .tok');
-  const view = tok && tok.closest('.tokens-view');
-  if (!view || !view.dataset.run) return;
-  const position = tokensOf(view).indexOf(tok);
-  element.dataset.pickRun = view.dataset.run;
-  element.dataset.pickPos = String(position);
-  mark();
-  trigger('click', {position: position, run: Number(view.dataset.run)});
-});
-watch('value', mark);
-"""
+# The token view and its step player (slider, play/pause, keys, colouring, the figures' step
+# markers), run in the page; it also sends a token's click (the branch panel) with the step shown.
+PLAYER_JS = (Path(__file__).resolve().parents[2] / "static" / "components" / "player.js").read_text()
+LIVE_FIGURES = ("order", "bars", "changes")  # drawn once the run ends; the heatmap grows in the page
 
 HEADER = """# Diffusion-LM Trajectory Explorer
 Watch a masked diffusion language model fill in a text step by step. Pick a preset or type a prompt,
 choose how many tokens to commit per step (generation length / steps) and an unmasking strategy, then **Run**.
-Every step is stored: scrub it with the slider, reopen it in **Runs**, put two runs side by side in **Compare**.
+Every step is stored: replay it with the player above the tokens (▶, the slider, or ← → Home End), colour the tokens by
+any metric, reopen runs in **Runs**, put up to four side by side in **Compare**.
 **Branch**: after a run, click any token to put another one there (or re-mask it) and decode the rest again."""
 
 ANALYSIS_NOTE = """#### Dependency violations and energies
@@ -108,7 +95,57 @@ def build_app(services: Services) -> gr.Blocks:
         compare_page.select(compare.on_open, [run_state, picked], [picked], api_name=False)
         # Wired once every tab exists: a branch opens the Compare tab with its parent.
         wire_branching(BranchHandlers(services, cache, view, controls, handlers, panel), tabs, compare)
+        # A permalink (?run=ID&step=K, or ?tab=compare&a=ID&b=ID) opens that state.
+        app.load(
+            lambda metric, request: open_permalink(services, cache, view, compare, tabs, metric, request),
+            [view.components["metric"]],
+            [*view.outputs("slider", "run_state"), tabs, *compare.permalink_outputs()],
+            api_name=False,
+        )
     return app
+
+
+def permalink_request(query: dict) -> tuple[str, list[int], int | None] | None:
+    """(tab, run ids, step) asked for by a page address's query, None when it asks for nothing.
+    `?run=ID&step=K`: the Decode tab on run ID after step K; `?tab=compare&a=ID&b=ID[&c=..&d=..]`:
+    Compare with those runs. Not a number: refused (ValueError, with the parameter's name)."""
+
+    def number(name: str) -> int:
+        try:
+            return int(str(query[name]).strip())
+        except ValueError:
+            raise ValueError(f"the address's {name}= is not a whole number: {str(query[name])[:40]!r}") from None
+
+    if str(query.get("tab", "")).strip() == "compare":
+        ids = [number(name) for name in ("a", "b", "c", "d") if name in query]
+        return ("compare", ids, None) if ids else None
+    if "run" in query:
+        return "decode", [number("run")], number("step") if "step" in query else None
+    return None
+
+
+def open_permalink(services, cache, view, compare, tabs, metric, request: gr.Request) -> dict:
+    """The page opened with a permalink: that run at that step, or those runs in Compare. A bad
+    or stale address leaves the page as it is and says why in a toast."""
+    try:
+        asked = permalink_request(dict(request.query_params) if request is not None else {})
+        if asked is None:
+            return {tabs: gr.skip()}
+        tab, ids, step = asked
+        if tab == "compare":
+            return {**compare.open_runs(ids, metric or "confidence"), tabs: gr.Tabs(selected="compare")}
+        cache.get(ids[0])  # KeyError: no such run
+        return {
+            **view.stored(services, cache, ids[0], metric or "confidence", step=step),
+            tabs: gr.Tabs(selected="decode"),
+        }
+    except KeyError:
+        gr.Warning(
+            f"This link names a run that is not in this server's store ({html.escape(str(request.query_params))})."
+        )
+    except (ValueError, gr.Error) as exc:
+        gr.Warning(f"This link cannot be opened: {html.escape(str(exc))}")
+    return {tabs: gr.skip()}
 
 
 def _decode_tab(
@@ -147,8 +184,23 @@ def _decode_tab(
         api_name="scrub",
         trigger_mode="always_last",
     )
-    f["metric"].change(handlers.scrub, [f["slider"], run_state, f["metric"]], view.outputs(), api_name=False)
-    c["preset"].change(handlers.load_preset, [c["preset"]], [c["preset_note"], *handlers.form.values()], api_name=False)
+    # The page's player moved and came to rest (static/components/player.js): the figures of one
+    # step (pairwise matrices, candidates) and the step the branch panel starts from follow.
+    f["tokens"].input(
+        handlers.step_rest,
+        [run_state],
+        view.outputs("slider"),
+        api_name=False,
+        trigger_mode="always_last",
+        show_progress="hidden",
+    )
+    f["metric"].change(handlers.metric_changed, [f["slider"], run_state, f["metric"]], [f["heat"]], api_name=False)
+    c["preset"].change(
+        handlers.load_preset,
+        [c["preset"]],
+        [c["preset_note"], c["knobs_accordion"], c["energies_accordion"], *handlers.form.values()],
+        api_name=False,
+    )
     knob_fields = {name: c[name] for name in visible_knobs(c["strategy"].value)}
     c["strategy"].change(
         handlers.strategy_changed,
@@ -177,9 +229,19 @@ def _figures_column(services: Services) -> tuple[dict, dict]:
             "Compare with parent", visible=False, size="sm", scale=0, min_width=160, elem_id="compare-parent-btn"
         )
         f["open_parent"] = gr.Button("Open parent", visible=False, size="sm", scale=0, min_width=110)
-    f["tokens"] = gr.HTML(elem_id="tokens", js_on_load=PICK_TOKEN_JS)
+    f["tokens"] = gr.HTML(elem_id="tokens", js_on_load=PLAYER_JS)
+    f["speed"] = gr.HTML(speed_html(None), elem_id="speed")
+    # The server's copy of the step shown, for the API (/scrub) and the branch panel; people use the
+    # player above the tokens, which keeps this in step when it comes to rest.
     f["slider"] = gr.Slider(
-        0, 1, value=0, step=1, label="Step (the state after this step)", elem_id="step-slider", interactive=True
+        0,
+        1,
+        value=0,
+        step=1,
+        label="Step (the state after this step)",
+        elem_id="step-slider",
+        interactive=True,
+        visible="hidden",
     )
     panel = branch_panel(services)
     f["metric"] = gr.Radio(list(METRICS), value="confidence", label="Heatmap")
@@ -219,20 +281,44 @@ class _DecodeHandlers:
         self.form = {name: controls[name] for name in DECODE_FIELDS if name != "metric"}  # what a preset fills
         self.pending = pending_analysis()  # the same for every run: built once
 
-    def live_view(
-        self, arrays: RunArrays, began: float, metric: str, device: str | None = None, what: str = "Decoding"
-    ) -> dict:
-        """A streaming run: tokens and the three main figures; the violations and energies section
-        waits for the end of the run (it would double the cost of every live frame)."""
-        shown = render_view(self.services, arrays, None, metric, None)
-        done = int((arrays.commit_step >= 0).sum())
-        step = f"step {int(arrays.steps[-1]) + 1} · " if arrays.n_steps else ""
-        shown["status"] = status_html(
-            "busy",
-            f"{what}… {step}{done}/{arrays.gen_length} tokens · "
-            f"{time.monotonic() - began:.1f} s" + (f" · {device}" if device else ""),
+    def live_tokens(self, run: dict, payload: dict) -> str:
+        """The token view of a decoding run: the prompt and the new steps for the page's player,
+        which appends them to what it holds (never the whole run again)."""
+        prompt = html.escape(run.get("prompt", ""), quote=True)
+        owner = f' data-run="{int(run["id"])}"' if run.get("id") is not None else ""
+        return (
+            f'<div class="tokens-view"{owner}><div class="tokens-line"><span class="prompt">{prompt}</span></div>'
+            f"{legend(None)}</div>{embed(payload)}"
         )
-        return self.view.bind(shown)
+
+    def live_status(self, live: LivePlayer, began: float, device: str | None, what: str, step: int | None) -> str:
+        done = int((live.current != live.mask_id).sum())
+        at = f"step {step + 1} · " if step is not None else ""
+        return status_html(
+            "busy",
+            f"{what}… {at}{done}/{live.G} tokens · {time.monotonic() - began:.1f} s"
+            + (f" · {device}" if device else ""),
+        )
+
+    def live_start(self, run: dict, live: LivePlayer, metric: str, prefix: RunArrays | None = None) -> dict:
+        """The first frame of a live run: the player reset (to a branch's copied steps), the
+        heatmap that the page grows step by step, and the figures drawn at the end."""
+        if prefix is None:
+            payload = live.frame([], run["id"])
+        else:
+            token_text = self.services.models[run["model"]].token_text
+            payload = {**stored_payload(prefix, token_text), "key": live.key, "done": False, "open": None}
+            live.resume(prefix)
+        pending = {
+            name: plots.empty_figure(title, "Drawn when the run ends.", f"pending-{name}")
+            for name, title in (("order", "Commit order"), ("bars", "Tokens per step"), ("changes", "Changes"))
+        }
+        return {
+            "tokens": self.live_tokens(run, payload),
+            "heat": plots.live_heatmap(run["gen_length"], metric, live.key),
+            "speed": speed_html(None),
+            **pending,
+        }
 
     def run(self, *values):
         services = self.services
@@ -262,13 +348,15 @@ class _DecodeHandlers:
     def stream(self, handle, run: dict, metric: str, parent: int | None = None) -> Iterator[dict]:
         """Stream a decode's (or, with `parent`, a branch's) worker events into the Decode view.
 
-        A branch's copied steps 0..k are in the store once its RunStarted arrives: they are read
-        then and every live frame shows them before the branch's own steps. A branch refused
-        before it started (bad input: nothing stored) shows its parent again, with the error."""
+        Each live frame sends only the steps that arrived since the last one (the page's player
+        appends them and grows the heatmap); the whole run is drawn once, when it ends. A branch's
+        copied steps 0..k are in the store once its RunStarted arrives: they open the player. A
+        branch refused before it started (bad input: nothing stored) shows its parent again."""
         job_id, bind = handle.job.job_id, self.view.bind
-        records, last, began, prefix = [], 0.0, time.monotonic(), None
+        began, last, new = time.monotonic(), 0.0, []
+        spec = self.services.models[run["model"]]
+        live = LivePlayer(f"live-{job_id}", run["gen_length"], run["mask_id"], spec.token_text, metric)
         what = "Decoding" if parent is None else f"Decoding the branch of run {parent}"
-        # The slider belongs to the finished run: locked at 0 while this one streams.
         yield bind(
             {
                 "status": status_html("busy", "Queued…"),
@@ -285,26 +373,19 @@ class _DecodeHandlers:
                     yield bind({"status": status_html("busy", f"Waiting for the worker: {ahead} job(s) ahead")})
                 case RunStarted(run_id=run_id):
                     run["id"] = run_id
-                    if parent is None:
-                        # Not yet "Decoding…" (that line carries the first step); says where the run runs.
-                        starting = status_html("busy", "Starting…" + (f" · {device}" if device else ""))
-                        yield bind({**self.pending, "status": starting, "run_state": run_id})
-                    else:
-                        prefix = self.services.store.read_arrays(run_id)
-                        yield {
-                            **bind({**self.pending, **lineage(self.services, prefix, live=True), "run_state": run_id}),
-                            **self.live_view(prefix, began, metric, device, what),
-                        }
+                    prefix = self.services.store.read_arrays(run_id) if parent is not None else None
+                    starting = status_html("busy", "Starting…" + (f" · {device}" if device else ""))
+                    shown = {**self.pending, **self.live_start(run, live, metric, prefix), "run_state": run_id}
+                    if prefix is not None:
+                        shown.update(lineage(self.services, prefix, live=True))
+                    yield bind({**shown, "status": starting})
                 case StepDone(record=record):
-                    records.append(record)
+                    new.append(record)
                     if time.monotonic() - last >= LIVE_REFRESH_S:
                         last = time.monotonic()
-                        arrays = (
-                            with_prefix(prefix, {"status": "running"}, records)
-                            if prefix is not None
-                            else RunArrays.from_records(run, records)
-                        )
-                        yield self.live_view(arrays, began, metric, device, what)
+                        payload, new = live.frame(new, run["id"]), []
+                        status = self.live_status(live, began, device, what, payload["steps"][-1])
+                        yield bind({"tokens": self.live_tokens(run, payload), "status": status})
                 case JobDone(result=result):
                     yield {
                         **self.view.stored(self.services, self.cache, result.run_id, metric, device=device),
@@ -339,11 +420,40 @@ class _DecodeHandlers:
         return status_html("busy", "Stopping at the next step…") if job_id is not None else gr.skip()
 
     def scrub(self, step, run_id, metric):
+        """The API's scrub (/scrub): every output of the view at `step`, drawn here. The page itself
+        scrubs in the browser and only asks for the per-step figures (`step_rest`)."""
         if run_id is None:
             return {}
         arrays = self.cache.get(run_id)
         step = min(int(step or 0), max(len(arrays.steps) - 1, 0))
         return self.view.bind(render_all(self.services, arrays, step, metric, None))
+
+    def step_rest(self, run_id, evt: gr.EventData):
+        """The page's player came to rest on a step: the figures of that step (pairwise S and A,
+        the candidates' energies) and the server's copy of the step."""
+        data = getattr(evt, "_data", None) or {}
+        arrays = self.cache.get(run_id) if run_id is not None and data.get("run") == run_id else None
+        if arrays is None or not arrays.n_steps:
+            return self.view.bind({"slider": gr.skip()})
+        step = min(max(int(data.get("step", 0)), 0), int(arrays.steps[-1]))
+        token_text = token_text_for(self.services, arrays)
+        return self.view.bind(
+            {
+                "pair_s": pairwise.pairwise_matrix(arrays, step, "S", token_text),
+                "pair_a": pairwise.pairwise_matrix(arrays, step, "A", token_text),
+                "candidates": pairwise.candidate_energies(arrays, step),
+                "slider": gr.Slider(value=step),
+            }
+        )
+
+    def metric_changed(self, step, run_id, metric):
+        """Another heatmap metric: only the heatmap is drawn again (at the step shown)."""
+        if run_id is None:
+            return gr.skip()
+        arrays = self.cache.get(run_id)
+        if arrays.run.get("status") == "running" or not arrays.n_steps:
+            return gr.skip()
+        return plots.metric_heatmap(arrays, metric, step=min(int(step or 0), int(arrays.steps[-1])))
 
     def load_preset(self, name):
         chosen = next((p for p in self.services.presets if p.name == name), None)
@@ -351,7 +461,12 @@ class _DecodeHandlers:
             return {}
         form = preset_form(chosen, self.services)
         note = f"**{html.escape(chosen.name)}.** {html.escape(chosen.explanation)}"
-        return {self.controls["preset_note"]: note, **{component: form[name] for name, component in self.form.items()}}
+        opened = {self.controls[name]: gr.Accordion(open=True) for name, opens in preset_opens(chosen).items() if opens}
+        return {
+            self.controls["preset_note"]: note,
+            **opened,
+            **{component: form[name] for name, component in self.form.items()},
+        }
 
     def strategy_changed(self, name):
         """The strategy's note, its knobs shown (and the accordion opened when it has any), the

@@ -145,7 +145,8 @@ class BranchHandlers:
         position = int(evt.position)
         if not 0 <= position < arrays.gen_length:
             return {}
-        return self._opened(arrays, int(step or 0), position)
+        shown = evt._data.get("step", step)  # the step the page's player shows (the slider: API callers)
+        return self._opened(arrays, int(shown or 0), position)
 
     def follow(self, step, run_id, panel_run, position):
         """The slider moved: the panel (open on this run) follows it to the new step."""
@@ -156,6 +157,13 @@ class BranchHandlers:
             return {}
         k = branch_step_for(arrays, int(step or 0), int(position))
         return self.bind({"step": k, **self._selection(arrays, k, int(position), int(step or 0))})
+
+    def follow_player(self, run_id, panel_run, position, evt: gr.EventData):
+        """The page's player came to rest on a step: the panel follows it, as it follows the slider."""
+        data = getattr(evt, "_data", None) or {}
+        if data.get("run") != run_id:
+            return self.bind({"step": gr.skip()})
+        return self.follow(data.get("step", 0), run_id, panel_run, position) or self.bind({"step": gr.skip()})
 
     def retarget(self, run_id, step, position):
         """The step or the position was typed: the panel describes the new choice."""
@@ -266,7 +274,11 @@ class BranchHandlers:
         except (RequestError, RuntimeError) as exc:
             raise gr.Error(str(exc)) from None
         yield self.bind({"panel": gr.Column(visible=False)})
-        run = {"id": None, "model": parent["model"], "status": "running"}
+        run = {
+            "id": None,
+            "status": "running",
+            **{key: parent[key] for key in ("model", "gen_length", "mask_id", "prompt")},
+        }
         yield from self.decode.stream(handle, run, metric or "confidence", parent=int(parent["id"]))
 
     def _parent(self, run_id) -> dict:
@@ -384,6 +396,14 @@ def wire_branching(h: BranchHandlers, tabs: gr.Tabs, compare: CompareTab) -> Non
     chosen = [p["run"], p["step"], p["position"]]
     shown = [p[name] for name in DESCRIBE]
     v["tokens"].click(h.pick, [v["slider"], v["run_state"]], [p[name] for name in OPEN], api_name=False)
+    v["tokens"].input(
+        h.follow_player,
+        [v["run_state"], p["run"], p["position"]],
+        [p["step"], *shown],
+        api_name=False,
+        trigger_mode="always_last",
+        show_progress="hidden",
+    )
     gr.on(
         [v["slider"].release, v["slider"].input],
         h.follow,

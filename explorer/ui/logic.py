@@ -249,6 +249,16 @@ def preset_form(preset, services: Services) -> dict:
     return form
 
 
+def preset_opens(preset) -> dict[str, bool]:
+    """Which of the form's accordions a preset changes (so loading it opens them): the strategy
+    knobs when it sets one, the energies when it turns any on."""
+    settings = dict(preset.settings)
+    return {
+        "knobs_accordion": any(knob.name in settings for knob in FORM_KNOBS),
+        "energies_accordion": bool(settings.get("energies")),
+    }
+
+
 def violation_cost_note(arrays: RunArrays | None) -> str:
     """The line next to the Dependency violations box: the measured cost of the extra pass on a
     run (mean over its steps of extra-pass seconds / the step's own forward seconds), or before

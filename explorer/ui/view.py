@@ -8,12 +8,16 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from explorer.branching.alternatives import CHECKED_MODELS
 from explorer.services import Services
 from explorer.store.arrays import RunArrays
 from explorer.ui.logic import ArraysCache, summarise, token_text_for, violation_cost_note
 from explorer.views import figures as plots
 from explorer.views import pairwise
+from explorer.views.player import embed, stored_payload
+from explorer.views.speed import speed_html, speed_of
 from explorer.views.tokens import render_tokens
+from explorer.views.verdict import verdict_of
 
 # What the Decode tab shows of a run state, by name (the /decode, /scrub and /open_run outputs
 # start with these, in this order; the branch line and its two buttons only change when another
@@ -34,6 +38,7 @@ VIEW = (
     "compare_parent",
     "open_parent",
     "changes",
+    "speed",
 )
 BRANCH_HINT = "Click (tap) any token to branch from it: the branch starts after the step on the slider."
 ANALYSIS_TITLES = {
@@ -52,21 +57,32 @@ def status_html(kind: str, text: str) -> str:
 
 
 def render_view(
-    services: Services, arrays: RunArrays, step: int | None, metric: str, text: str | None, device: str | None = None
+    services: Services,
+    arrays: RunArrays,
+    step: int | None,
+    metric: str,
+    text: str | None,
+    device: str | None = None,
+    player: bool = False,
 ) -> Shown:
     """The Decode tab's main outputs for one state of a run: summary, tokens and figures (the
     metric heatmap, the commit order, the tokens per step and the changes map).
-    `device`: the worker's device line, appended to the summary of a run it just decoded."""
+    `device`: the worker's device line, appended to the summary of a run it just decoded.
+    `player`: the token view also carries every state of the run, for the page's player (a
+    run opened or ended; the page then scrubs it without asking the server)."""
     token_text = token_text_for(services, arrays)
     summary = summarise(arrays, text, arrays.run["model"])
     line = summary.line() + (f" · {device}" if device else "")
     # A finished run on a server that runs models can be branched: the token view says how.
     branchable = services.pool is not None and summary.status != "running" and arrays.run.get("id") is not None
+    tokens = render_tokens(
+        arrays, token_text, step, arrays.run.get("prompt", ""), hint=BRANCH_HINT if branchable else ""
+    )
+    if player:
+        tokens += embed(stored_payload(arrays, token_text, step, checker_marks(arrays, token_text)))
     return {
         "status": status_html("ok" if summary.status in ("completed", "running") else "warn", line),
-        "tokens": render_tokens(
-            arrays, token_text, step, arrays.run.get("prompt", ""), hint=BRANCH_HINT if branchable else ""
-        ),
+        "tokens": tokens,
         "heat": plots.metric_heatmap(arrays, metric, step=step),
         "order": plots.commit_order_map(arrays, step=step),
         "bars": plots.tokens_per_step(arrays, step=step),
@@ -74,14 +90,39 @@ def render_view(
     }
 
 
-def render_analysis(services: Services, arrays: RunArrays, step: int | None) -> Shown:
-    """The violations and energies of a run: the two position x step maps, the pairwise S and A
-    matrices and the candidates' energies of `step` (None: the run's most telling step), and the
-    measured cost of the violations' extra pass."""
+def checker_marks(arrays: RunArrays, token_text) -> dict | None:
+    """The story checker's verdicts on a finished run's tokens, by generated position; None where
+    the checker does not apply (another model, or masks left)."""
+    if arrays.run["model"] not in CHECKED_MODELS or arrays.n_steps == 0:
+        return None
+    final = arrays.tokens[:, -1].tolist()
+    if any(t == int(arrays.run["mask_id"]) for t in final):
+        return None
+    prompt_ids = arrays.run.get("prompt_ids")
+    prompt = [token_text(int(t)) for t in prompt_ids] if prompt_ids else arrays.run.get("prompt", "")
+    return verdict_of(prompt, [token_text(int(t)) for t in final]).marks()
+
+
+def speed_panel(services: Services, arrays: RunArrays) -> str:
+    """The speed panel of a stored run that has ended (an empty note while it runs)."""
+    run_id = arrays.run.get("id")
+    run = services.store.get_run(int(run_id)) if run_id is not None else None
+    if run is None or run["status"] == "running":
+        return speed_html(None)
+    return speed_html(
+        speed_of(run, services.store.step_summaries(int(run_id)), services.store.forward_passes(int(run_id)))
+    )
+
+
+def render_analysis(services: Services, arrays: RunArrays, step: int | None, marker: int | None = None) -> Shown:
+    """The violations and energies of a run: the two position x step maps (their step marker at
+    `marker`, default `step`), the pairwise S and A matrices and the candidates' energies of
+    `step` (None: the run's most telling step), and the measured cost of the violations' extra pass."""
+    marker = step if marker is None else marker
     token_text = token_text_for(services, arrays)
     return {
-        "violation_heat": plots.violation_heatmap(arrays, step=step),
-        "energy_heat": plots.energy_heatmap(arrays, step=step),
+        "violation_heat": plots.violation_heatmap(arrays, step=marker),
+        "energy_heat": plots.energy_heatmap(arrays, step=marker),
         "pair_s": pairwise.pairwise_matrix(arrays, step, "S", token_text),
         "pair_a": pairwise.pairwise_matrix(arrays, step, "A", token_text),
         "candidates": pairwise.candidate_energies(arrays, step),
@@ -163,20 +204,27 @@ class DecodeView:
         metric: str,
         status_html: str | None = None,
         device: str | None = None,
+        step: int | None = None,
     ) -> dict:
-        """A run as the store holds it (after it ended), with the slider on its last step."""
+        """A run as the store holds it (after it ended), on its last step (or `step`), with every
+        state in the token view for the page's player."""
         cache.forget(run_id)
         arrays = cache.get(run_id)
-        last_step = max(len(arrays.steps) - 1, 0)
+        last_step = int(arrays.steps[-1]) if arrays.n_steps else 0
+        shown_step = last_step if step is None else min(max(int(step), 0), last_step)
         text = f"{arrays.run['prompt']} {arrays.run['final_text'] or ''}"
-        shown = render_all(services, arrays, None, metric, text, device=device)
+        shown = {
+            **render_view(services, arrays, shown_step, metric, text, device=device, player=True),
+            **render_analysis(services, arrays, step, marker=shown_step),
+            "speed": speed_panel(services, arrays),
+        }
         if status_html is not None:
             shown["status"] = status_html
         return self.bind(
             {
                 **shown,
                 **lineage(services, arrays),
-                "slider": gr.Slider(0, max(last_step, 1), value=last_step, step=1, interactive=True),
+                "slider": gr.Slider(0, max(last_step, 1), value=shown_step, step=1, interactive=True),
                 "run_state": run_id,
             }
         )

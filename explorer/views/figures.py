@@ -732,13 +732,46 @@ def _step_axis(fig: go.Figure, S: int) -> None:
     fig.update_xaxes(range=[-0.5, max(S, 1) - 0.5], zeroline=False)
 
 
+STEP_MARKER = "selected step"  # the name of the marker's line and label: the page's player moves them
+
+
 def _step_marker(fig: go.Figure, step: int | None) -> None:
     if step is None:
         return
     fig.add_vline(
         x=step,
         line=dict(color=MARKER_COLOUR, width=2, dash="dot"),
-        name="selected step",
-        annotation=dict(text=f"step {step}", font=dict(color=MARKER_COLOUR, size=11)),
+        name=STEP_MARKER,
+        annotation=dict(text=f"step {step}", font=dict(color=MARKER_COLOUR, size=11), name=STEP_MARKER),
         annotation_position="top",
     )
+
+
+def live_heatmap(gen_length: int, metric: str, key: str) -> go.Figure:
+    """The metric heatmap of a run that is decoding, with no step yet: the page appends each new
+    step's column to it (static/components/player.js), so a live frame never redraws it here.
+    Stored column-wise (`transpose`): z[step][position]."""
+    spec = _spec(metric)
+    fig = go.Figure(
+        go.Heatmap(
+            z=[],
+            x=[],
+            y=list(range(gen_length)),
+            transpose=True,
+            zmin=spec.zmin,
+            zmax=spec.zmax,
+            zauto=spec.zmax is None,
+            colorscale=spec.colorscale,
+            hoverongaps=False,
+            meta="live-heatmap",
+            colorbar=dict(title=dict(text=f"{spec.label}<br>({spec.unit})"), thickness=12),
+            hovertemplate=_heatmap_hover(spec.label, spec.unit, 1, 1),
+        )
+    )
+    title = f"{spec.label.capitalize()} of each still-masked position, per step (live)"
+    apply_layout(
+        fig, title, f"{spec.label} = {spec.meaning} · blank = already committed", STEP_AXIS, POSITION_AXIS, key
+    )
+    _position_axis(fig, gen_length)
+    fig.update_xaxes(range=[-0.5, 1.5], zeroline=False)
+    return fig

@@ -51,8 +51,8 @@ class Verdict:
         return out
 
     def line(self) -> str:
-        """'valid', or 'a_an@4: 'a' before 'owl' (should be 'an'); ...' with generated positions
-        ('prompt' for a violation that lies wholly in the prompt)."""
+        """'valid', or 'a_an@4: 'a' before 'owl' (should be 'an'); ...' at the culprit's generated
+        position ('prompt' where the checker blames a prompt word)."""
         if self.valid:
             return "valid"
         parts = []
@@ -70,7 +70,9 @@ class Verdict:
         return f"{len(self.result.violations)} violation(s): {kinds}"
 
 
-def verdict_of(prompt: str, generated: Sequence[str]) -> Verdict:
-    """Check the prompt's words followed by the generated tokens' texts (one word each)."""
-    prompt_words = prompt.split()
+def verdict_of(prompt: str | Sequence[str], generated: Sequence[str]) -> Verdict:
+    """Check the prompt's words followed by the generated tokens' texts (one word each). `prompt`:
+    its tokens' texts (exact), or a string split at white space (a prompt such as "time." that the
+    tokenizer splits into two words is then miscounted: pass the tokens where they are known)."""
+    prompt_words = prompt.split() if isinstance(prompt, str) else list(prompt)
     return Verdict(check([*prompt_words, *generated]), len(prompt_words))

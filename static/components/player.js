@@ -1,0 +1,375 @@
+// The Decode tab's token view and step player (the `js_on_load` of its gr.HTML; Gradio gives it
+// `element`, `props`, `trigger` and `watch`). The server sends a run's states once, as segments
+// (explorer/views/player.py) inside the view's HTML; this script replays them: the step slider,
+// play/pause, the arrow keys, Home/End and the colour selector update the tokens and move the
+// step marker of every figure of the tab without a server round trip. While a run streams, each
+// frame carries only its new steps, which are appended here.
+//
+// Every token string arrives escaped by the server; this script only moves those spans around and
+// writes numbers and fixed words, never text from the model or the user.
+
+const FIGURES = ["heatmap", "changes", "order", "bars", "violation-heatmap", "energy-heatmap"];
+const MARKER = "selected step";
+const RAMP = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779", "#6ece58", "#b5de2b", "#fde725"];
+const COLOUR_BY = {
+  step: "commit step: early → late",
+  prob: "probability when committed: 0 → 1",
+  entropy: "entropy when committed (nats): 0 → run's max",
+  violation: "violation score (nats): 0 → most negative",
+  checker: "story checker: ✓ fine · ✗ blamed · ! involved",
+};
+const SPEEDS = [1, 2, 4, 8, 16, 32];
+
+const state = {
+  key: null, run: null, G: 0, steps: [], starts: [], html: [], index: 0, follow: true, done: false,
+  colour: "step", speed: 4, timer: null, entropyTop: 1, checked: false, notify: null, url: null,
+};
+const host = element.closest("#tokens") || element;  // the component's container (its elem_id)
+host.explorerPlayer = state;
+
+const $ = (selector) => element.querySelector(selector);
+
+function readPayload() {
+  const data = $("template.player-data");  // inert: a template's content is never rendered or run
+  if (!data) return null;
+  try { return JSON.parse(data.content.textContent); } catch (error) { return null; }
+}
+
+function load(payload) {
+  if (payload.reset || payload.key !== state.key) {
+    Object.assign(state, {
+      key: payload.key, run: payload.run, G: payload.G, steps: [], done: false, follow: true,
+      starts: Array.from({length: payload.G}, () => []), html: Array.from({length: payload.G}, () => []),
+      entropyTop: payload.entropy_top || 1, checked: !!payload.checked,
+    });
+    stop();
+  }
+  if (payload.run != null) state.run = payload.run;
+  state.done = !!payload.done;
+  for (const [position, start, html] of payload.seg) {  // each position's segments arrive in step order
+    const starts = state.starts[position], spans = state.html[position];
+    let i = starts.length;
+    while (i > 0 && starts[i - 1] > start) i -= 1;
+    if (i > 0 && starts[i - 1] === start) { spans[i - 1] = html; continue; }  // re-sent: replaces
+    starts.splice(i, 0, start);
+    spans.splice(i, 0, html);
+  }
+  state.steps.push(...payload.steps);
+  if (payload.open !== undefined && payload.open !== null) {
+    state.index = Math.max(0, state.steps.indexOf(payload.open));
+    state.follow = false;
+  } else if (state.follow) {
+    state.index = Math.max(0, state.steps.length - 1);
+  }
+  if (payload.heat && payload.heat.cols.length) extendLiveHeatmap(payload);
+}
+
+// ---- the token line -----------------------------------------------------------------------------
+
+function segmentAt(starts, step) {
+  let lo = 0, hi = starts.length - 1;  // the last start <= step (starts[0] is -1: always found)
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (starts[mid] <= step) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+function renderTokens() {
+  const line = $(".tokens-line");
+  if (!line || !state.G) return;
+  const step = state.steps.length ? state.steps[state.index] : -1;
+  const prompt = line.querySelector(".prompt");
+  const parts = prompt ? [prompt.outerHTML] : [];
+  for (let p = 0; p < state.G; p++) parts.push(state.html[p][segmentAt(state.starts[p], step)]);
+  line.innerHTML = parts.join(" ");
+  colour(line, step);
+}
+
+function rampColour(fraction) {
+  const scaled = Math.min(Math.max(fraction, 0), 1) * (RAMP.length - 1);
+  const i = Math.min(Math.floor(scaled), RAMP.length - 2), t = scaled - i;
+  const a = RAMP[i], b = RAMP[i + 1];
+  let out = "#";
+  for (const k of [1, 3, 5]) {
+    const x = parseInt(a.slice(k, k + 2), 16), y = parseInt(b.slice(k, k + 2), 16);
+    out += Math.round(x + (y - x) * t).toString(16).padStart(2, "0");
+  }
+  return out;
+}
+
+function textColour(background) {
+  const linear = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+  const [r, g, b] = [1, 3, 5].map((k) => linear(parseInt(background.slice(k, k + 2), 16)));
+  const L = 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  return (L + 0.05) / 0.05 >= 1.05 / (L + 0.05) ? "#000000" : "#ffffff";
+}
+
+function backgroundOf(span) {
+  const d = span.dataset;
+  switch (state.colour) {
+    case "step": return rampColour(Number(d.c) / Math.max(lastStep(), 1));
+    case "prob": return d.p === undefined ? null : rampColour(Number(d.p));
+    case "entropy": return d.h === undefined ? null : rampColour(Number(d.h) / state.entropyTop);
+    case "violation": {
+      if (d.v === undefined) return null;
+      const v = Math.min(Math.max(-Number(d.v) / 3, 0), 1);  // 0 nats white -> -3 nats or less deep red
+      const mix = (w, r) => Math.round(w + (r - w) * v).toString(16).padStart(2, "0");
+      return "#" + mix(255, 178) + mix(255, 24) + mix(255, 43);
+    }
+    case "checker":
+      if (!state.checked) return null;
+      return d.k === undefined ? "#2f9e44" : d.kc === "1" ? "#e03131" : "#f08c00";
+  }
+  return null;
+}
+
+function lastStep() { return state.steps.length ? state.steps[state.steps.length - 1] : 0; }
+
+function colour(line, step) {
+  for (const span of line.querySelectorAll(".tok[data-c]")) {
+    const background = backgroundOf(span);
+    span.classList.toggle("no-value", background === null);
+    span.style.background = background === null ? "" : background;
+    span.style.color = background === null ? "" : textColour(background);
+    span.classList.toggle("just", Number(span.dataset.c) === step);
+    span.classList.toggle("checker-flag", span.dataset.k !== undefined);
+  }
+}
+
+// ---- the bar: slider, play/pause, speed, colour ------------------------------------------------------
+
+function ensureBar() {
+  let bar = $(".player-bar");
+  if (!bar) {
+    bar = document.createElement("div");
+    bar.className = "player-bar";
+    bar.innerHTML = `
+      <button type="button" class="pl-first" title="First step (Home)" aria-label="First step">⏮</button>
+      <button type="button" class="pl-prev" title="Previous step (←)" aria-label="Previous step">◀</button>
+      <button type="button" class="pl-play" title="Play / pause (space)" aria-label="Play">▶</button>
+      <button type="button" class="pl-next" title="Next step (→)" aria-label="Next step">▶|</button>
+      <button type="button" class="pl-last" title="Last step (End)" aria-label="Last step">⏭</button>
+      <input type="range" class="pl-range" min="0" max="0" value="0" step="1" aria-label="Step">
+      <span class="pl-label"></span>
+      <label class="pl-speed-label">speed <select class="pl-speed" aria-label="Playback speed">
+        ${SPEEDS.map((s) => `<option value="${s}">${s} steps/s</option>`).join("")}</select></label>
+      <label class="pl-colour-label">colour by <select class="pl-colour" aria-label="Colour tokens by">
+        ${Object.keys(COLOUR_BY).map((c) => `<option value="${c}">${c}</option>`).join("")}</select></label>
+      <div class="pl-key"></div>`;
+    const view = $(".tokens-view");
+    (view ? view.parentNode : element).insertBefore(bar, view);
+    bar.querySelector(".pl-first").onclick = () => go(0);
+    bar.querySelector(".pl-prev").onclick = () => go(state.index - 1);
+    bar.querySelector(".pl-next").onclick = () => go(state.index + 1);
+    bar.querySelector(".pl-last").onclick = () => go(state.steps.length - 1);
+    bar.querySelector(".pl-play").onclick = () => (state.timer ? stop() : play());
+    bar.querySelector(".pl-range").oninput = (event) => go(Number(event.target.value));
+    bar.querySelector(".pl-speed").onchange = (event) => { state.speed = Number(event.target.value); if (state.timer) { stop(); play(); } };
+    bar.querySelector(".pl-colour").onchange = (event) => { state.colour = event.target.value; show(false); };
+  }
+  bar.querySelector(".pl-speed").value = String(state.speed);
+  bar.querySelector(".pl-colour").value = state.colour;
+  return bar;
+}
+
+function updateBar() {
+  const bar = ensureBar();
+  const range = bar.querySelector(".pl-range");
+  range.max = String(Math.max(state.steps.length - 1, 0));
+  range.value = String(state.index);
+  range.disabled = !state.steps.length;
+  const step = state.steps.length ? state.steps[state.index] : null;
+  bar.querySelector(".pl-label").textContent =
+    step === null ? "no step yet" : `step ${step} of ${lastStep()}` + (state.done ? "" : " (decoding…)");
+  bar.querySelector(".pl-play").textContent = state.timer ? "⏸" : "▶";
+  bar.querySelector(".pl-play").setAttribute("aria-label", state.timer ? "Pause" : "Play");
+  const key = COLOUR_BY[state.colour];
+  bar.querySelector(".pl-key").innerHTML =
+    `<span class="ramp pl-ramp pl-ramp-${state.colour}"></span> ${key}` +
+    (state.colour === "checker" && !state.checked ? " (this model is not checked)" : "");
+}
+
+function go(index) {
+  if (!state.steps.length) return;
+  state.index = Math.min(Math.max(index, 0), state.steps.length - 1);
+  state.follow = state.index === state.steps.length - 1 && !state.done;
+  show(true);
+}
+
+function play() {
+  if (state.index >= state.steps.length - 1) state.index = 0;
+  state.timer = setInterval(() => {
+    if (state.index >= state.steps.length - 1) { stop(); return; }
+    go(state.index + 1);
+  }, 1000 / state.speed);
+  updateBar();
+}
+
+function stop() {
+  if (state.timer) clearInterval(state.timer);
+  state.timer = null;
+  if ($(".player-bar")) updateBar();
+}
+
+function show(moved) {
+  const started = performance.now();
+  renderTokens();
+  const tokensDone = performance.now();
+  updateBar();
+  const barDone = performance.now();
+  moveMarkers();
+  host.dataset.renderMs = String(performance.now() - started);
+  host.dataset.parts = `${(tokensDone - started).toFixed(1)}/${(barDone - tokensDone).toFixed(1)}/${(performance.now() - barDone).toFixed(1)}`;
+  host.dataset.step = String(state.steps.length ? state.steps[state.index] : -1);
+  if (moved) afterMove();
+}
+
+// ---- the figures' step markers ------------------------------------------------------------------
+// Each figure arrives from the server with its step marker (a line and a label named MARKER). A
+// Plotly relayout costs ~20 ms a figure, so the page hides that marker once per figure and draws
+// its own line over the plot area, placed from the figure's axis: moving it costs nothing.
+
+function moveMarkers() {
+  if (!state.steps.length) return;
+  const step = state.steps[state.index];
+  for (const id of FIGURES) {
+    const gd = document.querySelector(`#${id} .js-plotly-plot`);
+    if (!gd || !gd._fullLayout || !gd._fullLayout.xaxis) continue;
+    if (!gd.explorerHooked) {  // a redraw (new figure, zoom, resize) places the marker again
+      gd.explorerHooked = true;
+      gd.on("plotly_afterplot", scheduleMarkers);
+    }
+    placeMarker(gd, step);
+  }
+}
+
+let markersQueued = false;
+function scheduleMarkers() {
+  if (markersQueued) return;
+  markersQueued = true;
+  requestAnimationFrame(() => { markersQueued = false; moveMarkers(); });
+}
+
+function placeMarker(gd, step) {
+  const shapes = gd.layout.shapes || [];
+  const i = shapes.findIndex((shape) => shape.name === MARKER);
+  let marker = gd.querySelector(":scope > .step-marker");
+  if (i < 0) {  // a figure with no step axis (an empty state)
+    if (marker) marker.style.display = "none";
+    return;
+  }
+  if (shapes[i].visible !== false) {  // a new figure: hide Plotly's own marker, once
+    const update = {[`shapes[${i}].visible`]: false};
+    const j = (gd.layout.annotations || []).findIndex((a) => a.name === MARKER);
+    if (j >= 0) update[`annotations[${j}].visible`] = false;
+    window.Plotly.relayout(gd, update);
+  }
+  if (!marker) {
+    marker = document.createElement("div");
+    marker.className = "step-marker";
+    marker.innerHTML = '<div class="step-marker-tag"></div>';
+    gd.style.position = "relative";
+    gd.appendChild(marker);
+  }
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const x = xa._offset + xa.l2p(step);
+  const inside = x >= xa._offset - 1 && x <= xa._offset + xa._length + 1;
+  marker.style.display = inside ? "" : "none";
+  marker.style.left = `${x}px`;
+  marker.style.top = `${ya._offset}px`;
+  marker.style.height = `${ya._length}px`;
+  const tag = `step ${step}`;
+  if (marker.firstChild.textContent !== tag) marker.firstChild.textContent = tag;
+}
+
+function extendLiveHeatmap(payload) {
+  const gd = document.querySelector("#heatmap .js-plotly-plot");
+  if (!window.Plotly || !gd || !gd.data || !gd.data[0] || gd.data[0].meta !== "live-heatmap") return;
+  window.Plotly.extendTraces(gd, {z: [payload.heat.cols], x: [payload.steps]}, [0]);
+  window.Plotly.relayout(gd, {"xaxis.range": [-0.5, Math.max(lastStep(), 1) + 0.5]});
+}
+
+// ---- after a move: the server's per-step figures, the permalink -------------------------------------
+
+function afterMove() {
+  clearTimeout(state.notify);
+  const step = state.steps[state.index];
+  state.notify = setTimeout(() => {
+    if (state.run == null || !state.done) return;
+    trigger("input", {step: step, run: state.run});
+    const url = new URL(window.location.href);
+    url.searchParams.set("run", String(state.run));
+    url.searchParams.set("step", String(step));
+    url.searchParams.delete("tab");
+    if (url.href !== window.location.href) window.history.replaceState(null, "", url.href);
+  }, 250);
+}
+
+// ---- keys, clicks and new values ----------------------------------------------------------------
+
+if (!window.explorerPlayerKeys) {
+  window.explorerPlayerKeys = true;
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)) &&
+        !(target.classList && target.classList.contains("pl-range"))) return;
+    const player = document.querySelector("#tokens");
+    const s = player && player.explorerPlayer;
+    if (!s || !s.steps.length || !player.offsetParent) return;  // the Decode tab is not shown
+    const moves = {ArrowLeft: s.index - 1, ArrowRight: s.index + 1, Home: 0, End: s.steps.length - 1};
+    if (event.key in moves) {
+      event.preventDefault();
+      player.explorerPlayer.go(moves[event.key]);
+    } else if (event.key === " " && target === document.body) {
+      event.preventDefault();
+      player.explorerPlayer.toggle();
+    }
+  });
+}
+state.go = go;
+state.toggle = () => (state.timer ? stop() : play());
+
+// A click on a token: its position, the run and the step shown, to the server (the branch panel).
+element.addEventListener("click", (event) => {
+  const tok = event.target.closest(".tokens-line .tok");
+  if (!tok || state.run == null) return;
+  const tokens = Array.from(element.querySelectorAll(".tokens-line .tok"));
+  const position = tokens.indexOf(tok);
+  element.querySelectorAll(".tok.picked").forEach((el) => el.classList.remove("picked"));
+  tok.classList.add("picked");
+  element.dataset.pickRun = String(state.run);
+  element.dataset.pickPos = String(position);
+  trigger("click", {position: position, run: state.run, step: state.steps[state.index]});
+});
+
+function refresh() {
+  const payload = readPayload();
+  if (payload) load(payload);
+  ensureBar();
+  show(false);
+  const picked = Number(element.dataset.pickPos);
+  if (element.dataset.pickRun === String(state.run) && !Number.isNaN(picked)) {
+    const tok = element.querySelectorAll(".tokens-line .tok")[picked];
+    if (tok) tok.classList.add("picked");
+  }
+}
+
+// A figure the server sends anew (a run opened or ended, another metric) gets its marker at once,
+// not on the first move.
+if (!window.explorerFigureWatch) {
+  const figures = FIGURES.map((id) => `#${id}`).join(", ");
+  const relevant = (node) => node && node.closest && node.closest(figures) &&
+    !node.closest(".step-marker, .hoverlayer, .modebar-container");
+  window.explorerFigureWatch = new MutationObserver((records) => {
+    if (records.some((r) => relevant(r.target.nodeType === 1 ? r.target : r.target.parentElement))) {
+      const player = document.querySelector("#tokens");
+      if (player && player.explorerPlayer) player.explorerPlayer.markers();
+    }
+  });
+  window.explorerFigureWatch.observe(document.querySelector(".gradio-container") || document.body, {childList: true, subtree: true});
+}
+state.markers = scheduleMarkers;
+
+watch("value", refresh);
+refresh();
