@@ -28,10 +28,15 @@ COLUMNS = [
     "id",
     "parent",
     "branch step",
-    "created (UTC)",
     "status",
     "model",
     "strategy",
+    "verdict",
+    "violations",
+    "tags",
+    "prompt",
+    "text",
+    "created (UTC)",
     "length",
     "steps",
     "tokens/step",
@@ -39,15 +44,13 @@ COLUMNS = [
     "seed",
     "energies",
     "preset",
-    "verdict",
-    "violations",
-    "tags",
-    "prompt",
-    "text",
 ]
-# fits the page width: prompt and text wrap instead of running off the right edge
-COLUMN_WIDTHS = ["3%", "4%", "4%", "8%", "6%", "6%", "7%", "4%", "4%", "4%", "4%", "4%", "5%", "7%", "7%", "4%", "6%"]
-COLUMN_WIDTHS += ["6%", "7%"]
+# Pixel widths: the table scrolls sideways on a narrow page instead of squeezing every header
+# into a column of single letters; what people read first (verdict, tags, prompt, text) comes first.
+COLUMN_WIDTHS = [
+    "56px", "72px", "72px", "96px", "110px", "124px", "180px", "92px", "130px", "170px",
+    "280px", "110px", "72px", "64px", "76px", "100px", "64px", "90px", "180px",
+]  # fmt: skip
 VERDICT_SCAN = 20  # with a verdict filter, at most this many times the table's rows are checked
 
 
@@ -322,7 +325,9 @@ def runs_tab(
     for box in (model, strategy, status, verdict):
         box.change(refresh_rows, filters, [table, message], api_name=False)
     table.select(select, [table], [run_id], api_name=False)
-    run_id.change(selected, [run_id], [tags, note, confirm_btn, confirm_id], api_name="run_notes")
+    run_id.change(
+        selected, [run_id], [tags, note, confirm_btn, confirm_id], api_name="run_notes", show_progress="hidden"
+    )
     open_btn.click(
         open_run,
         [run_id, view.components["metric"]],
