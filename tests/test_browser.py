@@ -229,6 +229,23 @@ def test_decode_live_scrub_and_tooltip(page, artifacts):
     assert wait_completed(page)["committed"] == 64
 
 
+def pick_runs(page, *run_ids: int) -> None:
+    """Pick runs in the Compare tab's searchable list (after clearing it), by typing their ids."""
+    clear = page.locator("#compare-runs .remove-all")
+    if clear.count():
+        clear.click()
+    for run_id in run_ids:
+        page.locator("#compare-runs input").fill(f"#{run_id} ")
+        page.get_by_role("option", name=re.compile(rf"^#{run_id} ·")).click()
+    page.keyboard.press("Escape")
+
+
+def picked_runs(page) -> list[int]:
+    """The run ids picked in the Compare tab's list, in order."""
+    chips = page.locator("#compare-runs .token span").all_inner_texts()
+    return [int(re.match(r"#(\d+)", chip).group(1)) for chip in chips]
+
+
 def test_runs_tab_and_compare(page, artifacts, two_runs):
     a, b = two_runs
     open_tab(page, "Runs")
@@ -243,10 +260,10 @@ def test_runs_tab_and_compare(page, artifacts, two_runs):
     page.screenshot(path=artifacts / "runs_tab.png", full_page=True)
 
     open_tab(page, "Compare")
-    set_number(page, "#compare-a input", a)
-    set_number(page, "#compare-b input", b)
+    pick_runs(page, a, b)
+    assert picked_runs(page) == [a, b]
     page.click("#compare-btn")
-    page.wait_for_function("document.querySelector('#compare-summary').innerText.includes('differ')")
+    page.wait_for_function("document.querySelector('#compare-note').innerText.includes('differ')")
     summary = page.inner_text("#compare-summary")
     assert str(a) in summary and str(b) in summary and "margin" in summary, summary
     page.wait_for_function("document.querySelectorAll('.tokens-view').length >= 2")
@@ -499,9 +516,9 @@ def test_branch_from_a_token_and_compare_with_the_parent(page, artifacts):
 
     # Compare with the parent: A = parent, B = the branch, one slider over both.
     page.click("#compare-parent-btn")
-    page.wait_for_function("() => document.querySelector('#compare-summary')?.innerText.includes('differ')")
+    page.wait_for_function("() => document.querySelector('#compare-note')?.innerText.includes('differ')")
     assert page.get_by_role("tab", name="Compare").get_attribute("aria-selected") == "true"
-    assert page.input_value("#compare-a input") == str(parent) and page.input_value("#compare-b input") == str(child)
+    assert picked_runs(page) == [parent, child]
     assert page.input_value("#compare-step input[type=number]") == "3"
     summary = page.inner_text("#compare-summary")
     for row in ("checker", "violations", "AR-ness", "forward passes", "steps", "tokens / step"):
@@ -514,7 +531,7 @@ def test_branch_from_a_token_and_compare_with_the_parent(page, artifacts):
     # The shared slider at the branch step: both texts after step 0, only the edit differs.
     set_number(page, "#compare-step input[type=number]", 0)
     page.wait_for_function(
-        "() => document.querySelector('#compare-summary').innerText.includes('1 position(s) differ after step 0')"
+        "() => document.querySelector('#compare-note').innerText.includes('1 position(s) differ after step 0')"
     )
     masked = [page.locator(f"{v} .tokens-line .tok.masked").count() for v in ("#compare-tokens-a", "#compare-tokens-b")]
     assert masked[0] == masked[1] == 24, masked  # 8 tokens per step: the state after step 0 in both
@@ -634,7 +651,8 @@ def test_xdlm_revisions_badge_history_and_changes_map(page, artifacts):
     # Compare: the run is A; decode its prompt and seed on the MDLM (low_confidence) as B.
     open_tab(page, "Compare")
     run_a = re.search(r"run (\d+) · completed", status).group(1)
-    page.wait_for_function(f"() => document.querySelector('#compare-a input').value === '{run_a}'")
+    chip = "document.querySelector('#compare-runs .token span')"  # run A, picked from the Decode tab
+    page.wait_for_function(f"() => {chip}?.innerText.startsWith('#{run_a} ·')")
     page.wait_for_function("() => document.querySelector('#compare-other-model input').value === 'embedded'")
     page.locator("#compare-metric").get_by_text("changes", exact=True).click()
     choose(page, "Strategy for B", "low_confidence")

@@ -22,6 +22,7 @@ from explorer.services import Services
 from explorer.ui.compare import (
     COMPARED,
     SHOWN,
+    SUMMARY_COLUMNS,
     VIEW,
     compare_tab,
     load_runs,
@@ -219,13 +220,15 @@ def test_summary_table_escapes_a_hostile_prompt(replay):
     table = summary_table(services, [runs[0], evil])
     assert "<img" not in table and html.escape(EVIL) in table
     assert table.count("<tr>") == 3  # the header and one row per run
-    for column in ("checker", "checker violations", "AR-ness τ (by last change)", "forward passes", "wall time"):
+    assert all(row.count("<td") == len(SUMMARY_COLUMNS) - 1 for row in table.split("<tr>")[2:])
+    assert f'<td class="prompt">{html.escape(EVIL)}</td>' in table
+    for column in ("checker", "checker violations", "AR-ness τ", "forward passes", "wall time", "Σ S < 0 (nats)"):
         assert f"<th>{html.escape(column)}</th>" in table, column
     row_a = table.split("<tr>")[2]
-    assert f"<td>{ids['parent']}</td>" in row_a and "<td>embedded</td>" in row_a and "<td>0.7</td>" in row_a
+    assert f"<td>{ids['parent']}</td>" in row_a and "<td>embedded</td>" in row_a and "<td>0.7</td><td>2</td>" in row_a
     assert re.search(r"<td>\d+\.\d\d s</td>", row_a)  # created -> finished, as stored
     # the checker's verdict on the a/an preset: its violation, at the generated position it blames
-    cell = r'<td title="a_an@0: [^"]*">(\d+) violation\(s\): a_an[^<]* at 0\b[^<]*</td><td>(\d+)</td>'
+    cell = r'<td class="checker" title="a_an@0: [^"]*">(\d+) violation\(s\): a_an[^<]* at 0\b[^<]*</td><td>(\d+)</td>'
     verdict = re.search(cell, row_a)
     assert verdict and verdict.group(1) == verdict.group(2), row_a
     view = render_view(services, [runs[0], evil], "confidence", "step", None)

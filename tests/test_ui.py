@@ -409,7 +409,7 @@ def test_compare_violation_maps_share_one_scale(client, two_runs):
     a, b = two_runs
     outputs = client.predict([a, b], "step", "violations", api_name="/compare")
     summary, heat_a, heat_b = outputs[1], outputs[7]["value"], outputs[8]["value"]  # step, summary, note, 4 texts
-    assert "violations: Σ S &lt; 0 (nats)" in summary and "<td>off</td>" in summary  # energies off in both
+    assert "<th>Σ S &lt; 0 (nats)</th>" in summary and "<td>off</td>" in summary  # energies off in both
     traces = [_plot(h)["data"][0] for h in (heat_a, heat_b)]
     assert all("Dependency violations" in _title_of(h) for h in (heat_a, heat_b))
     assert traces[0]["zmax"] == traces[1]["zmax"] >= 1.0 and traces[0]["zmid"] == 0
@@ -565,7 +565,7 @@ def test_compare_a_branch_with_its_parent(client, services, a_an_run):
     tokens_a, tokens_b = tokens_a["value"], tokens_b["value"]
     assert picked["value"] == [a_an_run, child]
     assert slider["maximum"] == 3 and slider["value"] == 3
-    rows = ("checker", "dependency violations: Σ S &lt; 0 (nats)", "AR-ness τ (by last change)", "forward passes")
+    rows = ("checker", "checker violations", "Σ S &lt; 0 (nats)", "AR-ness τ", "forward passes", "wall time")
     for name in (*rows, "steps", "tokens / step"):
         assert f"<th>{name}</th>" in summary, name
     assert f"run {a_an_run} after step 0" in summary and "after step 0)" in summary  # passes after the branch step
@@ -658,10 +658,11 @@ def test_compare_mdlm_and_xdlm_on_the_same_prompt_and_seed(client, services, xdl
     )
     assert run_b["config"]["gen_length"] == run_a["config"]["gen_length"] and run_b["status"] == "completed"
     assert f"Run {b_id}: run {a}&#x27;s prompt and seed on embedded (low_confidence)" in status
-    assert f"<th>A</th><td>{a}</td><td>embedded-xdlm</td><td>xdlm_ancestral</td><td>1</td><td>{seed}</td>" in summary
+    assert f"<th>A</th><td>{a}</td><td>embedded-xdlm</td><td>xdlm_ancestral</td>" in summary
+    assert f"<td>1</td><td>{seed}</td><td>completed</td>" in summary  # T, seed, status
     assert f"<th>B</th><td>{b_id}</td><td>embedded</td><td>low_confidence</td>" in summary
-    assert "<td>once upon a time</td></tr>" in summary
-    assert "<th>revisions</th>" in summary and "<th>AR-ness τ (by last change)</th>" in summary
+    assert '<td class="prompt">once upon a time</td></tr>' in summary
+    assert "<th>revisions</th>" in summary and "<th>AR-ness τ</th>" in summary
     assert slider["value"] == max(services.store.get_run(a)["n_steps"], run_b["n_steps"]) - 1
     legends = [[t["name"] for t in _plot(h)["data"][1:]] for h in (heat_a, heat_b)]
     assert any(name.startswith("revise (") and name != "revise (0)" for name in legends[0]), legends

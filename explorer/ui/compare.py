@@ -66,8 +66,8 @@ SHOWN_POSITIONS = 12  # positions named in the note; more are counted
 DIFF_LABEL = "differs between the runs here"
 LEGEND = (
     '<div class="compare-legend"><span class="compare-swatch diff-first">word</span> = differs, and already '
-    'differed where the runs first parted · <span class="compare-swatch diff-later">word</span> = a later '
-    "difference (the same at the first divergence)</div>"
+    'differed where the runs first parted · <span class="compare-swatch diff-later">word</span> = differs, but did '
+    "not where they first parted (a later difference)</div>"
 )
 
 
@@ -134,7 +134,7 @@ def compare_tab(services: Services, cache: ArraysCache) -> CompareTab:
         "that differ are outlined; all heatmaps share one colour scale."
     )
     c: dict = {}
-    with gr.Row(equal_height=True):
+    with gr.Row():
         c["runs"] = gr.Dropdown(
             run_choices(services),
             value=[],
@@ -145,6 +145,7 @@ def compare_tab(services: Services, cache: ArraysCache) -> CompareTab:
             label=f"Runs to compare (2 to {MAX_RUNS}; the first is run A)",
             elem_id="compare-runs",
             scale=5,
+            min_width=360,  # on a phone the button goes below the list
         )
         refresh_btn = gr.Button("↻ Refresh list", scale=0, min_width=130, elem_id="compare-refresh")
     with gr.Row(equal_height=True):
@@ -602,21 +603,31 @@ SUMMARY_COLUMNS = (
     "run",
     "model",
     "strategy",
-    "temperature",
-    "seed",
-    "steps",
-    "tokens / step",
-    "status",
     "checker",
     "checker violations",
-    "dependency violations: Σ S < 0 (nats)",
-    "AR-ness τ (by last change)",
-    "revisions",
+    "Σ S < 0 (nats)",
+    "AR-ness τ",
     "forward passes",
     "wall time",
+    "tokens / step",
+    "steps",
+    "T",
+    "seed",
+    "status",
+    "revisions",
     "energies",
     "branch of",
     "prompt",
+)
+
+
+SUMMARY_NOTE = (
+    "T: temperature · checker: the story grammar's verdict on the final text, for the embedded models only (hover "
+    "for each violation; positions count from the first generated token) · Σ S < 0: the dependency violations "
+    "between tokens committed in the same step, summed over the steps (nats; needs the violations pass) · "
+    "AR-ness τ: Kendall's τ between each position and the step that last changed it (+1 = left to right) · "
+    "forward passes: of the model, as stored per step (a branch's own after its branch step in brackets) · "
+    "wall time: from the run's start to its end, as stored."
 )
 
 
@@ -627,6 +638,7 @@ def summary_table(services: Services, runs: list[RunArrays]) -> str:
     return (
         '<div class="compare-table-wrap"><table class="compare compare-summary-table">'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        f'<p class="compare-table-note">{html.escape(SUMMARY_NOTE, quote=False)}</p>'
     )
 
 
@@ -635,31 +647,32 @@ def _summary_row(services: Services, letter: str, arrays: RunArrays) -> str:
     s = summarise(arrays, None, run["model"])  # the checker's verdict comes from checker_cells
     verdict, count, detail = checker_cells(services, arrays)
     temperature = (run.get("config") or {}).get("temperature")
-    cells = [
+    cells = [  # in SUMMARY_COLUMNS order
         run["id"],
         run["model"],
         run["strategy"],
-        f"{temperature:g}" if _number(temperature) else "n/a" if temperature is None else temperature,
-        run.get("seed"),
-        s.n_steps,
-        f"{s.committed / max(s.n_steps, 1):.2f}",
-        s.status,
-        (verdict, detail),
+        (verdict, detail, "checker"),
         count,
         _violation_total(arrays),
         "n/a" if math.isnan(s.arness) else f"{s.arness:+.2f}",
-        s.revisions,
         _passes(services, arrays),
         wall_time(run),
+        f"{s.committed / max(s.n_steps, 1):.2f}",
+        s.n_steps,
+        f"{temperature:g}" if _number(temperature) else "n/a" if temperature is None else temperature,
+        run.get("seed"),
+        s.status,
+        s.revisions,
         _energies_text(arrays),
         _origin(arrays),
-        run.get("prompt", ""),
+        (run.get("prompt", ""), None, "prompt"),
     ]
     out = [f"<th>{html.escape(letter)}</th>"]
     for cell in cells:
-        text, title = cell if isinstance(cell, tuple) else (cell, None)
+        text, title, kind = cell if isinstance(cell, tuple) else (cell, None, None)
         tip = f' title="{html.escape(str(title), quote=True)}"' if title else ""
-        out.append(f"<td{tip}>{html.escape(str(text))}</td>")
+        wraps = f' class="{kind}"' if kind else ""  # the cells that may wrap (static/compare.css)
+        out.append(f"<td{wraps}{tip}>{html.escape(str(text))}</td>")
     return f"<tr>{''.join(out)}</tr>"
 
 
