@@ -55,7 +55,9 @@ def launch_kwargs() -> dict:
     static/*.js (each an arrow function `() => {...}`) called in turn, in file-name order."""
     css = "\n".join(path.read_text() for path in sorted(STATIC.glob("*.css")))
     scripts = ",\n".join(f"({path.read_text().strip().rstrip(';')})" for path in sorted(STATIC.glob("*.js")))
-    return {"css": css, "js": f"() => {{ [{scripts}].forEach((setup) => setup()); }}"}
+    # Third-party code the page needs before the scripts run (static/vendor/, each with its licence).
+    head = "".join(f"<script>{path.read_text()}</script>" for path in sorted((STATIC / "vendor").glob("*.js")))
+    return {"css": css, "js": f"() => {{ [{scripts}].forEach((setup) => setup()); }}", "head": head}
 
 
 def create_services(args: argparse.Namespace):

@@ -11,4 +11,12 @@
     const token = event.target.closest(".tok[data-tip]");
     if (token) token.classList.toggle("tip-left", window.innerWidth - token.getBoundingClientRect().left < 28 * 12 + 24);
   });
+  // Phones: the results sit below the whole form, so after Run (or Re-run) the page scrolls to them.
+  document.addEventListener("click", (event) => {
+    if (window.innerWidth > 768 || !event.target.closest("#run-btn, #rerun-btn")) return;
+    setTimeout(() => {
+      const status = document.querySelector("#status");
+      if (status) status.scrollIntoView({block: "start", behavior: "smooth"});
+    }, 150);
+  });
 }

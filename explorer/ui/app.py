@@ -25,6 +25,7 @@ from explorer.store.arrays import RunArrays
 from explorer.ui.branch import BranchHandlers, branch_panel, wire_branching
 from explorer.ui.compare import compare_tab
 from explorer.ui.controls import decode_controls, visible_knobs
+from explorer.ui.form import preset_of, wire_rerun
 from explorer.ui.logic import (
     DECODE_FIELDS,
     ArraysCache,
@@ -96,8 +97,12 @@ def build_app(services: Services) -> gr.Blocks:
         # Wired once every tab exists: a branch opens the Compare tab with its parent.
         wire_branching(BranchHandlers(services, cache, view, controls, handlers, panel), tabs, compare)
         # A permalink (?run=ID&step=K, or ?tab=compare&a=ID&b=ID) opens that state.
+
+        def permalink(metric, request: gr.Request):
+            return open_permalink(services, cache, view, compare, tabs, metric, request)
+
         app.load(
-            lambda metric, request: open_permalink(services, cache, view, compare, tabs, metric, request),
+            permalink,
             [view.components["metric"]],
             [*view.outputs("slider", "run_state"), tabs, *compare.permalink_outputs()],
             api_name=False,
@@ -172,6 +177,8 @@ def _decode_tab(
         api_name="decode",
         show_progress_on=[f["status"]],
     )
+    # Re-run: the opened run's settings into the form, then decoded as a new run (ui/form.py).
+    wire_rerun(c, handlers.run, view.outputs("slider", "run_state", "job_state"), show_progress_on=[f["status"]])
     c["stop_btn"].click(handlers.stop, [job_state], [f["status"]], api_name="stop", queue=False)
     # `release` alone misses a step typed into the slider's number box (Gradio sends `release`
     # there only on blur) and the arrow keys on the range; `input` covers both. Neither fires
@@ -208,7 +215,8 @@ def _decode_tab(
         [c["strategy_note"], c["knobs_accordion"], c["schedule"], *knob_fields.values()],
         api_name=False,
     )
-    c["model"].change(
+    # `input`: a person picking a model (opening a stored run or a preset sets these fields itself).
+    c["model"].input(
         handlers.model_changed, [c["model"]], [c["violations"], c["model_note"], c["xdlm_k"]], api_name=False
     )
     return view, c, handlers, panel
@@ -244,6 +252,13 @@ def _figures_column(services: Services) -> tuple[dict, dict]:
         visible="hidden",
     )
     panel = branch_panel(services)
+    # Drawn and zipped in the browser (static/export_figures.js): no server round trip.
+    gr.HTML(
+        '<div class="figure-downloads">Download every figure below (the step shown): '
+        '<button type="button" id="download-svg">SVG (zip)</button> '
+        '<button type="button" id="download-png">PNG (zip)</button></div>',
+        js_on_load=None,
+    )
     f["metric"] = gr.Radio(list(METRICS), value="confidence", label="Heatmap")
     f["heat"] = gr.Plot(label="Heatmap", elem_id="heatmap")
     # Under the heatmap, on the same axes: what changed where (unmask, revise, re-mask).
@@ -342,6 +357,7 @@ class _DecodeHandlers:
             "mask_id": self.services.models[form["model"]].mask_id,
             "prompt": form["prompt"].strip(),
             "config": json.loads(config.to_json()),
+            "preset": preset_of(services, form),  # the teaching preset the form holds unchanged, if any
         }
         yield from self.stream(handle, run, form["metric"])
 
@@ -373,6 +389,7 @@ class _DecodeHandlers:
                     yield bind({"status": status_html("busy", f"Waiting for the worker: {ahead} job(s) ahead")})
                 case RunStarted(run_id=run_id):
                     run["id"] = run_id
+                    self.services.store.set_run_preset(run_id, run.get("preset"))
                     prefix = self.services.store.read_arrays(run_id) if parent is not None else None
                     starting = status_html("busy", "Starting…" + (f" · {device}" if device else ""))
                     shown = {**self.pending, **self.live_start(run, live, metric, prefix), "run_state": run_id}

@@ -37,6 +37,7 @@ STEP_AXIS = "decoding step"
 POSITION_AXIS = "position in generated text"
 STEP_COLORSCALE = "Viridis"  # early -> late steps; views/tokens.py uses the same ramp
 BAR_COLOUR = "#4c78a8"
+SUBTITLE_PX = 11
 TITLE_COLOUR = "#2a3f5f"  # plotly_white's title colour, set explicitly so template-less figures match
 MARKER_COLOUR = "#d62728"  # the selected-step line: red reads over every colorscale used here
 REMASK_COLOUR = "#e8590c"  # re-masks, as the ↺ badge of static/tokens.css
@@ -677,10 +678,10 @@ def apply_layout(
 ) -> None:
     """The look every figure shares. `subtitle` may hold several lines joined by '<br>'.
     Text from the model (tokens) must already be escaped (`plotly_text`)."""
-    # The subtitle goes in the title as <sup>: layout.title.subtitle needs a newer plotly.js
-    # than some Gradio builds ship.
+    # The subtitle goes in the title as 11 px lines: layout.title.subtitle needs a newer plotly.js
+    # than some Gradio builds ship, and <sup> would shrink it to ~10 px, too small on a phone.
     lines = subtitle.split("<br>")
-    sup = "<br>".join(f"<sup>{line}</sup>" for line in lines)
+    sup = "<br>".join(f'<span style="font-size:{SUBTITLE_PX}px">{line}</span>' for line in lines)
     fig.update_layout(
         template=template,
         height=FIGURE_HEIGHT + 14 * (len(lines) - 1),
@@ -690,6 +691,8 @@ def apply_layout(
         xaxis_title=x_title,
         yaxis_title=y_title,
         showlegend=False,
+        # The toolbar stands on the right edge, top to bottom, clear of the title and its subtitle.
+        modebar=dict(orientation="v", bgcolor="rgba(255,255,255,0.7)"),
     )
 
 
@@ -728,8 +731,15 @@ def _position_axis(fig: go.Figure, G: int) -> None:
     fig.update_yaxes(range=[G - 0.5, -0.5], autorange=False, zeroline=False)
 
 
+INTEGER_TICKS_UP_TO = 20  # steps; a run with fewer gets a tick at every step (no "2.5")
+
+
 def _step_axis(fig: go.Figure, S: int) -> None:
     fig.update_xaxes(range=[-0.5, max(S, 1) - 0.5], zeroline=False)
+    if S <= INTEGER_TICKS_UP_TO:
+        fig.update_xaxes(tickmode="linear", tick0=0, dtick=1)
+    else:
+        fig.update_xaxes(tickformat="d")
 
 
 STEP_MARKER = "selected step"  # the name of the marker's line and label: the page's player moves them

@@ -268,7 +268,8 @@ def legend(
     badge, then `hint` (plain text)."""
     gradient = ", ".join(STEP_RAMP)
     what = "committed (or revised)" if revised else "committed"
-    just = "" if step is None else f'; <span class="tok just legend-just">outlined</span> = {what} at step {int(step)}'
+    outlined = '<span class="tok just legend-just">outlined</span>'
+    just = "" if step is None else f'<span class="legend-step">; {outlined} = {what} at step {int(step)}</span>'
     changed = (
         '; <span class="tok revised legend-revised" data-revisions="1">word</span> ⇄ = revised: the model changed '
         "this visible token into another (its colour is the step of its last change; hover for each change: "
@@ -290,8 +291,8 @@ def legend(
     )
     tail = f'<div class="tokens-hint">{_esc(hint)}</div>' if hint else ""
     return (
-        '<div class="tokens-legend">colour = step at which the token was committed: early → late '
-        f'<span class="ramp" style="background: linear-gradient(to right, {gradient})"></span>; '
+        '<div class="tokens-legend"><span class="legend-colour">colour = step at which the token was committed: '
+        f'early → late <span class="ramp" style="background: linear-gradient(to right, {gradient})"></span>; </span>'
         f'<span class="tok masked">{MASK_GLYPH}</span> = still masked{just}{again}{changed}{forced}{tail}</div>'
     )
 

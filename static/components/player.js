@@ -23,6 +23,7 @@ const SPEEDS = [1, 2, 4, 8, 16, 32];
 const state = {
   key: null, run: null, G: 0, steps: [], starts: [], html: [], index: 0, follow: true, done: false,
   colour: "step", speed: 4, timer: null, entropyTop: 1, checked: false, notify: null, url: null,
+  meta: [], styled: [], styleKey: "", shown: [], nodes: null,
 };
 const host = element.closest("#tokens") || element;  // the component's container (its elem_id)
 host.explorerPlayer = state;
@@ -40,6 +41,8 @@ function load(payload) {
     Object.assign(state, {
       key: payload.key, run: payload.run, G: payload.G, steps: [], done: false, follow: true,
       starts: Array.from({length: payload.G}, () => []), html: Array.from({length: payload.G}, () => []),
+      meta: Array.from({length: payload.G}, () => []), styled: Array.from({length: payload.G}, () => []),
+      shown: new Int32Array(payload.G).fill(-1), nodes: null, lineStep: undefined, lineKey: "",
       entropyTop: payload.entropy_top || 1, checked: !!payload.checked,
     });
     stop();
@@ -48,11 +51,18 @@ function load(payload) {
   state.done = !!payload.done;
   for (const [position, start, html] of payload.seg) {  // each position's segments arrive in step order
     const starts = state.starts[position], spans = state.html[position];
+    const meta = state.meta[position], styled = state.styled[position];
     let i = starts.length;
     while (i > 0 && starts[i - 1] > start) i -= 1;
-    if (i > 0 && starts[i - 1] === start) { spans[i - 1] = html; continue; }  // re-sent: replaces
+    if (i > 0 && starts[i - 1] === start) {  // re-sent: replaces
+      spans[i - 1] = html; meta[i - 1] = parseMeta(html); styled[i - 1] = undefined;
+      continue;
+    }
     starts.splice(i, 0, start);
     spans.splice(i, 0, html);
+    meta.splice(i, 0, parseMeta(html));
+    styled.splice(i, 0, undefined);
+    state.shown[position] = -1;  // what it shows may have changed
   }
   state.steps.push(...payload.steps);
   if (payload.open !== undefined && payload.open !== null) {
@@ -75,15 +85,73 @@ function segmentAt(starts, step) {
   return lo;
 }
 
+// What a segment's span is coloured by, read once from its attributes (numbers, or undefined).
+function parseMeta(html) {
+  const open = html.slice(0, html.indexOf(">"));
+  const get = (name) => { const m = open.match(new RegExp(` data-${name}="([^"]*)"`)); return m ? m[1] : undefined; };
+  return {c: get("c"), p: get("p"), h: get("h"), v: get("v"), k: get("k"), kc: get("kc")};
+}
+
+// A segment's span with its colour and classes for the colouring chosen (cached per colouring;
+// the step colouring also depends on the run's last step, which grows while it streams).
+function styledSpan(position, i, step) {
+  const key = state.colour === "step" ? `step:${lastStep()}` : state.colour;
+  if (key !== state.styleKey) {
+    state.styleKey = key;
+    for (const row of state.styled) row.fill(undefined);
+  }
+  let html = state.styled[position][i];
+  if (html === undefined) {
+    const meta = state.meta[position][i];
+    if (meta.c === undefined) {
+      html = state.html[position][i];  // masked: no colour
+    } else {
+      const background = backgroundOf(meta);
+      const style = background === null ? "" : ` style="background: ${background}; color: ${textColour(background)}"`;
+      const classes = "tok" + (background === null ? " no-value" : "") + (meta.k !== undefined ? " checker-flag" : "");
+      html = state.html[position][i].replace(/^<span class="tok( just)?/, `<span${style} class="${classes}`);
+    }
+    state.styled[position][i] = html;
+  }
+  const meta = state.meta[position][i];
+  return meta.c !== undefined && Number(meta.c) === step ? html.replace('class="tok', 'class="tok just') : html;
+}
+
 function renderTokens() {
   const line = $(".tokens-line");
   if (!line || !state.G) return;
   const step = state.steps.length ? state.steps[state.index] : -1;
-  const prompt = line.querySelector(".prompt");
-  const parts = prompt ? [prompt.outerHTML] : [];
-  for (let p = 0; p < state.G; p++) parts.push(state.html[p][segmentAt(state.starts[p], step)]);
-  line.innerHTML = parts.join(" ");
-  colour(line, step);
+  const want = new Int32Array(state.G);
+  let changed = 0;
+  for (let p = 0; p < state.G; p++) {
+    want[p] = segmentAt(state.starts[p], step);
+    if (want[p] !== state.shown[p]) changed += 1;
+  }
+  const nodes = state.nodes;
+  const key = state.colour === "step" ? `step:${lastStep()}` : state.colour;  // the colours' key (styledSpan)
+  const fresh = !nodes || nodes.length !== state.G || !nodes[0].isConnected || state.lineStep === undefined ||
+    key !== state.lineKey;
+  if (fresh || changed > state.G / 8) {  // a long jump: the whole line in one parse
+    const prompt = line.querySelector(".prompt");
+    const parts = prompt ? [prompt.outerHTML] : [];
+    for (let p = 0; p < state.G; p++) parts.push(styledSpan(p, want[p], step));
+    line.innerHTML = parts.join(" ");
+    state.nodes = Array.from(line.querySelectorAll(":scope > .tok"));
+  } else {  // a short move: only the positions whose span changes, and the outlines
+    const spare = document.createElement("template");
+    for (let p = 0; p < state.G; p++) {
+      const outlined = (c) => c !== undefined && (Number(c) === step || Number(c) === state.lineStep);
+      const meta = state.meta[p][want[p]];
+      if (want[p] === state.shown[p] && !outlined(meta.c)) continue;
+      spare.innerHTML = styledSpan(p, want[p], step);
+      const node = spare.content.firstElementChild;
+      nodes[p].replaceWith(node);
+      nodes[p] = node;
+    }
+  }
+  state.shown = want;
+  state.lineStep = step;
+  state.lineKey = key;
 }
 
 function rampColour(fraction) {
@@ -105,8 +173,7 @@ function textColour(background) {
   return (L + 0.05) / 0.05 >= 1.05 / (L + 0.05) ? "#000000" : "#ffffff";
 }
 
-function backgroundOf(span) {
-  const d = span.dataset;
+function backgroundOf(d) {
   switch (state.colour) {
     case "step": return rampColour(Number(d.c) / Math.max(lastStep(), 1));
     case "prob": return d.p === undefined ? null : rampColour(Number(d.p));
@@ -126,17 +193,6 @@ function backgroundOf(span) {
 
 function lastStep() { return state.steps.length ? state.steps[state.steps.length - 1] : 0; }
 
-function colour(line, step) {
-  for (const span of line.querySelectorAll(".tok[data-c]")) {
-    const background = backgroundOf(span);
-    span.classList.toggle("no-value", background === null);
-    span.style.background = background === null ? "" : background;
-    span.style.color = background === null ? "" : textColour(background);
-    span.classList.toggle("just", Number(span.dataset.c) === step);
-    span.classList.toggle("checker-flag", span.dataset.k !== undefined);
-  }
-}
-
 // ---- the bar: slider, play/pause, speed, colour ------------------------------------------------------
 
 function ensureBar() {
@@ -145,11 +201,11 @@ function ensureBar() {
     bar = document.createElement("div");
     bar.className = "player-bar";
     bar.innerHTML = `
-      <button type="button" class="pl-first" title="First step (Home)" aria-label="First step">⏮</button>
+      <button type="button" class="pl-first" title="First step (Home)" aria-label="First step">|◀</button>
       <button type="button" class="pl-prev" title="Previous step (←)" aria-label="Previous step">◀</button>
-      <button type="button" class="pl-play" title="Play / pause (space)" aria-label="Play">▶</button>
-      <button type="button" class="pl-next" title="Next step (→)" aria-label="Next step">▶|</button>
-      <button type="button" class="pl-last" title="Last step (End)" aria-label="Last step">⏭</button>
+      <button type="button" class="pl-play" title="Play / pause (space)" aria-label="Play">▶ Play</button>
+      <button type="button" class="pl-next" title="Next step (→)" aria-label="Next step">▶</button>
+      <button type="button" class="pl-last" title="Last step (End)" aria-label="Last step">▶|</button>
       <input type="range" class="pl-range" min="0" max="0" value="0" step="1" aria-label="Step">
       <span class="pl-label"></span>
       <label class="pl-speed-label">speed <select class="pl-speed" aria-label="Playback speed">
@@ -166,7 +222,11 @@ function ensureBar() {
     bar.querySelector(".pl-play").onclick = () => (state.timer ? stop() : play());
     bar.querySelector(".pl-range").oninput = (event) => go(Number(event.target.value));
     bar.querySelector(".pl-speed").onchange = (event) => { state.speed = Number(event.target.value); if (state.timer) { stop(); play(); } };
-    bar.querySelector(".pl-colour").onchange = (event) => { state.colour = event.target.value; show(false); };
+    bar.querySelector(".pl-colour").onchange = (event) => {
+      state.colour = event.target.value;
+      state.lineStep = undefined;  // every span is coloured again
+      show(false);
+    };
   }
   bar.querySelector(".pl-speed").value = String(state.speed);
   bar.querySelector(".pl-colour").value = state.colour;
@@ -182,12 +242,14 @@ function updateBar() {
   const step = state.steps.length ? state.steps[state.index] : null;
   bar.querySelector(".pl-label").textContent =
     step === null ? "no step yet" : `step ${step} of ${lastStep()}` + (state.done ? "" : " (decoding…)");
-  bar.querySelector(".pl-play").textContent = state.timer ? "⏸" : "▶";
+  bar.querySelector(".pl-play").textContent = state.timer ? "❚❚ Pause" : "▶ Play";
   bar.querySelector(".pl-play").setAttribute("aria-label", state.timer ? "Pause" : "Play");
   const key = COLOUR_BY[state.colour];
   bar.querySelector(".pl-key").innerHTML =
-    `<span class="ramp pl-ramp pl-ramp-${state.colour}"></span> ${key}` +
-    (state.colour === "checker" && !state.checked ? " (this model is not checked)" : "");
+    `colour = ${key} <span class="ramp pl-ramp pl-ramp-${state.colour}"></span>` +
+    (state.colour === "checker" && !state.checked ? " (not checked: another model, or masks left)" : "") +
+    (step === null ? "" : `; <span class="tok just legend-just">outlined</span> = committed at step ${step}`) +
+    (state.checked ? '; <span class="checker-flag-sample">wavy underline</span> = the story checker objects (hover)' : "");
 }
 
 function go(index) {
@@ -328,6 +390,7 @@ if (!window.explorerPlayerKeys) {
   });
 }
 state.go = go;
+state.feed = (payload) => { load(payload); show(false); };  // what a new value does (benchmarks, tests)
 state.toggle = () => (state.timer ? stop() : play());
 
 // A click on a token: its position, the run and the step shown, to the server (the branch panel).
