@@ -23,7 +23,7 @@ const SPEEDS = [1, 2, 4, 8, 16, 32];
 const state = {
   key: null, run: null, G: 0, steps: [], starts: [], html: [], index: 0, follow: true, done: false,
   colour: "step", speed: 4, timer: null, entropyTop: 1, checked: false, notify: null, url: null,
-  meta: [], styled: [], styleKey: "", shown: [], nodes: null,
+  meta: [], styled: [], styleKey: "", shown: [], nodes: null, heatCols: [], heatSteps: [],
 };
 const host = element.closest("#tokens") || element;  // the component's container (its elem_id)
 host.explorerPlayer = state;
@@ -43,6 +43,7 @@ function load(payload) {
       starts: Array.from({length: payload.G}, () => []), html: Array.from({length: payload.G}, () => []),
       meta: Array.from({length: payload.G}, () => []), styled: Array.from({length: payload.G}, () => []),
       shown: new Int32Array(payload.G).fill(-1), nodes: null, lineStep: undefined, lineKey: "",
+      heatCols: [], heatSteps: [],
       entropyTop: payload.entropy_top || 1, checked: !!payload.checked,
     });
     stop();
@@ -71,7 +72,11 @@ function load(payload) {
   } else if (state.follow) {
     state.index = Math.max(0, state.steps.length - 1);
   }
-  if (payload.heat && payload.heat.cols.length) extendLiveHeatmap(payload);
+  if (payload.heat) {
+    state.heatCols.push(...payload.heat.cols);
+    state.heatSteps.push(...payload.steps);
+    syncLiveHeatmap();
+  }
 }
 
 // ---- the token line -----------------------------------------------------------------------------
@@ -310,7 +315,7 @@ let markersQueued = false;
 function scheduleMarkers() {
   if (markersQueued) return;
   markersQueued = true;
-  requestAnimationFrame(() => { markersQueued = false; moveMarkers(); });
+  requestAnimationFrame(() => { markersQueued = false; moveMarkers(); if (!state.done) syncLiveHeatmap(); });
 }
 
 function placeMarker(gd, step) {
@@ -345,10 +350,15 @@ function placeMarker(gd, step) {
   if (marker.firstChild.textContent !== tag) marker.firstChild.textContent = tag;
 }
 
-function extendLiveHeatmap(payload) {
+// The live heatmap's columns, kept here: a frame that arrives before the figure is drawn (or while
+// it is drawn anew) is appended once the figure is there.
+function syncLiveHeatmap() {
   const gd = document.querySelector("#heatmap .js-plotly-plot");
   if (!window.Plotly || !gd || !gd.data || !gd.data[0] || gd.data[0].meta !== "live-heatmap") return;
-  window.Plotly.extendTraces(gd, {z: [payload.heat.cols], x: [payload.steps]}, [0]);
+  if (gd.data[0].uid !== state.key) window.Plotly.restyle(gd, {uid: state.key, z: [[]], x: [[]]}, [0]);
+  const have = gd.data[0].z.length, want = state.heatCols.length;
+  if (have >= want) return;
+  window.Plotly.extendTraces(gd, {z: [state.heatCols.slice(have)], x: [state.heatSteps.slice(have)]}, [0]);
   window.Plotly.relayout(gd, {"xaxis.range": [-0.5, Math.max(lastStep(), 1) + 0.5]});
 }
 
