@@ -22,16 +22,14 @@ from explorer.services import Services
 from explorer.ui.compare import (
     COMPARED,
     SHOWN,
-    SUMMARY_COLUMNS,
     VIEW,
     compare_tab,
     load_runs,
-    outline_kinds,
     picked_ids,
     render_view,
     run_label,
-    summary_table,
 )
+from explorer.ui.compare_markup import SUMMARY_COLUMNS, outline_kinds, summary_table
 from explorer.ui.logic import ArraysCache
 from explorer.views.align import (
     MASKED,

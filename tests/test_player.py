@@ -225,7 +225,7 @@ def test_speed_panel_numbers():
 
 
 def test_permalink_requests():
-    from explorer.ui.app import permalink_request
+    from explorer.ui.permalink import permalink_request
 
     assert permalink_request({}) is None
     assert permalink_request({"run": "12"}) == ("decode", [12], None)
