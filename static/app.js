@@ -14,9 +14,12 @@
   // Phones: the results sit below the whole form, so after Run (or Re-run) the page scrolls to them.
   document.addEventListener("click", (event) => {
     if (window.innerWidth > 768 || !event.target.closest("#run-btn, #rerun-btn")) return;
-    setTimeout(() => {
+    // Scrolled twice: the page above the results can still change height as the run starts.
+    const toResults = () => {
       const status = document.querySelector("#status");
-      if (status) status.scrollIntoView({block: "start", behavior: "smooth"});
-    }, 150);
+      if (status) window.scrollTo({top: status.getBoundingClientRect().top + window.scrollY - 12});
+    };
+    setTimeout(toResults, 150);
+    setTimeout(toResults, 900);
   });
 }

@@ -262,13 +262,13 @@ def test_decode_live_scrub_and_tooltip(page, artifacts, server):
 
     # Mid-run: the status says Decoding…, the token view is partly decoded, the player follows.
     wait_mid_run(page, committed=4)
-    assert "(decoding…)" in player(page)["label"]
+    assert "decoding…" in player(page)["label"]
     done = wait_completed(page)
     assert done["committed"] == 64 and done["masked"] == 0, done
     assert re.search(r"run \d+ · completed · 64 steps · 64/64 tokens committed", done["status"]), done
     run_id = run_id_of(done["status"])
-    page.wait_for_function(f"() => ({PLAYER_JS})().label === 'step 63 of 63'")
-    assert player(page) == {"step": 63, "label": "step 63 of 63", "max": 63, "range": 63}
+    page.wait_for_function(f"() => ({PLAYER_JS})().label === 'after step 63 (steps 0–63)'")
+    assert player(page) == {"step": 63, "label": "after step 63 (steps 0–63)", "max": 63, "range": 63}
     assert page.locator("#step-slider").is_hidden()  # the old slider is for the API only
     for figure in ("#heatmap", "#order", "#bars", "#changes"):
         plot_drawn(page, figure)
@@ -285,7 +285,7 @@ def test_decode_live_scrub_and_tooltip(page, artifacts, server):
     wait_step(page, 62)
     press_key(page, "Home")
     wait_step(page, 0)
-    assert player(page)["label"] == "step 0 of 63"
+    assert player(page)["label"] == "after step 0 (steps 0–63)"
     press_key(page, "End")
     wait_step(page, 63)
     press_key(page, "ArrowRight")  # at the end: stays
@@ -305,7 +305,7 @@ def test_decode_live_scrub_and_tooltip(page, artifacts, server):
     # At step 5 the line is exactly the stored state after step 5, and every figure marks step 5.
     show_step(page, 5)
     assert page.evaluate(LINE_JS) == store_line(services, run_id, 5)
-    assert player(page) == {"step": 5, "label": "step 5 of 63", "max": 63, "range": 5}
+    assert player(page) == {"step": 5, "label": "after step 5 (steps 0–63)", "max": 63, "range": 5}
     assert page.locator("#tokens .tokens-line .tok.just").count() == 1  # the one committed at step 5
     assert "committed at step 5" in page.inner_text("#tokens .pl-key")
     tags = page.evaluate(MARKER_TAGS_JS)
@@ -317,8 +317,9 @@ def test_decode_live_scrub_and_tooltip(page, artifacts, server):
         plot = page.locator(f"{figure} .nsewdrag").first.bounding_box()
         assert plot["x"] - 2 <= marker["x"] <= plot["x"] + plot["width"] + 2, (figure, marker, plot)
         assert abs(marker["y"] - plot["y"]) <= 2 and abs(marker["height"] - plot["height"]) <= 2, (figure, marker, plot)
-    # Resting on it: the address names it and the server draws the per-step figures for it.
-    page.wait_for_url(re.compile(rf"[?&]run={run_id}&step=5$"))
+    # Resting on it: the bar's link names it and the server draws the per-step figures for it.
+    link = page.locator("#tokens .pl-link").get_attribute("href")
+    assert re.search(rf"\?run={run_id}&step=5$", link), link
     page.wait_for_function("""() => ['#pairwise-s', '#pairwise-a', '#candidates'].every(id =>
         document.querySelector(`${id} .gtitle`)?.textContent.startsWith('Step 5'))""")
 
@@ -474,7 +475,7 @@ def test_permalinks_open_a_run_at_a_step_and_compare(page, server, two_runs):
     a, b = two_runs
     open_permalink(page, url, f"run={a}&step=5")
     wait_step(page, 5)
-    assert player(page)["label"] == "step 5 of 15"
+    assert player(page)["label"] == "after step 5 (steps 0–15)"
     assert f"run {a} · completed" in page.inner_text("#status")
     assert page.evaluate(LINE_JS) == store_line(services, a, 5)
     page.wait_for_function(f"() => ({MARKER_TAGS_JS})()['heatmap'] === 'step 5'")

@@ -180,7 +180,7 @@ def test_runs_that_differ_at_once_outline_their_first_differences_apart(replay):
     services, cache, ids = replay
     runs = load_runs(cache, [ids["parent"], ids["other"]])
     start = render_view(services, runs, "entropy", "step", 0)
-    assert "The runs differ from their first step on: after step 0 they differ at positions [" in start["note"]
+    assert "The runs differ from their first step on: after step 0 they differ at positions " in start["note"]
     assert "Their prompts differ" in start["note"]
     first = {i for i, c in enumerate(_classes(start["tokens_a"])) if "diff-first" in c}
     assert first and not any("diff-later" in c for c in _classes(start["tokens_a"]))

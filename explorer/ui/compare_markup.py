@@ -90,7 +90,7 @@ def _each_step(runs: list[RunArrays], steps) -> str:
 def _positions(positions) -> str:
     ordered = sorted(positions)
     named = ", ".join(map(str, ordered[:SHOWN_POSITIONS]))
-    return f"[{named}, … {len(ordered)} in all]" if len(ordered) > SHOWN_POSITIONS else f"[{named}]"
+    return f"{named}, … ({len(ordered)} in all)" if len(ordered) > SHOWN_POSITIONS else named
 
 
 def divergence_note(

@@ -213,6 +213,7 @@ function ensureBar() {
       <button type="button" class="pl-last" title="Last step (End)" aria-label="Last step">▶|</button>
       <input type="range" class="pl-range" min="0" max="0" value="0" step="1" aria-label="Step">
       <span class="pl-label"></span>
+      <a class="pl-link" href="#" title="A link that opens this run at this step">link to this step</a>
       <label class="pl-speed-label">speed <select class="pl-speed" aria-label="Playback speed">
         ${SPEEDS.map((s) => `<option value="${s}">${s} steps/s</option>`).join("")}</select></label>
       <label class="pl-colour-label">colour by <select class="pl-colour" aria-label="Colour tokens by">
@@ -245,8 +246,11 @@ function updateBar() {
   range.value = String(state.index);
   range.disabled = !state.steps.length;
   const step = state.steps.length ? state.steps[state.index] : null;
-  bar.querySelector(".pl-label").textContent =
-    step === null ? "no step yet" : `step ${step} of ${lastStep()}` + (state.done ? "" : " (decoding…)");
+  bar.querySelector(".pl-label").textContent = step === null ? "no step yet"
+    : `after step ${step} (steps ${state.steps[0]}–${lastStep()})` + (state.done ? "" : " · decoding…");
+  const link = bar.querySelector(".pl-link"), href = permalink();
+  link.style.display = href ? "" : "none";
+  if (href) link.href = href;
   bar.querySelector(".pl-play").textContent = state.timer ? "❚❚ Pause" : "▶ Play";
   bar.querySelector(".pl-play").setAttribute("aria-label", state.timer ? "Pause" : "Play");
   const key = COLOUR_BY[state.colour];
@@ -279,9 +283,17 @@ function stop() {
   if ($(".player-bar")) updateBar();
 }
 
+function markPicked() {
+  const picked = Number(element.dataset.pickPos);
+  if (element.dataset.pickRun !== String(state.run) || Number.isNaN(picked) || !state.nodes) return;
+  const tok = state.nodes[picked];
+  if (tok && !tok.classList.contains("picked")) tok.classList.add("picked");
+}
+
 function show(moved) {
   const started = performance.now();
   renderTokens();
+  markPicked();
   const tokensDone = performance.now();
   updateBar();
   const barDone = performance.now();
@@ -364,17 +376,22 @@ function syncLiveHeatmap() {
 
 // ---- after a move: the server's per-step figures, the permalink -------------------------------------
 
+// The address of the state shown (?run=ID&step=K), as a link in the bar. The page's own address
+// is left alone: Plotly draws colour bars with url(<page address>#gradient), which a rewritten
+// address would break.
+function permalink() {
+  if (state.run == null || !state.done || !state.steps.length) return null;
+  const url = new URL(window.location.href);
+  url.hash = "";
+  url.search = `?run=${state.run}&step=${state.steps[state.index]}`;
+  return url.href;
+}
+
 function afterMove() {
   clearTimeout(state.notify);
   const step = state.steps[state.index];
   state.notify = setTimeout(() => {
-    if (state.run == null || !state.done) return;
-    trigger("input", {step: step, run: state.run});
-    const url = new URL(window.location.href);
-    url.searchParams.set("run", String(state.run));
-    url.searchParams.set("step", String(step));
-    url.searchParams.delete("tab");
-    if (url.href !== window.location.href) window.history.replaceState(null, "", url.href);
+    if (state.run != null && state.done) trigger("input", {step: step, run: state.run});
   }, 250);
 }
 
@@ -421,11 +438,6 @@ function refresh() {
   if (payload) load(payload);
   ensureBar();
   show(false);
-  const picked = Number(element.dataset.pickPos);
-  if (element.dataset.pickRun === String(state.run) && !Number.isNaN(picked)) {
-    const tok = element.querySelectorAll(".tokens-line .tok")[picked];
-    if (tok) tok.classList.add("picked");
-  }
 }
 
 // A figure the server sends anew (a run opened or ended, another metric) gets its marker at once,
