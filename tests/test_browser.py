@@ -191,9 +191,9 @@ def wait_completed(page) -> dict:
 
 # ---- the Decode tab's player ------------------------------------------------------------------------
 
-PLAYER_JS = """() => { const host = document.querySelector('#tokens');
+PLAYER_JS = """() => { const host = document.querySelector('#tokens'), range = host.querySelector('.pl-range');
   return {step: Number(host.dataset.step), label: host.querySelector('.pl-label')?.textContent ?? null,
-          max: Number(host.querySelector('.pl-range')?.max), range: Number(host.querySelector('.pl-range')?.value)}; }"""
+          max: Number(range?.max), range: Number(range?.value)}; }"""
 LIVE_Z_JS = """() => { const t = document.querySelector('#heatmap .js-plotly-plot')?.data?.[0];
   return t && t.meta === 'live-heatmap' && t.z ? t.z.length : -1; }"""
 LINE_JS = """() => Array.from(document.querySelectorAll('#tokens .tokens-line .tok'))
@@ -275,7 +275,8 @@ def test_decode_live_scrub_and_tooltip(page, artifacts, server):
     page.wait_for_function(f"() => ({MARKER_TAGS_JS})()['order'] === 'step 63'")
     # The speed panel, once the run has ended.
     speed = page.inner_text("#speed")
-    for cell in ("wall time", "ms per step", "tokens per second", "forward passes per token", "forward passes", "device"):
+    cells = ("wall time", "ms per step", "tokens per second", "forward passes per token", "forward passes", "device")
+    for cell in cells:
         assert cell in speed, (cell, speed)
     assert page.locator("#speed .speed-panel").count() == 1
     page.screenshot(path=artifacts / "decode_after_run.png", full_page=True)
@@ -367,7 +368,8 @@ def test_decode_live_scrub_and_tooltip(page, artifacts, server):
         page.wait_for_function(f"() => ({LIVE_Z_JS})() >= 2", timeout=15_000)
     except sync_api.TimeoutError:
         shown = page.evaluate("""() => { const t = document.querySelector('#heatmap .js-plotly-plot')?.data?.[0];
-            return {meta: t?.meta ?? null, z: t?.z?.length ?? null, status: document.querySelector('#status').innerText}; }""")
+            const status = document.querySelector('#status').innerText;
+            return {meta: t?.meta ?? null, z: t?.z?.length ?? null, status: status}; }""")
         pytest.fail(f"the live heatmap did not grow: {shown}")
     first = page.evaluate(LIVE_Z_JS)
     page.wait_for_function(f"() => ({LIVE_Z_JS})() > {first}")
@@ -408,9 +410,7 @@ def test_colour_tokens_by_each_metric(page, server, two_runs):
     seen = {}
     for option, words in COLOUR_KEYS.items():
         page.select_option("#tokens .pl-colour", option)
-        page.wait_for_function(
-            f"() => document.querySelector('#tokens .pl-key').innerText.includes({words!r})"
-        )
+        page.wait_for_function(f"() => document.querySelector('#tokens .pl-key').innerText.includes({words!r})")
         seen[option] = page.evaluate(BACKGROUNDS_JS)
         assert page.input_value("#tokens .pl-colour") == option
     n = len(seen["step"])
