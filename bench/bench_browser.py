@@ -8,10 +8,10 @@
     one step at a time ("±1 step", as the arrow keys and play move), each time timing
     from the `input` event until the next frame is painted (token view re-rendered and coloured,
     the step label and the figures' step markers moved; the wait for the display's next frame,
-    up to 16.7 ms at 60 Hz, is included). The
-    median and 95th percentile are printed against the 50 ms target, once on an idle machine
-    and once while `os.cpu_count()` busy-loop processes, started here, keep every core busy
-    (the server's CPU busy too: nothing here asks the server while scrubbing).
+    up to 16.7 ms at 60 Hz, is included). The median (with a distribution-free 95% interval) and
+    the 95th percentile are printed against the 50 ms target, once on an idle machine and once
+    while `os.cpu_count()` busy-loop processes, started here, keep every core busy (the server's
+    CPU busy too: nothing here asks the server while scrubbing).
 (b) A live frame at 1024 x 1024, on the server: the new design turns the frame's new steps into
     token segments (`LivePlayer.frame`, what the app sends); the baseline is what the app did
     before, measured in the same run: rebuild RunArrays from every step so far and draw the token
@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -118,6 +119,15 @@ def summary(times: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
 
 
+def median_interval(times: list[float]) -> tuple[float, float]:
+    """A distribution-free 95% interval for the median: the order statistics n/2 -+ 1.96 sqrt(n)/2
+    (the normal approximation to the binomial count of values below the median)."""
+    ordered, n = sorted(times), len(times)
+    half = 1.96 * math.sqrt(n) / 2
+    low, high = max(math.floor(n / 2 - half), 0), min(math.ceil(n / 2 + half), n - 1)
+    return ordered[low], ordered[high]
+
+
 def open_run(page, url: str, run_id: int, steps: int) -> None:
     page.goto(f"{url}?run={run_id}")
     page.wait_for_function(f"document.querySelector('#tokens')?.dataset.step === '{steps - 1}'", timeout=120_000)
@@ -192,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
                 page = browser.new_page(viewport=VIEWPORT)
                 print("\n(a) slider move -> page updated (ms), target <= 50 ms")
-                print(f"{'run':>12} {'condition':>10} {'moves':>8} {'median':>8} {'p95':>8} {'median/target':>14}")
+                header = f"{'run':>12} {'condition':>10} {'moves':>8} {'median':>8} {'95% CI':>13} {'p95':>7}"
+                print(f"{header} {'median/target':>14} {'CI top/target':>14}")
                 for size in args.sizes:
                     open_run(page, url, runs[size], size)
                     conditions = [("idle", None)] + ([] if args.no_busy else [("CPU busy", busy_processes)])
@@ -207,10 +218,16 @@ def main(argv: list[str] | None = None) -> int:
                             stop(procs)
                         for kind, measured in times.items():
                             median, p95 = summary(measured)
-                            out["moves"][f"{size}x{size} {name} {kind}"] = {"median_ms": median, "p95_ms": p95}
+                            low, high = median_interval(measured)
+                            out["moves"][f"{size}x{size} {name} {kind}"] = {
+                                "median_ms": median,
+                                "median_ci95_ms": [low, high],
+                                "p95_ms": p95,
+                            }
+                            interval = f"{low:.1f}-{high:.1f}"
                             print(
-                                f"{size:>5} x {size:<5} {name:>10} {kind:>8} {median:8.1f} {p95:8.1f} "
-                                f"{median / MOVE_TARGET_MS:13.2f}x"
+                                f"{size:>5} x {size:<5} {name:>10} {kind:>8} {median:8.1f} {interval:>13} "
+                                f"{p95:7.1f} {median / MOVE_TARGET_MS:13.2f}x {high / MOVE_TARGET_MS:13.2f}x"
                             )
                 size = max(args.sizes)
                 frames, points = live_frames(size)
