@@ -23,6 +23,7 @@ Skipped when /usr/bin/chromium or playwright is missing.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -184,6 +185,23 @@ def wait_text(page, selector: str, text: str, timeout: int = TIMEOUT_MS) -> None
 def wait_completed(page) -> dict:
     page.wait_for_function("document.querySelector('#status').innerText.includes('completed')", timeout=60_000)
     return page.evaluate(TOKEN_STATE_JS)
+
+
+@contextlib.contextmanager
+def phone_page(browser, server):
+    """A phone's page (390 x 844, touch) on the app, loaded; no JavaScript error may happen in it."""
+    context = browser.new_context(viewport=MOBILE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(server[1])
+        page.wait_for_selector("#run-btn")
+        yield page
+    finally:
+        context.close()
+    assert not errors, errors
 
 
 # ---- tests ---------------------------------------------------------------------------------------
@@ -814,14 +832,7 @@ def test_branch_from_a_token_and_compare_with_the_parent(page, artifacts):
 
 
 def test_branch_panel_on_a_phone(browser, server, artifacts):
-    context = browser.new_context(viewport=MOBILE, device_scale_factor=2, is_mobile=True, has_touch=True)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        page.goto(server[1])
-        page.wait_for_selector("#run-btn")
+    with phone_page(browser, server) as page:
         choose_preset(page, A_AN_PRESET)
         run_and_wait(page)
         open_branch_panel(page, 1)  # tap 'girl'
@@ -842,9 +853,6 @@ def test_branch_panel_on_a_phone(browser, server, artifacts):
             "() => document.querySelector('#lineage')?.innerText.includes(\"position 1 forced to 'boy'\")",
             timeout=60_000,
         )
-    finally:
-        context.close()
-    assert not errors, errors
 
 
 # ---- XDLM: revisions ------------------------------------------------------------------------------
@@ -937,14 +945,7 @@ STATUS_TOP_JS = "() => document.querySelector('#status').getBoundingClientRect()
 
 
 def test_phone_run_scrolls_to_the_results_and_tooltips_fit(browser, server, artifacts):
-    context = browser.new_context(viewport=MOBILE, device_scale_factor=2, is_mobile=True, has_touch=True)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        page.goto(server[1])
-        page.wait_for_selector("#run-btn")
+    with phone_page(browser, server) as page:
         choose_preset(page, A_AN_PRESET)
         page.evaluate("window.scrollTo(0, 0)")
         # Tap Run: the page scrolls down to the status line above the results.
@@ -980,9 +981,6 @@ def test_phone_run_scrolls_to_the_results_and_tooltips_fit(browser, server, arti
         assert box["left"] >= 0 and box["left"] + box["width"] <= box["vw"], box
         assert box["top"] >= 0 and box["top"] + box["height"] <= box["vh"], box
         assert box["top"] <= 40, box  # fixed to the top of the screen (static/tokens.css), clear of the finger
-    finally:
-        context.close()
-    assert not errors, errors
 
 
 def test_rerun_a_stored_run(page, server, two_runs):
