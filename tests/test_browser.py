@@ -27,6 +27,7 @@ import contextlib
 import copy
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -1019,3 +1020,26 @@ def test_rerun_a_stored_run(page, server, two_runs):
     assert new > old
     assert store.get_run(new)["config"] == config
     assert store.get_run(new)["seed"] == store.get_run(old)["seed"]
+
+
+def test_dark_mode_figures_and_the_figures_download(page, artifacts):
+    """In dark mode every figure is drawn on the dark background; 'SVG (zip)' downloads every
+    figure of the Decode tab, drawn in the page, named after the run and the step shown."""
+    page.goto(page.url.split("?")[0] + "?__theme=dark")
+    page.wait_for_selector("#run-btn")
+    status = run_and_wait(page)
+    run_id = int(re.search(r"run (\d+) · completed", status).group(1))
+    page.wait_for_function("""() => { const plots = document.querySelectorAll('.js-plotly-plot');
+        const dark = (g) => g.layout && g.layout.paper_bgcolor === '#0b0f19';
+        return plots.length >= 6 && Array.from(plots).every(dark); }""")
+    page.screenshot(path=artifacts / "decode_dark.png")
+    step = page.evaluate("document.querySelector('#tokens').dataset.step")
+    with page.expect_download() as download:
+        page.click("#download-svg")
+    path = artifacts / "figures.zip"
+    download.value.save_as(path)
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        svg = archive.read(f"run-{run_id}-step-{step}-heatmap.svg").decode()
+    assert {f"run-{run_id}-step-{step}-{name}.svg" for name in ("heatmap", "changes", "order", "bars")} <= set(names)
+    assert svg.startswith("<svg") and "Confidence of each still-masked position" in svg
