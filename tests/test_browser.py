@@ -1043,3 +1043,4 @@ def test_dark_mode_figures_and_the_figures_download(page, artifacts):
         svg = archive.read(f"run-{run_id}-step-{step}-heatmap.svg").decode()
     assert {f"run-{run_id}-step-{step}-{name}.svg" for name in ("heatmap", "changes", "order", "bars")} <= set(names)
     assert svg.startswith("<svg") and "Confidence of each still-masked position" in svg
+    assert f"step {step}" in svg  # the step marker, drawn into the exported figure

@@ -291,15 +291,10 @@ function markPicked() {
 }
 
 function show(moved) {
-  const started = performance.now();
   renderTokens();
   markPicked();
-  const tokensDone = performance.now();
   updateBar();
-  const barDone = performance.now();
   moveMarkers();
-  host.dataset.renderMs = String(performance.now() - started);
-  host.dataset.parts = `${(tokensDone - started).toFixed(1)}/${(barDone - tokensDone).toFixed(1)}/${(performance.now() - barDone).toFixed(1)}`;
   host.dataset.step = String(state.steps.length ? state.steps[state.index] : -1);
   if (moved) afterMove();
 }
@@ -435,7 +430,12 @@ element.addEventListener("click", (event) => {
 
 function refresh() {
   const payload = readPayload();
-  if (payload) load(payload);
+  if (!payload) {  // a view the server drew whole (no run, or the API's): shown as it came
+    stop();
+    Object.assign(state, {key: null, run: null, G: 0, steps: [], nodes: null});
+    return;
+  }
+  load(payload);
   ensureBar();
   show(false);
 }
