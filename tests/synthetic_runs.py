@@ -67,3 +67,35 @@ class StopAfter(StopFlag):
     def on_step(self, record: StepRecord) -> None:
         if record.step == self.step:
             self.stop()
+
+
+def replay_segments(segments: list[list], G: int, step: int) -> list[str]:
+    """What the page's player shows after `step`: each position's last segment starting at or
+    before it (static/components/player.js `segmentAt`); the span HTML of each position."""
+    shown: list[str] = [""] * G
+    starts = [-(10**9)] * G
+    for position, start, span in segments:
+        if starts[position] <= start <= step:
+            shown[position], starts[position] = span, start
+    return shown
+
+
+def live_segments(prefix: RunArrays, records: list[StepRecord], token_text) -> list[list]:
+    """The segments a streaming branch sends the page: its stored steps 0..k (read at RunStarted),
+    then one live frame per record (explorer/ui/app.py's stream)."""
+    from explorer.views.player import LivePlayer, stored_payload
+
+    live = LivePlayer("live", prefix.gen_length, int(prefix.run["mask_id"]), token_text, "confidence")
+    segments = list(stored_payload(prefix, token_text)["seg"])
+    live.resume(prefix)
+    for record in records:
+        segments.extend(live.frame([record])["seg"])
+    return segments
+
+
+def span_text(span: str) -> str:
+    """The text a token span shows (its escapes undone)."""
+    import html
+    import re
+
+    return html.unescape(re.fullmatch(r"<span [^>]*>(.*)</span>", span, re.S).group(1))

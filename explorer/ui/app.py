@@ -55,7 +55,8 @@ LIVE_REFRESH_S = 0.25  # at most this often the page gets new figures while a ru
 # The token view and its step player (slider, play/pause, keys, colouring, the figures' step
 # markers), run in the page; it also sends a token's click (the branch panel) with the step shown.
 PLAYER_JS = (Path(__file__).resolve().parents[2] / "static" / "components" / "player.js").read_text()
-LIVE_FIGURES = ("order", "bars", "changes")  # drawn once the run ends; the heatmap grows in the page
+# Drawn once the run ends (a live frame never redraws a figure; the heatmap grows in the page).
+LIVE_PENDING = {"order": "Commit order", "bars": "Tokens per step", "changes": "Changes"}
 
 HEADER = """# Diffusion-LM Trajectory Explorer
 Watch a masked diffusion language model fill in a text step by step. Pick a preset or type a prompt,
@@ -284,7 +285,7 @@ class _DecodeHandlers:
             live.resume(prefix)
         pending = {
             name: plots.empty_figure(title, "Drawn when the run ends.", f"pending-{name}")
-            for name, title in (("order", "Commit order"), ("bars", "Tokens per step"), ("changes", "Changes"))
+            for name, title in LIVE_PENDING.items()
         }
         return {
             "tokens": self.live_tokens(run, payload),

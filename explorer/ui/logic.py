@@ -19,11 +19,10 @@ from explorer.branching.alternatives import CHECKED_MODELS
 from explorer.decoding.config import KNOBS, KNOBS_BY_NAME, ConfigError, DecodeConfig
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import Knob
-from explorer.decoding.records import StepRecord
 from explorer.decoding.strategies import STRATEGIES
 from explorer.jobs import DeviceInfo
 from explorer.services import Services
-from explorer.store.arrays import Commits, Remasks, RunArrays, assemble
+from explorer.store.arrays import RunArrays
 from explorer.views.metrics import arness
 from explorer.views.tokens import state_at
 from models.checker import check
@@ -418,36 +417,6 @@ def branch_step_for(arrays: RunArrays, step: int, position: int) -> int:
     if still_masked > 0 or state.since[position] < 0:
         return step
     return int(state.since[position])
-
-
-def with_prefix(prefix: RunArrays, run: dict, records: Sequence[StepRecord]) -> RunArrays:
-    """A streaming branch as one run: its stored steps 0..k (the parent's, with the edits at
-    step k; `prefix` is read from the store at RunStarted) followed by its live steps k+1..."""
-    live = RunArrays.from_records({**prefix.run, **run}, records)
-    return assemble(
-        live.run,
-        steps=np.concatenate([prefix.steps, live.steps]),
-        blocks=np.concatenate([prefix.blocks, live.blocks]),
-        n_committed=np.concatenate([prefix.n_committed, live.n_committed]),
-        argmax=np.concatenate([prefix.argmax, live.argmax], axis=1),
-        confidence=np.concatenate([prefix.confidence, live.confidence], axis=1),
-        entropy=np.concatenate([prefix.entropy, live.entropy], axis=1),
-        margin=np.concatenate([prefix.margin, live.margin], axis=1),
-        commits=_joined_commits(prefix, live),
-        extras=[*prefix.extras, *live.extras],
-        remasks=Remasks(*(_joined(prefix.remasks, live.remasks, n) for n in ("step", "position", "token"))),
-        edits=prefix.edits,
-    )
-
-
-def _joined_commits(prefix: RunArrays, live: RunArrays) -> Commits:
-    names = ("step", "position", "token", "prob", "top_ids", "top_probs", "revised")
-    return Commits(*(_joined(prefix.commits, live.commits, n) for n in names))
-
-
-def _joined(a, b, name: str) -> np.ndarray:
-    first = getattr(a, name)
-    return np.concatenate([first, getattr(b, name).astype(first.dtype)])
 
 
 def forward_passes(services: Services, run_id: int) -> tuple[int, int]:
