@@ -7,7 +7,9 @@ status 2, and nothing written to the database.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,7 +23,7 @@ from explorer.adapters.registry import ENV_VAR, resolve_registry
 from explorer.api import alternatives, branch, decode, prepare, repairs, run_model
 from explorer.branching.alternatives import CHECKED_MODELS, MAX_TOP, AlternativesReport, RepairReport
 from explorer.branching.edits import Remask, parse_force, parse_position
-from explorer.decoding.callbacks import ProgressBar
+from explorer.decoding.callbacks import ProgressBar, StopFlag
 from explorer.decoding.config import KNOBS, DecodeConfig
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import Knob
@@ -33,6 +35,9 @@ from explorer.views.verdict import verdict_of
 from models.tokenizer import WordTokenizer
 
 EXIT_BAD_INPUT = 2
+EXIT_SIGNAL = 128  # + the signal's number, as a shell reports a command a signal ended
+MAX_ID = 2**63 - 1  # run ids are 64-bit signed integers in the store
+MAX_LIST = 10_000  # `runs --limit`
 
 
 class CliError(Exception):
@@ -67,6 +72,25 @@ class _Parser(argparse.ArgumentParser):
 _DEFAULT = DecodeConfig()  # one source for the defaults of the decode flags
 
 
+def _bounded_int(name: str, low: int, high: int):
+    """An argparse type: a whole number in [low, high], else a one-line error naming `name`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number, not {text[:40]!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} must be between {low} and {high}, not {text[:40]}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its own messages
+    return parse
+
+
+RUN_ID = _bounded_int("run id", 1, MAX_ID)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m explorer", description="Diffusion-LM Trajectory Explorer")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -92,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         "flag given. It is stored as a child of the run. With no edits and no flags it reproduces the run. "
         "Every decode setting defaults to the parent run's value.",
     )
-    b.add_argument("run_id", type=int, help="the stored run to branch (see `runs`)")
+    b.add_argument("run_id", type=RUN_ID, help="the stored run to branch (see `runs`)")
     b.add_argument("--step", type=int, required=True, help="K: start from the state after step K (-1: the prompt)")
     b.add_argument(
         "--force",
@@ -121,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         "token the checker (or the violation pass) flags, at the step that committed it, and list the single "
         "changes that repair the run.",
     )
-    a.add_argument("run_id", type=int, help="the stored run (see `runs`)")
+    a.add_argument("run_id", type=RUN_ID, help="the stored run (see `runs`)")
     a.add_argument("--step", type=int, default=None, help="K: the step whose decision to vary")
     a.add_argument("--position", type=int, default=None, help="P: the generated position to vary")
     a.add_argument("--sweep", action="store_true", help="every flagged token of the run instead of one (K, P)")
@@ -131,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("runs", help="list stored runs (a branch shows its parent and branch step)")
     _add_store(r)
-    r.add_argument("--limit", type=int, default=20, help="the most recent runs to list")
+    r.add_argument("--limit", type=_bounded_int("limit", 1, MAX_LIST), default=20, help="the most recent runs to list")
 
     s = sub.add_parser(
         "show",
@@ -139,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Print a stored run: its settings, text and step lines (with re-masks, violation totals and "
         "kept energy candidates) and, for the embedded models, the checker's line, as decode prints them.",
     )
-    s.add_argument("run_id", type=int, help="the stored run (see `runs`)")
+    s.add_argument("run_id", type=RUN_ID, help="the stored run (see `runs`)")
     _add_store(s)
     return parser
 
@@ -278,6 +302,36 @@ def _settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM ended a run: it was stored as `cancelled` with the steps it had."""
+
+    def __init__(self, signum: int, run_id: int | None, steps: int) -> None:
+        name = signal.Signals(signum).name
+        kept = f"run {run_id} kept as cancelled after {steps} step(s)" if run_id is not None else "nothing stored"
+        super().__init__(f"stopped by {name}: {kept}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """A StopFlag that SIGINT (Ctrl-C) and SIGTERM set: the engine ends the run at the next step as
+    `cancelled`, every step so far stored. A second signal while it stops ends the process at once."""
+    flag, caught = StopFlag(), []
+
+    def handle(signum, frame):
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+        flag.stop()
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag, caught
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _decode(args: argparse.Namespace) -> None:
     settings = _settings(args)
     if settings["steps"] is None:
@@ -287,7 +341,10 @@ def _decode(args: argparse.Namespace) -> None:
     prepare(args.prompt, denoiser, config)  # all input checks before the database is touched
     store = None if args.no_store else TrajectoryStore(args.db, args.data_dir)
     callbacks = [ProgressBar()] if sys.stderr.isatty() and not args.json else []
-    out = decode(args.prompt, denoiser, config, store=store, callbacks=callbacks)
+    with _stop_on_signals() as (flag, caught):
+        out = decode(args.prompt, denoiser, config, store=store, callbacks=[*callbacks, flag])
+    if caught:
+        raise Interrupted(caught[0], out.run_id, out.result.n_steps)
     _print_run(out, denoiser, args, store)
 
 
@@ -297,7 +354,10 @@ def _branch(args: argparse.Namespace) -> None:
     edits = [*map(parse_force, args.force), *(Remask(parse_position(p)) for p in args.remask)]
     model = run_model(args.run_id, args.model, store, registry)
     callbacks = [ProgressBar()] if sys.stderr.isatty() and not args.json else []
-    out = branch(args.run_id, args.step, store, edits, model, callbacks, registry, **_settings(args))
+    with _stop_on_signals() as (flag, caught):
+        out = branch(args.run_id, args.step, store, edits, model, [*callbacks, flag], registry, **_settings(args))
+    if caught:
+        raise Interrupted(caught[0], out.run_id, out.result.n_steps)
     if not args.json:
         child = store.get_run(out.run_id)
         print(f"run {out.run_id}: a branch of run {args.run_id} after step {args.step}{_edits_note(store, out.run_id)}")
@@ -565,6 +625,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, StoreError, CliError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Interrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return EXIT_SIGNAL + exc.signum
+    except KeyboardInterrupt:  # a second Ctrl-C while the run was stopping, or one outside a run
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_SIGNAL + signal.SIGINT
     except BrokenPipeError:  # output piped into `head`: not an error
         sys.stderr.close()
     return 0

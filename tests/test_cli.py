@@ -7,12 +7,15 @@ together once per module (a few at a time) and the tests check their results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -441,3 +444,65 @@ def test_the_checker_line_counts_positions_in_the_generated_part(shown):
     assert sorted(committed) == list(range(32))
     for pos in map(int, re.findall(r"@(\d+):", checker)):
         assert generated[pos] == committed[pos]  # the step lines' position system, not the whole text's
+
+
+def _running_steps(path: Path) -> int:
+    """Steps stored of the run still `running` in this database (0 while there is none)."""
+    import sqlite3
+
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        try:
+            row = db.execute(
+                "SELECT COUNT(*) FROM steps JOIN runs ON runs.id = steps.run_id WHERE runs.status = 'running'"
+            ).fetchone()
+        except sqlite3.OperationalError:  # the tables are not there yet
+            return 0
+    return int(row[0])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ends_the_run_as_cancelled_with_one_line(tmp_path, signum):
+    url, path = _db(tmp_path, "signal")
+    args = ["decode", "--prompt", PROMPT, "--gen-length", "256", "--steps", "256", "--db", url]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "explorer", *args],
+        cwd=REPO,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while _running_steps(path) == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the decode ended before it could be interrupted"
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 128 + signum
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"stopped by {signal.Signals(signum).name}: run "), err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        status, error, n_steps = db.execute("SELECT status, error, n_steps FROM runs").fetchone()
+        stored = db.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
+    assert status == "cancelled" and 0 < stored < 256 and n_steps == stored
+    assert error is None or "KeyboardInterrupt" not in error
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["show", "99999999999999999999"], "between 1 and"),
+        (["show", "abc"], "whole number"),
+        (["runs", "--limit", "-1"], "between 1 and"),
+        (["runs", "--limit", "0"], "between 1 and"),
+    ],
+)
+def test_ids_and_limits_out_of_range_are_one_error_line(tmp_path, args, words):
+    proc = _run(args, _env(tmp_path))
+    assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
