@@ -12,12 +12,21 @@ The same code runs on every backend (the tests run it on SQLite and on PostgreSQ
 psycopg, `postgresql+psycopg://user@host/db`): times are stored as naive UTC (`UTCDateTime`,
 independent of the server's or session's time zone) and read back naive UTC; the seed is a
 64-bit column (DecodeConfig allows 0..2^63-1); SQLite gets its pragmas (WAL, foreign keys).
+
+The schema is versioned with Alembic (explorer/store/migrations/): a writable open brings any
+database, new or written by an earlier release, to the newest revision; a read-only open
+(`read_only=True`, for commands that only read) creates and migrates nothing and refuses a
+database that needs an upgrade. Run ids are never reused (AUTOINCREMENT on SQLite, a sequence on
+PostgreSQL). A running run records its owner (process id, host name) and a heartbeat that the
+writer refreshes; `recover_interrupted` marks the runs whose owner is gone as `interrupted`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -44,10 +53,12 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.pool import NullPool
 
 from explorer.decoding.callbacks import Callback, RunStart
 from explorer.decoding.records import DecodeResult, StepExtras, StepRecord
@@ -56,7 +67,10 @@ from explorer.store.arrays import Commits, Edits, Remasks, RunArrays, assemble, 
 
 DEFAULT_DATA_DIR = Path(os.environ.get("EXPLORER_DATA_DIR", Path.home() / ".diffusion-explorer"))
 DB_URL_ENV = "EXPLORER_DB_URL"
-STATUSES = ("running", "completed", "failed", "cancelled")
+STATUSES = ("running", "completed", "failed", "cancelled", "interrupted")
+HEARTBEAT_S = 30.0  # a running run's writer refreshes its heartbeat at least this often
+STALE_AFTER_S = 300.0  # a running run whose heartbeat is older is taken as abandoned
+MAX_ERROR_CHARS = 2000
 COMMIT_EVENTS = ("commit", "revise")  # the events that write a token the model chose
 
 
@@ -93,6 +107,7 @@ class Base(DeclarativeBase):
 
 class Run(Base):
     __tablename__ = "runs"
+    __table_args__: ClassVar[dict] = {"sqlite_autoincrement": True}  # ids never reused (PostgreSQL: SERIAL's sequence)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC))
@@ -113,6 +128,10 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text)
     parent_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
     branch_step: Mapped[int | None] = mapped_column(Integer)
+    # While running: who writes it, and when it last did (migration 0002).
+    owner_pid: Mapped[int | None] = mapped_column(Integer)
+    owner_host: Mapped[str | None] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime | None]
 
     steps: Mapped[list[Step]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="Step.step"
@@ -239,26 +258,73 @@ def resolve_url(url: str | None = None, data_dir: str | Path | None = None) -> s
     return f"sqlite:///{Path(data_dir or DEFAULT_DATA_DIR) / 'trajectories.db'}"
 
 
-def open_engine(url: str) -> Engine:
-    """Create the engine and the tables; raise StoreError with a clear reason if impossible."""
+def open_engine(url: str, read_only: bool = False) -> Engine:
+    """The engine of `url`'s database, its schema brought to the newest revision (created if
+    the database is new); StoreError with a one-line reason if impossible.
+
+    `read_only`: for commands that only read. Nothing is created or migrated and the path need
+    not be writable (a SQLite file is opened in read-only mode, a file in a read-only directory
+    as immutable); a missing SQLite file, or a database that needs a migration, is refused with
+    the command that upgrades it."""
+    sqlite_path = None
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
+        sqlite_path = Path(url.removeprefix("sqlite:///"))
+    if sqlite_path is not None and not read_only:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the data directory {path.parent}: {exc.strerror}") from None
-        if (path.exists() and not os.access(path, os.W_OK)) or not os.access(path.parent, os.W_OK):
-            raise StoreError(f"database path {path} is not writable")
+            raise StoreError(f"cannot create the data directory {sqlite_path.parent}: {exc.strerror}") from None
+        if (sqlite_path.exists() and not os.access(sqlite_path, os.W_OK)) or not os.access(sqlite_path.parent, os.W_OK):
+            raise StoreError(f"database path {sqlite_path} is not writable")
+    if sqlite_path is not None and read_only and not sqlite_path.is_file():
+        raise StoreError(f"no database at {sqlite_path}")
+    from explorer.store import migrations  # here: its env imports this module
+
     try:
-        engine = create_engine(url)
+        if sqlite_path is not None and read_only:
+            engine = create_engine("sqlite://", creator=lambda: _sqlite_read_only(sqlite_path), poolclass=NullPool)
+        else:
+            engine = create_engine(url)
         if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(engine)
+            event.listen(engine, "connect", _sqlite_read_only_pragmas if read_only else _sqlite_pragmas)
+        reason = migrations.needs_upgrade(engine)
+        if reason is not None and read_only:
+            engine.dispose()
+            raise StoreError(
+                f"database {url} needs a schema upgrade ({reason}); opened read-only, it is left as it is: "
+                f"run `{migrations.UPGRADE_COMMAND.replace('URL', url)}` with write access to upgrade it"
+            )
+        if reason is not None:
+            if reason.startswith("its schema revision") and "newer" in reason:
+                engine.dispose()
+                raise StoreError(f"cannot open database {url}: {reason}; use a newer release of this program")
+            migrations.upgrade(engine)
     except SQLAlchemyError as exc:
         raise StoreError(
             f"cannot open database {url}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
         ) from None
+    except StoreError:
+        raise
+    except Exception as exc:  # alembic's errors (a revision it does not know, a failed check)
+        raise StoreError(f"cannot upgrade database {url}: {exc.__class__.__name__}: {exc}") from None
     return engine
+
+
+def _sqlite_read_only(path: Path):
+    """A read-only pysqlite connection: mode=ro, and immutable=1 when the directory is not
+    writable and holds no -shm file (WAL mode could not create one, and nobody can be writing)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    immutable = not os.access(path.parent, os.W_OK) and not Path(f"{path}-shm").exists()
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro" + ("&immutable=1" if immutable else "")
+    return sqlite3.connect(uri, uri=True, check_same_thread=False)
+
+
+def _sqlite_read_only_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
 
 
 def violation_scores(record: StepRecord) -> dict[int, float]:
@@ -273,13 +339,67 @@ def _blob(array: np.ndarray, dtype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=dtype).tobytes()
 
 
+def readable_error(status: str, error: str | None) -> tuple[str, str | None]:
+    """The (status, error) to store for a run that ended with `error` (as the engine words it,
+    "ExceptionName: message"): one line at most MAX_ERROR_CHARS long, never a bare exception
+    name. Ctrl-C (KeyboardInterrupt) and a requested exit (SystemExit) end the run `cancelled`;
+    a connection to the app that closed under the worker (EOFError, BrokenPipeError) leaves it
+    `interrupted`, its steps kept."""
+    if error is None:
+        return status, None
+    text = " ".join(str(error).split())
+    name, colon, message = text.partition(":")
+    name, message = (name, message.strip()) if colon and name.isidentifier() else ("", text)
+    if status == "failed" and (name == "KeyboardInterrupt" or text == "interrupted (Ctrl-C)"):
+        return "cancelled", "cancelled: interrupted by Ctrl-C (SIGINT)"
+    if status == "failed" and (name == "SystemExit" or text == "the process was told to exit"):
+        return "cancelled", "cancelled: the process was asked to exit (SIGTERM or SystemExit)"
+    if status == "failed" and (
+        name in ("EOFError", "BrokenPipeError", "ConnectionResetError") or text == "the connection to the app closed"
+    ):
+        return "interrupted", "interrupted: the app that started this run closed its connection to the worker"
+    if name and not message:
+        text = f"{name} (no message)"
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS - 1] + "…"
+    return status, text or None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with id `pid` exists on this host (one we may not signal counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+HOST = socket.gethostname()[:255]
+_writing: set[int] = set()  # ids of the runs this process is writing (its StoreWriters')
+
+
 class TrajectoryStore:
-    def __init__(self, url: str | None = None, data_dir: str | Path | None = None) -> None:
+    def __init__(self, url: str | None = None, data_dir: str | Path | None = None, read_only: bool = False) -> None:
+        """`read_only`: open an existing database for reading only (see `open_engine`)."""
         self.url = resolve_url(url, data_dir)
-        self.engine = open_engine(self.url)
+        self.read_only = read_only
+        self.engine = open_engine(self.url, read_only=read_only)
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
+
+    def schema_revision(self) -> str | None:
+        """The database's Alembic revision (explorer/store/migrations/versions)."""
+        from explorer.store import migrations
+
+        with self.engine.connect() as connection:
+            return migrations.current_revision(connection)
 
     # ---- writing -------------------------------------------------------------------------
     def create_run(self, start: RunStart, token_text: Callable[[int], str] = str) -> int:
@@ -296,6 +416,9 @@ class TrajectoryStore:
                 gen_length=start.config.gen_length,
                 mask_id=start.mask_id,
                 device=start.device,
+                owner_pid=os.getpid(),
+                owner_host=HOST,
+                heartbeat_at=datetime.now(UTC),
             )
             if start.origin is not None:
                 run.parent_run_id, run.branch_step = start.origin.parent_run_id, start.origin.branch_step
@@ -304,7 +427,8 @@ class TrajectoryStore:
             s.flush()
             if start.origin is not None:
                 _copy_prefix(s, start.origin, run.id, token_text)
-            return run.id
+        _writing.add(run.id)
+        return run.id
 
     def add_steps(self, run_id: int, records: list[StepRecord], token_text) -> None:
         """Write a batch of steps and their commit events in one transaction."""
@@ -364,24 +488,77 @@ class TrajectoryStore:
             s.execute(insert(Step), step_rows)
             if event_rows:
                 s.execute(insert(Event), event_rows)
-            s.get(Run, run_id).n_steps = records[-1].step + 1
+            run = s.get(Run, run_id)
+            run.n_steps, run.heartbeat_at = records[-1].step + 1, datetime.now(UTC)
+
+    def heartbeat(self, run_id: int) -> None:
+        """Record that the run's writer is alive (while the run is running)."""
+        with self.session() as s, s.begin():
+            s.execute(
+                update(Run).where(Run.id == run_id, Run.status == "running").values(heartbeat_at=datetime.now(UTC))
+            )
 
     def finish_run(self, run_id: int, result: DecodeResult) -> None:
         with self.session() as s, s.begin():
             run = s.get(Run, run_id)
-            run.status = result.status
+            run.status, run.error = readable_error(result.status, result.error)
             run.finished_at = datetime.now(UTC)
             run.final_text = result.text
             run.final_token_ids = result.token_ids
-            run.error = result.error
+        _writing.discard(run_id)
 
     def mark_failed(self, run_id: int, error: str) -> None:
         """For a run whose writer died with it (a killed worker): keep its steps, mark failed."""
         with self.session() as s, s.begin():
             run = s.get(Run, run_id)
             if run is not None and run.status == "running":
-                run.status, run.error = "failed", error
+                run.status, run.error = readable_error("failed", error)
                 run.finished_at = datetime.now(UTC)
+        _writing.discard(run_id)
+
+    def recover_interrupted(self, stale_after_s: float = STALE_AFTER_S) -> list[int]:
+        """Mark as `interrupted` (every stored step kept) each `running` run whose writer is
+        gone: on this host, its owner process has ended (or is this process, which is not
+        writing it, or has not refreshed the heartbeat for `stale_after_s` seconds: its pid was
+        reused); on another host, or with no owner recorded (a run of an earlier release), its
+        heartbeat (else its start) is older than `stale_after_s`. The ids marked, ascending.
+        For the app and the CLI to call on start."""
+        now = datetime.now(UTC).replace(tzinfo=None)
+        marked = []
+        with self.session() as s:
+            rows = s.execute(
+                select(Run.id, Run.owner_pid, Run.owner_host, Run.heartbeat_at, Run.created_at)
+                .where(Run.status == "running")
+                .order_by(Run.id)
+            ).all()
+        for run_id, pid, host, heartbeat, created in rows:
+            last = heartbeat or created
+            age = (now - last).total_seconds() if last is not None else float("inf")
+            who = f"pid {pid} on {host}" if pid is not None else "a release that did not record it"
+            if pid is not None and host == HOST:
+                if pid == os.getpid():
+                    gone = run_id not in _writing
+                else:
+                    gone = not pid_alive(pid) or age > stale_after_s
+                if not gone:
+                    continue
+                if pid == os.getpid() or not pid_alive(pid):
+                    reason = f"interrupted: the process that decoded it ({who}) ended"
+                else:
+                    reason = f"interrupted: the process that decoded it ({who}) stopped writing it {age:.0f} s ago"
+            elif age > stale_after_s:
+                reason = f"interrupted: the process that decoded it ({who}) ended (no heartbeat for {age:.0f} s)"
+            else:
+                continue
+            with self.session() as s, s.begin():
+                done = s.execute(
+                    update(Run)
+                    .where(Run.id == run_id, Run.status == "running")
+                    .values(status="interrupted", error=reason, finished_at=datetime.now(UTC))
+                )
+                if done.rowcount:
+                    marked.append(run_id)
+        return marked
 
     def delete_run(self, run_id: int) -> bool:
         with self.session() as s, s.begin():
@@ -653,21 +830,41 @@ class StoreWriter(Callback):
     """Engine callback: the run row at start, steps in batches, the final status at the end.
 
     Steps are flushed every `batch_steps` steps or `max_delay` seconds, whichever first, so a
-    killed process loses at most that much and the database stays consistent.
+    killed process loses at most that much and the database stays consistent. Each flush
+    refreshes the run's heartbeat, and a daemon thread refreshes it every `heartbeat_s` seconds
+    while the run is open (a step that takes minutes must not look abandoned).
     """
 
-    def __init__(self, store: TrajectoryStore, token_text, batch_steps: int = 16, max_delay: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: TrajectoryStore,
+        token_text,
+        batch_steps: int = 16,
+        max_delay: float = 0.5,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
         self.store = store
         self.token_text = token_text
         self.batch_steps = batch_steps
         self.max_delay = max_delay
+        self.heartbeat_s = heartbeat_s
         self.run_id: int | None = None
         self._pending: list[StepRecord] = []
         self._last_flush = time.monotonic()
+        self._stop_beating = threading.Event()
 
     def on_start(self, start: RunStart) -> None:
         self.run_id = self.store.create_run(start, self.token_text)
         self._last_flush = time.monotonic()
+        beat = threading.Thread(target=self._beat, args=(self.run_id,), name="run-heartbeat", daemon=True)
+        beat.start()
+
+    def _beat(self, run_id: int) -> None:
+        while not self._stop_beating.wait(self.heartbeat_s):
+            try:
+                self.store.heartbeat(run_id)
+            except SQLAlchemyError:
+                pass  # a busy or briefly unreachable database: the next beat or flush retries
 
     def on_step(self, record: StepRecord) -> None:
         self._pending.append(record)
@@ -682,5 +879,6 @@ class StoreWriter(Callback):
     def on_end(self, result: DecodeResult) -> None:
         if self.run_id is None:
             return
+        self._stop_beating.set()
         self.flush()
         self.store.finish_run(self.run_id, result)
