@@ -39,6 +39,7 @@ class Job:
     model: str
     config: DecodeConfig
     pace_ms: int = 0  # slow motion for teaching: pause after each step (does not change the result)
+    max_seconds: float = 0.0  # the run's wall-clock budget in the worker (0: none)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class BranchJob:
     model: str
     request: BranchRequest
     pace_ms: int = 0
+    max_seconds: float = 0.0  # as Job.max_seconds
 
 
 @dataclass(frozen=True)

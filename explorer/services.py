@@ -25,6 +25,11 @@ class Limits:
     max_import_bytes: int = 32 * 1024 * 1024
     runs_table_rows: int = 200
     max_pace_ms: int = 500
+    max_prompt_chars: int = 4000  # longer prompts are refused before they are read word by word
+    # A job's estimated sequence forwards (explorer/decoding/cost.py), refused above this before
+    # it is queued; and its wall-clock limit in the worker (the run ends failed, its steps kept).
+    max_job_passes: int = 4096
+    max_job_seconds: float = 300.0
 
 
 @dataclass

@@ -148,17 +148,41 @@ class _Pace(Callback):
 
 
 class _CancelCheck(Callback):
-    """Reads the job pipe between steps: a Cancel of this job (or a Shutdown) stops the run."""
+    """Reads the job pipe between steps: a Cancel of this job (or a Shutdown) stops the run, and so
+    does a closed pipe (the app is gone: the run ends cancelled with its steps, not with an
+    `EOFError: ` as its error)."""
 
     def __init__(self, conn: Connection, job_id: int) -> None:
         self.conn, self.job_id, self.cancelled = conn, job_id, False
 
     def should_stop(self) -> bool:
-        while self.conn.poll():
-            match self.conn.recv():
-                case Shutdown() | Cancel(job_id=self.job_id):
-                    self.cancelled = True
+        try:
+            while self.conn.poll():
+                match self.conn.recv():
+                    case Shutdown() | Cancel(job_id=self.job_id):
+                        self.cancelled = True
+        except (EOFError, OSError):
+            self.cancelled = True
         return self.cancelled
+
+
+class TimeBudgetExceeded(RuntimeError):
+    """A run went past its wall-clock budget: it ends failed, every step so far kept."""
+
+
+class _Deadline(Callback):
+    """Ends a run that takes longer than `seconds` (this server's `Limits.max_job_seconds`)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.began = seconds, time.monotonic()
+
+    def on_step(self, record: StepRecord) -> None:
+        took = time.monotonic() - self.began
+        if took > self.seconds:
+            raise TimeBudgetExceeded(
+                f"time budget: the run took {took:.0f} s, over this server's {self.seconds:g} s a run; "
+                f"its {record.step + 1} steps are kept"
+            )
 
 
 def worker_main(
@@ -208,6 +232,8 @@ def _run_one(
         return JobDone(job.job_id, run_job(job, denoiser, store, scorers, jobs, events))
     except _Cancelled:
         return JobError(job.job_id, "cancelled")
+    except TimeBudgetExceeded as exc:
+        return JobError(job.job_id, str(exc))
     except Exception as exc:
         if not is_out_of_memory(exc):
             return JobError(job.job_id, f"{type(exc).__name__}: {exc}")
@@ -243,6 +269,8 @@ def run_job(
     callbacks = [writer, stream, _CancelCheck(jobs, job.job_id)]
     if job.pace_ms > 0:
         callbacks.append(_Pace(job.pace_ms))
+    if job.max_seconds > 0:
+        callbacks.append(_Deadline(job.max_seconds))
     scorer = scorers.for_run(config, denoiser)
     result = run_decode(
         denoiser, prompt_ids, config, callbacks, prompt_text=prompt, ar_scorer=scorer, resume=resume, origin=origin
@@ -351,12 +379,17 @@ class WorkerPool:
         self._thread.start()
 
     # ---- client side ---------------------------------------------------------------------
-    def submit(self, prompt: str, model: str, config: DecodeConfig, pace_ms: int = 0) -> JobHandle:
-        return self._enqueue(lambda job_id: Job(job_id, prompt, model, config, int(pace_ms)))
+    def submit(
+        self, prompt: str, model: str, config: DecodeConfig, pace_ms: int = 0, max_seconds: float = 0.0
+    ) -> JobHandle:
+        """A decode; `max_seconds` (0: none): its wall-clock budget, enforced in the worker."""
+        return self._enqueue(lambda job_id: Job(job_id, prompt, model, config, int(pace_ms), float(max_seconds)))
 
-    def submit_branch(self, model: str, request: BranchRequest, pace_ms: int = 0) -> JobHandle:
+    def submit_branch(
+        self, model: str, request: BranchRequest, pace_ms: int = 0, max_seconds: float = 0.0
+    ) -> JobHandle:
         """A branch of a stored run decoded by `model`; it streams like a decode."""
-        return self._enqueue(lambda job_id: BranchJob(job_id, model, request, int(pace_ms)))
+        return self._enqueue(lambda job_id: BranchJob(job_id, model, request, int(pace_ms), float(max_seconds)))
 
     def submit_alternatives(self, model: str, run_id: int, step: int, position: int, top: int = 5) -> JobHandle:
         """The alternatives analysis at (step, position) of a stored run decoded by `model`."""

@@ -20,13 +20,21 @@ SPECIALS = (PAD, MASK, UNK)
 _WORD = re.compile(r"[a-z]+|[^\sa-z]")
 
 
+SHOWN_UNKNOWN = 5  # unknown words named (and given close matches) in the error; the rest counted
+SHOWN_WORD_CHARS = 40  # a longer unknown word is cut in the error
+
+
 class UnknownWordsError(ValueError):
+    """The words of a text that are not in the vocabulary: the first few named, with close matches."""
+
     def __init__(self, words: list[str], suggestions: dict[str, list[str]]) -> None:
         hints = []
-        for word in words:
+        for word in words[:SHOWN_UNKNOWN]:
             close = suggestions.get(word)
-            hints.append(f"{word!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        super().__init__("words not in the embedded vocabulary: " + ", ".join(hints))
+            shown = word if len(word) <= SHOWN_WORD_CHARS else word[: SHOWN_WORD_CHARS - 1] + "…"
+            hints.append(f"{shown!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        more = f" and {len(words) - SHOWN_UNKNOWN:,} more" if len(words) > SHOWN_UNKNOWN else ""
+        super().__init__("words not in the embedded vocabulary: " + ", ".join(hints) + more)
         self.words = words
 
 
@@ -70,7 +78,8 @@ class WordTokenizer:
         missing = self.unknown_words(text)
         if missing and unknown == "refuse":
             words = self.vocab[len(SPECIALS) :]
-            raise UnknownWordsError(missing, {w: difflib.get_close_matches(w, words, n=3) for w in missing})
+            shown = missing[:SHOWN_UNKNOWN]  # a close-match search per word is slow: only for those named
+            raise UnknownWordsError(missing, {w: difflib.get_close_matches(w[:40], words, n=3) for w in shown})
         return [self.ids.get(word, self.unk_id) for word in self.split(text)]
 
     def token(self, token_id: int) -> str:

@@ -348,7 +348,7 @@ def run_decode(
                 status = "cancelled"
                 break
     except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
+        error = error_text(exc)
         _end_all(
             callbacks,
             DecodeResult("failed", generated.tolist(), denoiser.decode(generated.tolist()), n_steps, error=error),
@@ -357,6 +357,24 @@ def run_decode(
     result = DecodeResult(status, generated.tolist(), denoiser.decode(generated.tolist()), n_steps)
     _end_all(callbacks, result)
     return result
+
+
+# Exceptions that carry no message of their own, said in words (a run's stored error text).
+_SAID = {
+    KeyboardInterrupt: "interrupted (Ctrl-C)",
+    SystemExit: "the process was told to exit",
+    EOFError: "the connection to the app closed",
+    BrokenPipeError: "the connection to the app closed",
+}
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for a run's error: the exception's own message with its type, or words for the
+    ones that have none (never a bare 'KeyboardInterrupt: ')."""
+    message = " ".join(str(exc).split())
+    if message:
+        return f"{type(exc).__name__}: {message}" if not message.startswith("time budget") else message
+    return next((said for kind, said in _SAID.items() if isinstance(exc, kind)), type(exc).__name__)
 
 
 def _end_all(callbacks: Sequence[Callback], result: DecodeResult) -> None:

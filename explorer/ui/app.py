@@ -305,7 +305,9 @@ class _DecodeHandlers:
         try:
             config = build_config(services, form)
             pace = min(max(int(form.get("pace_ms") or 0), 0), services.limits.max_pace_ms)
-            handle = services.pool.submit(form["prompt"].strip(), form["model"], config, pace_ms=pace)
+            handle = services.pool.submit(
+                form["prompt"].strip(), form["model"], config, pace_ms=pace, max_seconds=services.limits.max_job_seconds
+            )
         except (RequestError, RuntimeError) as exc:
             raise gr.Error(str(exc)) from None
         run = {

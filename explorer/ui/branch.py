@@ -270,7 +270,9 @@ class BranchHandlers:
         try:
             request = BranchRequest(int(parent["id"]), as_int("step", step), edits, settings)
             pace_ms = min(max(int(pace or 0), 0), self.services.limits.max_pace_ms)
-            handle = self.services.pool.submit_branch(parent["model"], request, pace_ms=pace_ms)
+            handle = self.services.pool.submit_branch(
+                parent["model"], request, pace_ms=pace_ms, max_seconds=self.services.limits.max_job_seconds
+            )
         except (RequestError, RuntimeError) as exc:
             raise gr.Error(str(exc)) from None
         yield self.bind({"panel": gr.Column(visible=False)})

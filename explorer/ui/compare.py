@@ -39,6 +39,7 @@ from explorer.ui.logic import (
     SAME_STRATEGY,
     ArraysCache,
     RequestError,
+    check_budget,
     other_model,
     rerun_config,
     token_text_for,
@@ -262,7 +263,8 @@ class OtherModel:
         model = model or other_model(services, a.run["model"])
         try:
             config = rerun_config(services, a.run, model, strategy)
-            handle = services.pool.submit(a.run["prompt"], model, config)
+            check_budget(config, services.limits.max_job_passes)
+            handle = services.pool.submit(a.run["prompt"], model, config, max_seconds=services.limits.max_job_seconds)
         except (RequestError, RuntimeError) as exc:
             raise gr.Error(str(exc)) from None
         what = f"Decoding run {a.run['id']}'s prompt (seed {config.seed}, {config.strategy}) on {model}"

@@ -80,18 +80,19 @@ def decode_controls(services: Services) -> dict:
     c["model"] = gr.Dropdown(models, value=first, label="Model", allow_custom_value=replay_only, elem_id="model")
     c["model_note"] = gr.Markdown(model_note(services.models.get(first)), elem_classes=["model-note"])
     with gr.Row():
-        # No min/max on the fields: the server's own check names the field and its range.
+        # No min/max on the fields: the server's own check names the field and its range. No
+        # rounding either (precision None): 3.5 steps is refused with a message, not run as 4.
         c["gen_length"] = gr.Number(
             d["gen_length"],
             label="Generation length",
-            precision=0,
+            precision=None,
             elem_id="gen-length",
             info=f"1..{services.limits.max_gen_length}",
         )
         c["steps"] = gr.Number(
-            d["steps"], label="Steps", precision=0, elem_id="steps", info="tokens per step = length / steps"
+            d["steps"], label="Steps", precision=None, elem_id="steps", info="tokens per step = length / steps"
         )
-    c["block_length"] = gr.Number(d["block_length"], label="Block length (0 = one block)", precision=0)
+    c["block_length"] = gr.Number(d["block_length"], label="Block length (0 = one block)", precision=None)
     c["strategy"] = gr.Dropdown(list(STRATEGIES), value=d["strategy"], label="Unmasking strategy", elem_id="strategy")
     c["strategy_note"] = gr.Markdown(strategy_note(d["strategy"]), elem_classes=["strategy-note"])
     c["schedule"] = gr.Dropdown(
@@ -106,7 +107,7 @@ def decode_controls(services: Services) -> dict:
     _strategy_knobs(c, {**d, "xdlm_k": model_noise_k(services.models.get(first))})
     with gr.Row():
         c["temperature"] = gr.Number(d["temperature"], label="Temperature", info="0 = argmax")
-        c["seed"] = gr.Number(d["seed"], label="Seed", precision=0)
+        c["seed"] = gr.Number(d["seed"], label="Seed", precision=None)
     _energies(c, d)
     _violations(c, services.models.get(first))
     c["pace_ms"] = gr.Slider(
@@ -131,7 +132,7 @@ def knob_field(knob: Knob, value, label: str, visible: bool = True, cap: int | N
         # The slider may reach an open bound: the server's check then names the valid range.
         return gr.Slider(knob.low, knob.high, value=value, step=knob.step, info=info, **common)
     valid = f"1..{cap}" if cap is not None else knob.valid_range()
-    return gr.Number(value, precision=0 if knob.kind is int else None, info=f"{valid}: {info}", **common)
+    return gr.Number(value, precision=None, info=f"{valid}: {info}", **common)
 
 
 def visible_knobs(strategy: str) -> dict[str, bool]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from explorer.branching.alternatives import CHECKED_MODELS
 from explorer.decoding.config import KNOBS, KNOBS_BY_NAME, ConfigError, DecodeConfig
+from explorer.decoding.cost import estimated_passes
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import Knob
 from explorer.decoding.strategies import STRATEGIES
@@ -120,6 +121,10 @@ def build_config(services: Services, form: dict) -> DecodeConfig:
     prompt = (form.get("prompt") or "").strip()
     if not prompt:
         raise RequestError("the prompt is empty: type a few words, e.g. 'once upon a time'")
+    if len(prompt) > services.limits.max_prompt_chars:
+        raise RequestError(
+            f"the prompt is {len(prompt):,} characters; this server accepts up to {services.limits.max_prompt_chars:,}"
+        )
     config = DecodeConfig(
         **_base_fields(services, form),
         **_knob_fields(form),
@@ -130,7 +135,18 @@ def build_config(services: Services, form: dict) -> DecodeConfig:
         config.validate(spec.context_length, len(spec.encode(prompt)))
     except (ConfigError, ValueError) as exc:
         raise RequestError(str(exc)) from None
+    check_budget(config, services.limits.max_job_passes)
     return config
+
+
+def check_budget(config: DecodeConfig, max_passes: int) -> None:
+    """Refuse a job whose estimated sequence forwards exceed the server's budget, naming both."""
+    passes = estimated_passes(config)
+    if passes > max_passes:
+        raise RequestError(
+            f"this run would take about {passes:,} sequence forwards; this server allows {max_passes:,} a run "
+            "(fewer energy candidates or orders, more steps, or a narrower energy window cost less)"
+        )
 
 
 def _checked_model(services: Services, model):

@@ -192,7 +192,7 @@ def runs_tab(
         column_widths=COLUMN_WIDTHS,
     )
     with gr.Row():
-        run_id = gr.Number(label="Selected run id", precision=0, elem_id="selected-run")
+        run_id = gr.Number(label="Selected run id", precision=None, elem_id="selected-run")  # 2.5: refused, not rounded
         open_btn = gr.Button("Open in Decode", variant="primary")
         export_btn = gr.Button("Export bundle")
         csv_btn = gr.Button("Export CSV", elem_id="export-csv")
@@ -277,6 +277,8 @@ def runs_tab(
         _get(services, cache, rid)
         if confirm is None or int(confirm) != int(rid):
             raise gr.Error(f"run {int(rid)} is not deleted: press Delete, then 'Confirm delete run {int(rid)}'")
+        if (services.store.get_run(int(rid)) or {}).get("status") == "running":
+            raise gr.Error(f"run {int(rid)} is still decoding: stop it (or let it end) before deleting it")
         services.store.delete_run(int(rid))
         cache.forget(int(rid))
         return (
@@ -359,9 +361,14 @@ def _size(n: int) -> str:
     return f"{n} bytes" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
 
 
+MAX_RUN_ID = 2**63 - 1  # ids are 64-bit signed integers in the store
+
+
 def _get(services: Services, cache: ArraysCache, rid):
     if rid is None:
         raise gr.Error("select a run first (click a row or type its id)")
+    if not isinstance(rid, int | float) or rid != rid or not 1 <= rid <= MAX_RUN_ID or rid != int(rid):
+        raise gr.Error(f"a run id is a whole number from 1 to {MAX_RUN_ID}, not {str(rid)[:40]}")
     try:
         return cache.get(int(rid))
     except KeyError:
