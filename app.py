@@ -57,7 +57,15 @@ def launch_kwargs() -> dict:
     scripts = ",\n".join(f"({path.read_text().strip().rstrip(';')})" for path in sorted(STATIC.glob("*.js")))
     # Third-party code the page needs before the scripts run (static/vendor/, each with its licence).
     head = "".join(f"<script>{path.read_text()}</script>" for path in sorted((STATIC / "vendor").glob("*.js")))
-    return {"css": css, "js": f"() => {{ [{scripts}].forEach((setup) => setup()); }}", "head": head}
+    # Gradio refuses a larger upload while it arrives (not after writing it whole): a bundle import's cap.
+    from explorer.services import Limits
+
+    return {
+        "css": css,
+        "js": f"() => {{ [{scripts}].forEach((setup) => setup()); }}",
+        "head": head,
+        "max_file_size": Limits().max_import_bytes,
+    }
 
 
 def create_services(args: argparse.Namespace):

@@ -42,6 +42,7 @@ from explorer.ui.logic import (
 )
 from explorer.ui.permalink import open_permalink
 from explorer.ui.runs import runs_tab
+from explorer.ui.toasts import refuse, warn
 from explorer.ui.view import DecodeView, lineage, pending_analysis, render_all, status_html
 from explorer.views import figures as plots
 from explorer.views import pairwise
@@ -82,7 +83,8 @@ REPLAY_ONLY_STATUS = "Replay-only: no model on this server. Open or import a sto
 
 def build_app(services: Services) -> gr.Blocks:
     cache = ArraysCache(services)
-    with gr.Blocks(title="Diffusion-LM Trajectory Explorer") as app:
+    # Uploads and files Gradio keeps for downloads are removed after an hour (checked hourly).
+    with gr.Blocks(title="Diffusion-LM Trajectory Explorer", delete_cache=(3600, 3600)) as app:
         run_state = gr.State(None)  # the stored run shown in the Decode tab
         job_state = gr.State(None)  # this session's running job, for Stop
         gr.Markdown(HEADER)
@@ -297,7 +299,7 @@ class _DecodeHandlers:
     def run(self, *values):
         services = self.services
         if services.pool is None:
-            raise gr.Error(
+            raise refuse(
                 "this server is replay-only: it runs no model, so Run is disabled. Open a stored run "
                 "in the Runs tab, or import a run bundle (.json) there."
             )
@@ -309,7 +311,7 @@ class _DecodeHandlers:
                 form["prompt"].strip(), form["model"], config, pace_ms=pace, max_seconds=services.limits.max_job_seconds
             )
         except (RequestError, RuntimeError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(str(exc)) from None
         run = {
             "id": None,
             "model": form["model"],
@@ -376,7 +378,7 @@ class _DecodeHandlers:
                     yield self._failed(run, f"{text}: {message}", metric, parent)
 
     def _failed(self, run: dict, message: str, metric: str, parent: int | None = None) -> dict:
-        gr.Warning(message)
+        warn(message)
         shown_id = run["id"] if run["id"] is not None else parent
         if shown_id is None:
             return self.view.bind(

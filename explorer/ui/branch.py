@@ -36,6 +36,7 @@ from explorer.ui.logic import (
     changed_settings,
     token_text_for,
 )
+from explorer.ui.toasts import inform, refuse, warn
 from explorer.ui.view import DecodeView, status_html
 from explorer.views.outcomes import alternatives_figure
 from explorer.views.tokens import state_at
@@ -136,11 +137,11 @@ class BranchHandlers:
         if run_id is None or getattr(evt, "_data", None) is None or evt._data.get("run") != run_id:
             return {}  # a live run without its id yet, or a stale view
         if self.services.pool is None:
-            gr.Info(REPLAY_ONLY_BRANCH[0].upper() + REPLAY_ONLY_BRANCH[1:])
+            inform(REPLAY_ONLY_BRANCH[0].upper() + REPLAY_ONLY_BRANCH[1:])
             return {}
         arrays = self.cache.get(int(run_id))
         if arrays.run["status"] == "running":
-            gr.Info("This run is still decoding: branch it once it has finished.")
+            inform("This run is still decoding: branch it once it has finished.")
             return {}
         position = int(evt.position)
         if not 0 <= position < arrays.gen_length:
@@ -227,7 +228,7 @@ class BranchHandlers:
         """Branch with the word typed (or '#id') at the position."""
         text = (word or "").strip()
         if not text:
-            raise gr.Error("type a word (or #id) to put at this position, or click one of the model's choices")
+            raise refuse("type a word (or #id) to put at this position, or click one of the model's choices")
         yield from self._branch(run_id, step, (Force(_position(position), parse_token(text)),), {}, metric, pace)
 
     def branch_choice(self, index: int):
@@ -251,16 +252,16 @@ class BranchHandlers:
         try:
             config = build_config(self.services, {**form, "prompt": parent["prompt"], "model": parent["model"]})
         except RequestError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(str(exc)) from None
         if config.gen_length != parent["gen_length"]:
             length = parent["gen_length"]
-            raise gr.Error(
+            raise refuse(
                 f"the form's generation length is {config.gen_length}, run {parent['id']}'s is {length}: "
                 f"a branch keeps its parent's generation length (set it to {length})"
             )
         settings = changed_settings(parent["config"], config)
         if not settings:
-            gr.Info(f"The form holds run {parent['id']}'s own settings: this branch repeats it from the step on.")
+            inform(f"The form holds run {parent['id']}'s own settings: this branch repeats it from the step on.")
         yield from self._branch(run_id, step, (), settings, form["metric"], form["pace_ms"])
 
     def _branch(self, run_id, step, edits: tuple[EditSpec, ...], settings: dict, metric, pace) -> Iterator[dict]:
@@ -274,7 +275,7 @@ class BranchHandlers:
                 parent["model"], request, pace_ms=pace_ms, max_seconds=self.services.limits.max_job_seconds
             )
         except (RequestError, RuntimeError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(str(exc)) from None
         yield self.bind({"panel": gr.Column(visible=False)})
         run = {
             "id": None,
@@ -286,18 +287,18 @@ class BranchHandlers:
     def _parent(self, run_id) -> dict:
         """The run to branch, checked: it exists, it has ended, its model is offered here."""
         if self.services.pool is None:
-            raise gr.Error(REPLAY_ONLY_BRANCH)
+            raise refuse(REPLAY_ONLY_BRANCH)
         try:
             rid = as_int("run", run_id)
         except RequestError:
-            raise gr.Error("pick a run first: click a token of a finished run in the Decode tab") from None
+            raise refuse("pick a run first: click a token of a finished run in the Decode tab") from None
         run = self.services.store.get_run(rid)
         if run is None:
-            raise gr.Error(f"there is no run with id {rid}")
+            raise refuse(f"there is no run with id {rid}")
         if run["status"] == "running":
-            raise gr.Error(f"run {rid} is still running: branch it once it has finished")
+            raise refuse(f"run {rid} is still running: branch it once it has finished")
         if run["model"] not in self.services.models:
-            raise gr.Error(
+            raise refuse(
                 f"run {rid} was decoded by model {run['model']!r}, which this server does not run; "
                 f"offered here: {', '.join(self.services.models)}"
             )
@@ -312,7 +313,7 @@ class BranchHandlers:
                 raise RequestError(f"top-N {n} is out of range; valid: 1..{MAX_TOP}")
             handle = self.services.pool.submit_alternatives(parent["model"], int(parent["id"]), k, p, n)
         except (RequestError, RuntimeError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(str(exc)) from None
         rows: list[dict] = []
         yield self.bind(
             {
@@ -339,7 +340,7 @@ class BranchHandlers:
                     )
                     yield self._alt_frame(rows, k, p, status_html("ok", line))
                 case JobError(message=message) | JobFailed(message=message):
-                    gr.Warning(f"The analysis ended with an error: {message}")
+                    warn(f"The analysis ended with an error: {message}")
                     yield self._alt_frame(
                         rows, k, p, status_html("error", f"The analysis ended with an error: {message}")
                     )
@@ -369,13 +370,13 @@ class BranchHandlers:
             rid = as_int("run", run_id)
             self.cache.get(rid)
         except (RequestError, KeyError):
-            raise gr.Error("pick a run of the analysis first (the dropdown, or click a table row)") from None
+            raise refuse("pick a run of the analysis first (the dropdown, or click a table row)") from None
         return self.view.stored(self.services, self.cache, rid, metric)
 
     def open_parent(self, run_id, metric):
         run = self.services.store.get_run(int(run_id)) if run_id is not None else None
         if run is None or run.get("parent_run_id") is None:
-            raise gr.Error("the run shown is not a branch")
+            raise refuse("the run shown is not a branch")
         return self.open_run(run["parent_run_id"], metric)
 
 
@@ -384,7 +385,7 @@ def _position(value) -> int:
     try:
         return as_int("position", value)
     except RequestError as exc:
-        raise gr.Error(f"{exc} (click a token to pick one)") from None
+        raise refuse(f"{exc} (click a token to pick one)") from None
 
 
 # The panel's outputs when it opens on a token, and when it only re-describes its choice.

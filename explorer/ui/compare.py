@@ -44,6 +44,7 @@ from explorer.ui.logic import (
     rerun_config,
     token_text_for,
 )
+from explorer.ui.toasts import refuse
 from explorer.ui.view import status_html
 from explorer.views import align
 from explorer.views import figures as plots
@@ -99,7 +100,7 @@ class CompareTab:
         child = _load(self.cache, child_id, "B")
         parent = child.run.get("parent_run_id")
         if parent is None:
-            raise gr.Error(f"run {child.run['id']} is not a branch: it has no parent to compare with")
+            raise refuse(f"run {child.run['id']} is not a branch: it has no parent to compare with")
         _load(self.cache, parent, "A (the parent; it may have been deleted)")
         return self.open_runs([parent, child.run["id"]], metric)
 
@@ -266,7 +267,7 @@ class OtherModel:
             check_budget(config, services.limits.max_job_passes)
             handle = services.pool.submit(a.run["prompt"], model, config, max_seconds=services.limits.max_job_seconds)
         except (RequestError, RuntimeError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(str(exc)) from None
         what = f"Decoding run {a.run['id']}'s prompt (seed {config.seed}, {config.strategy}) on {model}"
         yield bind({"other_status": status_html("busy", what + "…")})
         steps = 0
@@ -281,7 +282,7 @@ class OtherModel:
                     done = f"Run {b.run['id']}: run {a.run['id']}'s prompt and seed on {model} ({config.strategy})."
                     yield bind({**shown, "other_status": status_html("ok", done)})
                 case JobError(message=message) | JobFailed(message=message):
-                    raise gr.Error(f"the run on {model} ended with an error: {message}")
+                    raise refuse(f"the run on {model} ended with an error: {message}")
 
 
 # ---- picking runs -----------------------------------------------------------------------------------
@@ -330,13 +331,13 @@ def picked_ids(values) -> list[int]:
     ids: list[int] = []
     for value in values or []:
         if isinstance(value, bool):
-            raise gr.Error(f"{value!r} is not a run: pick runs from the list")
+            raise refuse(f"{value!r} is not a run: pick runs from the list")
         if isinstance(value, int | float) and math.isfinite(value) and value == int(value):
             run_id = int(value)
         else:
             match = re.fullmatch(r"\s*#?(\d+)\b.*", str(value), flags=re.DOTALL)
             if match is None:
-                raise gr.Error(f"{str(value)[:60]!r} is not a run: pick runs from the list (or type a run's id)")
+                raise refuse(f"{str(value)[:60]!r} is not a run: pick runs from the list (or type a run's id)")
             run_id = int(match.group(1))
         if run_id not in ids:
             ids.append(run_id)
@@ -348,23 +349,23 @@ def load_runs(cache: ArraysCache, values) -> list[RunArrays]:
     ids = picked_ids(values)
     if len(ids) > MAX_RUNS:
         named = ", ".join(f"#{i}" for i in ids)
-        raise gr.Error(
+        raise refuse(
             f"compare at most {MAX_RUNS} runs at once: {len(ids)} are picked ({named}); "
             f"remove {len(ids) - MAX_RUNS} of them"
         )
     if len(ids) < 2:
         only = f" (only run #{ids[0]} is picked)" if ids else ""
-        raise gr.Error(f"pick two to {MAX_RUNS} runs from the list to compare them{only}")
+        raise refuse(f"pick two to {MAX_RUNS} runs from the list to compare them{only}")
     return [_load(cache, run_id, LETTERS[i]) for i, run_id in enumerate(ids)]
 
 
 def _load(cache: ArraysCache, rid, label: str) -> RunArrays:
     if not rid:  # ids start at 1: an empty field arrives as None or 0
-        raise gr.Error(f"give the id of run {label}")
+        raise refuse(f"give the id of run {label}")
     try:
         return cache.get(int(rid))
     except KeyError:
-        raise gr.Error(f"there is no run with id {int(rid)} (run {label})") from None
+        raise refuse(f"there is no run with id {int(rid)} (run {label})") from None
 
 
 # ---- what the tab shows -------------------------------------------------------------------------------

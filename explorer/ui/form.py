@@ -21,6 +21,7 @@ from explorer.decoding.config import DecodeConfig
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.services import Services
 from explorer.ui.logic import _NOT_IN_FORM, DECODE_FIELDS, FORM_DEFAULTS, FORM_KNOBS, preset_form
+from explorer.ui.toasts import refuse
 
 NOT_SETTINGS = ("metric", "pace_ms")  # form fields that are not settings of a run
 RUN_FIELDS = tuple(name for name in DECODE_FIELDS if name not in NOT_SETTINGS)
@@ -141,7 +142,7 @@ def changed_since(opened: dict | None, *values) -> str:
 def rerun_values(opened: dict | None, metric: str, pace_ms) -> list:
     """The /decode inputs (`DECODE_FIELDS` order) that decode the opened run's settings again."""
     if not opened:
-        raise gr.Error("open a run first (Runs tab: select a run, then Open in Decode)")
+        raise refuse("open a run first (Runs tab: select a run, then Open in Decode)")
     form = {**opened["form"], "metric": metric, "pace_ms": pace_ms}
     return [form[name] for name in DECODE_FIELDS]
 
@@ -171,7 +172,7 @@ def wire_rerun(controls: dict, run: Callable, outputs: list, **kwargs) -> None:
 
     def fill(state):
         if not state:
-            raise gr.Error("open a run first (Runs tab: select a run, then Open in Decode)")
+            raise refuse("open a run first (Runs tab: select a run, then Open in Decode)")
         return [state["form"][name] for name in RUN_FIELDS]
 
     def rerun(state, metric, pace_ms):

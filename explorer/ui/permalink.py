@@ -4,13 +4,12 @@ player writes the first kind as it moves (static/components/player.js)."""
 
 from __future__ import annotations
 
-import html
-
 import gradio as gr
 
 from explorer.services import Services
 from explorer.ui.compare import CompareTab
 from explorer.ui.logic import ArraysCache
+from explorer.ui.toasts import warn
 from explorer.ui.view import DecodeView
 
 
@@ -57,9 +56,7 @@ def open_permalink(
             tabs: gr.Tabs(selected="decode"),
         }
     except KeyError:
-        gr.Warning(
-            f"This link names a run that is not in this server's store ({html.escape(str(request.query_params))})."
-        )
+        warn(f"This link names a run that is not in this server's store ({request.query_params!s}).")
     except (ValueError, gr.Error) as exc:
-        gr.Warning(f"This link cannot be opened: {html.escape(str(exc))}")
+        warn(f"This link cannot be opened: {exc}")
     return {tabs: gr.skip()}

@@ -312,10 +312,27 @@ def runs_tab(
                 f"the file is {_size(size)}; this server accepts bundles up to "
                 f"{_size(services.limits.max_import_bytes)}"
             )
+        import html  # the message quotes bundle text: shown as text in the toast, never as markup
+
+        def vocab_size(model: str) -> int | None:  # the vocabulary of a model offered here, else None
+            spec = services.models.get(model)
+            size = getattr(spec, "vocab_size", None)
+            if size is None and spec is not None:  # the embedded models: their tokenizer's length
+                tokenizer = getattr(spec.token_text, "__self__", None)
+                size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+            return size
+
+        limits = services.limits
         try:
-            report = import_bundle(services.store, Path(path).read_bytes())
+            report = import_bundle(
+                services.store,
+                Path(path).read_bytes(),
+                max_gen_length=limits.max_gen_length,
+                max_steps=limits.max_steps,
+                vocab_size=vocab_size,
+            )
         except BundleError as exc:
-            raise gr.Error(f"cannot import this file: {exc}") from None
+            raise gr.Error(html.escape(f"cannot import this file: {exc}")) from None
         ids = report.run_ids
         done = f"Imported as run {ids[0]}." if len(ids) == 1 else f"Imported {len(ids)} runs as {_id_list(ids)}."
         message = " ".join([done, *(f"Note: {note}." for note in report.notes)])
