@@ -340,6 +340,8 @@ def _decode(args: argparse.Namespace) -> None:
     denoiser = load_denoiser(args.model, registry=resolve_registry(args.models_config))
     prepare(args.prompt, denoiser, config)  # all input checks before the database is touched
     store = None if args.no_store else TrajectoryStore(args.db, args.data_dir)
+    if store is not None:
+        store.recover_interrupted()  # runs a dead process left `running` (a killed CLI, a crashed app)
     callbacks = [ProgressBar()] if sys.stderr.isatty() and not args.json else []
     with _stop_on_signals() as (flag, caught):
         out = decode(args.prompt, denoiser, config, store=store, callbacks=[*callbacks, flag])
@@ -474,12 +476,13 @@ def _run_json(out) -> dict:
     }
 
 
-def _existing_store(args: argparse.Namespace, run_id: int) -> TrajectoryStore:
-    """The store holding `run_id`; CliError (no database created) when there is none."""
+def _existing_store(args: argparse.Namespace, run_id: int, read_only: bool = False) -> TrajectoryStore:
+    """The store holding `run_id`; CliError (no database created) when there is none. `read_only`:
+    for commands that only read (a read-only database file can be shown)."""
     url = resolve_url(args.db, args.data_dir)
     if existing_sqlite_file(url) is False:  # do not create an empty database just to read it
         raise CliError(f"no run with id {run_id}: no database at {url} yet")
-    store = TrajectoryStore(url)
+    store = TrajectoryStore(url, read_only=read_only)
     if store.get_run(run_id) is None:
         raise CliError(f"no run with id {run_id} in {store.url} (see `python -m explorer runs`)")
     return store
@@ -583,7 +586,7 @@ def _runs(args: argparse.Namespace) -> None:
     if existing_sqlite_file(url) is False:
         print(f"no runs: no database at {url} yet")
         return
-    store = TrajectoryStore(url)
+    store = TrajectoryStore(url, read_only=True)  # it only reads: a read-only database is listed too
     runs = store.list_runs(limit=args.limit)
     if not runs:
         print(f"no runs in {store.url}")
@@ -599,7 +602,7 @@ def _runs(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
-    store = _existing_store(args, args.run_id)
+    store = _existing_store(args, args.run_id, read_only=True)
     run = store.get_run(args.run_id)
     print(
         f"run {run['id']}  {run['status']}  model {run['model']}  device {run['device']}  "

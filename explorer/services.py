@@ -62,6 +62,7 @@ class Services:
         stored runs (token texts come from the runs' stored events)."""
         limits = limits or Limits()
         store = TrajectoryStore(db_url)
+        store.recover_interrupted()  # runs a dead app or worker left `running` end `interrupted`, steps kept
         if replay_only:
             return cls(store, None, {}, registry, limits)
         model_names = registry.names() if model_names is None else model_names

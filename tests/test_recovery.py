@@ -188,3 +188,23 @@ def test_ctrl_c_is_stored_as_cancelled(store, denoiser):
     store.mark_failed(writer.run_id, "EOFError: ")  # not running any more: left as it is
     assert store.get_run(writer.run_id)["status"] == "cancelled"
     assert DecodeResult  # (the engine's result type, for readers)
+
+
+def test_the_app_and_the_cli_recover_on_start(tmp_path, denoiser):
+    """A run a dead app left `running` ends `interrupted` when the app starts again (Services.create)
+    or the CLI next decodes; the one the CLI then decodes completes."""
+    from explorer.cli import main
+    from explorer.services import Services
+
+    url = f"sqlite:///{tmp_path / 'restart.db'}"
+    store = TrajectoryStore(url)
+    first = _left_running(store, denoiser, owner_pid=_dead_pid(), owner_host=HOST, heartbeat_at=datetime.now(UTC))
+    services = Services.create(url, replay_only=True)
+    try:
+        assert services.store.get_run(first)["status"] == "interrupted"
+    finally:
+        services.close()
+    second = _left_running(store, denoiser, owner_pid=_dead_pid(), owner_host=HOST, heartbeat_at=datetime.now(UTC))
+    assert main(["decode", "--prompt", "once upon a time", "--gen-length", "8", "--steps", "4", "--db", url]) == 0
+    assert store.get_run(second)["status"] == "interrupted"
+    assert store.list_runs(limit=1)[0]["status"] == "completed"
