@@ -37,30 +37,28 @@ Rules:
 - `path`: one starting with `/`, `~`, `./` or `../` is a local folder (relative ones are taken
   from the configuration file's folder); anything else goes to `from_pretrained` unchanged (a
   hub id, or a folder relative to the working directory).
-- The file is validated once, when read: unknown keys, unknown families, bad dtypes or devices,
-  duplicate names and wrong types raise `ModelConfigError` naming the file and the field.
+- The file is validated once, when read, against the pydantic schema in
+  `explorer/adapters/operator_schema.py` (unknown keys, unknown families, bad dtypes or devices,
+  wrong types, numbers out of bounds) and for duplicate names: `ModelConfigError` with one
+  plain-text line naming the file, the entry, the field and what is wrong, e.g.
+  `models.toml: models[0] ('x'): field 'dtype': must be one of auto, float32, bfloat16, float16 (got 'fp8')`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from explorer.adapters.ar_scorers import AR_SCORER_LOADERS
-from explorer.adapters.devices import DTYPES as TORCH_DTYPES
+from pydantic import BaseModel
+
 from explorer.adapters.entries import BUILTIN_MODELS, EMBEDDED, EMBEDDED_AR_ENTRY, ArScorerEntry, ModelEntry
 from explorer.adapters.errors import ModelConfigError, UnknownModelError
-from explorer.adapters.families import MODEL_FAMILIES
+from explorer.adapters.operator_schema import validate_operator_config
 
 ENV_VAR = "EXPLORER_MODELS_CONFIG"
-DTYPES = ("auto", *TORCH_DTYPES)
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-CHAT_FAMILIES = ("llada", "dream")  # families whose tokenizers ship a chat template
 
 
 @dataclass(frozen=True)
@@ -97,7 +95,6 @@ class ModelRegistry:
 
 
 DEFAULT_REGISTRY = ModelRegistry()
-RESERVED_NAMES = frozenset({EMBEDDED, *(m.name for m in BUILTIN_MODELS)})
 
 
 # ---- reading and validating a file ---------------------------------------------------------
@@ -118,34 +115,23 @@ def load_registry(path: str | os.PathLike) -> ModelRegistry:
 
 
 def parse_registry(data: object, source: str = "<models config>", base_dir: Path | None = None) -> ModelRegistry:
-    """Validate an already parsed configuration object; `source` names it in errors."""
-    if not isinstance(data, dict):
-        raise ModelConfigError(
-            f"{source}: the top level must be a table/object with 'models' "
-            f"(and optionally 'ar_scorers'), got {type(data).__name__}"
-        )
-    unknown = sorted(set(data) - {"models", "ar_scorers"})
-    if unknown:
-        raise ModelConfigError(
-            f"{source}: unknown top-level key(s) {', '.join(map(repr, unknown))}; valid: 'models', 'ar_scorers'"
-        )
-    models = tuple(
-        _parse_model(item, f"{source}: models[{i}]", base_dir, tuple(MODEL_FAMILIES))
-        for i, item in enumerate(_list(data.get("models", []), f"{source}: 'models'"))
-    )
-    scorers = tuple(
-        _parse_ar_scorer(item, f"{source}: ar_scorers[{i}]", base_dir)
-        for i, item in enumerate(_list(data.get("ar_scorers", []), f"{source}: 'ar_scorers'"))
-    )
+    """Validate an already parsed configuration object; `source` names it in errors.
+
+    The schema (explorer/adapters/operator_schema.py, pydantic) checks keys, types, bounds and
+    each entry's rules; this adds what spans entries (unique names) and resolves relative paths."""
+    config = validate_operator_config(data, source)
+    models = tuple(ModelEntry(**_fields(m, base_dir)) for m in config.models)
+    scorers = tuple(ArScorerEntry(**_fields(s, base_dir)) for s in config.ar_scorers)
     _check_unique([m.name for m in models], f"{source}: models")
     _check_unique([s.name for s in scorers], f"{source}: ar_scorers")
     return ModelRegistry(models, scorers, source)
 
 
-def _list(value: object, where: str) -> list:
-    if not isinstance(value, list):
-        raise ModelConfigError(f"{where} must be a list (TOML: [[models]] tables), got {type(value).__name__}")
-    return value
+def _fields(entry: BaseModel, base_dir: Path | None) -> dict:
+    """A validated entry's fields (defaults included) for its dataclass, the path resolved."""
+    values = entry.model_dump()
+    values["path"] = _resolve_path(values["path"], base_dir)
+    return values
 
 
 def _check_unique(names: list[str], where: str) -> None:
@@ -156,66 +142,6 @@ def _check_unique(names: list[str], where: str) -> None:
         seen.add(name)
 
 
-def _typed(cls, item: object, where: str) -> tuple[dict, str]:
-    """Check keys and value types against the dataclass `cls`; return the fields and a location."""
-    if not isinstance(item, dict):
-        raise ModelConfigError(f"{where}: each entry must be a table/object, got {type(item).__name__}")
-    name = item.get("name")
-    if isinstance(name, str):
-        where = f"{where} ({name!r})"
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(item) - set(known))
-    if unknown:
-        raise ModelConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(known)}")
-    for required in ("name", "family"):
-        if required not in item:
-            raise ModelConfigError(f"{where}: field {required!r} is required")
-    expected = {
-        "name": str,
-        "family": str,
-        "path": str,
-        "dtype": str,
-        "device": str,
-        "revision": str,
-        "description": str,
-        "trust_remote_code": bool,
-        "chat": bool,
-        "mask_id": int,
-        "context_length": int,
-    }
-    for key, value in item.items():
-        kind = expected[key]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if not ok:
-            raise ModelConfigError(f"{where}: field {key!r} must be {_kind_name(kind)}, got {value!r}")
-    return dict(item), where
-
-
-def _kind_name(kind: type) -> str:
-    return {str: "a string", bool: "true or false", int: "a whole number"}[kind]
-
-
-def _common(item: dict, where: str) -> None:
-    if not NAME_PATTERN.match(item["name"]):
-        raise ModelConfigError(
-            f"{where}: field 'name' {item['name']!r} must be 1-64 characters of "
-            "letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    if item["name"] in RESERVED_NAMES:
-        raise ModelConfigError(
-            f"{where}: field 'name': {item['name']!r} is reserved for a built-in model "
-            "(always offered); choose another name"
-        )
-    dtype = item.get("dtype", "auto")
-    if dtype not in DTYPES:
-        raise ModelConfigError(f"{where}: field 'dtype' {dtype!r} is not one of {', '.join(DTYPES)}")
-    device = item.get("device", "auto")
-    if not DEVICE_PATTERN.match(device):
-        raise ModelConfigError(f"{where}: field 'device' {device!r} is not one of auto, cpu, mps, cuda, cuda:N")
-    if "path" in item and not item["path"].strip():
-        raise ModelConfigError(f"{where}: field 'path' is empty")
-
-
 def _resolve_path(path: str | None, base_dir: Path | None) -> str | None:
     if path is None:
         return None
@@ -224,40 +150,6 @@ def _resolve_path(path: str | None, base_dir: Path | None) -> str | None:
     if path.startswith(("./", "../")) and base_dir is not None:
         return str((base_dir / path).resolve())
     return path
-
-
-def _parse_model(item: object, where: str, base_dir: Path | None, families: tuple[str, ...]) -> ModelEntry:
-    item, where = _typed(ModelEntry, item, where)
-    _common(item, where)
-    family = item["family"]
-    if family not in families:
-        raise ModelConfigError(f"{where}: field 'family' {family!r} is unknown; valid: {', '.join(families)}")
-    if family not in ("embedded", "embedded_xdlm") and "path" not in item:
-        raise ModelConfigError(f"{where}: field 'path' is required (a hub id or a local folder)")
-    if item.get("chat") and family not in CHAT_FAMILIES:
-        raise ModelConfigError(
-            f"{where}: field 'chat' applies to the families with a chat template "
-            f"({', '.join(CHAT_FAMILIES)}), not {family!r}"
-        )
-    if item.get("mask_id") is not None and item["mask_id"] < 0:
-        raise ModelConfigError(f"{where}: field 'mask_id' must be >= 0, got {item['mask_id']}")
-    if item.get("context_length") is not None and item["context_length"] < 2:
-        raise ModelConfigError(f"{where}: field 'context_length' must be >= 2, got {item['context_length']}")
-    item["path"] = _resolve_path(item.get("path"), base_dir)
-    return ModelEntry(**item)
-
-
-def _parse_ar_scorer(item: object, where: str, base_dir: Path | None) -> ArScorerEntry:
-    item, where = _typed(ArScorerEntry, item, where)
-    _common(item, where)
-    if item["family"] not in AR_SCORER_LOADERS:
-        raise ModelConfigError(
-            f"{where}: field 'family' {item['family']!r} is unknown; valid: {', '.join(sorted(AR_SCORER_LOADERS))}"
-        )
-    if item["family"] == "causal_lm" and "path" not in item:
-        raise ModelConfigError(f"{where}: field 'path' is required for a causal_lm scorer")
-    item["path"] = _resolve_path(item.get("path"), base_dir)
-    return ArScorerEntry(**item)
 
 
 # ---- which registry is in force ------------------------------------------------------------
