@@ -333,16 +333,18 @@ def test_wire_rerun_decodes_the_opened_runs_settings(server, db):
 
 
 def test_notes_table_appears_in_an_older_database(tmp_path):
-    """A database written before run_notes existed gets the table on the next open (create_all)."""
+    """A database written before run_notes existed (the previous release's, committed as a fixture)
+    gets the table on the next open (the migrations), and its runs take notes."""
+    import shutil
     import sqlite3
 
     path = tmp_path / "old.db"
-    store = TrajectoryStore(f"sqlite:///{path}")
-    RunNote.__table__.drop(store.engine)
-    store.engine.dispose()
+    shutil.copy(Path(__file__).parent / "fixtures" / "release_e9573b2.db", path)
     assert "run_notes" not in {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master")}
     store = TrajectoryStore(f"sqlite:///{path}")
     assert "run_notes" in {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master")}
+    store.set_notes(1, "old, kept", "written after the upgrade")
+    assert store.get_notes(1)["tags"] == ["old", "kept"]
     with pytest.raises(KeyError):
-        store.set_notes(1, "a", "")
+        store.set_notes(999, "a", "")
     store.engine.dispose()

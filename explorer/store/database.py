@@ -63,6 +63,7 @@ from sqlalchemy.pool import NullPool
 from explorer.decoding.callbacks import Callback, RunStart
 from explorer.decoding.records import DecodeResult, StepExtras, StepRecord
 from explorer.decoding.resume import EDIT_EVENTS, Origin
+from explorer.store import migrations  # its scripts import this module when Alembic runs them, not before
 from explorer.store.arrays import Commits, Edits, Remasks, RunArrays, assemble, fit_top, revised_flags
 
 DEFAULT_DATA_DIR = Path(os.environ.get("EXPLORER_DATA_DIR", Path.home() / ".diffusion-explorer"))
@@ -278,8 +279,6 @@ def open_engine(url: str, read_only: bool = False) -> Engine:
             raise StoreError(f"database path {sqlite_path} is not writable")
     if sqlite_path is not None and read_only and not sqlite_path.is_file():
         raise StoreError(f"no database at {sqlite_path}")
-    from explorer.store import migrations  # here: its env imports this module
-
     try:
         if sqlite_path is not None and read_only:
             engine = create_engine("sqlite://", creator=lambda: _sqlite_read_only(sqlite_path), poolclass=NullPool)
@@ -396,8 +395,6 @@ class TrajectoryStore:
 
     def schema_revision(self) -> str | None:
         """The database's Alembic revision (explorer/store/migrations/versions)."""
-        from explorer.store import migrations
-
         with self.engine.connect() as connection:
             return migrations.current_revision(connection)
 
