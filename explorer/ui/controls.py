@@ -75,9 +75,10 @@ def decode_controls(services: Services) -> dict:
     # fields of the form differ from its settings.
     c["opened_run"] = gr.State(None)
     c["changed_since"] = gr.HTML(elem_id="changed-since")
-    # Replay-only offers no model; any name then reaches the handler, which says why it refuses.
     first = models[0] if models else None
-    c["model"] = gr.Dropdown(models, value=first, label="Model", allow_custom_value=replay_only, elem_id="model")
+    # Any name reaches the handler, which refuses an unknown one in words (Gradio's own refusal of a
+    # value not in the list would show the value as markup).
+    c["model"] = gr.Dropdown(models, value=first, label="Model", allow_custom_value=True, elem_id="model")
     c["model_note"] = gr.Markdown(model_note(services.models.get(first)), elem_classes=["model-note"])
     with gr.Row():
         # No min/max on the fields: the server's own check names the field and its range. No
