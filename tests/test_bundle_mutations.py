@@ -404,8 +404,9 @@ def test_runs_tab_import_toast_escapes_bundle_text(bundles, target, tmp_path):
         handlers[0](str(path), "(any)", "(any)", "(any)", "", "")
     message = info.value.message
     assert "<b>" not in message and "<img" not in message, message
-    assert "&lt;b&gt;x&lt;/b&gt;&lt;img src=x&gt;" in message, message
+    assert "&lt;b>x&lt;/b>&lt;img src=x>" in message, message  # every tag opener escaped (ui/toasts.py)
     assert counts(target.store) == before
+    assert not path.exists()  # the upload is removed once read, refused or not (defect 4)
 
 
 def test_messages_are_one_line_even_for_multiline_bundle_text(bundles, target):

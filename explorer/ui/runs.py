@@ -19,6 +19,7 @@ from explorer.store.database import STATUSES
 from explorer.store.export import export_zip
 from explorer.ui.form import RUN_FIELDS, PresetMatcher, changed_since, opened_state, wire_changed_since
 from explorer.ui.logic import ArraysCache, run_tree
+from explorer.ui.toasts import refuse
 from explorer.ui.view import DecodeView, status_html
 from explorer.views.verdict import verdict_of
 
@@ -276,9 +277,9 @@ def runs_tab(
     def delete(rid, confirm, *values):
         _get(services, cache, rid)
         if confirm is None or int(confirm) != int(rid):
-            raise gr.Error(f"run {int(rid)} is not deleted: press Delete, then 'Confirm delete run {int(rid)}'")
+            raise refuse(f"run {int(rid)} is not deleted: press Delete, then 'Confirm delete run {int(rid)}'")
         if (services.store.get_run(int(rid)) or {}).get("status") == "running":
-            raise gr.Error(f"run {int(rid)} is still decoding: stop it (or let it end) before deleting it")
+            raise refuse(f"run {int(rid)} is still decoding: stop it (or let it end) before deleting it")
         services.store.delete_run(int(rid))
         cache.forget(int(rid))
         return (
@@ -298,41 +299,36 @@ def runs_tab(
         try:
             stored = services.store.set_notes(int(rid), tag_text, note_text)
         except ValueError as exc:
-            raise gr.Error(str(exc)) from None
+            raise refuse(str(exc)) from None
         shown = ", ".join(stored["tags"]) or "no tags"
         done = f"Run {int(rid)}: {shown}; " + ("note saved." if stored["note"] else "no note.")
         return _rows(services, *values), status_html("ok", done), ", ".join(stored["tags"])
 
     def do_import(path, *values):
         if not path:
-            raise gr.Error("choose a .json bundle to import")
-        size = Path(path).stat().st_size
-        if size > services.limits.max_import_bytes:
-            raise gr.Error(
-                f"the file is {_size(size)}; this server accepts bundles up to "
-                f"{_size(services.limits.max_import_bytes)}"
-            )
-        import html  # the message quotes bundle text: shown as text in the toast, never as markup
-
-        def vocab_size(model: str) -> int | None:  # the vocabulary of a model offered here, else None
-            spec = services.models.get(model)
-            size = getattr(spec, "vocab_size", None)
-            if size is None and spec is not None:  # the embedded models: their tokenizer's length
-                tokenizer = getattr(spec.token_text, "__self__", None)
-                size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
-            return size
-
+            raise refuse("choose a .json bundle to import")
+        upload = Path(path)
+        try:  # the upload is read once and removed, accepted or not: nothing is left behind
+            size = upload.stat().st_size
+            if size > services.limits.max_import_bytes:
+                raise refuse(
+                    f"the file is {_size(size)}; this server accepts bundles up to "
+                    f"{_size(services.limits.max_import_bytes)}"
+                )
+            data = upload.read_bytes()
+        finally:
+            upload.unlink(missing_ok=True)
         limits = services.limits
         try:
             report = import_bundle(
                 services.store,
-                Path(path).read_bytes(),
+                data,
                 max_gen_length=limits.max_gen_length,
                 max_steps=limits.max_steps,
-                vocab_size=vocab_size,
+                vocab_size=lambda model: _vocab_size(services, model),
             )
         except BundleError as exc:
-            raise gr.Error(html.escape(f"cannot import this file: {exc}")) from None
+            raise refuse(f"cannot import this file: {exc}") from None
         ids = report.run_ids
         done = f"Imported as run {ids[0]}." if len(ids) == 1 else f"Imported {len(ids)} runs as {_id_list(ids)}."
         message = " ".join([done, *(f"Note: {note}." for note in report.notes)])
@@ -378,15 +374,25 @@ def _size(n: int) -> str:
     return f"{n} bytes" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
 
 
+def _vocab_size(services: Services, model: str) -> int | None:
+    """The vocabulary size of a model offered here (a bundle's token ids are checked against it), else None."""
+    spec = services.models.get(model)
+    size = getattr(spec, "vocab_size", None)
+    if size is None and spec is not None:  # the embedded models: their tokenizer's length
+        tokenizer = getattr(spec.token_text, "__self__", None)
+        size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    return size
+
+
 MAX_RUN_ID = 2**63 - 1  # ids are 64-bit signed integers in the store
 
 
 def _get(services: Services, cache: ArraysCache, rid):
     if rid is None:
-        raise gr.Error("select a run first (click a row or type its id)")
+        raise refuse("select a run first (click a row or type its id)")
     if not isinstance(rid, int | float) or rid != rid or not 1 <= rid <= MAX_RUN_ID or rid != int(rid):
-        raise gr.Error(f"a run id is a whole number from 1 to {MAX_RUN_ID}, not {str(rid)[:40]}")
+        raise refuse(f"a run id is a whole number from 1 to {MAX_RUN_ID}, not {str(rid)[:40]}")
     try:
         return cache.get(int(rid))
     except KeyError:
-        raise gr.Error(f"there is no run with id {int(rid)}") from None
+        raise refuse(f"there is no run with id {int(rid)}") from None
