@@ -204,8 +204,9 @@ def assert_same_arrays(store_a, id_a, store_b, id_b) -> None:
     for f in fields(a):
         if f.name == "run":
             local = ("id", "parent_run_id", "owner_pid", "owner_host", "heartbeat_at")
-            strip = lambda d: {k: v for k, v in d.items() if k not in local}  # noqa: E731
-            assert strip(a.run) == strip(b.run)
+            assert {k: v for k, v in a.run.items() if k not in local} == {
+                k: v for k, v in b.run.items() if k not in local
+            }
         elif f.name == "extras":
             assert a.extras == b.extras
         elif f.name in ("commits", "remasks", "edits"):  # event tables

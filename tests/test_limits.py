@@ -175,5 +175,6 @@ def test_the_app_refuses_to_delete_a_decoding_run_and_bad_run_ids(tmp_path):
             with pytest.raises(Exception, match="a run id is a whole number from 1 to"):
                 client.predict(bad, "confidence", api_name="/open_run")
         # a fraction in an integer field is refused by name, not rounded
-        with pytest.raises(Exception, match="steps must be a whole number"):
-            client.predict(*decode_args(steps=3.5), api_name="/decode")
+        for steps in (3.5, "abc"):  # text from an API client too: the field named, not a bare "Error"
+            with pytest.raises(Exception, match="steps must be a whole number"):
+                client.predict(*decode_args(steps=steps), api_name="/decode")
