@@ -36,7 +36,7 @@ from explorer.ui.logic import (
     changed_settings,
     token_text_for,
 )
-from explorer.ui.toasts import NumberField, inform, refuse, warn
+from explorer.ui.toasts import inform, refuse, warn
 from explorer.ui.view import DecodeView, status_html
 from explorer.views.outcomes import alternatives_figure
 from explorer.views.tokens import state_at
@@ -81,17 +81,17 @@ def branch_panel(services: Services) -> dict:
         # What the head describes, editable: the API's inputs too (the head follows a typed value).
         with gr.Accordion("Run, step and position (type to choose another)", open=False, elem_id="branch-where"):
             with gr.Row():
-                p["run"] = NumberField(label="Run", precision=0, interactive=False, elem_id="branch-run", min_width=70)
-                p["step"] = NumberField(
+                p["run"] = gr.Number(label="Run", precision=0, interactive=False, elem_id="branch-run", min_width=70)
+                p["step"] = gr.Number(
                     label="Branch after step (-1 = from the prompt)", precision=0, elem_id="branch-step", min_width=110
                 )
-                p["position"] = NumberField(label="Position", precision=0, elem_id="branch-position", min_width=80)
+                p["position"] = gr.Number(label="Position", precision=0, elem_id="branch-position", min_width=80)
         with gr.Accordion(
             "Which decision mattered? Try the model's top tokens here", open=False, elem_id="alternatives"
         ):
             gr.Markdown(ALTERNATIVES_NOTE, elem_classes=["branch-note"])
             with gr.Row(equal_height=True):
-                p["top"] = NumberField(
+                p["top"] = gr.Number(
                     5, label=f"Top-N tokens (1..{MAX_TOP})", precision=0, elem_id="alt-top", min_width=120
                 )
                 p["analyse"] = gr.Button("Run analysis", elem_id="alt-run", min_width=120)

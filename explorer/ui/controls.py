@@ -28,7 +28,6 @@ from explorer.ui.logic import (
     strategy_note,
     violations_default,
 )
-from explorer.ui.toasts import NumberField
 
 ENERGY_NOTE = """Each step draws **k candidates** for the tokens it commits from the model's per-position
 marginals and keeps one with probability softmax(−E/τ), where E = Σ weight × term: lower energy = more likely kept.
@@ -84,17 +83,17 @@ def decode_controls(services: Services) -> dict:
     with gr.Row():
         # No min/max on the fields: the server's own check names the field and its range. No
         # rounding either (precision None): 3.5 steps is refused with a message, not run as 4.
-        c["gen_length"] = NumberField(
+        c["gen_length"] = gr.Number(
             d["gen_length"],
             label="Generation length",
             precision=None,
             elem_id="gen-length",
             info=f"1..{services.limits.max_gen_length}",
         )
-        c["steps"] = NumberField(
+        c["steps"] = gr.Number(
             d["steps"], label="Steps", precision=None, elem_id="steps", info="tokens per step = length / steps"
         )
-    c["block_length"] = NumberField(d["block_length"], label="Block length (0 = one block)", precision=None)
+    c["block_length"] = gr.Number(d["block_length"], label="Block length (0 = one block)", precision=None)
     c["strategy"] = gr.Dropdown(list(STRATEGIES), value=d["strategy"], label="Unmasking strategy", elem_id="strategy")
     c["strategy_note"] = gr.Markdown(strategy_note(d["strategy"]), elem_classes=["strategy-note"])
     c["schedule"] = gr.Dropdown(
@@ -108,8 +107,8 @@ def decode_controls(services: Services) -> dict:
     # The XDLM strategies' k starts at the noise the first model was trained with (0: masked).
     _strategy_knobs(c, {**d, "xdlm_k": model_noise_k(services.models.get(first))})
     with gr.Row():
-        c["temperature"] = NumberField(d["temperature"], label="Temperature", info="0 = argmax")
-        c["seed"] = NumberField(d["seed"], label="Seed", precision=None)
+        c["temperature"] = gr.Number(d["temperature"], label="Temperature", info="0 = argmax")
+        c["seed"] = gr.Number(d["seed"], label="Seed", precision=None)
     _energies(c, d)
     _violations(c, services.models.get(first))
     c["pace_ms"] = gr.Slider(
@@ -134,7 +133,7 @@ def knob_field(knob: Knob, value, label: str, visible: bool = True, cap: int | N
         # The slider may reach an open bound: the server's check then names the valid range.
         return gr.Slider(knob.low, knob.high, value=value, step=knob.step, info=info, **common)
     valid = f"1..{cap}" if cap is not None else knob.valid_range()
-    return NumberField(value, precision=None, info=f"{valid}: {info}", **common)
+    return gr.Number(value, precision=None, info=f"{valid}: {info}", **common)
 
 
 def visible_knobs(strategy: str) -> dict[str, bool]:
@@ -168,7 +167,7 @@ def _energies(c: dict, d: dict) -> None:
         )
         with gr.Row():
             for term in ENERGY_TERMS:
-                c[f"weight_{term}"] = NumberField(
+                c[f"weight_{term}"] = gr.Number(
                     d[f"weight_{term}"], label=f"weight {term}", min_width=70, elem_id=f"weight-{term}"
                 )
         with gr.Row():
@@ -176,14 +175,14 @@ def _energies(c: dict, d: dict) -> None:
                 if knob.in_form:
                     c[knob.name] = knob_field(knob, d[knob.name], knob.label, cap=SERVER_CAPS.get(knob.name))
         with gr.Row():
-            c["window_start"] = NumberField(
+            c["window_start"] = gr.Number(
                 d["window_start"],
                 label="Window start t",
                 elem_id="window-start",
                 min_width=120,
                 info="masked fraction, 0..1",
             )
-            c["window_end"] = NumberField(
+            c["window_end"] = gr.Number(
                 d["window_end"], label="Window end t", elem_id="window-end", min_width=120, info="1 = the first step"
             )
 

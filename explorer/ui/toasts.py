@@ -27,17 +27,3 @@ def warn(message: object) -> None:
 
 def inform(message: object) -> None:
     gr.Info(as_text(message))
-
-
-class NumberField(gr.Number):
-    """A number box whose refusal of a value that is not a number (an API client's text, NaN in a
-    whole-number field) names the field, instead of Gradio's bare "Error"."""
-
-    def preprocess(self, payload):
-        try:
-            value = super().preprocess(payload)
-        except (TypeError, ValueError, OverflowError):
-            value = None if payload is None else "invalid"
-        if value == "invalid" or (isinstance(value, float) and value != value and self.precision == 0):
-            raise refuse(f"{self.label or 'a number field'} must be a number, not {str(payload)[:40]!r}")
-        return value
