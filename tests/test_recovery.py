@@ -208,3 +208,57 @@ def test_the_app_and_the_cli_recover_on_start(tmp_path, denoiser):
     assert main(["decode", "--prompt", "once upon a time", "--gen-length", "8", "--steps", "4", "--db", url]) == 0
     assert store.get_run(second)["status"] == "interrupted"
     assert store.list_runs(limit=1)[0]["status"] == "completed"
+
+
+def test_sigterm_to_the_app_ends_its_run_cancelled_with_the_steps(tmp_path):
+    """`docker stop` sends SIGTERM: the app shuts its worker pool down, the run being decoded stops at
+    its next step and is stored `cancelled`, never left `running`; its steps are kept."""
+    import os
+    import signal
+    import socket
+    import time
+    from pathlib import Path
+
+    from gradio_client import Client
+
+    repo = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    app = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), "--db", url, "--threads", "1"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        client = None
+        while client is None and time.monotonic() < deadline:
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            except Exception:
+                time.sleep(0.5)
+        assert client is not None, "the app did not start"
+        from app_server import decode_args
+
+        client.submit(*decode_args(gen_length=32, steps=32, pace_ms=200), api_name="/decode")
+        store = TrajectoryStore(url)
+        while time.monotonic() < deadline:
+            runs = store.list_runs()
+            if runs and store.step_summaries(runs[0]["id"]):
+                break
+            time.sleep(0.1)
+        app.send_signal(signal.SIGTERM)
+        app.wait(timeout=60)
+    finally:
+        if app.poll() is None:
+            app.kill()
+    store = TrajectoryStore(url)
+    [run] = store.list_runs()
+    assert run["status"] == "cancelled", run
+    assert 0 < len(store.step_summaries(run["id"])) < 32
