@@ -169,6 +169,8 @@ class _CancelCheck(Callback):
 class TimeBudgetExceeded(RuntimeError):
     """A run went past its wall-clock budget: it ends failed, every step so far kept."""
 
+    worded = True  # the run's error is the message itself (engine.error_text)
+
 
 class _Deadline(Callback):
     """Ends a run that takes longer than `seconds` (this server's `Limits.max_job_seconds`)."""

@@ -369,11 +369,12 @@ _SAID = {
 
 
 def error_text(exc: BaseException) -> str:
-    """One line for a run's error: the exception's own message with its type, or words for the
-    ones that have none (never a bare 'KeyboardInterrupt: ')."""
+    """One line for a run's error: the exception's own message with its type (without it for an
+    exception that says `worded = True`: its message is already a sentence for people), or words
+    for the ones that have none (never a bare 'KeyboardInterrupt: ')."""
     message = " ".join(str(exc).split())
     if message:
-        return f"{type(exc).__name__}: {message}" if not message.startswith("time budget") else message
+        return message if getattr(exc, "worded", False) else f"{type(exc).__name__}: {message}"
     return next((said for kind, said in _SAID.items() if isinstance(exc, kind)), type(exc).__name__)
 
 
