@@ -14,8 +14,7 @@ from explorer.store.arrays import RunArrays
 from explorer.ui.logic import forward_passes, summarise, token_text_for
 from explorer.views import align
 from explorer.views import figures as plots
-from explorer.views.tokens import state_at
-from explorer.views.verdict import verdict_of
+from explorer.views.verdict import final_verdict
 
 LETTERS = "ABCD"  # run A is the first run picked, B the second...
 SHOWN_POSITIONS = 12  # positions named in the note; more are counted
@@ -233,11 +232,9 @@ def checker_cells(services: Services, arrays: RunArrays) -> tuple[str, str, str 
     model = arrays.run["model"]
     if model not in CHECKED_MODELS:
         return "n/a (no checker for this model)", "n/a", None
-    state = state_at(arrays, None)
-    if arrays.gen_length == 0 or (state.since < 0).any():
+    verdict = final_verdict(arrays, token_text_for(services, arrays)) if arrays.gen_length else None
+    if verdict is None:
         return "n/a (unfinished)", "n/a", None
-    token_text = token_text_for(services, arrays)
-    verdict = verdict_of(str(arrays.run.get("prompt") or ""), [token_text(int(t)) for t in state.tokens])
     culprits = sorted(p for p, marks in verdict.marks().items() if any(m.culprit for m in marks))
     short = verdict.short() + (f" at {', '.join(map(str, culprits))}" if culprits else "")
     return short, str(len(verdict.result.violations)), verdict.line()

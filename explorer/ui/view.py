@@ -17,7 +17,7 @@ from explorer.views import pairwise
 from explorer.views.player import embed, stored_payload
 from explorer.views.speed import speed_html, speed_of
 from explorer.views.tokens import render_tokens
-from explorer.views.verdict import verdict_of
+from explorer.views.verdict import final_verdict
 
 # What the Decode tab shows of a run state, by name (the /decode, /scrub and /open_run outputs
 # start with these, in this order; the branch line and its two buttons only change when another
@@ -93,14 +93,8 @@ def render_view(
 def checker_marks(arrays: RunArrays, token_text) -> dict | None:
     """The story checker's verdicts on a finished run's tokens, by generated position; None where
     the checker does not apply (another model, or masks left)."""
-    if arrays.run["model"] not in CHECKED_MODELS or arrays.n_steps == 0:
-        return None
-    final = arrays.tokens[:, -1].tolist()
-    if any(t == int(arrays.run["mask_id"]) for t in final):
-        return None
-    prompt_ids = arrays.run.get("prompt_ids")
-    prompt = [token_text(int(t)) for t in prompt_ids] if prompt_ids else arrays.run.get("prompt", "")
-    return verdict_of(prompt, [token_text(int(t)) for t in final]).marks()
+    verdict = final_verdict(arrays, token_text) if arrays.run["model"] in CHECKED_MODELS else None
+    return verdict.marks() if verdict is not None else None
 
 
 def speed_panel(services: Services, arrays: RunArrays) -> str:

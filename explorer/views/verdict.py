@@ -9,9 +9,10 @@ index is at or past the prompt's word count. Pure: words in, marks out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from explorer.store.arrays import RunArrays
 from models.checker import CheckResult, Violation, check
 
 
@@ -76,3 +77,17 @@ def verdict_of(prompt: str | Sequence[str], generated: Sequence[str]) -> Verdict
     tokenizer splits into two words is then miscounted: pass the tokens where they are known)."""
     prompt_words = prompt.split() if isinstance(prompt, str) else list(prompt)
     return Verdict(check([*prompt_words, *generated]), len(prompt_words))
+
+
+def final_verdict(arrays: RunArrays, token_text: Callable[[int], str]) -> Verdict | None:
+    """The verdict on a run's final tokens (its prompt read from its token ids where stored, so a
+    prompt the tokenizer splits unlike white space is counted right); None while masks are left.
+    Whether the checker applies to the run's model is the caller's question."""
+    if arrays.n_steps == 0:
+        return None
+    final = arrays.tokens[:, -1].tolist()
+    if any(t == int(arrays.run["mask_id"]) for t in final):
+        return None
+    prompt_ids = arrays.run.get("prompt_ids")
+    prompt = [token_text(int(t)) for t in prompt_ids] if prompt_ids else str(arrays.run.get("prompt") or "")
+    return verdict_of(prompt, [token_text(int(t)) for t in final])
