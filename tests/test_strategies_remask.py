@@ -393,7 +393,7 @@ def test_engine_prophet_fills_with_the_argmax_and_skips_energies(denoiser):
     """At T > 0 the early commit writes each position's argmax (DESIGN 3.1), not the sampled
     proposal, and no energy runs on that step."""
     _, steps = engine_steps(
-        denoiser, prophet=True, steps=32, temperature=1.0, seed=4, energies=(("uni", 1.0),), energy_window=(0.0, 1.0)
+        denoiser, prophet=True, steps=32, temperature=1.0, seed=1, energies=(("uni", 1.0),), energy_window=(0.0, 1.0)
     )
     last = steps[-1]
     assert last.extras.to_json()["prophet"]["early_commit"] and "energy" not in last.extras.to_json()

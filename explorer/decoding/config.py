@@ -93,6 +93,11 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         self._validate_energies()
+        if spec.gate is not None and self.energies:
+            raise ConfigError(
+                f"{self.strategy} checks its proposed tokens against each other itself; energies re-draw them, "
+                "so the two do not combine: turn the energies off or choose another strategy"
+            )
         return self
 
     def _validate_lengths(self, context_length: int, prompt_length: int) -> None:

@@ -1,8 +1,17 @@
 """Energies: which of k candidate assignments a step keeps (DESIGN 3.2).
 
-k candidates are drawn from the product of marginals Q(y) = prod_i q_i(y_i) over the masked
-positions; each gets a weighted sum of energy terms, and candidate j is kept with probability
-softmax_j(-E_j / tau): importance sampling toward Q * exp(-E). Terms (registry `ENERGY_TERMS`):
+A step has k candidate commits. By default they come from the strategy's own rule: candidate 0
+is what plain decoding commits (so k = 1 is plain decoding, token for token) and the others are
+the same rule run with independent random draws (at T = 0 the next-best token assignments of
+the same positions, `next_best`); each candidate has its own committed set U. With
+`energy_marginal_candidates` they are instead independent draws from the product of marginals
+Q(y) = prod_i q_i(y_i) at every masked position, EDLM's proposal, which loses the confidence
+ordering (measured: it hurts at one token per step). Each candidate gets a weighted sum of
+energy terms, and candidate j is kept with probability softmax_j(-E_j / tau): importance sampling
+toward Q * exp(-E). With the rule's candidates the weights still use the per-position proposal
+Q at the candidate's own U (the tokens are drawn from it); the rule's choice of U itself (e.g.
+the most confident of the draws) is not in the weights, so the keep step is a reweighting by
+the energy, not exact importance sampling toward the target. Terms (registry `ENERGY_TERMS`):
 
 - `ar`  (EDLM): E = -log p_AR(generation | prompt) + sum_{i masked} log q_i(y_i), so that
         Q * exp(-E) is the AR likelihood. Uses the full candidate (every masked position).
@@ -22,6 +31,7 @@ term uses log-probabilities; candidates of a batch are laid out with `repeat_int
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -47,20 +57,31 @@ class PassCount:
 class Candidates:
     """One step's k candidates and everything the terms share (computed once, lazily).
 
-    positions are the committed set U (generated-part indices, ascending); tokens (k, G) a full
-    proposal per candidate: drawn tokens at every masked position, the state elsewhere."""
+    Per candidate j: its committed set U_j (generated-part indices, ascending), a full proposal
+    tokens[j] (its tokens at every masked position, the state elsewhere) and the state before
+    the commit with U_j masked, x[j]. Candidates that share U (the marginal draws) may give one
+    (1, L) state, one (G,) mask, one (n,) U and one (S, n) orders for all."""
 
-    x: torch.Tensor  # (1, L) the state before the commit
+    x: torch.Tensor  # (k, L) or (1, L): the state before the commit, the candidate's U masked
     prompt_length: int
-    masked: torch.Tensor  # (G,) bool, before the commit
-    positions: torch.Tensor  # (n,) int64 U
+    masked: torch.Tensor  # (k, G) or (G,) bool: masked before the commit
+    positions: list[torch.Tensor] | torch.Tensor  # per candidate (n_j,) int64 U_j, or one (n,) for all
     tokens: torch.Tensor  # (k, G) int64
-    log_q: torch.Tensor  # (G, V) log proposal marginals (what the candidates were drawn from)
+    log_q: torch.Tensor  # (G, V) log per-position proposal (what the candidates' tokens were drawn from)
     log_p: torch.Tensor  # (G, V) the denoiser's log-probabilities this step (temperature 1)
     log_probs: LogProbFn  # the denoiser, for the chain passes
-    orders: torch.Tensor  # (S, n) permutations of range(n); row 0 = left to right
+    orders: list[torch.Tensor] | torch.Tensor  # per candidate (S, n_j) permutations; row 0 = left to right
     ar_log_probs: ARLogProbFn | None = None
     passes: PassCount = field(default_factory=PassCount)  # extra sequences run
+
+    def __post_init__(self) -> None:
+        k = self.tokens.shape[0]
+        if isinstance(self.positions, torch.Tensor):
+            self.positions = [self.positions] * k
+        if isinstance(self.orders, torch.Tensor):
+            self.orders = [self.orders] * k
+        self.x = self.x.expand(k, -1)
+        self.masked = self.masked.expand(k, -1)
 
     @property
     def k(self) -> int:
@@ -73,8 +94,8 @@ class Candidates:
         return torch.where(self.masked, lq, torch.zeros_like(lq)).double()
 
     @cached_property
-    def chain(self) -> torch.Tensor:
-        """(k, S, n): log p(y_{pi(m)} | x + y_{pi(<m)}) along each order, indexed by order rank m."""
+    def chain(self) -> list[torch.Tensor]:
+        """Per candidate (S, n_j): log p(y_{pi(m)} | x + y_{pi(<m)}) along each order, by rank m."""
         return chain_log_probs(self)
 
     @cached_property
@@ -82,7 +103,7 @@ class Candidates:
         """(k, G) log p_AR(y_t | y_<t) of each candidate's generated tokens: one batched AR pass."""
         if self.ar_log_probs is None:
             raise ValueError("the AR energy needs an AR scorer; none is configured for this model")
-        ids = self.x.expand(self.k, -1).clone()
+        ids = self.x.clone()
         ids[:, self.prompt_length :] = self.tokens
         self.passes.ar += self.k
         # The scorer may live on another device than the denoiser: bring its result here.
@@ -98,54 +119,86 @@ def draw(
     return torch.where(masked, draws, state.expand(k, -1))
 
 
-def chain_log_probs(c: Candidates) -> torch.Tensor:
-    """The chain terms of every candidate along every order, from batched passes.
+def next_best(log_p: torch.Tensor, k: int) -> torch.Tensor:
+    """(k', n): the k most probable joint assignments of n positions under the product of
+    their marginals log_p (n, V), best first (row 0 = the argmax everywhere); k' <= k when
+    fewer exist. Best-first search over rank vectors (the exact k-best of a product)."""
+    n = log_p.shape[0]
+    if n == 0:
+        return torch.zeros((1, 0), dtype=torch.long, device=log_p.device)
+    depth = min(k, log_p.shape[1])
+    values, ids = log_p.double().topk(depth, dim=-1)  # (n, depth) each position's best tokens
+    values, ids_host = values.cpu().numpy(), ids.cpu().numpy()
+    start = (0,) * n
+    heap, seen, found = [(-float(values[:, 0].sum()), start)], {start}, []
+    while heap and len(found) < k:
+        score, ranks = heapq.heappop(heap)
+        found.append(ranks)
+        for i in range(n):
+            if ranks[i] + 1 < depth:
+                nxt = ranks[:i] + (ranks[i] + 1,) + ranks[i + 1 :]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    heapq.heappush(heap, (score - float(values[i, ranks[i] + 1] - values[i, ranks[i]]), nxt))
+    rows = np.array([[ids_host[i, r] for i, r in enumerate(ranks)] for ranks in found])  # (k', n)
+    return torch.as_tensor(rows, dtype=torch.long, device=log_p.device)
+
+
+def chain_log_probs(c: Candidates) -> list[torch.Tensor]:
+    """The chain terms of every candidate along every order, from one batched call.
 
     Rank 0 of an order is the step's own pass (nothing revealed); rank m >= 1 needs the state
-    with the first m tokens of the order revealed: k * S * (n - 1) sequences in all."""
-    k, (S, n) = c.k, c.orders.shape
-    y_u = c.tokens[:, c.positions]  # (k, n)
-    first = c.log_p[c.positions].gather(-1, y_u.T).T.double()  # (k, n) nothing revealed
-    out = first[:, None, :].expand(k, S, n).gather(-1, c.orders.expand(k, S, n)).clone()  # (k, S, n)
-    if n < 2:
+    with the first m tokens of the order revealed: S * (n_j - 1) sequences per candidate, laid
+    out candidate after candidate (as repeat_interleave lays them out) in one call."""
+    P = c.prompt_length
+    out, seqs, reads, read_tokens, sizes = [], [], [], [], []
+    for j in range(c.k):
+        positions, orders = c.positions[j], c.orders[j]  # (n,), (S, n)
+        S, n = orders.shape
+        y_u = c.tokens[j, positions]  # (n,)
+        first = c.log_p[positions].gather(-1, y_u[:, None]).squeeze(-1).double()  # (n,) nothing revealed
+        out.append(first[orders].clone())  # (S, n): rank m of order s reads member orders[s, m]
+        if n < 2:
+            continue
+        # revealed[s, m - 1, i]: is member i revealed before rank m of order s (its rank < m)?
+        rank = torch.argsort(orders, dim=1)  # (S, n)
+        m = torch.arange(1, n, device=rank.device)
+        revealed = (rank[:, None, :] < m[None, :, None]).reshape(S * (n - 1), n)
+        rows = c.x[j].expand(S * (n - 1), -1).clone()  # (S(n-1), L) U_j still masked
+        cols = P + positions
+        rows[:, cols] = torch.where(revealed, y_u.expand(S * (n - 1), -1), rows[:, cols])
+        target = orders[:, 1:].reshape(-1)  # (S(n-1),) the member read at rank m
+        seqs.append(rows)
+        reads.append(positions[target])
+        read_tokens.append(y_u[target])
+        sizes.append((j, S, n))
+    if not seqs:
         return out
-    # revealed[s, m, j]: is U-member j revealed before rank m of order s (rank of j < m)?
-    rank = torch.argsort(c.orders, dim=1)  # (S, n) rank of each member in each order
-    m = torch.arange(1, n, device=rank.device)
-    revealed = rank[:, None, :] < m[None, :, None]  # (S, n-1, n)
-    target = c.orders[:, 1:]  # (S, n-1) the member read at rank m
-    G0 = c.prompt_length
-    # Layout: candidate-major with repeat_interleave, so row r belongs to candidate r // (S(n-1)).
-    per_cand = S * (n - 1)
-    seqs = c.x.expand(k * per_cand, -1).clone()  # (k*S*(n-1), L) the state, U still masked
-    reveal = revealed.reshape(per_cand, n).repeat(k, 1)  # (k*S*(n-1), n)
-    cand_tokens = y_u.repeat_interleave(per_cand, dim=0)  # (k*S*(n-1), n)
-    cols = G0 + c.positions  # (n,)
-    seqs[:, cols] = torch.where(reveal, cand_tokens, seqs[:, cols])
-    read_pos = c.positions[target.reshape(-1)].repeat(k)  # (rows,) generated index to read
-    read_tok = cand_tokens.gather(1, target.reshape(-1).repeat(k)[:, None]).squeeze(1)  # (rows,)
-    lp = c.log_probs(seqs, read_pos[:, None])[:, 0]  # (rows, V)
-    values = lp.gather(-1, read_tok[:, None]).squeeze(-1)  # (rows,)
-    c.passes.denoiser += seqs.shape[0]
-    out[:, :, 1:] = values.double().reshape(k, S, n - 1)
+    batch = torch.cat(seqs)
+    lp = c.log_probs(batch, torch.cat(reads)[:, None])[:, 0]  # (R, V)
+    values = lp.gather(-1, torch.cat(read_tokens)[:, None]).squeeze(-1).double()  # (R,)
+    c.passes.denoiser += batch.shape[0]
+    offset = 0
+    for j, S, n in sizes:
+        out[j][:, 1:] = values[offset : offset + S * (n - 1)].reshape(S, n - 1)
+        offset += S * (n - 1)
     return out
 
 
 def log_q_u(c: Candidates) -> torch.Tensor:
-    """(k,) log Q(y_U): the proposal probability of each candidate on the committed set."""
-    return c.log_q_each[:, c.positions].sum(-1)
+    """(k,) log Q(y_U): the proposal probability of each candidate on its committed set."""
+    return torch.stack([c.log_q_each[j, c.positions[j]].sum() for j in range(c.k)])
 
 
 def ind_energy(c: Candidates) -> torch.Tensor:
     """Ind-E = log Q(y_U) - log P_chain(y_U), left-to-right chain (order 0)."""
-    return log_q_u(c) - c.chain[:, 0].sum(-1)
+    return log_q_u(c) - torch.stack([chain[0].sum() for chain in c.chain])
 
 
 def inv_energy(c: Candidates) -> torch.Tensor:
     """Inv-E = log P_chain(y_U) - logmeanexp_s log P_pi_s(y_U); 0 with a single order."""
-    per_order = c.chain.sum(-1)  # (k, S)
-    log_bar = torch.logsumexp(per_order, dim=1) - math.log(per_order.shape[1])
-    return per_order[:, 0] - log_bar
+    per_order = [chain.sum(-1) for chain in c.chain]  # k x (S,)
+    return torch.stack([p[0] - (torch.logsumexp(p, 0) - math.log(p.numel())) for p in per_order])
 
 
 def uni_energy(c: Candidates) -> torch.Tensor:
@@ -213,11 +266,20 @@ ENERGY_KNOBS: tuple[Knob, ...] = (
         "energy_candidates",
         int,
         4,
-        "candidates k drawn per step",
+        "candidates k per step: the step's own commit and k − 1 more (k = 1: plain decoding)",
         label="Candidates k",
         low=1,
         high=64,
         cli="--candidates",
+    ),
+    Knob(
+        "energy_marginal_candidates",
+        bool,
+        False,
+        "draw the candidates from the product of marginals (EDLM's proposal) instead of the strategy's own rule "
+        "with independent noise; loses the confidence ordering",
+        label="Candidates from the marginals (EDLM)",
+        paper="EDLM (Xu et al. 2025)",
     ),
     Knob(
         "energy_orders",
@@ -256,13 +318,14 @@ def per_position(c: Candidates, weights: dict[str, float], j: int) -> np.ndarray
     The left-to-right chain (`ind`, and `uni` with one order) is a sum over the committed
     positions. `ar` is a sum over every generated position, of which only the committed ones'
     terms are shown. `inv` (and the S-order part of `uni`) is not a sum and is left out."""
-    log_q = c.log_q_each[j, c.positions]  # (n,)
+    positions = c.positions[j]
+    log_q = c.log_q_each[j, positions]  # (n,)
     out = torch.zeros_like(log_q)
     if "ar" in weights:
-        out = out + weights["ar"] * (log_q - c.ar_log_p[j, c.positions])
+        out = out + weights["ar"] * (log_q - c.ar_log_p[j, positions])
     for name in ("ind", "uni"):
         if name in weights:  # order 0 is left to right: rank m is member m
-            out = out + weights[name] * (log_q - c.chain[j, 0])
+            out = out + weights[name] * (log_q - c.chain[j][0])
     return out.cpu().numpy()
 
 
@@ -361,8 +424,18 @@ def energy_from_json(data: object) -> EnergyRecord | EnergySkipped:
 
 
 def keep_probabilities(energies: torch.Tensor, tau: float) -> torch.Tensor:
-    """softmax(-E / tau): the importance weights of the candidates (note the minus sign)."""
-    return torch.softmax(-energies.double() / tau, dim=0)
+    """softmax(-E / tau): the importance weights of the candidates (note the minus sign).
+
+    A token with probability 0 under both Q and the chain (a far-tail draw of XDLM's uniform
+    noise, say) gives E = -inf - (-inf): undefined, so never kept; E = -inf (Q = 0 alone) is
+    kept before any finite energy; when no energy is usable the step keeps candidate 0."""
+    e = torch.nan_to_num(energies.double(), nan=math.inf, posinf=math.inf, neginf=-math.inf)
+    lowest = e == -math.inf
+    if bool(lowest.any()):
+        return lowest.double() / lowest.sum()
+    if bool(torch.isinf(e).all()):
+        return (torch.arange(e.numel(), device=e.device) == 0).double()
+    return torch.softmax(-e / tau, dim=0)
 
 
 def choose(c: Candidates, weights: dict[str, float], tau: float, generator: torch.Generator | None) -> EnergyRecord:
@@ -378,6 +451,6 @@ def choose(c: Candidates, weights: dict[str, float], tau: float, generator: torc
         total.tolist(),
         probs.tolist(),
         per_position(c, weights, j).tolist(),
-        c.positions.tolist(),
+        c.positions[j].tolist(),
         PassCount(**vars(c.passes)),
     )

@@ -17,17 +17,19 @@ import torch
 
 from explorer.decoding.callbacks import Callback, RunStart
 from explorer.decoding.config import DecodeConfig
-from explorer.decoding.energies import Candidates, EnergyRecord, EnergySkipped, choose, draw, random_orders
+from explorer.decoding.energies import Candidates, EnergyRecord, EnergySkipped, choose, draw, next_best, random_orders
+from explorer.decoding.gates import GateRecord
 from explorer.decoding.model_pass import ModelPass
+from explorer.decoding.probes import GateInput, run_gate
 from explorer.decoding.prophet import ProphetCheck, prophet_check
 from explorer.decoding.protocols import ARScorer, Denoiser
-from explorer.decoding.records import DecodeResult, StepExtras, StepRecord
-from explorer.decoding.resume import DEVICE_STREAM, HOST_STREAM, Origin, Resume, ScheduleMark, step_seed
+from explorer.decoding.records import DecodeResult, StepCost, StepExtras, StepRecord
+from explorer.decoding.resume import CANDIDATE_STREAM, DEVICE_STREAM, HOST_STREAM, Origin, Resume, ScheduleMark, step_seed
 from explorer.decoding.sampling import StepMetrics, step_metrics
 from explorer.decoding.schedule import block_bounds, scheduled_count
 from explorer.decoding.state import Block, DecodeState, HostStep
 from explorer.decoding.strategies import STRATEGIES, StepInput, StrategySpec
-from explorer.decoding.violations import ViolationRecord, measure
+from explorer.decoding.violations import PairwiseViolations, ViolationRecord, measure
 
 
 def resolve_config(config: DecodeConfig, denoiser: Denoiser) -> DecodeConfig:
@@ -48,6 +50,23 @@ class DecodeRun:
     generator: torch.Generator  # x̂ sampling, random scores, the time-grid draws, energies
     order_generator: torch.Generator  # Inv-E orders, on the host
     ar_scorer: ARScorer | None
+    # A prefix probe's row that the step committed: (the state (1, L), its logits (G, V)).
+    ahead: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def step_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(G, V) logits of the state x, and whether they came from the last step's probe (no
+        call): a prefix probe already ran the state its step committed."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None and torch.equal(ahead[0], x):
+            return ahead[1], True
+        return self.model.logits(x)[0], False
+
+    def stream_step(self, state: DecodeState) -> int:
+        """The index a step's random draws are seeded by: the step, or for the exact gate the
+        number of tokens committed so far (one-token-per-step decoding's step there)."""
+        if self.strategy.gate is not None and self.strategy.gate.virtual_steps:
+            return int((~state.masked_host).sum())
+        return state.step
 
     def reseed(self, step: int) -> None:
         """The step's random streams depend on (seed, step) only, so a branch from step k draws
@@ -80,6 +99,8 @@ class StepChoice:
     prophet: ProphetCheck | None = None
     energy: EnergyRecord | EnergySkipped | None = None
     ar_passes: int = 0  # the AR scorer's sequence forwards
+    gate: GateRecord | None = None  # a gated strategy's proposal and verdict
+    measured: PairwiseViolations | None = None  # the pairwise gate's matrices of the committed set
 
     @property
     def early_commit(self) -> bool:
@@ -119,19 +140,30 @@ def iter_steps(
         else:
             block = state.enter_block(index, start, end)
         while _block_open(run, state, block):
-            began, passes_before = time.perf_counter(), run.model.sequences
-            run.reseed(state.step)
-            x_before = state.x.clone() if config.violations else None
-            logits = run.model.logits(state.x)[0]  # (G, V)
+            began, calls_before, passes_before = time.perf_counter(), run.model.calls, run.model.sequences
+            run.reseed(run.stream_step(state))
+            x_before = state.x.clone()
+            logits, reused = run.step_logits(state.x)  # (G, V)
             metrics = step_metrics(logits, config.temperature, run.generator)
             forward_seconds = _synced_seconds(began, denoiser.device) if config.violations else None
             choice = _select(run, state, block, metrics, logits)
-            choice = _energy_stage(run, state, metrics, choice)
+            choice = _gate_stage(run, state, block, metrics, logits, choice, reused)
+            choice = _energy_stage(run, state, block, metrics, logits, choice)
             host = state.commit(choice.commit, choice.tokens, choice.remask, metrics)
+            calls, decoded = run.model.calls - calls_before, run.model.sequences - passes_before
             violations = _violation_stage(run, x_before, state.prompt_length, host, metrics.log_p, forward_seconds)
+            if violations is None and choice.measured is not None:
+                violations = ViolationRecord.of(choice.measured, int(host.commit.sum()), 0.0, forward_seconds).kept()
+            cost = StepCost(
+                calls=calls + (1 if choice.ar_passes else 0),
+                sequences=decoded + choice.ar_passes,
+                measure_calls=run.model.calls - calls_before - calls,
+                measure_sequences=run.model.sequences - passes_before - decoded,
+                measure_seconds=violations.seconds if violations is not None else 0.0,
+            )
             passes = run.model.sequences - passes_before + choice.ar_passes
             mark = ScheduleMark(state.step_in_block, block.n_masked, state.revisions_in_block)
-            extras = StepExtras(violations, choice.energy, choice.prophet, mark)
+            extras = StepExtras(violations, choice.energy, choice.prophet, mark, choice.gate, cost)
             yield _record(state, block, host, time.perf_counter() - began, passes, extras)
             state.advance()
 
@@ -144,9 +176,17 @@ def _block_open(run: DecodeRun, state: DecodeState, block: Block) -> bool:
     return state.masked_in(block) > 0
 
 
-def _select(run: DecodeRun, state: DecodeState, block: Block, metrics: StepMetrics, logits: torch.Tensor) -> StepChoice:
+def _select(
+    run: DecodeRun,
+    state: DecodeState,
+    block: Block,
+    metrics: StepMetrics,
+    logits: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> StepChoice:
     """The step's commit set (masked positions of the block, or every mask on a Prophet early
-    commit, filled with the argmax) and re-mask set (committed positions of the block)."""
+    commit, filled with the argmax) and re-mask set (committed positions of the block).
+    `generator`: the strategy's random draws (default: the step's own stream)."""
     config, masked = run.config, state.masked()
     prophet = prophet_check(logits, masked, state.step, config.steps) if config.prophet else None
     if prophet is not None and prophet.early_commit:
@@ -163,7 +203,7 @@ def _select(run: DecodeRun, state: DecodeState, block: Block, metrics: StepMetri
             step_in_block=j,
             steps_per_block=config.steps_per_block,
             knobs=config.knob_values(run.strategy.knobs),
-            generator=run.generator,
+            generator=run.generator if generator is None else generator,
             committed=~masked & block.in_block,
             commit_confidence=state.commit_conf,
             n_later=n_now - k,
@@ -192,53 +232,152 @@ def _synced_seconds(began: float, device: torch.device) -> float:
     return time.perf_counter() - began
 
 
-def _energy_stage(run: DecodeRun, state: DecodeState, metrics: StepMetrics, choice: StepChoice) -> StepChoice:
-    """Inside the energy window: draw k candidates, keep one by importance sampling, and write
-    its tokens at the committed positions."""
+def _gate_stage(
+    run: DecodeRun,
+    state: DecodeState,
+    block: Block,
+    metrics: StepMetrics,
+    logits: torch.Tensor,
+    choice: StepChoice,
+    reused: bool,
+) -> StepChoice:
+    """A gated strategy: its proposal goes through the gate's probe, which decides what to
+    commit; a prefix probe leaves the committed state's logits for the next step."""
+    gate = run.strategy.gate
+    if gate is None or choice.early_commit:
+        return choice
+    config = run.config
+    outcome = run_gate(
+        gate,
+        run.model,
+        GateInput(
+            x=state.x,
+            prompt_length=state.prompt_length,
+            candidates=state.masked() & block.in_block,
+            proposal=choice.commit,
+            logits=logits,
+            metrics=metrics,
+            temperature=config.temperature,
+            seed=config.seed,
+            virtual_step=run.stream_step(state),
+            knobs=config.knob_values(run.strategy.knobs),
+        ),
+    )
+    if outcome.next_ids is not None:
+        run.ahead = (outcome.next_ids, outcome.next_logits)
+    record = replace(outcome.record, reused=reused)
+    return replace(choice, commit=outcome.commit, tokens=outcome.tokens, gate=record, measured=outcome.measured)
+
+
+def _energy_stage(
+    run: DecodeRun, state: DecodeState, block: Block, metrics: StepMetrics, logits: torch.Tensor, choice: StepChoice
+) -> StepChoice:
+    """Inside the energy window: k candidate commits, one kept by importance sampling.
+
+    Candidate 0 is the step's own choice (so k = 1 is plain decoding, token for token); the
+    others are the strategy's rule run again with independent random draws (at T = 0, where
+    the rule has none, the next-best token assignments of the same positions), or with
+    `energy_marginal_candidates` fresh draws from the product of marginals (EDLM's proposal)."""
     config = run.config
     low, high = config.energy_window
     if not config.energies or choice.early_commit or not low <= state.masked_fraction() <= high:
         return choice
-    positions = torch.nonzero(choice.commit).flatten()  # (n,) ascending
-    if positions.numel() == 0:
+    if not bool(choice.commit.any()):
         return choice
-    chain_rows = config.energy_candidates * config.energy_orders * (positions.numel() - 1)
+    temperature = config.temperature if config.temperature > 0 else 1.0
+    # The per-position proposal: the marginals at the run's temperature (1 for greedy runs,
+    # whose point mass would make every draw the same).
+    log_q = metrics.log_p if temperature == 1.0 else torch.log_softmax(metrics.log_p / temperature, -1)  # (G, V)
+    if config.energy_marginal_candidates:
+        choices = _marginal_candidates(run, state, choice, log_q)
+    else:
+        choices = _rule_candidates(run, state, block, metrics, logits, choice)
+    cands = _candidates(run, state, choices, metrics, log_q)
+    chain_rows = sum(config.energy_orders * max(0, p.numel() - 1) for p in cands.positions)
     if any(name != "ar" for name, _ in config.energies) and chain_rows > config.energy_max_sequences:
+        n = int(choice.commit.sum())
         return replace(
             choice,
             energy=EnergySkipped(
-                f"{positions.numel()} tokens at once: the chain would need {chain_rows} sequences, over "
+                f"{n} tokens at once: the chain would need {chain_rows} sequences, over "
                 f"energy_max_sequences = {config.energy_max_sequences}"
             ),
         )
     sequences_before = run.model.sequences
-    temperature = config.temperature if config.temperature > 0 else 1.0
-    # The proposal: the marginals at the run's temperature (1 for greedy runs, whose point
-    # mass would make every candidate the same).
-    log_q = metrics.log_p if temperature == 1.0 else torch.log_softmax(metrics.log_p / temperature, -1)  # (G, V)
-    # The candidates re-draw the tokens of every changed position (a revision too), from the
-    # state with those positions masked.
+    record = choose(cands, dict(config.energies), config.energy_tau, run.generator)
+    record.passes.denoiser = run.model.sequences - sequences_before  # x2 with CFG
+    kept = choices[record.chosen]
+    # A re-drawn revision may put the old token back: that position no longer changes.
+    commit = kept.commit & (kept.tokens != state.generated)
+    return replace(
+        choice, commit=commit, tokens=kept.tokens, remask=kept.remask, energy=record.kept(), ar_passes=record.passes.ar
+    )
+
+
+def _rule_candidates(
+    run: DecodeRun, state: DecodeState, block: Block, metrics: StepMetrics, logits: torch.Tensor, choice: StepChoice
+) -> list[StepChoice]:
+    """The step's own choice and k - 1 more from the strategy's rule with independent draws
+    (streams CANDIDATE_STREAM + j of this step); at T = 0 the next-best assignments instead."""
+    config, k = run.config, run.config.energy_candidates
+    if config.temperature == 0:
+        positions = torch.nonzero(choice.commit).flatten()
+        tokens = next_best(metrics.log_p[positions], k)  # (k', n) row 0 = the argmax
+        out = []
+        for row in tokens:
+            written = choice.tokens.clone()
+            written[positions] = row
+            out.append(replace(choice, tokens=written))
+        return out
+    out = [choice]
+    for j in range(1, k):
+        generator = torch.Generator(device=logits.device)
+        generator.manual_seed(step_seed(config.seed, run.stream_step(state), CANDIDATE_STREAM + j))
+        drawn = step_metrics(logits, config.temperature, generator)
+        out.append(_select(run, state, block, drawn, logits, generator))
+    return out
+
+
+def _marginal_candidates(run: DecodeRun, state: DecodeState, choice: StepChoice, log_q: torch.Tensor) -> list[StepChoice]:
+    """EDLM's proposal: k independent draws from the product of marginals at every masked (or
+    changed) position; each commits the step's positions with its drawn tokens."""
     masked = state.masked() | choice.commit
-    x_base = state.x.clone()
-    x_base[0, state.prompt_length :] = torch.where(masked, state.mask_id, state.generated)
-    cands = Candidates(
-        x=x_base,
+    base = torch.where(masked, state.mask_id, state.generated)
+    drawn = draw(log_q, masked, base, run.config.energy_candidates, run.generator)  # (k, G)
+    return [replace(choice, tokens=row) for row in drawn]
+
+
+def _candidates(
+    run: DecodeRun, state: DecodeState, choices: list[StepChoice], metrics: StepMetrics, log_q: torch.Tensor
+) -> Candidates:
+    """The energies' view of the candidate commits: per candidate its full proposal (its tokens
+    at its commit, the step's proposal at every other masked position), the state with its
+    changed positions masked, and its committed set U."""
+    masked_now, mask_id = state.masked(), state.mask_id
+    masked = torch.stack([masked_now | c.commit for c in choices])  # (k, G)
+    # A candidate's tokens hold a proposal at every masked position (the strategy's x̂, the
+    # marginal draw), except where an XDLM step leaves a position masked: the step's x̂ there.
+    fallback = torch.where(masked_now, metrics.proposal, state.generated)
+    tokens = torch.stack([torch.where(m & (c.tokens != mask_id), c.tokens, fallback) for m, c in zip(masked, choices)])
+    bases = state.x.expand(len(choices), -1).clone()  # (k, L)
+    bases[:, state.prompt_length :] = torch.where(masked, state.mask_id, state.generated)
+    positions = [torch.nonzero(c.commit).flatten() for c in choices]
+    S, orders = run.config.energy_orders, {}
+    for p in positions:  # one draw of orders per set size: candidates of equal size share them
+        if p.numel() not in orders:
+            orders[p.numel()] = random_orders(p.numel(), S, run.order_generator, p.device)
+    return Candidates(
+        x=bases,
         prompt_length=state.prompt_length,
         masked=masked,
         positions=positions,
-        tokens=draw(log_q, masked, x_base[0, state.prompt_length :], config.energy_candidates, run.generator),
+        tokens=tokens,
         log_q=log_q,
         log_p=metrics.log_p,
         log_probs=run.model.log_probs,
-        orders=random_orders(positions.numel(), config.energy_orders, run.order_generator, positions.device),
+        orders=[orders[p.numel()] for p in positions],
         ar_log_probs=run.ar_scorer.log_probs if run.ar_scorer is not None else None,
     )
-    record = choose(cands, dict(config.energies), config.energy_tau, run.generator)
-    record.passes.denoiser = run.model.sequences - sequences_before  # x2 with CFG
-    tokens = torch.where(choice.commit, cands.tokens[record.chosen], choice.tokens)
-    # A re-drawn revision may put the old token back: that position no longer changes.
-    commit = choice.commit & (tokens != state.generated)
-    return replace(choice, commit=commit, tokens=tokens, energy=record.kept(), ar_passes=record.passes.ar)
 
 
 def _violation_stage(

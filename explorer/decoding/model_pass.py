@@ -37,12 +37,14 @@ class ModelPass:
     def __init__(self, denoiser: Denoiser, prompt_length: int, cfg_scale: float) -> None:
         self.denoiser, self.P, self.w = denoiser, prompt_length, cfg_scale
         self.sequences = 0  # sequence forwards run so far (a batch of n counts n)
+        self.calls = 0  # sequential model calls so far (a batch of n copies is one; with CFG too)
         self.vocab: int | None = None  # known after the first pass (the step's own)
 
     def _guided(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, L) -> (B, G, V) logits of the generated positions (with CFG when w > 0)."""
         B = ids.shape[0]
         self.sequences += B * (2 if self.w > 0 else 1)
+        self.calls += 1
         if self.w <= 0:
             out = self.denoiser.logits(ids)[:, self.P :]
         else:

@@ -11,22 +11,68 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from explorer.decoding.energies import EnergyRecord, EnergySkipped, energy_from_json
+from explorer.decoding.gates import GateRecord
+from explorer.decoding.jsonvalues import as_float, as_int
 from explorer.decoding.prophet import ProphetCheck
 from explorer.decoding.resume import ScheduleMark
 from explorer.decoding.violations import ViolationRecord
 
 
 @dataclass(frozen=True)
+class StepCost:
+    """What a step cost, counted three ways (DESIGN 3.3) and split into decoding and measuring.
+
+    `calls`: sequential model calls of the decode (a batched pass of n copies is one call: the
+    latency proxy on a GPU; the AR scorer's batch is one too). `sequences`: sequence forwards
+    of the decode (a batch of n counts n: the compute). The wall-clock is the step's `seconds`;
+    `measure_seconds` of it went to the violation pass, which only measures (`measure_calls`,
+    `measure_sequences`) and is not part of decoding. A gated strategy's pairwise probe is
+    decoding, and its matrices are the step's violations at no measuring cost."""
+
+    calls: int
+    sequences: int
+    measure_calls: int = 0
+    measure_sequences: int = 0
+    measure_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "calls": self.calls,
+            "sequences": self.sequences,
+            "measure_calls": self.measure_calls,
+            "measure_sequences": self.measure_sequences,
+            "measure_seconds": round(self.measure_seconds, 6),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> StepCost:
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object, got {data!r:.40}")
+        try:
+            return cls(
+                as_int(data["calls"]),
+                as_int(data["sequences"]),
+                as_int(data.get("measure_calls", 0)),
+                as_int(data.get("measure_sequences", 0)),
+                as_float(data.get("measure_seconds", 0.0)),
+            )
+        except KeyError as exc:
+            raise ValueError(f"the field {exc.args[0]!r} is missing") from None
+
+
+@dataclass(frozen=True)
 class StepExtras:
     """What a step measured beyond the free metrics, each part present when it ran.
 
-    Stored as JSON (`to_json`: {"violations": ..., "energy": ..., "prophet": ..., "schedule": ...},
-    {} when none ran); `from_json` reads it back and raises ValueError on anything malformed."""
+    Stored as JSON (`to_json`: {"violations": ..., "energy": ..., "prophet": ..., "schedule": ...,
+    "gate": ..., "cost": ...}, {} when none ran); `from_json` reads it back and raises ValueError on anything malformed."""
 
     violations: ViolationRecord | None = None  # the pairwise pass over the committed set
     energy: EnergyRecord | EnergySkipped | None = None  # the candidates and the kept one
     prophet: ProphetCheck | None = None  # the logit gap that may fill every mask at once
     schedule: ScheduleMark | None = None  # where the block's schedule stood (for branches)
+    gate: GateRecord | None = None  # a gated strategy's proposal and what it kept
+    cost: StepCost | None = None  # calls and sequence forwards (every step the engine ran has it)
 
     @property
     def energy_ran(self) -> EnergyRecord | None:
@@ -72,6 +118,8 @@ _READERS = {
     "energy": energy_from_json,
     "prophet": ProphetCheck.from_json,
     "schedule": ScheduleMark.from_json,
+    "gate": GateRecord.from_json,
+    "cost": StepCost.from_json,
 }
 
 

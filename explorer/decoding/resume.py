@@ -22,6 +22,9 @@ import numpy as np
 # The random streams of a step: the device generator (x̂ sampling, random scores, the time
 # grid's draws, the energies' candidates and pick) and the host one (Inv-E's orders).
 DEVICE_STREAM, HOST_STREAM = 0, 1
+# The energies' candidates 1..k-1 draw from streams CANDIDATE_STREAM + j (candidate 0 is the
+# step's own draw): the strategy's rule with independent noise.
+CANDIDATE_STREAM = 16
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:

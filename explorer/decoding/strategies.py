@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from explorer.decoding.gates import ENERGY_BOUND, GATE_GAMMA, GATE_TAU, LOOKAHEAD_K, Gate
 from explorer.decoding.knobs import Knob, Value, unique_knobs
 from explorer.decoding.xdlm import alpha as xdlm_alpha
 from explorer.decoding.xdlm import posterior, revision_allowance, sample_rows, step_times, x0_probs
@@ -75,6 +76,7 @@ class StrategySpec:
     revises: bool = False  # may change a visible token into another (XDLM)
     fixed_steps: bool = False  # runs exactly steps_per_block + 1 steps per block, masks or not
     check: Callable[[Mapping[str, Value]], None] | None = None  # raises ValueError on a bad knob mix
+    gate: Gate | None = None  # a gated strategy: `select` proposes, the gate's probe decides (gates.py)
 
 
 def top_k_commit(scores: torch.Tensor, candidates: torch.Tensor, k: int, prompt_length: int = 0) -> torch.Tensor:
@@ -236,6 +238,12 @@ def remdm_conf(s: StepInput) -> Selection:
     return Selection(commit, remask)
 
 
+def propose_most_confident(s: StepInput) -> Selection:
+    """The gated strategies' proposal: the K most confident masked positions of the block
+    (K = lookahead_k); the gate's probe then decides how many of them to commit."""
+    return Selection(top_k_commit(s.confidence, s.candidates, int(s.knobs["lookahead_k"]), s.prompt_length))
+
+
 def xdlm_ancestral(s: StepInput) -> Selection:
     """XDLM's ancestral step on every position of the block, from t to s on
     t_i = linspace(1, 1e-5, S + 1), then one final noise-removal step to alpha = 1: each
@@ -293,6 +301,8 @@ FACTOR = Knob("factor", float, 1.0, "the factor rule's f: larger = more tokens p
 EB_GAMMA = Knob("eb_gamma", float, 0.1, "the error budget per step, sum(H) - max(H) <= gamma (nats)",
                 label="EB γ, nats", paper=_EB, low=0.0)  # fmt: skip
 
+_GATED = "this project: dependency-aware parallel decoding"
+
 # The registry: one entry per strategy, with everything the config, the CLI and the UI need.
 _ENTRIES = (
     StrategySpec(name="low_confidence", select=low_confidence, paper="LLaDA (Nie et al. 2025)",
@@ -327,6 +337,22 @@ _ENTRIES = (
                  knobs=(XDLM_K,), revises=True, check=_revise_check,
                  summary="low-confidence unmasking plus up to k/(1−k) revisions per unmasked token of the most "
                          "confident visible tokens the model would change (⇄)."),
+    StrategySpec(name="lookahead", select=propose_most_confident, paper=_GATED, knobs=(LOOKAHEAD_K, GATE_GAMMA),
+                 scheduled=False, gate=Gate("prefix", "drop", GATE_GAMMA),
+                 summary="proposes the K most confident tokens, reveals them one by one in one batched call and "
+                         "commits them while none loses more than γ nats or flips; ~1 model call per step."),
+    StrategySpec(name="lookahead_exact", select=propose_most_confident, paper=_GATED, knobs=(LOOKAHEAD_K,),
+                 scheduled=False, gate=Gate("prefix", "exact", virtual_steps=True),
+                 summary="lossless lookahead: commits the guesses that one-token-per-step low_confidence would "
+                         "commit next, token for token the same text in fewer model calls."),
+    StrategySpec(name="energy_gate", select=propose_most_confident, paper=_GATED, knobs=(LOOKAHEAD_K, ENERGY_BOUND),
+                 scheduled=False, gate=Gate("prefix", "energy", ENERGY_BOUND),
+                 summary="commits the longest prefix of the K most confident tokens whose Ind-E (log Q − log "
+                         "P_chain) stays under the bound."),
+    StrategySpec(name="pairwise_gate", select=propose_most_confident, paper=_GATED, knobs=(LOOKAHEAD_K, GATE_TAU),
+                 scheduled=False, gate=Gate("pairwise", "pairwise", GATE_TAU),
+                 summary="runs the pairwise violation pass over the K most confident tokens and commits those "
+                         "with no S_ij < −τ and no flip against a kept one."),
 )  # fmt: skip
 STRATEGIES: dict[str, StrategySpec] = {entry.name: entry for entry in _ENTRIES}
 STRATEGY_KNOBS: tuple[Knob, ...] = unique_knobs(*(entry.knobs for entry in _ENTRIES))

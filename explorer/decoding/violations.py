@@ -168,6 +168,17 @@ def pairwise(
     return PairwiseViolations(positions, tokens, D, S, A, flip, scores, total)
 
 
+def restrict(p: PairwiseViolations, keep: np.ndarray) -> PairwiseViolations:
+    """The matrices of a subset of the tokens (keep (n,) bool): what the pass over that subset
+    alone would give, since row i of the pass reveals only token i."""
+    D, flip = p.D[np.ix_(keep, keep)], p.flip[np.ix_(keep, keep)]
+    S, A = (D + D.T) / 2, D - D.T
+    off = ~np.eye(len(D), dtype=bool)
+    scores = np.where(off, S, np.inf).min(axis=1)
+    total = float(np.minimum(S[np.triu(off)], 0.0).sum())
+    return PairwiseViolations(p.positions[keep], p.tokens[keep], D, S, A, flip, scores, total)
+
+
 def reveal_each(x: torch.Tensor, prompt_length: int, positions: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """(n, L): row i is the state x (1, L) with only token i of the committed set revealed."""
     n = positions.numel()

@@ -258,6 +258,32 @@ class Schedule(_Model):
     revisions: Count = 0
 
 
+class Gate(_Model):
+    rule: Annotated[str, Field(strict=True, pattern="^(drop|energy|exact|pairwise)$")]
+    proposed: list[Count]
+    tokens: list[TokenId]
+    accepted: list[Flag01]
+    score: list[Finite]
+    flip: list[Flag01]
+    reused: Flag01 = 0
+
+    @model_validator(mode="after")
+    def _aligned(self):
+        n = len(self.proposed)
+        for name in ("tokens", "accepted", "score", "flip"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n} proposed positions")
+        return self
+
+
+class Cost(_Model):
+    calls: Count
+    sequences: Count
+    measure_calls: Count = 0
+    measure_sequences: Count = 0
+    measure_seconds: Seconds = 0.0
+
+
 def _energy_kind(value: object) -> str:
     return "skipped" if isinstance(value, dict) and "skipped" in value else "record"
 
@@ -275,6 +301,8 @@ class Extras(_Model):
     ) = None
     prophet: Prophet | None = None
     schedule: Schedule | None = None
+    gate: Gate | None = None
+    cost: Cost | None = None
 
 
 # ---- rows ---------------------------------------------------------------------------------------
@@ -589,12 +617,15 @@ def _check_extras(label: str, extras: Extras, raw: dict, g: int, vocab: int | No
     for name, positions in (
         ("violations", extras.violations.positions if extras.violations else []),
         ("energy", extras.energy.positions if isinstance(extras.energy, Energy) else []),
+        ("gate", extras.gate.proposed if extras.gate else []),
     ):
         outside = [p for p in positions if p >= g]
         if outside:
             raise BundleError(f"{where}.{name}: position {outside[0]} is outside 0..{g - 1}")
     if extras.violations is not None:
         _check_tokens(f"{where}.violations", "tokens", extras.violations.tokens, vocab, model)
+    if extras.gate is not None:
+        _check_tokens(f"{where}.gate", "tokens", extras.gate.tokens, vocab, model)
     try:  # what the views read back: must agree with the schema
         StepExtras.from_json(raw)
     except (ValueError, TypeError) as exc:
