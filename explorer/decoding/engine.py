@@ -24,7 +24,15 @@ from explorer.decoding.probes import GateInput, run_gate
 from explorer.decoding.prophet import ProphetCheck, prophet_check
 from explorer.decoding.protocols import ARScorer, Denoiser
 from explorer.decoding.records import DecodeResult, StepCost, StepExtras, StepRecord
-from explorer.decoding.resume import CANDIDATE_STREAM, DEVICE_STREAM, HOST_STREAM, Origin, Resume, ScheduleMark, step_seed
+from explorer.decoding.resume import (
+    CANDIDATE_STREAM,
+    DEVICE_STREAM,
+    HOST_STREAM,
+    Origin,
+    Resume,
+    ScheduleMark,
+    step_seed,
+)
 from explorer.decoding.sampling import StepMetrics, step_metrics
 from explorer.decoding.schedule import block_bounds, scheduled_count
 from explorer.decoding.state import Block, DecodeState, HostStep
@@ -338,7 +346,9 @@ def _rule_candidates(
     return out
 
 
-def _marginal_candidates(run: DecodeRun, state: DecodeState, choice: StepChoice, log_q: torch.Tensor) -> list[StepChoice]:
+def _marginal_candidates(
+    run: DecodeRun, state: DecodeState, choice: StepChoice, log_q: torch.Tensor
+) -> list[StepChoice]:
     """EDLM's proposal: k independent draws from the product of marginals at every masked (or
     changed) position; each commits the step's positions with its drawn tokens."""
     masked = state.masked() | choice.commit

@@ -218,4 +218,3 @@ def _outcome(
 
 def _with_next(out: GateOutcome, ids: torch.Tensor, logits: torch.Tensor) -> GateOutcome:
     return GateOutcome(out.commit, out.tokens, out.record, out.measured, ids, logits)
-

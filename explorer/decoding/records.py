@@ -65,7 +65,8 @@ class StepExtras:
     """What a step measured beyond the free metrics, each part present when it ran.
 
     Stored as JSON (`to_json`: {"violations": ..., "energy": ..., "prophet": ..., "schedule": ...,
-    "gate": ..., "cost": ...}, {} when none ran); `from_json` reads it back and raises ValueError on anything malformed."""
+    "gate": ..., "cost": ...}, {} when none ran); `from_json` reads it back and raises ValueError
+    on anything malformed."""
 
     violations: ViolationRecord | None = None  # the pairwise pass over the committed set
     energy: EnergyRecord | EnergySkipped | None = None  # the candidates and the kept one
