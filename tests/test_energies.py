@@ -586,8 +586,8 @@ def test_engine_energy_with_violations_counts_every_pass(denoiser, ar_scorer):
 def test_engine_commits_the_kept_candidate(denoiser, ar_scorer, monkeypatch):
     seen = []
 
-    def spy(c, weights, tau, generator):
-        choice = choose(c, weights, tau, generator)
+    def spy(c, weights, tau, generator, greedy=False):
+        choice = choose(c, weights, tau, generator, greedy)
         seen.append((c.x.clone(), c.masked.clone(), [p.clone() for p in c.positions], c.tokens.clone(), choice))
         return choice
 

@@ -438,13 +438,25 @@ def keep_probabilities(energies: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.softmax(-e / tau, dim=0)
 
 
-def choose(c: Candidates, weights: dict[str, float], tau: float, generator: torch.Generator | None) -> EnergyRecord:
+def choose(
+    c: Candidates, weights: dict[str, float], tau: float, generator: torch.Generator | None, greedy: bool = False
+) -> EnergyRecord:
     """Score every candidate with the weighted terms and keep one by importance sampling.
+
+    `greedy` (T = 0, where the candidates are the next-best assignments, enumerated rather than
+    drawn): keep the candidate the target itself rates highest, argmax_j (log Q(y_j) - E_j) —
+    with Uni-E that is log P_bar, with the AR energy log p_AR — the first on a tie, so that a
+    step whose energies are all equal keeps candidate 0, plain decoding's choice.
     The record's `passes` count the extra sequences run so far (the caller adds CFG's copies)."""
     terms = {name: ENERGY_TERMS[name].energy(c) for name in weights}  # each (k,)
     total = sum(w * terms[name] for name, w in weights.items())  # (k,)
-    probs = keep_probabilities(total, tau)
-    j = int(torch.multinomial(probs.float(), 1, generator=generator).item())
+    if greedy:
+        target = torch.nan_to_num(c.log_q_each.sum(-1) - total, nan=-math.inf)  # (k,)
+        j = int(torch.argmax(target).item())
+        probs = (torch.arange(c.k, device=target.device) == j).double()
+    else:
+        probs = keep_probabilities(total, tau)
+        j = int(torch.multinomial(probs.float(), 1, generator=generator).item())
     return EnergyRecord(
         j,
         {k: v.tolist() for k, v in terms.items()},

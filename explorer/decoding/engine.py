@@ -284,8 +284,9 @@ def _energy_stage(
 
     Candidate 0 is the step's own choice (so k = 1 is plain decoding, token for token); the
     others are the strategy's rule run again with independent random draws (at T = 0, where
-    the rule has none, the next-best token assignments of the same positions), or with
-    `energy_marginal_candidates` fresh draws from the product of marginals (EDLM's proposal)."""
+    the rule has none, the next-best token assignments of the same positions, of which the
+    target's best is kept: `choose(greedy=True)`), or with `energy_marginal_candidates` fresh
+    draws from the product of marginals (EDLM's proposal)."""
     config = run.config
     low, high = config.energy_window
     if not config.energies or choice.early_commit or not low <= state.masked_fraction() <= high:
@@ -312,7 +313,8 @@ def _energy_stage(
             ),
         )
     sequences_before = run.model.sequences
-    record = choose(cands, dict(config.energies), config.energy_tau, run.generator)
+    greedy = config.temperature == 0 and not config.energy_marginal_candidates
+    record = choose(cands, dict(config.energies), config.energy_tau, run.generator, greedy)
     record.passes.denoiser = run.model.sequences - sequences_before  # x2 with CFG
     kept = choices[record.chosen]
     # A re-drawn revision may put the old token back: that position no longer changes.
