@@ -121,6 +121,22 @@ PRESETS: tuple[Preset, ...] = (
         },
     ),
     Preset(
+        "Lookahead: parallel and still grammatical",
+        "The a/an preset's prompt and seed, decoded by the lookahead gate: each step proposes the 8 most "
+        "confident tokens, reveals them one by one in a single batched model call, and keeps them only while "
+        "none loses more than 1 nat or changes its top choice. About 4 tokens per step, one model call per "
+        "step, and no 'an girl': the step line says which proposals each step rejected and why.",
+        {
+            "prompt": "once upon a time there was",
+            "gen_length": 32,
+            "steps": 32,
+            "strategy": "lookahead",
+            "temperature": 0.7,
+            "seed": 2,
+            "violations": True,
+        },
+    ),
+    Preset(
         "Re-masking (RCR): tokens taken back",
         "Running-confidence remasking fills every mask each step, then takes back the least confident tokens "
         "so that only the scheduled number stays. Tokens that were taken back carry an orange ↺ badge (hover: "

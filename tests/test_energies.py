@@ -9,6 +9,7 @@ order-dependence terms must then become nonzero (the tests can fail).
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,11 +29,14 @@ from explorer.decoding.energies import (
     inv_energy,
     keep_probabilities,
     log_q_u,
+    next_best,
     per_position,
     random_orders,
     uni_energy,
 )
 from explorer.decoding.engine import iter_steps, run_decode
+from explorer.decoding.resume import DEVICE_STREAM, step_seed
+from explorer.decoding.strategies import STRATEGIES
 
 V_REAL = 4  # real tokens 0..3
 MASK = V_REAL  # the mask id; the model's vocabulary is V_REAL + 1
@@ -649,3 +653,146 @@ def test_energy_skips_a_step_whose_chain_is_too_long(denoiser):
     assert all("skipped" in r.extras.to_json()["energy"] for r in capped)
     assert [r.tokens.tolist() for r in capped] == [r.tokens.tolist() for r in plain]
     assert [r.forward_passes for r in capped] == [1] * 4
+
+
+# ---- candidates from the strategy's own rule: candidate 0 is plain decoding ----------------------
+PLAIN_STRATEGIES = sorted(name for name, spec in STRATEGIES.items() if spec.gate is None)
+RULE_SETTINGS = dict(steps=8, threshold=0.7, seed=3, energies=(("uni", 1.0),), energy_window=(0.0, 1.0))
+
+
+def step_commits(steps) -> list[tuple[list[int], list[int], list[int]]]:
+    return [(r.committed.tolist(), r.tokens.tolist(), r.remasked.tolist()) for r in steps]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("strategy", PLAIN_STRATEGIES)
+def test_one_candidate_is_plain_decoding(denoiser, strategy, temperature):
+    settings = {**RULE_SETTINGS, "strategy": strategy, "temperature": temperature}
+    plain = engine_steps(denoiser, **{k: v for k, v in settings.items() if k != "energies"})
+    one = engine_steps(denoiser, energy_candidates=1, **settings)
+    assert any(r.extras.energy_ran is not None for r in one)  # the energy stage did run
+    assert all(r.extras.energy_ran is None for r in plain)
+    assert step_commits(one) == step_commits(plain)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("strategy", PLAIN_STRATEGIES)
+def test_candidate_zero_is_the_plain_choice(denoiser, monkeypatch, strategy, temperature):
+    """k = 3 with the choice forced to candidate 0: the run is the plain run, and every step's
+    candidate 0 commits exactly the plain step's positions and tokens; the other two differ."""
+    seen = []
+
+    def keep_first(c, weights, tau, generator, greedy=False):
+        seen.append(([p.tolist() for p in c.positions], c.tokens.clone()))
+        return replace(choose(c, weights, tau, generator, greedy), chosen=0)
+
+    monkeypatch.setattr(engine, "choose", keep_first)
+    settings = {**RULE_SETTINGS, "strategy": strategy, "temperature": temperature}
+    forced = engine_steps(denoiser, energy_candidates=3, **settings)
+    plain = engine_steps(denoiser, **{k: v for k, v in settings.items() if k != "energies"})
+    assert step_commits(forced) == step_commits(plain)
+    ran = [r for r in plain if r.n_committed]  # a step that commits nothing skips the energy stage
+    assert len(seen) == len(ran) > 0
+    others_differ = False
+    for r, (positions, tokens) in zip(ran, seen):
+        assert positions[0] == r.committed.tolist()
+        assert tokens[0, r.committed].tolist() == r.tokens.tolist()
+        assert tokens.shape[0] == 3
+        others_differ |= any(
+            positions[j] != positions[0] or not torch.equal(tokens[j, positions[j]], tokens[0, positions[0]])
+            for j in (1, 2)
+        )
+    assert others_differ
+
+
+def test_marginal_candidates_are_edlm_draws_of_one_commit_set(denoiser, monkeypatch):
+    """energy_marginal_candidates: every candidate commits the plain rule's positions U, and
+    the tokens at every masked position are draws from the product of marginals, exactly the
+    draws of the step's stream (T = 0: neither x̂ nor low_confidence draws before them)."""
+    seen = []
+
+    def spy(c, weights, tau, generator, greedy=False):
+        choice = choose(c, weights, tau, generator, greedy)
+        seen.append((c, greedy, choice.chosen))
+        return choice
+
+    monkeypatch.setattr(engine, "choose", spy)
+    k, seed = 4, 7
+    steps = engine_steps(
+        denoiser,
+        energies=(("uni", 1.0),),
+        energy_window=(0.0, 1.0),
+        energy_candidates=k,
+        energy_marginal_candidates=True,
+        seed=seed,
+    )
+    assert len(seen) == len(steps) == 4
+    mask = denoiser.mask_id
+    drew_other = False
+    for i, (r, (c, greedy, chosen)) in enumerate(zip(steps, seen)):
+        assert not greedy  # importance sampling, not the greedy pick of the next-best assignments
+        assert c.k == k and all(p.tolist() == r.committed.tolist() for p in c.positions)
+        P = c.prompt_length
+        masked = c.masked[0]
+        assert all(torch.equal(m, masked) for m in c.masked)
+        generator = torch.Generator().manual_seed(step_seed(seed, i, DEVICE_STREAM))
+        expected = draw(c.log_q, masked, c.x[0, P:], k, generator)  # (k, G)
+        assert torch.equal(c.tokens, expected)
+        assert not (c.tokens[:, masked] == mask).any()
+        assert r.tokens.tolist() == c.tokens[chosen, r.committed].tolist()
+        drew_other |= bool((c.tokens[:, masked] != c.log_p[masked].argmax(-1)).any())
+    assert drew_other  # draws, not the argmax
+
+
+def test_next_best_is_the_brute_force_k_best():
+    log_p = torch.log_softmax(torch.randn(3, 5, generator=torch.Generator().manual_seed(11), dtype=torch.float64), -1)
+
+    def score(y):
+        return float(sum(log_p[i, t] for i, t in enumerate(y)))
+
+    every = sorted(itertools.product(range(5), repeat=3), key=score, reverse=True)
+    for k in (1, 2, 7, 30, 125):
+        rows = next_best(log_p, k)
+        assert rows.dtype == torch.long and rows.shape == (k, 3)
+        assert [tuple(row) for row in rows.tolist()] == every[:k], k
+    assert next_best(log_p, 1).tolist() == [log_p.argmax(-1).tolist()]
+    assert next_best(log_p, 500).shape == (125, 3)  # fewer exist
+    assert next_best(log_p[:0], 4).shape == (1, 0)
+    # a float32 input (the step's log_p) gives the same ranking
+    assert torch.equal(next_best(log_p.float(), 20), next_best(log_p, 20))
+
+
+def test_greedy_choose_keeps_candidate_zero_on_equal_energies():
+    den = TableDenoiser(random_joint(G5, 12))
+    log_p = den.step_log_p(STATE)
+
+    def candidates(rows: torch.Tensor) -> Candidates:
+        tokens = torch.tensor([2, 0, 0, 1, 0]).repeat(len(rows), 1)
+        tokens[:, U] = rows
+        return Candidates(
+            x=ids_of(STATE),
+            prompt_length=P,
+            masked=torch.tensor(STATE) == MASK,
+            positions=torch.tensor(U),
+            tokens=tokens,
+            log_q=log_p,
+            log_p=log_p,
+            log_probs=den.log_probs,
+            orders=random_orders(len(U), 1, None, torch.device("cpu")),
+        )
+
+    best = next_best(log_p[U], 6)  # (6, 3) row 0 = the argmax: the highest Q
+    # weight 0: every energy is 0; greedy keeps the target's best, log Q, which is candidate 0
+    record = choose(candidates(best), {"uni": 0.0}, 1.0, None, greedy=True)
+    assert record.total == [0.0] * 6 and record.chosen == 0 and record.keep_probs == [1.0] + [0.0] * 5
+    # identical candidates: equal energies and equal Q, a tie: the first
+    same = candidates(best[:1].repeat(5, 1))
+    record = choose(same, {"uni": 1.0}, 1.0, None, greedy=True)
+    assert len(set(record.total)) == 1 and record.chosen == 0
+    # not simply "always 0": with the argmax listed last and equal energies, the last is kept
+    assert choose(candidates(best.flip(0)), {"uni": 0.0}, 1.0, None, greedy=True).chosen == 5
+    # with the energy on, greedy keeps argmax_j log P_chain(y_j) (= log Q - Uni-E with one order)
+    c = candidates(best)
+    record = choose(c, {"uni": 1.0}, 1.0, None, greedy=True)
+    chain = torch.stack([ch[0].sum() for ch in c.chain])
+    assert record.chosen == int(torch.argmax(chain))

@@ -178,3 +178,15 @@ def test_the_app_refuses_to_delete_a_decoding_run_and_bad_run_ids(tmp_path):
         for steps in (3.5, "abc"):  # text from an API client too: the field named, not a bare "Error"
             with pytest.raises(Exception, match="steps must be a whole number"):
                 client.predict(*decode_args(steps=steps), api_name="/decode")
+
+
+@pytest.mark.parametrize("strategy", ["lookahead", "lookahead_exact", "energy_gate", "pairwise_gate"])
+def test_the_estimate_of_a_gated_run_is_of_the_measured_order(embedded, strategy):
+    """A gated step commits a varying number of tokens, so the estimate (two a step) is of
+    the measured order rather than a bound: within a factor of three either way here."""
+    for violations in (False, True):
+        config = DecodeConfig(gen_length=32, steps=32, strategy=strategy, violations=violations, temperature=1.0)
+        out = decode(PROMPT, embedded, config, store=None)
+        measured = sum(r.forward_passes for r in out.steps)
+        estimate = estimated_passes(config)
+        assert measured / 3 <= estimate <= 3 * measured, (measured, estimate)

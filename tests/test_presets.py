@@ -114,6 +114,20 @@ def revision_repairs(denoiser, preset):
     assert not plain.valid, "without revisions the same run should break"
 
 
+def lookahead_parallel(denoiser, preset):
+    """Valid where the a/an preset (same prompt and seed, 8 tokens per step) breaks, at about 4
+    tokens per step, one model call per step, with rejected proposals recorded."""
+    result, arrays, decoded = run(denoiser, preset)
+    assert result.valid, result.summary()
+    assert arrays.gen_length / arrays.n_steps >= 3.5, arrays.n_steps
+    calls = sum(r.extras.cost.calls for r in decoded.steps)
+    assert calls <= arrays.n_steps + 1, calls
+    assert any(not all(r.extras.gate.accepted) for r in decoded.steps)
+    plain = replace(config_of(preset), strategy="low_confidence", steps=4)
+    broken_run, _, _ = run(denoiser, preset, plain)
+    assert "a_an" in kinds(broken_run), broken_run.summary()
+
+
 # Preset name -> the check of what its explanation promises.
 PHENOMENA = {
     "a/an violation at 8 tokens per step": a_an,
@@ -123,6 +137,7 @@ PHENOMENA = {
     "Fast-dLLM threshold: adaptive steps": adaptive,
     "Two full stops in one step: a dependency violation": two_full_stops,
     "Energy repairs the violation (Uni-E)": energy_repairs,
+    "Lookahead: parallel and still grammatical": lookahead_parallel,
     "Re-masking (RCR): tokens taken back": remasks,
     "XDLM: a revision repairs the story": revision_repairs,
 }

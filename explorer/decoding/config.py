@@ -23,12 +23,14 @@ from explorer.decoding.model_pass import CFG_SCALE
 from explorer.decoding.prophet import PROPHET
 from explorer.decoding.schedule import SCHEDULES
 from explorer.decoding.strategies import STRATEGIES, STRATEGY_KNOBS
-from explorer.decoding.violations import VIOLATIONS_CAP
+from explorer.decoding.violations import VIOLATION_RECENT_STEPS, VIOLATIONS_CAP
 
 __all__ = ["KNOBS", "KNOBS_BY_NAME", "OPTION_KNOBS", "ConfigError", "DecodeConfig", "Settings"]
 
 OPTION_KNOBS: tuple[Knob, ...] = (PROPHET, CFG_SCALE)  # switches that apply to any strategy
-KNOBS: tuple[Knob, ...] = unique_knobs(STRATEGY_KNOBS, OPTION_KNOBS, ENERGY_KNOBS, (VIOLATIONS_CAP,))
+KNOBS: tuple[Knob, ...] = unique_knobs(
+    STRATEGY_KNOBS, OPTION_KNOBS, ENERGY_KNOBS, (VIOLATIONS_CAP, VIOLATION_RECENT_STEPS)
+)
 KNOBS_BY_NAME: dict[str, Knob] = {knob.name: knob for knob in KNOBS}
 
 

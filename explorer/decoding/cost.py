@@ -9,7 +9,10 @@ classifier-free guidance), the violation pass (a batch of n sequences counts n, 
 energy's n. Measured against runs of the embedded model in tests/test_limits.py. n is the most tokens a step
 commits under the schedule, so the estimate is an upper bound for the scheduled strategies; for
 the threshold strategies, which may commit more in one step and then take fewer steps, it is
-the same order (the tests compare it with measured runs).
+the same order (the tests compare it with measured runs). A gated strategy (lookahead,
+pairwise_gate, ...) runs its step's pass and one batched probe of K rows per step and commits at
+least one token a step; the estimate takes two tokens a step (measured on the embedded model,
+K = 8: 2.4 for lookahead_exact, 4-6 for the others), so it is of the same order, not a bound.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 
 from explorer.decoding.config import DecodeConfig
+from explorer.decoding.strategies import STRATEGIES
 
 
 def tokens_per_step_bound(config: DecodeConfig) -> int:
@@ -29,10 +33,13 @@ def tokens_per_step_bound(config: DecodeConfig) -> int:
 
 def estimated_passes(config: DecodeConfig) -> int:
     """Sequence forwards of the whole run (an estimate: see the module's note)."""
+    if STRATEGIES[config.strategy].gate is not None:
+        return _gated_passes(config)
     n = tokens_per_step_bound(config)
     per_step = 2 if config.cfg_scale else 1
     if config.violations and n > 1:
-        per_step += min(n, config.violation_cap)
+        # the pass over the step's tokens, and one row per recent token (cross-step variant)
+        per_step += min(n, config.violation_cap) + min(config.violation_recent_steps * n, config.violation_cap)
     steps = config.steps
     total = steps * per_step
     if config.energies:
@@ -46,3 +53,12 @@ def estimated_passes(config: DecodeConfig) -> int:
             # the candidates' own pass (k), the chain, the AR energy's reading of the n tokens
             total += in_window * (config.energy_candidates + chain + (n if "ar" in names else 0))
     return int(total)
+
+
+def _gated_passes(config: DecodeConfig) -> int:
+    """A gated run: per step its own pass and the probe's K rows (with CFG, twice), and the
+    violation pass over the committed tokens; two tokens a step (see the module's note)."""
+    K, copies = config.lookahead_k, 2 if config.cfg_scale else 1
+    steps = math.ceil(config.gen_length / 2)
+    per_step = copies * (1 + K) + (copies * 2 if config.violations else 0)  # the two tokens' violation rows
+    return int(steps * per_step)

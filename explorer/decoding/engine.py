@@ -9,8 +9,9 @@ the callbacks (store writer, progress, live stream) in the spirit of diffusers'
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from explorer.decoding.sampling import StepMetrics, step_metrics
 from explorer.decoding.schedule import block_bounds, scheduled_count
 from explorer.decoding.state import Block, DecodeState, HostStep
 from explorer.decoding.strategies import STRATEGIES, StepInput, StrategySpec
-from explorer.decoding.violations import PairwiseViolations, ViolationRecord, measure
+from explorer.decoding.violations import PairwiseViolations, Recent, ViolationRecord, measure_steps
 
 
 def resolve_config(config: DecodeConfig, denoiser: Denoiser) -> DecodeConfig:
@@ -60,6 +61,9 @@ class DecodeRun:
     ar_scorer: ARScorer | None
     # A prefix probe's row that the step committed: (the state (1, L), its logits (G, V)).
     ahead: tuple[torch.Tensor, torch.Tensor] | None = None
+    # The positions each of the last `violation_recent_steps` steps committed, newest last (the
+    # cross-step violations; empty when that is 0). A branch starts it afresh.
+    recent: deque[np.ndarray] = field(default_factory=deque)
 
     def step_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(G, V) logits of the state x, and whether they came from the last step's probe (no
@@ -159,9 +163,14 @@ def iter_steps(
             choice = _energy_stage(run, state, block, metrics, logits, choice)
             host = state.commit(choice.commit, choice.tokens, choice.remask, metrics)
             calls, decoded = run.model.calls - calls_before, run.model.sequences - passes_before
-            violations = _violation_stage(run, x_before, state.prompt_length, host, metrics.log_p, forward_seconds)
-            if violations is None and choice.measured is not None:
+            if choice.measured is not None and not config.violation_recent_steps:
+                # The pairwise gate's probe measured the committed set already: no second pass.
                 violations = ViolationRecord.of(choice.measured, int(host.commit.sum()), 0.0, forward_seconds).kept()
+            else:
+                violations = _violation_stage(run, x_before, state.prompt_length, host, metrics.log_p, forward_seconds)
+                if violations is None and choice.measured is not None:
+                    violations = ViolationRecord.of(choice.measured, int(host.commit.sum()), 0.0, forward_seconds)
+                    violations = violations.kept()
             cost = StepCost(
                 calls=calls + (1 if choice.ar_passes else 0),
                 sequences=decoded + choice.ar_passes,
@@ -331,10 +340,16 @@ def _rule_candidates(
     (streams CANDIDATE_STREAM + j of this step); at T = 0 the next-best assignments instead."""
     config, k = run.config, run.config.energy_candidates
     if config.temperature == 0:
+        # Candidate 0 is the choice itself: a rule that draws its tokens even at T = 0
+        # (xdlm_ancestral's posterior) need not commit the argmax that next_best starts from.
         positions = torch.nonzero(choice.commit).flatten()
-        tokens = next_best(metrics.log_p[positions], k)  # (k', n) row 0 = the argmax
-        out = []
-        for row in tokens:
+        own = choice.tokens[positions]
+        out = [choice]
+        for row in next_best(metrics.log_p[positions], k + 1):  # (k', n) row 0 = the argmax
+            if len(out) == k:
+                break
+            if torch.equal(row, own):
+                continue
             written = choice.tokens.clone()
             written[positions] = row
             out.append(replace(choice, tokens=written))
@@ -400,15 +415,28 @@ def _violation_stage(
     log_p: torch.Tensor,
     forward_seconds: float | None,
 ) -> ViolationRecord | None:
-    """The pairwise pass over the tokens the step committed together (two or more)."""
-    if not run.config.violations or host.commit.sum() < 2:
+    """The pairwise pass over the tokens the step committed together (two or more).
+
+    With `violation_recent_steps` = m > 0 the same call also checks them against the tokens
+    committed in the last m steps that are still visible before this step (not masked again
+    since, not re-masked or re-committed by this step): at most `violation_cap` of them, the most
+    recent step first (a step's own in position order), one row each (violations.py)."""
+    if not run.config.violations:
+        return None
+    committed = np.flatnonzero(host.commit)
+    recent = _recent_tokens(run, host)
+    if run.config.violation_recent_steps > 0:
+        run.recent.append(committed)
+        while len(run.recent) > run.config.violation_recent_steps:
+            run.recent.popleft()
+    if len(committed) < 2:
         return None
     began = time.perf_counter()
-    committed = np.flatnonzero(host.commit)
     # The pass reads the committed set from the state before the step with that set masked;
     # a revised position held a visible token there, so mask it as well.
-    x_before[0, prompt_length + torch.as_tensor(committed, device=x_before.device)] = run.model.denoiser.mask_id
-    result = measure(
+    mask_id = run.model.denoiser.mask_id
+    x_before[0, prompt_length + torch.as_tensor(committed, device=x_before.device)] = mask_id
+    result, cross = measure_steps(
         run.model.log_probs,
         x_before,
         prompt_length,
@@ -417,8 +445,27 @@ def _violation_stage(
         log_p,
         host.proposal_prob,
         run.config.violation_cap,
+        recent,
+        mask_id,
     )
-    return ViolationRecord.of(result, len(committed), time.perf_counter() - began, forward_seconds).kept()
+    return ViolationRecord.of(result, len(committed), time.perf_counter() - began, forward_seconds, cross).kept()
+
+
+def _recent_tokens(run: DecodeRun, host: HostStep) -> Recent | None:
+    """The tokens of the last m steps a step's tokens are checked against (None: none)."""
+    mask_id, cap = run.model.denoiser.mask_id, run.config.violation_cap
+    visible = (host.before != mask_id) & ~host.commit & ~host.remask
+    positions, ago, seen = [], [], set()
+    for k, step_positions in enumerate(reversed(run.recent), start=1):
+        for p in step_positions.tolist():
+            if len(positions) < cap and visible[p] and p not in seen:
+                seen.add(p)
+                positions.append(p)
+                ago.append(k)
+    if not positions:
+        return None
+    pos = np.array(positions, dtype=np.int64)
+    return Recent(pos, host.before[pos].astype(np.int64), np.array(ago, dtype=np.int64))
 
 
 def _record(

@@ -187,8 +187,12 @@ def _square(n: int, **matrices: list[list]) -> None:
             raise ValueError(f"{name} must be {n} x {n} (one row and column per position)")
 
 
+CROSS_FIELDS = ("cross_positions", "cross_tokens", "cross_ago", "cross_D", "cross_flip", "cross_scores")
+
+
 class Violations(_Model):
-    """ViolationRecord.to_json: the pairwise matrices of the committed set (capped at n)."""
+    """ViolationRecord.to_json: the pairwise matrices of the committed set (capped at n), and
+    the cross-step ones (m recent tokens x n; all six fields or none) when they were measured."""
 
     positions: list[Count]
     tokens: list[TokenId]
@@ -202,12 +206,19 @@ class Violations(_Model):
     capped: Annotated[bool, Field(strict=True)]
     seconds: Seconds
     forward_seconds: Seconds | None = None
+    cross_positions: list[Count] | None = None
+    cross_tokens: list[TokenId] | None = None
+    cross_ago: list[Annotated[int, Field(strict=True, ge=1, le=INT64_MAX)]] | None = None
+    cross_D: list[list[Finite]] | None = None
+    cross_flip: list[list[Flag01]] | None = None
+    cross_scores: list[Finite] | None = None
 
     @model_validator(mode="after")
     def _shapes(self):
         n = len(self.positions)
         _same_length(n, tokens=self.tokens, scores=self.scores)
         _square(n, S=self.S, A=self.A, D=self.D, flip=self.flip)
+        self._cross_shapes(n)
         if len(set(self.positions)) != n:
             raise ValueError("positions repeat a position")
         if self.n_committed < n:
@@ -215,6 +226,28 @@ class Violations(_Model):
         if self.capped != (self.n_committed > n):
             raise ValueError(f"capped is {str(self.capped).lower()} but n_committed is {self.n_committed} for {n}")
         return self
+
+    def _cross_shapes(self, n: int) -> None:
+        cross = {name: getattr(self, name) for name in CROSS_FIELDS}
+        given = [name for name, value in cross.items() if value is not None]
+        if not given:
+            return
+        if len(given) < len(cross):
+            missing = ", ".join(name for name in cross if name not in given)
+            raise ValueError(f"the cross-step fields come together: {missing} missing")
+        m = len(self.cross_positions)
+        if m == 0:
+            raise ValueError("cross_positions is empty: a record without recent tokens has no cross fields")
+        _same_length(m, cross_tokens=self.cross_tokens, cross_ago=self.cross_ago)
+        _same_length(n, cross_scores=self.cross_scores)
+        for name in ("cross_D", "cross_flip"):
+            rows = cross[name]
+            if len(rows) != m or any(len(row) != n for row in rows):
+                raise ValueError(f"{name} must be {m} x {n} (one row per recent token, one column per position)")
+        if len(set(self.cross_positions)) != m:
+            raise ValueError("cross_positions repeat a position")
+        if set(self.cross_positions) & set(self.positions):
+            raise ValueError("a position is both committed in the step and one of its recent tokens")
 
 
 class Passes(_Model):
@@ -616,6 +649,7 @@ def _check_extras(label: str, extras: Extras, raw: dict, g: int, vocab: int | No
     _plain_json(label, "extras", raw)
     for name, positions in (
         ("violations", extras.violations.positions if extras.violations else []),
+        ("violations", (extras.violations.cross_positions or []) if extras.violations else []),
         ("energy", extras.energy.positions if isinstance(extras.energy, Energy) else []),
         ("gate", extras.gate.proposed if extras.gate else []),
     ):
@@ -624,6 +658,7 @@ def _check_extras(label: str, extras: Extras, raw: dict, g: int, vocab: int | No
             raise BundleError(f"{where}.{name}: position {outside[0]} is outside 0..{g - 1}")
     if extras.violations is not None:
         _check_tokens(f"{where}.violations", "tokens", extras.violations.tokens, vocab, model)
+        _check_tokens(f"{where}.violations", "cross_tokens", extras.violations.cross_tokens or [], vocab, model)
     if extras.gate is not None:
         _check_tokens(f"{where}.gate", "tokens", extras.gate.tokens, vocab, model)
     try:  # what the views read back: must agree with the schema
