@@ -31,6 +31,7 @@ from explorer.decoding.records import StepExtras, StepRecord
 from explorer.decoding.schedule import SCHEDULES
 from explorer.decoding.strategies import STRATEGIES, strategies_using
 from explorer.store.database import StoreError, TrajectoryStore, existing_sqlite_file, resolve_url
+from explorer.views.speed import Speed, speed_of
 from explorer.views.verdict import verdict_of
 from models.tokenizer import WordTokenizer
 
@@ -377,7 +378,26 @@ def _print_run(out, denoiser, args: argparse.Namespace, store: TrajectoryStore |
     generated = [denoiser.token_text(t) for t in out.token_ids]
     _print_steps([_record_line(r, denoiser) for r in out.steps], denoiser.name, out.prompt_text, generated)
     where = f"run {out.run_id} stored in {store.url}" if store else "not stored (--no-store)"
-    print(f"\n{out.result.n_steps} steps, {out.result.status}; {where}")
+    print(f"\n{_live_speed(out, denoiser, store).cost_line()}")
+    print(f"{out.result.n_steps} steps, {out.result.status}; {where}")
+
+
+def _live_speed(out, denoiser, store: TrajectoryStore | None) -> Speed:
+    """The cost of a decode (or branch) just run: the stored run's when it was stored (a branch's
+    copied steps included, as `show` and the app count them), else the steps this command ran."""
+    if store is not None and out.run_id is not None:
+        return _stored_speed(store, out.run_id)
+    run = {"final_token_ids": out.token_ids, "mask_id": out.mask_id, "device": str(getattr(denoiser, "device", ""))}
+    steps = [{"seconds": r.seconds} for r in out.steps]
+    return speed_of(run, steps, sum(r.forward_passes for r in out.steps), [r.extras for r in out.steps])
+
+
+def _stored_speed(store: TrajectoryStore, run_id: int, arrays=None) -> Speed:
+    """A stored run's speed and cost (`arrays`: its RunArrays when already read)."""
+    arrays = store.read_arrays(run_id) if arrays is None else arrays
+    steps = store.step_summaries(run_id)
+    extras = arrays.extras if len(arrays.extras) == len(steps) else None
+    return speed_of(store.get_run(run_id), steps, store.forward_passes(run_id), extras)
 
 
 @dataclass(frozen=True)
@@ -395,12 +415,14 @@ class _StepLine:
         return f"step {self.step:3d}  block {self.block}  +{len(self.changes)}  {words}{self.notes()}"
 
     def notes(self) -> str:
-        """The step's re-masks, violation total and kept energy candidate, when there are any."""
+        """The step's re-masks, violation total, gate and kept energy candidate, when there are any."""
         notes = []
         if self.remasked:
             notes.append("re-masked " + " ".join(self.remasked))
         if self.extras.violations is not None:
             notes.append(f"violation total {self.extras.violations.total:.2f}")
+        if (g := self.extras.gate) is not None:
+            notes.append(f"gate kept {g.n_accepted} of {len(g.proposed)} proposed")
         if (e := self.extras.energy_ran) is not None:
             notes.append(f"energy kept {e.chosen} of {len(e.total)} (E = {e.total[e.chosen]:.2f})")
         return ("   [" + "; ".join(notes) + "]") if notes else ""
@@ -425,9 +447,10 @@ def _record_line(record: StepRecord, denoiser) -> _StepLine:
     return _StepLine(record.step, record.block, changes, remasked, record.extras)
 
 
-def _stored_lines(store: TrajectoryStore, run_id: int) -> list[_StepLine]:
-    """A stored run's step lines, read back from its events and step extras."""
-    arrays = store.read_arrays(run_id)
+def _stored_lines(store: TrajectoryStore, run_id: int, arrays=None) -> list[_StepLine]:
+    """A stored run's step lines, read back from its events and step extras (`arrays`: its
+    RunArrays when already read)."""
+    arrays = store.read_arrays(run_id) if arrays is None else arrays
     texts = store.token_texts(run_id)
 
     def text(token: int) -> str:
@@ -615,7 +638,10 @@ def _show(args: argparse.Namespace) -> None:
         print(f"error:  {run['error']}")
     # The checked models' tokens are words, so the stored text splits into exactly the token texts.
     generated = run["final_text"].split() if run["final_text"] is not None else None
-    _print_steps(_stored_lines(store, args.run_id), run["model"], run["prompt"], generated)
+    arrays = store.read_arrays(args.run_id)
+    _print_steps(_stored_lines(store, args.run_id, arrays), run["model"], run["prompt"], generated)
+    if run["status"] != "running":
+        print(f"\n{_stored_speed(store, args.run_id, arrays).cost_line()}")
 
 
 COMMANDS = {"decode": _decode, "branch": _branch, "alternatives": _alternatives, "runs": _runs, "show": _show}

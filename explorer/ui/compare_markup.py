@@ -14,6 +14,7 @@ from explorer.store.arrays import RunArrays
 from explorer.ui.logic import forward_passes, summarise, token_text_for
 from explorer.views import align
 from explorer.views import figures as plots
+from explorer.views.speed import speed_of
 from explorer.views.verdict import final_verdict
 
 LETTERS = "ABCD"  # run A is the first run picked, B the second...
@@ -158,6 +159,8 @@ SUMMARY_COLUMNS = (
     "Σ S < 0 (nats)",
     "AR-ness τ",
     "forward passes",
+    "calls / token",
+    "sequences / token",
     "wall time",
     "tokens / step",
     "steps",
@@ -177,6 +180,9 @@ SUMMARY_NOTE = (
     "between tokens committed in the same step, summed over the steps (nats; needs the violations pass) · "
     "AR-ness τ: Kendall's τ between each position and the step that last changed it (+1 = left to right) · "
     "forward passes: of the model, as stored per step (a branch's own after its branch step in brackets) · "
+    "calls / token: sequential model calls of the decode per generated token (a batched pass is one call) · "
+    "sequences / token: sequence forwards of the decode per token (both leave the violation pass out; not recorded "
+    "for runs stored before costs were counted) · "
     "wall time: from the run's start to its end, as stored."
 )
 
@@ -206,6 +212,7 @@ def _summary_row(services: Services, letter: str, arrays: RunArrays) -> str:
         _violation_total(arrays),
         "n/a" if math.isnan(s.arness) else f"{s.arness:+.2f}",
         _passes(services, arrays),
+        *_cost_cells(arrays),
         wall_time(run),
         f"{s.committed / max(s.n_steps, 1):.2f}",
         s.n_steps,
@@ -264,6 +271,14 @@ def _passes(services: Services, arrays: RunArrays) -> str:
     if arrays.run.get("parent_run_id") is None:
         return str(total)
     return f"{total} ({own} after step {arrays.run.get('branch_step')})"
+
+
+def _cost_cells(arrays: RunArrays) -> tuple[str, str]:
+    """(calls per token, sequences per token) of the decode, from the steps' cost extras ('not recorded' for a
+    run stored before they were counted)."""
+    speed = speed_of(arrays.run, [{}] * len(arrays.extras), 0, arrays.extras)
+    calls, sequences, _, _ = speed.cost_texts()
+    return calls, sequences
 
 
 def _energies_text(arrays) -> str:

@@ -16,7 +16,7 @@ from explorer.views import figures as plots
 from explorer.views import pairwise
 from explorer.views.player import embed, stored_payload
 from explorer.views.speed import speed_html, speed_of
-from explorer.views.tokens import render_tokens
+from explorer.views.tokens import gate_line, render_tokens
 from explorer.views.verdict import final_verdict
 
 # What the Decode tab shows of a run state, by name (the /decode, /scrub and /open_run outputs
@@ -78,6 +78,7 @@ def render_view(
     tokens = render_tokens(
         arrays, token_text, step, arrays.run.get("prompt", ""), hint=BRANCH_HINT if branchable else ""
     )
+    tokens += gate_line(arrays, step, token_text)  # a gated run: what the step proposed and kept
     if player:
         tokens += embed(stored_payload(arrays, token_text, step, checker_marks(arrays, token_text)))
     return {
@@ -103,9 +104,9 @@ def speed_panel(services: Services, arrays: RunArrays) -> str:
     run = services.store.get_run(int(run_id)) if run_id is not None else None
     if run is None or run["status"] == "running":
         return speed_html(None)
-    return speed_html(
-        speed_of(run, services.store.step_summaries(int(run_id)), services.store.forward_passes(int(run_id)))
-    )
+    steps = services.store.step_summaries(int(run_id))
+    extras = arrays.extras if len(arrays.extras) == len(steps) else None  # the cost extras, read with the arrays
+    return speed_html(speed_of(run, steps, services.store.forward_passes(int(run_id)), extras))
 
 
 def render_analysis(services: Services, arrays: RunArrays, step: int | None, marker: int | None = None) -> Shown:

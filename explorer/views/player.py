@@ -33,7 +33,7 @@ import numpy as np
 from explorer.decoding.records import StepRecord
 from explorer.store.arrays import RunArrays
 from explorer.views.changes import Revision
-from explorer.views.tokens import MASK_GLYPH, TokenContext, commit_tooltip
+from explorer.views.tokens import MASK_GLYPH, TokenContext, commit_tooltip, gate_lines
 from explorer.views.verdict import TokenMark
 
 FORMAT = 1  # the payload's format version (static/components/player.js reads it)
@@ -51,6 +51,7 @@ def stored_payload(
     the checker does not apply."""
     steps = [int(s) for s in arrays.steps.tolist()]
     last = steps[-1] if steps else 0
+    gates = gate_lines(arrays, token_text)
     return {
         "format": FORMAT,
         "key": f"run-{arrays.run.get('id')}",
@@ -63,6 +64,7 @@ def stored_payload(
         "open": last if open_step is None else min(max(int(open_step), steps[0] if steps else 0), last),
         "entropy_top": _entropy_top(arrays),
         "checked": marks is not None,
+        **({"gates": {str(k): v for k, v in gates.items()}} if gates else {}),  # a gated run's line per step
     }
 
 

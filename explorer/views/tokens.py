@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from explorer.decoding.gates import GateRecord
 from explorer.store.arrays import RunArrays
 from explorer.views.changes import Revision, revision_history
 
@@ -295,6 +296,76 @@ def legend(
         f'early → late <span class="ramp" style="background: linear-gradient(to right, {gradient})"></span>; </span>'
         f'<span class="tok masked">{MASK_GLYPH}</span> = still masked{just}{again}{changed}{forced}{tail}</div>'
     )
+
+
+# ---- a gated step's proposal -----------------------------------------------------------------------
+
+GATE_RULES = {  # GateRecord.rule -> what the line calls it
+    "drop": "lookahead gate",
+    "exact": "exact lookahead gate",
+    "energy": "energy gate",
+    "pairwise": "pairwise gate",
+}
+SHOWN_REJECTS = 8  # rejected tokens named in a gate line; more are counted
+
+
+def gate_text(gate: GateRecord, step: int, token_text: Callable[[int], str]) -> str:
+    """Plain text (escaped by the caller): what a gated step proposed and kept, e.g. "lookahead
+    gate · step 5: proposed 8, kept 5; rejected position 12 'a' (drop 2.30 nats); after it in
+    proposal order position 14 'b' (drop 0.10 nats, flip)". A prefix rule's score is the token's
+    drop (and it keeps the proposal up to its first failing token); the pairwise rule's is its most
+    negative S_ij against the tokens kept before it."""
+    rule = GATE_RULES.get(gate.rule, gate.rule)
+    text = f"{rule} · step {step}: proposed {len(gate.proposed)}, kept {gate.n_accepted}"
+    rejected = [i for i, kept in enumerate(gate.accepted) if not kept]
+    if rejected:
+        named = [_rejected(gate, i, token_text) for i in rejected[:SHOWN_REJECTS]]
+        more = len(rejected) - SHOWN_REJECTS
+        tail = f" and {more} more" if more > 0 else ""
+        if gate.rule == "pairwise" or len(named) == 1:
+            text += "; rejected " + ", ".join(named) + tail
+        else:  # a prefix rule stops at its first failing token: the rest go with it
+            text += f"; rejected {named[0]}; after it in proposal order " + ", ".join(named[1:]) + tail
+    if gate.reused:
+        text += " · logits reused from the previous step's probe"
+    return text
+
+
+def _rejected(gate: GateRecord, i: int, token_text: Callable[[int], str]) -> str:
+    score, reasons = float(gate.score[i]), []
+    if gate.rule == "pairwise":
+        if score < 0:
+            reasons.append(f"S {score:+.2f} nats against a kept token")
+    elif math.isfinite(score):
+        reasons.append(f"drop {round(score, 2) + 0.0:.2f} nats")  # + 0.0: no "-0.00"
+    if gate.flip[i]:
+        reasons.append("flip")
+    why = f" ({', '.join(reasons)})" if reasons else ""
+    return f"position {int(gate.proposed[i])} '{token_text(int(gate.tokens[i]))}'{why}"
+
+
+def gate_lines(arrays: RunArrays, token_text: Callable[[int], str]) -> dict[int, str]:
+    """{step: the escaped gate line} of every gated step of a run ({} for a run of another strategy)."""
+    return {
+        int(step): _esc(gate_text(extras.gate, int(step), token_text))
+        for step, extras in zip(arrays.steps.tolist(), arrays.extras)
+        if extras.gate is not None
+    }
+
+
+def gate_line(arrays: RunArrays, step: int | None, token_text: Callable[[int], str]) -> str:
+    """The `.gate-line` block under a gated run's token view, saying what `step` (None: the last)
+    proposed and kept (the page's player rewrites it as it moves); "" for a run with no gated step."""
+    if not any(extras.gate is not None for extras in arrays.extras):
+        return ""
+    text = ""
+    if arrays.n_steps:
+        column = len(arrays.steps) - 1 if step is None else int(np.searchsorted(arrays.steps, int(step)))
+        if column < arrays.n_steps and (step is None or int(arrays.steps[column]) == int(step)):
+            gate = arrays.extras[column].gate
+            if gate is not None:
+                text = _esc(gate_text(gate, int(arrays.steps[column]), token_text))
+    return f'<div class="gate-line">{text}</div>'
 
 
 # ---- helpers -----------------------------------------------------------------------------------

@@ -5,8 +5,9 @@
 // step marker of every figure of the tab without a server round trip. While a run streams, each
 // frame carries only its new steps, which are appended here.
 //
-// Every token string arrives escaped by the server; this script only moves those spans around and
-// writes numbers and fixed words, never text from the model or the user.
+// Every token string arrives escaped by the server; this script only moves those spans (and a gated
+// run's step lines, escaped there too) around and writes numbers and fixed words, never text from
+// the model or the user.
 
 const FIGURES = ["heatmap", "changes", "order", "bars", "violation-heatmap", "energy-heatmap"];
 const MARKER = "selected step";
@@ -23,7 +24,7 @@ const SPEEDS = [1, 2, 4, 8, 16, 32];
 const state = {
   key: null, run: null, G: 0, steps: [], starts: [], html: [], index: 0, follow: true, done: false,
   colour: "step", speed: 4, timer: null, entropyTop: 1, checked: false, notify: null, url: null,
-  meta: [], styled: [], styleKey: "", shown: [], nodes: null, heatCols: [], heatSteps: [],
+  meta: [], styled: [], styleKey: "", shown: [], nodes: null, heatCols: [], heatSteps: [], gates: {},
 };
 const host = element.closest("#tokens") || element;  // the component's container (its elem_id)
 host.explorerPlayer = state;
@@ -43,7 +44,7 @@ function load(payload) {
       starts: Array.from({length: payload.G}, () => []), html: Array.from({length: payload.G}, () => []),
       meta: Array.from({length: payload.G}, () => []), styled: Array.from({length: payload.G}, () => []),
       shown: new Int32Array(payload.G).fill(-1), nodes: null, lineStep: undefined, lineKey: "",
-      heatCols: [], heatSteps: [],
+      heatCols: [], heatSteps: [], gates: {},
       entropyTop: payload.entropy_top || 1, checked: !!payload.checked,
     });
     stop();
@@ -65,6 +66,7 @@ function load(payload) {
     styled.splice(i, 0, undefined);
     state.shown[position] = -1;  // what it shows may have changed
   }
+  if (payload.gates) Object.assign(state.gates, payload.gates);  // a gated run's lines, escaped by the server
   state.steps.push(...payload.steps);
   if (payload.open !== undefined && payload.open !== null) {
     state.index = Math.max(0, state.steps.indexOf(payload.open));
@@ -290,8 +292,15 @@ function markPicked() {
   if (tok && !tok.classList.contains("picked")) tok.classList.add("picked");
 }
 
+// A gated run's line under the tokens: what the step shown proposed and kept (server-escaped HTML).
+function renderGate() {
+  const line = $(".gate-line");
+  if (line) line.innerHTML = state.gates[String(state.steps.length ? state.steps[state.index] : -1)] || "";
+}
+
 function show(moved) {
   renderTokens();
+  renderGate();
   markPicked();
   updateBar();
   moveMarkers();
