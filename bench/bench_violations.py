@@ -179,7 +179,9 @@ class StepFixture:
         self.masked = self.state.masked()
         self.state.masked_host = self.masked.cpu().numpy()  # the host mirror, as the engine keeps it
         logits = model_pass.logits(self.state.x)[0]  # (G, V)
+        self.logits = logits
         self.metrics = step_metrics(logits, 0.0, None)  # greedy: proposal = argmax
+        self.block = self.state.enter_block(0, 0, G)  # one block over the generation, as the sweep decodes
         # As the engine's host copy: committed tokens and their probabilities on the host.
         self.tokens_of = self.metrics.proposal.cpu().numpy()
         self.confidence = self.metrics.proposal_prob.float().cpu().numpy()
@@ -276,7 +278,9 @@ def bench_energies(args, denoiser, ar, model_pass, timer, rng) -> tuple[list[dic
                         torch.Generator().manual_seed(args.seed),
                         ar,
                     )
-                    choice = _energy_stage(decode_run, fx.state, fx.metrics, StepChoice(commit, fx.metrics.proposal))
+                    choice = _energy_stage(
+                        decode_run, fx.state, fx.block, fx.metrics, fx.logits, StepChoice(commit, fx.metrics.proposal)
+                    )
                     records[name] = choice.energy
 
                 return run
