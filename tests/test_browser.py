@@ -1045,3 +1045,27 @@ def test_dark_mode_figures_and_the_figures_download(page, artifacts):
     assert {f"run-{run_id}-step-{step}-{name}.svg" for name in ("heatmap", "changes", "order", "bars")} <= set(names)
     assert svg.startswith("<svg") and "Confidence of each still-masked position" in svg
     assert f"step {step}" in svg  # the step marker, drawn into the exported figure
+
+
+LOOKAHEAD_PRESET = "Lookahead: parallel and still grammatical"
+
+
+def test_a_gated_run_says_what_each_step_kept(page, artifacts):
+    """The lookahead preset: the gate line under the tokens names the step's proposal and what it
+    rejected, follows the player, and the speed panel gives calls per token below one. (The
+    line sits inside the token view: placed after it, the page never showed the stored run
+    that ends a live one.)"""
+    choose_preset(page, LOOKAHEAD_PRESET)
+    status = run_and_wait(page)
+    assert "completed" in status, status
+    page.wait_for_function("() => document.querySelector('#tokens').explorerPlayer.key.startsWith('run-')")
+    line = page.locator("#tokens .gate-line")
+    text = line.inner_text()
+    assert text.startswith("lookahead gate · step 6: proposed") and "kept" in text, text
+    press_key(page, "Home")
+    wait_step(page, 0)
+    page.wait_for_function("() => document.querySelector('#tokens .gate-line').innerText.includes('step 0:')")
+    assert "rejected position" in line.inner_text()
+    speed = page.inner_text("#speed")
+    assert "model calls per token" in speed, speed
+    page.screenshot(path=artifacts / "lookahead_gate.png", full_page=True)

@@ -1,7 +1,9 @@
 """The decoding loop: one denoiser pass per step, a strategy picks what to commit.
 
 `iter_steps` is a generator of StepRecords with no side effects; each step reads as a pipeline:
-forward -> select -> energy -> commit -> violations -> record. `run_decode` drives it and calls
+forward -> select -> gate -> energy -> commit -> violations -> record. The forward is skipped
+when a gated strategy's probe already ran the step's state (`DecodeRun.step_logits`); every step
+records its cost (sequential calls, sequence forwards; measuring apart). `run_decode` drives it and calls
 the callbacks (store writer, progress, live stream) in the spirit of diffusers'
 `callback_on_step_end`; it owns the status lifecycle (completed / cancelled / failed).
 """

@@ -76,9 +76,13 @@ def render_view(
     # A finished run on a server that runs models can be branched: the token view says how.
     branchable = services.pool is not None and summary.status != "running" and arrays.run.get("id") is not None
     tokens = render_tokens(
-        arrays, token_text, step, arrays.run.get("prompt", ""), hint=BRANCH_HINT if branchable else ""
+        arrays,
+        token_text,
+        step,
+        arrays.run.get("prompt", ""),
+        hint=BRANCH_HINT if branchable else "",
+        footer=gate_line(arrays, step, token_text),  # a gated run: what the step proposed and kept
     )
-    tokens += gate_line(arrays, step, token_text)  # a gated run: what the step proposed and kept
     if player:
         tokens += embed(stored_payload(arrays, token_text, step, checker_marks(arrays, token_text)))
     return {

@@ -46,6 +46,7 @@ def render_tokens(
     highlight_label: str = "differs from the other run",
     hint: str = "",
     outline_step: bool = True,
+    footer: str = "",
 ) -> str:
     """The prompt, then every generated position as it stood after `step` (None: the end).
 
@@ -71,7 +72,9 @@ def render_tokens(
     a position an edit re-masked gets `edited` and the token it took away. The line holds exactly
     one `.tok` span per position, in order (the Decode tab's click handler counts on it), and the
     view carries `data-run` (the run's id). `hint`: plain text added to the legend (e.g. what a
-    click does).
+    click does). `footer`: markup placed last inside the view (a gated run's gate line): inside,
+    so that the component's top-level nodes stay the view and the player's template, as in a
+    live frame (Gradio updates the component in place and failed to when they differed).
     """
     state = state_at(arrays, step)
     ctx = TokenContext.of(arrays, token_text)
@@ -99,7 +102,7 @@ def render_tokens(
     )
     run_id = arrays.run.get("id")
     owner = f' data-run="{int(run_id)}"' if run_id is not None else ""  # which run a click picks from
-    return f'<div class="tokens-view"{owner}><div class="tokens-line">{line}</div>{shown_legend}</div>'
+    return f'<div class="tokens-view"{owner}><div class="tokens-line">{line}</div>{shown_legend}{footer}</div>'
 
 
 @dataclass(frozen=True)
