@@ -5,8 +5,8 @@
     python bench/sweep_report.py                                    # figure, tables, AUC
 
 Generation length 64, one block, at temperature 1 (prompt "once upon a time"; the seed varies
-the samples) and at temperature 0 (greedy: the seed picks the prompt, the first 12 words of
-story `seed` of the training grammar, so the 300 runs of a cell are 300 prompts). Cells
+the samples) and at temperature 0 (greedy: the seed picks the prompt, the first 20 words of
+story `seed` of the training grammar, so the 300 runs of a cell are 300 different prompts). Cells
 (`--part frontier`): low_confidence at 1, 2, 4, 8, 16 tokens per step; Fast-dLLM's threshold at
 tau 0.9 / 0.7 / 0.5; the gated strategies (lookahead, lookahead_exact, energy_gate,
 pairwise_gate, K = 8) at a few settings; low_confidence with Uni-E (k = 4, candidates from the
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "results"
 PROMPT = "once upon a time"
-PROMPT_WORDS = 12  # greedy runs: this many words of story `seed` of the grammar
+PROMPT_WORDS = 20  # greedy runs: this many words of story `seed` of the grammar (999 distinct in 1000)
 GEN = 64
 TEMPERATURES = (0.0, 1.0)
 UNI = (("uni", 1.0),)

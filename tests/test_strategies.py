@@ -221,7 +221,13 @@ def test_threshold_is_adaptive_it_ignores_the_scheduled_count():
         "remdm_conf",
         "xdlm_ancestral",
         "xdlm_revise",
+        "lookahead",
+        "lookahead_exact",
+        "energy_gate",
+        "pairwise_gate",
     }
+    # adaptive ones say so in their entry: their step count is not the schedule's
+    assert not any(STRATEGIES[name].scheduled for name in ("threshold", "lookahead", "pairwise_gate"))
 
 
 # ---- origin --------------------------------------------------------------------------------

@@ -60,5 +60,7 @@ def _gated_passes(config: DecodeConfig) -> int:
     violation pass over the committed tokens; two tokens a step (see the module's note)."""
     K, copies = config.lookahead_k, 2 if config.cfg_scale else 1
     steps = math.ceil(config.gen_length / 2)
-    per_step = copies * (1 + K) + (copies * 2 if config.violations else 0)  # the two tokens' violation rows
+    # The violation pass over the two tokens; the pairwise gate's probe is that pass already.
+    measuring = config.violations and STRATEGIES[config.strategy].gate.probe != "pairwise"
+    per_step = copies * (1 + K) + (copies * 2 if measuring else 0)
     return int(steps * per_step)
