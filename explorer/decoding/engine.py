@@ -165,14 +165,7 @@ def iter_steps(
             choice = _energy_stage(run, state, block, metrics, logits, choice)
             host = state.commit(choice.commit, choice.tokens, choice.remask, metrics)
             calls, decoded = run.model.calls - calls_before, run.model.sequences - passes_before
-            if choice.measured is not None and not config.violation_recent_steps:
-                # The pairwise gate's probe measured the committed set already: no second pass.
-                violations = ViolationRecord.of(choice.measured, int(host.commit.sum()), 0.0, forward_seconds).kept()
-            else:
-                violations = _violation_stage(run, x_before, state.prompt_length, host, metrics.log_p, forward_seconds)
-                if violations is None and choice.measured is not None:
-                    violations = ViolationRecord.of(choice.measured, int(host.commit.sum()), 0.0, forward_seconds)
-                    violations = violations.kept()
+            violations = _violations(run, choice, x_before, state.prompt_length, host, metrics.log_p, forward_seconds)
             cost = StepCost(
                 calls=calls + (1 if choice.ar_passes else 0),
                 sequences=decoded + choice.ar_passes,
@@ -407,6 +400,26 @@ def _candidates(
         orders=[orders[p.numel()] for p in positions],
         ar_log_probs=run.ar_scorer.log_probs if run.ar_scorer is not None else None,
     )
+
+
+def _violations(
+    run: DecodeRun,
+    choice: StepChoice,
+    x_before: torch.Tensor,
+    prompt_length: int,
+    host: HostStep,
+    log_p: torch.Tensor,
+    forward_seconds: float | None,
+) -> ViolationRecord | None:
+    """The step's violation record: the pairwise gate's probe when it measured the committed set
+    (no second pass), else the violation pass (which the cross-step variant always needs, for its
+    memory of recent steps), falling back to the probe's matrices when that pass ran none."""
+    probed = None
+    if choice.measured is not None:
+        probed = ViolationRecord.of(choice.measured, int(host.commit.sum()), 0.0, forward_seconds).kept()
+        if not run.config.violation_recent_steps:
+            return probed
+    return _violation_stage(run, x_before, prompt_length, host, log_p, forward_seconds) or probed
 
 
 def _violation_stage(
