@@ -29,7 +29,7 @@ from explorer.decoding.knobs import Value
 from explorer.decoding.model_pass import ModelPass
 from explorer.decoding.resume import DEVICE_STREAM, step_seed
 from explorer.decoding.sampling import StepMetrics, step_metrics
-from explorer.decoding.strategies import top_k_commit
+from explorer.decoding.strategies import llada_row, top_k_commit
 from explorer.decoding.violations import PairwiseViolations, measure, restrict
 
 
@@ -82,10 +82,8 @@ def run_gate(gate: Gate, model: ModelPass, g: GateInput) -> GateOutcome:
 
 def _order(g: GateInput) -> torch.Tensor:
     """(K,) the proposed positions, most confident first (ties as LLaDA's top-k breaks them)."""
-    K = int(g.proposal.sum())
-    ranked = g.metrics.proposal_prob.masked_fill(~g.proposal, float("-inf"))
-    row = torch.cat([ranked.new_full((g.prompt_length,), float("-inf")), ranked])  # (P + G,)
-    return torch.topk(row, K).indices - g.prompt_length
+    row = llada_row(g.metrics.proposal_prob, g.proposal, g.prompt_length)  # (P + G,)
+    return torch.topk(row, int(g.proposal.sum())).indices - g.prompt_length
 
 
 def prefix_rows(x: torch.Tensor, prompt_length: int, order: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

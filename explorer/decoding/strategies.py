@@ -85,11 +85,7 @@ def top_k_commit(scores: torch.Tensor, candidates: torch.Tensor, k: int, prompt_
     LLaDA runs `torch.topk` over the whole prompt + generation row, -inf outside the candidates,
     in the scores' own dtype; which of several equal scores topk returns depends on that layout
     (length and position), so the ranking here runs on the same (P + G) row."""
-    # masked_fill takes -inf as a kernel argument: a torch.tensor(-inf) made here would be a
-    # blocking host-to-device copy on every step of a GPU run.
-    ranked = scores.masked_fill(~candidates, float("-inf"))
-    if prompt_length:
-        ranked = torch.cat([ranked.new_full((prompt_length,), float("-inf")), ranked])  # (P + G,)
+    ranked = llada_row(scores, candidates, prompt_length)  # (P + G,)
     row = torch.zeros(ranked.shape, dtype=torch.bool, device=ranked.device)  # (P + G,)
     # No int(candidates.sum()) here (a host synchronisation on a GPU): when k exceeds the
     # number of candidates the top-k also picks -inf positions, which `& candidates` drops.
@@ -97,6 +93,17 @@ def top_k_commit(scores: torch.Tensor, candidates: torch.Tensor, k: int, prompt_
     if k > 0:
         row[torch.topk(ranked, k).indices] = True
     return row[prompt_length:] & candidates
+
+
+def llada_row(scores: torch.Tensor, candidates: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """(P + G,) the scores laid out as LLaDA ranks them: -inf at the prompt and outside the
+    candidates, so that torch.topk breaks exact ties where LLaDA's `generate()` does."""
+    # masked_fill takes -inf as a kernel argument: a torch.tensor(-inf) made here would be a
+    # blocking host-to-device copy on every step of a GPU run.
+    ranked = scores.masked_fill(~candidates, float("-inf"))
+    if prompt_length:
+        ranked = torch.cat([ranked.new_full((prompt_length,), float("-inf")), ranked])
+    return ranked
 
 
 def _scored(score: Callable[[StepInput], torch.Tensor]) -> Strategy:
