@@ -3,13 +3,19 @@
 Starts the model worker process (embedded model preloaded) and the Gradio UI. Honours
 GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; flags win over them. `--replay-only` (or
 EXPLORER_REPLAY_ONLY=1) serves the stored runs with no worker and no model loaded.
+`--workers N` runs N local worker processes; `--workers ray[:N]` runs the workers as Ray actors
+(explorer/ray_pool.py; needs `pip install -r requirements-scale.txt`) on the cluster at
+`--ray-address` (default: $RAY_ADDRESS, else a local Ray instance), one per GPU by default.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -18,6 +24,25 @@ REPLAY_ONLY_ENV = "EXPLORER_REPLAY_ONLY"
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Workers:
+    """`--workers`: `count` local processes, or Ray actors (`count` None: one per GPU, or one)."""
+
+    on_ray: bool
+    count: int | None
+
+
+def workers_arg(text: str) -> Workers:
+    """`N`, `ray` or `ray:N` (N >= 1); anything else is argparse's one-line error."""
+    kind, colon, count = text.strip().lower().partition(":")
+    if kind == "ray" and not colon:
+        return Workers(True, None)
+    number = count if kind == "ray" else kind
+    if (kind == "ray" or not colon) and number.isdigit() and int(number) >= 1:
+        return Workers(kind == "ray", int(number))
+    raise argparse.ArgumentTypeError(f"{text!r}: expected a number of worker processes (e.g. 2), 'ray' or 'ray:N'")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,7 +54,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--data-dir", default=None, help="where the default SQLite file lives")
     parser.add_argument(
-        "--workers", type=int, default=1, help="model worker processes (jobs run one at a time on each)"
+        "--workers",
+        type=workers_arg,
+        default=Workers(False, 1),
+        metavar="N|ray[:N]",
+        help="model workers, each running one job at a time: N local processes (default 1), or Ray actors "
+        "('ray': one per GPU of the cluster, or one; 'ray:N': N of them)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="with --workers ray: the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray instance)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     parser.add_argument("--max-gen-length", type=int, default=256)
@@ -79,11 +114,19 @@ def create_services(args: argparse.Namespace):
     return Services.create(
         resolve_url(args.db, args.data_dir),
         registry,
-        n_workers=args.workers,
+        n_workers=args.workers.count,
         threads=args.threads,
         limits=limits,
         replay_only=args.replay_only,
+        on_ray=args.workers.on_ray,
+        ray_address=args.ray_address,
     )
+
+
+def require_ray(args: argparse.Namespace) -> None:
+    """`--workers ray` without Ray installed: one line saying what to install, not a traceback."""
+    if args.workers.on_ray and not args.replay_only and importlib.util.find_spec("ray") is None:
+        sys.exit("error: --workers ray needs Ray: pip install -r requirements-scale.txt")
 
 
 def stop_on_sigterm() -> None:
@@ -99,10 +142,12 @@ def stop_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    require_ray(args)
     from explorer.ui.app import build_app
 
     stop_on_sigterm()
     services = create_services(args)
+    stop_on_sigterm()  # again: starting Ray (`--workers ray`) installs a SIGTERM handler of its own
     try:
         app = build_app(services)
         app.queue(default_concurrency_limit=None)

@@ -14,6 +14,13 @@ The worker reports the device it decodes on (and, on CUDA, the memory in use) wh
 ready and while a job runs; the pool keeps the latest report on the job's handle
 (`JobHandle.device`) and on the pool (`WorkerPool.device_info`) without adding events to the
 job's stream.
+
+The code that runs a job (`WorkerContext`: the store and the loaded models; `run_job`,
+`run_alternatives`) talks to its submitter through a `JobChannel`: in a worker process, its
+pipes (`PipeChannel`); explorer/ray_pool.py runs the very same code in a Ray actor with a
+channel of its own. The client side that both pools share (the bounded line of waiting jobs,
+the handles, routing a worker's messages to them, failing the job of a dead worker) is
+`JobQueue`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
+from typing import Protocol
 
 import torch
 
@@ -71,23 +79,58 @@ log = logging.getLogger(__name__)
 
 
 # ---- inside the worker process -----------------------------------------------------------
-class _Stream(Callback):
-    """Sends the device, the run id and every step record to the UI process as they happen."""
+WorkerMessage = WorkerReady | DeviceReport | RunStarted | StepDone | OutcomeDone | JobDone | AlternativesDone | JobError
 
-    def __init__(self, conn: Connection, job_id: int, writer, device=None) -> None:
-        self.conn, self.job_id, self.writer, self.device = conn, job_id, writer, device
+
+class JobChannel(Protocol):
+    """How a running job reaches its submitter: `send` a message as it happens, and
+    `should_stop` (asked between steps) once a cancel for this job (or a shutdown) arrived."""
+
+    def send(self, message: WorkerMessage) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class PipeChannel:
+    """One job's channel in a worker process: messages go down the events pipe; the jobs pipe is
+    read between steps, and a Cancel of this job (or a Shutdown) stops the run, and so does a
+    closed pipe (the app is gone: the run ends cancelled with its steps, not with an
+    `EOFError: ` as its error)."""
+
+    def __init__(self, jobs: Connection, events: Connection, job_id: int) -> None:
+        self.jobs, self.events, self.job_id, self.cancelled = jobs, events, job_id, False
+
+    def send(self, message: WorkerMessage) -> None:
+        self.events.send(message)
+
+    def should_stop(self) -> bool:
+        try:
+            while self.jobs.poll():
+                match self.jobs.recv():
+                    case Shutdown() | Cancel(job_id=self.job_id):
+                        self.cancelled = True
+        except (EOFError, OSError):
+            self.cancelled = True
+        return self.cancelled
+
+
+class _Stream(Callback):
+    """Sends the device, the run id and every step record to the submitter as they happen."""
+
+    def __init__(self, channel: JobChannel, job_id: int, writer, device=None) -> None:
+        self.channel, self.job_id, self.writer, self.device = channel, job_id, writer, device
         self._reported = 0.0
 
     def report_device(self) -> None:
-        self.conn.send(DeviceReport(self.job_id, device_info(self.device)))
+        self.channel.send(DeviceReport(self.job_id, device_info(self.device)))
         self._reported = time.monotonic()
 
     def on_start(self, start: RunStart) -> None:
         self.report_device()
-        self.conn.send(RunStarted(self.job_id, self.writer.run_id))
+        self.channel.send(RunStarted(self.job_id, self.writer.run_id))
 
     def on_step(self, record: StepRecord) -> None:
-        self.conn.send(StepDone(self.job_id, record))
+        self.channel.send(StepDone(self.job_id, record))
         if time.monotonic() - self._reported >= DEVICE_REPORT_S:
             self.report_device()
 
@@ -148,22 +191,13 @@ class _Pace(Callback):
 
 
 class _CancelCheck(Callback):
-    """Reads the job pipe between steps: a Cancel of this job (or a Shutdown) stops the run, and so
-    does a closed pipe (the app is gone: the run ends cancelled with its steps, not with an
-    `EOFError: ` as its error)."""
+    """Asks the job's channel between steps whether the run should stop (a cancel)."""
 
-    def __init__(self, conn: Connection, job_id: int) -> None:
-        self.conn, self.job_id, self.cancelled = conn, job_id, False
+    def __init__(self, channel: JobChannel) -> None:
+        self.channel = channel
 
     def should_stop(self) -> bool:
-        try:
-            while self.conn.poll():
-                match self.conn.recv():
-                    case Shutdown() | Cancel(job_id=self.job_id):
-                        self.cancelled = True
-        except (EOFError, OSError):
-            self.cancelled = True
-        return self.cancelled
+        return self.channel.should_stop()
 
 
 class TimeBudgetExceeded(RuntimeError):
@@ -187,6 +221,40 @@ class _Deadline(Callback):
             )
 
 
+@dataclass
+class WorkerContext:
+    """What a worker (a process here, a Ray actor in explorer/ray_pool.py) holds between jobs:
+    the store it writes to, the models it loaded (from the server's registry only), the AR scorers."""
+
+    store: TrajectoryStore
+    registry: ModelRegistry
+    models: dict[str, Denoiser]
+    scorers: ScorerCache
+
+    @classmethod
+    def start(
+        cls,
+        db_url: str,
+        threads: int | None = None,
+        preload: tuple[str, ...] = (),
+        registry: ModelRegistry = DEFAULT_REGISTRY,
+    ) -> WorkerContext:
+        """Set torch's threads, open the store and load the `preload` models."""
+        if threads:
+            torch.set_num_threads(threads)
+        models = {name: load_denoiser(name, registry) for name in preload}
+        return cls(TrajectoryStore(db_url), registry, models, ScorerCache(registry))
+
+    def ready(self) -> WorkerReady:
+        """The device of the first loaded model (the CPU when none is loaded yet)."""
+        first = next(iter(self.models.values()), None)
+        return WorkerReady(device_info(first.device if first is not None else None))
+
+    def run(self, job: WorkerJob, channel: JobChannel) -> JobDone | AlternativesDone | JobError:
+        """Run one job, streaming through `channel`; its terminal message (see `_run_one`)."""
+        return _run_one(job, self.models, self.registry, self.scorers, self.store, channel)
+
+
 def worker_main(
     jobs: Connection,
     events: Connection,
@@ -196,19 +264,14 @@ def worker_main(
     registry: ModelRegistry = DEFAULT_REGISTRY,
 ) -> None:
     """Entry point of a worker process: load `preload` models, then run jobs until told to stop."""
-    if threads:
-        torch.set_num_threads(threads)
-    store = TrajectoryStore(db_url)
-    models: dict[str, Denoiser] = {name: load_denoiser(name, registry) for name in preload}
-    scorers = ScorerCache(registry)
-    first = next(iter(models.values()), None)
-    events.send(WorkerReady(device_info(first.device if first is not None else None)))
+    context = WorkerContext.start(db_url, threads, preload, registry)
+    events.send(context.ready())
     while True:
         match jobs.recv():
             case Shutdown():
                 return
             case Job() | BranchJob() | AlternativesJob() as job:
-                events.send(_run_one(job, models, registry, scorers, store, jobs, events))
+                events.send(context.run(job, PipeChannel(jobs, events, job.job_id)))
             case _:
                 continue  # a cancel for a job that already ended
 
@@ -219,8 +282,7 @@ def _run_one(
     registry: ModelRegistry,
     scorers: ScorerCache,
     store: TrajectoryStore,
-    jobs: Connection,
-    events: Connection,
+    channel: JobChannel,
 ) -> JobDone | AlternativesDone | JobError:
     """Run one job; its terminal message. An out-of-memory error frees the device's cache."""
     device = "the model's device"
@@ -230,8 +292,8 @@ def _run_one(
         denoiser = models[job.model]
         device = denoiser.device
         if isinstance(job, AlternativesJob):
-            return AlternativesDone(job.job_id, run_alternatives(job, denoiser, store, scorers, jobs, events))
-        return JobDone(job.job_id, run_job(job, denoiser, store, scorers, jobs, events))
+            return AlternativesDone(job.job_id, run_alternatives(job, denoiser, store, scorers, channel))
+        return JobDone(job.job_id, run_job(job, denoiser, store, scorers, channel))
     except _Cancelled:
         return JobError(job.job_id, "cancelled")
     except TimeBudgetExceeded as exc:
@@ -250,11 +312,11 @@ def run_job(
     denoiser: Denoiser,
     store: TrajectoryStore,
     scorers: ScorerCache,
-    jobs: Connection,
-    events: Connection,
+    channel: JobChannel,
 ) -> DecodeResult:
     """A decode or a branch on a loaded model: run it, write every step to the store, stream it
-    to the UI. A branch is planned (and every input checked) before anything is stored.
+    to the submitter through `channel`. A branch is planned (and every input checked) before
+    anything is stored.
 
     Where the model's forward passes run. `gpu` is ZeroGPU's `spaces.GPU` only when this is
     called in the Gradio process on a ZeroGPU Space, else the identity (explorer/zerogpu.py).
@@ -267,8 +329,8 @@ def run_job(
         prompt, config = job.prompt, job.config
         prompt_ids = prepare(prompt, denoiser, config)
     writer = StoreWriter(store, denoiser.token_text)
-    stream = _Stream(events, job.job_id, writer, denoiser.device)
-    callbacks = [writer, stream, _CancelCheck(jobs, job.job_id)]
+    stream = _Stream(channel, job.job_id, writer, denoiser.device)
+    callbacks = [writer, stream, _CancelCheck(channel)]
     if job.pace_ms > 0:
         callbacks.append(_Pace(job.pace_ms))
     if job.max_seconds > 0:
@@ -291,18 +353,16 @@ def run_alternatives(
     denoiser: Denoiser,
     store: TrajectoryStore,
     scorers: ScorerCache,
-    jobs: Connection,
-    events: Connection,
+    channel: JobChannel,
 ) -> AlternativesReport:
     """The alternatives analysis: each re-decode's outcome is sent as it finishes; a cancel
     stops the analysis between re-decodes (the runs already made stay stored)."""
     run = store.get_run(job.run_id)
     scorer = scorers.configured(DecodeConfig.from_dict(run["config"]), denoiser) if run else None
-    cancel = _CancelCheck(jobs, job.job_id)
 
     def sent(outcome: Outcome) -> None:
-        events.send(OutcomeDone(job.job_id, outcome))
-        if cancel.should_stop():
+        channel.send(OutcomeDone(job.job_id, outcome))
+        if channel.should_stop():
             raise _Cancelled
 
     return alternatives(store, denoiser, job.run_id, job.step, job.position, job.top, scorer, sent)
@@ -332,53 +392,30 @@ class JobHandle:
                 return
 
 
-@dataclass
-class _Slot:
-    """One worker process and the job it is running."""
-
-    process: mp.process.BaseProcess | None = None
-    jobs: Connection | None = None  # UI -> worker
-    events: Connection | None = None  # worker -> UI
-    handle: JobHandle | None = None
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.is_alive()
+class _HasHandle(Protocol):
+    handle: JobHandle | None  # the job the slot's worker is running
 
 
-class WorkerPool:
-    """Runs jobs on `n_workers` worker processes (one at a time each); more jobs wait in line."""
+class JobQueue:
+    """The client side of a pool of workers, the same for worker processes (`WorkerPool`) and Ray
+    actors (explorer/ray_pool.py): jobs wait in one bounded line (`QueueFullError` beyond
+    `max_pending`), each gets a `JobHandle`, and a worker's messages are routed to it. A subclass
+    owns the workers (`_slots`, each with the `handle` it runs), hands them the waiting jobs
+    (woken by `_wake`), and stops a running job (`_cancel_running`)."""
 
-    def __init__(
-        self,
-        db_url: str,
-        registry: ModelRegistry = DEFAULT_REGISTRY,
-        n_workers: int = 1,
-        threads: int | None = None,
-        max_pending: int = 64,
-        preload: tuple[str, ...] = ("embedded",),
-        start_method: str = "spawn",
-    ) -> None:
+    _slots: list  # of slots with a `handle`
+
+    def __init__(self, db_url: str, max_pending: int) -> None:
         self.db_url = db_url
-        self.registry = registry  # handed to every worker process: the models they may load
-        self.threads = threads
-        self.preload = preload
         self.max_pending = max_pending
-        self._ctx = mp.get_context(start_method)
-        self._slots = [_Slot() for _ in range(n_workers)]
         self._pending: deque[JobHandle] = deque()
         self._handles: dict[int, JobHandle] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        # A self-pipe: submit() wakes the dispatcher out of its wait() on the workers' pipes.
-        self._wake_recv, self._wake_send = self._ctx.Pipe(duplex=False)
         self._closed = False
-        self.deaths = 0  # worker processes found dead mid-job (for the UI and tests)
+        self.deaths = 0  # workers found dead mid-job (for the UI and tests)
         self.device_info: DeviceInfo | None = None  # the latest device report of any worker
-        self._store_instance = None
-        for slot in self._slots:  # warm workers: the first Run should not wait for torch to import
-            self._start(slot)
-        self._thread = threading.Thread(target=self._dispatch, name="worker-dispatch", daemon=True)
-        self._thread.start()
+        self._store_instance: TrajectoryStore | None = None
 
     # ---- client side ---------------------------------------------------------------------
     def submit(
@@ -407,7 +444,7 @@ class WorkerPool:
             self._handles[handle.job.job_id] = handle
             self._pending.append(handle)
             handle.events.put(Queued(len(self._pending) - 1 + self.busy()))
-        self._wake_send.send(None)
+        self._wake()
         return handle
 
     def cancel(self, job_id: int) -> bool:
@@ -421,20 +458,123 @@ class WorkerPool:
                 self._handles.pop(job_id, None)
                 handle.events.put(JobError(job_id, "cancelled before it started"))
                 return True
-            for slot in self._slots:
-                if slot.handle is handle and slot.alive():
-                    try:
-                        slot.jobs.send(Cancel(job_id))
-                    except OSError:
-                        pass
-                    return True
-        return False
+            return self._cancel_running(handle)
 
     def busy(self) -> int:
         return sum(slot.handle is not None for slot in self._slots)
 
     def pending(self) -> int:
         return len(self._pending)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the workers (a running job ends cancelled, its steps kept)."""
+        raise NotImplementedError
+
+    # ---- for the subclasses ----------------------------------------------------------------
+    def _wake(self) -> None:
+        """A job was queued: hand it to an idle worker."""
+        raise NotImplementedError
+
+    def _cancel_running(self, handle: JobHandle) -> bool:
+        """Ask the worker running `handle` to stop it (called holding the lock)."""
+        raise NotImplementedError
+
+    def _route(self, slot: _HasHandle, message: WorkerMessage) -> None:
+        """A worker's message: device reports stay on the pool and the handle; the rest go on to
+        the job's client, and a terminal one frees the slot."""
+        match message:
+            case WorkerReady(device=device):
+                self.device_info = device
+                return
+            case DeviceReport(job_id=job_id, device=device):
+                self.device_info = device
+                if (handle := self._handles.get(job_id)) is not None:
+                    handle.device = device
+                return
+            case RunStarted(job_id=job_id, run_id=run_id) if job_id in self._handles:
+                self._handles[job_id].run_id = run_id
+        handle = self._handles.get(message.job_id)
+        if handle is None:
+            return
+        handle.events.put(message)
+        if isinstance(message, TERMINAL):
+            with self._lock:
+                slot.handle = None
+                self._handles.pop(message.job_id, None)
+
+    def _fail(self, slot: _HasHandle, message: str, died: bool = True) -> None:
+        """The slot's worker died mid-job (or, `died` False, the pool could not run it): its run
+        ends failed in the store (the steps it wrote stay), its client gets `JobFailed(message)`,
+        and the slot is free."""
+        handle = slot.handle
+        if handle is None:
+            return
+        self.deaths += died
+        if handle.run_id is not None:
+            self._store().mark_failed(handle.run_id, message)
+        handle.events.put(JobFailed(handle.job.job_id, message))
+        with self._lock:
+            self._handles.pop(handle.job.job_id, None)
+            slot.handle = None
+
+    def _store(self) -> TrajectoryStore:
+        if self._store_instance is None:
+            self._store_instance = TrajectoryStore(self.db_url)
+        return self._store_instance
+
+
+@dataclass
+class _Slot:
+    """One worker process and the job it is running."""
+
+    process: mp.process.BaseProcess | None = None
+    jobs: Connection | None = None  # UI -> worker
+    events: Connection | None = None  # worker -> UI
+    handle: JobHandle | None = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+
+class WorkerPool(JobQueue):
+    """Runs jobs on `n_workers` worker processes (one at a time each); more jobs wait in line."""
+
+    def __init__(
+        self,
+        db_url: str,
+        registry: ModelRegistry = DEFAULT_REGISTRY,
+        n_workers: int = 1,
+        threads: int | None = None,
+        max_pending: int = 64,
+        preload: tuple[str, ...] = ("embedded",),
+        start_method: str = "spawn",
+    ) -> None:
+        super().__init__(db_url, max_pending)
+        self.registry = registry  # handed to every worker process: the models they may load
+        self.threads = threads
+        self.preload = preload
+        self._ctx = mp.get_context(start_method)
+        self._slots = [_Slot() for _ in range(n_workers)]
+        # A self-pipe: submit() wakes the dispatcher out of its wait() on the workers' pipes.
+        self._wake_recv, self._wake_send = self._ctx.Pipe(duplex=False)
+        for slot in self._slots:  # warm workers: the first Run should not wait for torch to import
+            self._start(slot)
+        self._thread = threading.Thread(target=self._dispatch, name="worker-dispatch", daemon=True)
+        self._thread.start()
+
+    # ---- client side ---------------------------------------------------------------------
+    def _wake(self) -> None:
+        self._wake_send.send(None)
+
+    def _cancel_running(self, handle: JobHandle) -> bool:
+        for slot in self._slots:
+            if slot.handle is handle and slot.alive():
+                try:
+                    slot.jobs.send(Cancel(handle.job.job_id))
+                except OSError:
+                    pass
+                return True
+        return False
 
     def worker_pids(self) -> list[int]:
         return [slot.process.pid for slot in self._slots if slot.alive()]
@@ -508,50 +648,14 @@ class WorkerPool:
         except (EOFError, OSError):
             pass  # the worker is gone; the liveness check handles its job
 
-    def _route(self, slot: _Slot, message) -> None:
-        """A worker's message: device reports stay on the pool and the handle; the rest go on to
-        the job's client, and a terminal one frees the slot."""
-        match message:
-            case WorkerReady(device=device):
-                self.device_info = device
-                return
-            case DeviceReport(job_id=job_id, device=device):
-                self.device_info = device
-                if (handle := self._handles.get(job_id)) is not None:
-                    handle.device = device
-                return
-            case RunStarted(job_id=job_id, run_id=run_id) if job_id in self._handles:
-                self._handles[job_id].run_id = run_id
-        handle = self._handles.get(message.job_id)
-        if handle is None:
-            return
-        handle.events.put(message)
-        if isinstance(message, TERMINAL):
-            with self._lock:
-                slot.handle = None
-                self._handles.pop(message.job_id, None)
-
     def _worker_died(self, slot: _Slot) -> None:
         """Fail the dead worker's job (its stored steps stay) and free the slot for a fresh one."""
-        handle, code = slot.handle, slot.process.exitcode
+        code = slot.process.exitcode
         slot.process = slot.jobs = slot.events = None
         if not self._closed:
             self._start(slot)  # warm again before the next job arrives
-        if handle is None:
-            return
-        self.deaths += 1
         message = f"the model worker died (exit code {code}) during this run; a fresh worker will run the next job"
-        if handle.run_id is not None:
-            self._store().mark_failed(handle.run_id, message)
-        handle.events.put(JobFailed(handle.job.job_id, message))
-        with self._lock:
-            self._handles.pop(handle.job.job_id, None)
-            slot.handle = None
-
-    def _store(self) -> TrajectoryStore:
-        if self._store_instance is None:
-            self._store_instance = TrajectoryStore(self.db_url)
-        return self._store_instance
+        self._fail(slot, message)
 
 
 class QueueFullError(RuntimeError):
