@@ -32,13 +32,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from explorer.sweeps.stats import (
+    RESAMPLES,
+    SEED,
+    Z,
+    bootstrap_ratio,
+    interval_text,
+    mean_ci,
+    percentiles,
+    resample_counts,
+    wilson_interval,
+)
 from explorer.views.metrics import roc_auc
-from models.evaluate import wilson_interval
 
 GEN = 64  # generated tokens per run (bench/sweep.py's GEN)
-Z = 1.96
-RESAMPLES = 1000
-SEED = 0
 TARGET_VALID = 0.99
 TARGET_CALLS = 0.5
 PREVIOUS_BEST = {
@@ -119,40 +126,6 @@ def by_key(runs: list[dict]) -> dict[str, list[dict]]:
 # ------------------------------------------------------------------------------------ statistics
 
 
-def mean_ci(values) -> dict:
-    """Mean and its normal 95% interval (NaN bounds with one value)."""
-    v = np.asarray(values, dtype=np.float64)
-    m = float(v.mean())
-    half = Z * float(v.std(ddof=1)) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
-    return {"mean": m, "ci": [m - half, m + half]}
-
-
-def resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, n): how often each of n runs is drawn in each bootstrap resample (fixed seed)."""
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(resamples, n))
-    offsets = (np.arange(resamples) * n)[:, None]
-    return np.bincount((draws + offsets).ravel(), minlength=resamples * n).reshape(resamples, n)
-
-
-def bootstrap_ratio(num, den, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, list[float]]:
-    """sum(num) / sum(den) with a percentile 95% interval from resampling runs (rows)."""
-    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    point = float(num.sum() / den.sum()) if den.sum() > 0 else float("nan")
-    counts = resample_counts(len(num), resamples, seed)
-    d = counts @ den
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = np.where(d > 0, (counts @ num) / d, np.nan)
-    return point, _percentiles(ratios)
-
-
-def _percentiles(values: np.ndarray) -> list[float]:
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return [float("nan"), float("nan")]
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-
-
 def pair_matrix(scores, labels, run_index, n_runs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The Mann-Whitney counts between runs: M[a, b] = sum over positives of run a and negatives of
     run b of [positive scores higher] + 1/2 [tie]; and each run's positives and negatives."""
@@ -189,7 +162,7 @@ def auc_with_ci(scores, labels, run_index, counts: np.ndarray) -> dict:
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
     point = roc_auc(scores, labels)
     boot = weighted_auc(scores, labels, run_index, counts)
-    return {"auc": point, "ci": _percentiles(boot), "positives": int(labels.sum()), "negatives": int((~labels).sum())}
+    return {"auc": point, "ci": percentiles(boot), "positives": int(labels.sum()), "negatives": int((~labels).sum())}
 
 
 # ---------------------------------------------------------------------------------------- cells
@@ -538,12 +511,6 @@ def auc_markdown(auc: dict) -> str:
 # --------------------------------------------------------------------------------------- tables
 
 
-def _interval(m: float, ci: list[float], fmt: str = ".3f", scale: float = 1.0) -> str:
-    if any(math.isnan(v) for v in ci):
-        return f"{scale * m:{fmt}}"
-    return f"{scale * m:{fmt}} [{scale * ci[0]:{fmt}}, {scale * ci[1]:{fmt}}]"
-
-
 def temperature_title(t: float, cells: list[dict]) -> str:
     n = max((c["runs"] for c in cells), default=0)
     if t == 0:
@@ -575,12 +542,12 @@ def markdown_table(cells: list[dict], target: dict | None = None) -> str:
             cost = c["cost_per_token"]
             lines.append(
                 f"| {c['group']} | {c['strategy']} | {c['setting']} | {c['energy']} | {c['runs']} | "
-                f"{c['tokens_per_step']:.2f} | {_interval(cost['calls']['mean'], cost['calls']['ci'])} | "
-                f"{_interval(cost['sequences']['mean'], cost['sequences']['ci'])} | "
-                f"{_interval(cost['wall_ms']['mean'], cost['wall_ms']['ci'], '.2f')} | "
-                f"{_interval(c['valid_rate'], c['valid_ci'], '.1f', 100)} | "
-                f"{_interval(c['sentence_rate'], c['sentence_ci'], '.1f', 100)} | "
-                f"{_interval(c['ar_nll'], c['ar_nll_ci'])} |"
+                f"{c['tokens_per_step']:.2f} | {interval_text(cost['calls']['mean'], cost['calls']['ci'])} | "
+                f"{interval_text(cost['sequences']['mean'], cost['sequences']['ci'])} | "
+                f"{interval_text(cost['wall_ms']['mean'], cost['wall_ms']['ci'], '.2f')} | "
+                f"{interval_text(c['valid_rate'], c['valid_ci'], '.1f', 100)} | "
+                f"{interval_text(c['sentence_rate'], c['sentence_ci'], '.1f', 100)} | "
+                f"{interval_text(c['ar_nll'], c['ar_nll_ci'])} |"
             )
     if target:
         lines += ["", f"## Target check: {target['criterion']}", ""]

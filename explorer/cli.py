@@ -1,4 +1,4 @@
-"""Command line: `python -m explorer decode|branch|alternatives|runs|show`.
+"""Command line: `python -m explorer decode|branch|alternatives|runs|show|sweep|sweep-report|sweeps`.
 
 Bad input gets one line `error: ...` on stderr naming the problem and the valid range, exit
 status 2, and nothing written to the database.
@@ -31,6 +31,7 @@ from explorer.decoding.records import StepExtras, StepRecord
 from explorer.decoding.schedule import SCHEDULES
 from explorer.decoding.strategies import STRATEGIES, strategies_using
 from explorer.store.database import StoreError, TrajectoryStore, existing_sqlite_file, resolve_url
+from explorer.sweeps import commands as sweep_commands
 from explorer.views.speed import Speed, speed_of
 from explorer.views.verdict import verdict_of
 from models.tokenizer import WordTokenizer
@@ -166,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("run_id", type=RUN_ID, help="the stored run (see `runs`)")
     _add_store(s)
+    sweep_commands.add_parsers(sub, _add_store, _bounded_int("sweep id", 1, MAX_ID))
     return parser
 
 
@@ -644,7 +646,14 @@ def _show(args: argparse.Namespace) -> None:
         print(f"\n{_stored_speed(store, args.run_id, arrays).cost_line()}")
 
 
-COMMANDS = {"decode": _decode, "branch": _branch, "alternatives": _alternatives, "runs": _runs, "show": _show}
+COMMANDS = {
+    "decode": _decode,
+    "branch": _branch,
+    "alternatives": _alternatives,
+    "runs": _runs,
+    "show": _show,
+    **sweep_commands.COMMANDS,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

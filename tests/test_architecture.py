@@ -22,9 +22,11 @@ ALLOWED: dict[str, set[str]] = {
     "jobs": {"decoding", "branching"},
     "api": {"decoding", "adapters", "store", "branching"},
     "worker": {"api", "jobs", "decoding", "adapters", "store", "branching", "zerogpu"},
-    "services": {"worker", "adapters", "store", "presets"},
-    "cli": {"api", "branching", "decoding", "adapters", "store", "models", "views", "__init__"},
-    "ui": {"services", "views", "store", "decoding", "jobs", "presets", "models", "branching"},
+    "ray_pool": {"worker", "jobs", "adapters"},  # the pool of Ray actors (with sweeps.on_ray, the only Ray imports)
+    "services": {"worker", "ray_pool", "adapters", "store", "presets"},
+    "cli": {"api", "branching", "decoding", "adapters", "store", "models", "views", "__init__", "sweeps"},
+    "sweeps": {"decoding", "adapters", "store", "models", "branching", "api"},
+    "ui": {"services", "views", "store", "decoding", "jobs", "presets", "models", "branching", "sweeps"},
     "presets": set(),
     "zerogpu": set(),
     "__init__": {"api", "branching", "decoding", "store"},
@@ -35,6 +37,8 @@ ALLOWED: dict[str, set[str]] = {
 LATE_IMPORTS = {
     ("explorer.adapters.families", "explorer.adapters.hf"): "keeps transformers out of processes that serve "
     "only the embedded model",
+    ("explorer.services", "explorer.ray_pool"): "imports Ray, which a server with local workers (the quick start) "
+    "neither installs nor imports",
 }
 
 

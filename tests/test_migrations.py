@@ -39,7 +39,7 @@ from conftest import new_db_url
 from sqlalchemy import create_engine, func, inspect, select
 
 from explorer.api import decode
-from explorer.store import migrations
+from explorer.store import migrations, sweeps  # noqa: F401  (sweeps: its tables are in Base.metadata)
 from explorer.store.database import Base, Event, Run, StoreError, TrajectoryStore
 
 REPO = Path(__file__).resolve().parents[1]

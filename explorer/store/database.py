@@ -399,8 +399,14 @@ class TrajectoryStore:
             return migrations.current_revision(connection)
 
     # ---- writing -------------------------------------------------------------------------
-    def create_run(self, start: RunStart, token_text: Callable[[int], str] = str) -> int:
-        """The run's row (status running); for a branch also its parent's steps 0..k and its edits."""
+    def create_run(
+        self,
+        start: RunStart,
+        token_text: Callable[[int], str] = str,
+        link: Callable[[Session, int], None] | None = None,
+    ) -> int:
+        """The run's row (status running); for a branch also its parent's steps 0..k and its edits.
+        `link(session, run_id)` runs in the same transaction (a sweep links the run to its seed)."""
         with self.session() as s, s.begin():
             run = Run(
                 status="running",
@@ -424,6 +430,8 @@ class TrajectoryStore:
             s.flush()
             if start.origin is not None:
                 _copy_prefix(s, start.origin, run.id, token_text)
+            if link is not None:
+                link(s, run.id)
         _writing.add(run.id)
         return run.id
 
@@ -839,8 +847,10 @@ class StoreWriter(Callback):
         batch_steps: int = 16,
         max_delay: float = 0.5,
         heartbeat_s: float = HEARTBEAT_S,
+        link: Callable[[Session, int], None] | None = None,
     ) -> None:
         self.store = store
+        self.link = link  # run with the run row's insert, in its transaction (see create_run)
         self.token_text = token_text
         self.batch_steps = batch_steps
         self.max_delay = max_delay
@@ -851,7 +861,7 @@ class StoreWriter(Callback):
         self._stop_beating = threading.Event()
 
     def on_start(self, start: RunStart) -> None:
-        self.run_id = self.store.create_run(start, self.token_text)
+        self.run_id = self.store.create_run(start, self.token_text, self.link)
         self._last_flush = time.monotonic()
         beat = threading.Thread(target=self._beat, args=(self.run_id,), name="run-heartbeat", daemon=True)
         beat.start()

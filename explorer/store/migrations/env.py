@@ -6,6 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+from explorer.store import sweeps  # noqa: F401  (its tables are part of the metadata)
 from explorer.store.database import Base
 
 connection = context.config.attributes.get("connection")
