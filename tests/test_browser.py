@@ -1,7 +1,7 @@
 """The app in a real browser (Chromium through Playwright): live decoding, the Decode tab's step
 player (keys, buttons, play, colour by metric, checker marks, figure step markers, permalinks), a
 phone (390 x 844: Run scrolls to the results, tooltips fit the screen), Re-run of a stored run,
-tooltips, the Runs and Compare tabs, energies and dependency violations, re-masking, XDLM's
+tooltips, the Runs, Compare and Sweeps tabs, energies and dependency violations, re-masking, XDLM's
 revisions, and HTML injection through a prompt, a stored token and a stored prompt. The desktop
 viewport is 1440 x 900.
 
@@ -9,7 +9,8 @@ One server (one model worker, a SQLite file in a temporary directory) and one br
 the module; each test opens its own page. Screenshots go to $EXPLORER_ARTIFACTS (default
 tests/artifacts/): decode_mid_run.png, decode_after_run.png, decode_scrubbed.png,
 phone_after_run.png and phone_tooltip.png (390 x 844, the screen as seen),
-runs_tab.png, compare_tab.png, energies_violations.png and energies.png (a run with Uni-E),
+runs_tab.png, compare_tab.png, sweeps_tab.png and sweeps_compare.png (a sweep's figure, cells
+and runs; two of its runs in Compare), energies_violations.png and energies.png (a run with Uni-E),
 violations.png (the violations and energies section of the two-full-stops preset),
 violations_full.png, remasking.png and remasking_tokens.png (the RCR preset); branching:
 branch_panel.png (a token clicked), branch_alternatives.png ("which decision mattered?"),
@@ -41,6 +42,9 @@ from app_server import decode_args, running_app
 from gradio_client import Client
 
 from explorer.store.bundle import export_run, import_run
+from explorer.store.sweeps import sweep_cells, sweep_rows
+from explorer.sweeps.execute import run_sweep
+from explorer.sweeps.spec import parse_spec
 
 pytestmark = pytest.mark.filterwarnings("ignore:::gradio.queueing")
 
@@ -548,6 +552,63 @@ def test_runs_tab_and_compare(page, artifacts, two_runs):
     page.wait_for_function("document.querySelectorAll('.tokens-view').length >= 2")
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2")
     page.screenshot(path=artifacts / "compare_tab.png", full_page=True)
+
+
+SWEEP_SPEC = {
+    "name": "browser sweep",
+    "gen_length": 16,
+    "seeds": 3,
+    "metrics": ["checker", "ar_nll"],
+    "cells": [
+        {"strategy": "low_confidence", "tokens_per_step": [1, 2, 4]},
+        {"strategy": "margin", "tokens_per_step": [2, 4], "label": 'margin <img src=x onerror="window.__xss=8">'},
+    ],
+}
+
+
+def click_row(page, table: str, column: int, value) -> None:
+    """Click the first cell of the row of `table` whose `column` holds `value`."""
+    rows = page.evaluate(TABLE_ROWS_JS, table)
+    at = next(i for i, row in enumerate(rows) if len(row) > column and row[column] == str(value))
+    page.locator(f"{table} [role=row]").nth(at).locator("[role=gridcell]").first.click()
+
+
+def test_sweeps_tab_figure_cells_and_compare(page, server, artifacts):
+    """A sweep (5 cells x 3 seeds, run here in-process on the server's store): its row in the list,
+    then its figure, cells and a cell's runs; two of them go to Compare. A label with markup stays text."""
+    services = server[0]
+    sweep_id = run_sweep(services.store, parse_spec(SWEEP_SPEC), progress_bar=False).sweep_id
+    open_tab(page, "Sweeps")  # opening the tab reads the list
+    wait_text(page, "#sweeps-list", "browser sweep")
+    click_row(page, "#sweeps-list", 0, sweep_id)
+    page.wait_for_selector("#sweep-figure .main-svg")
+    svg_texts = "els => els.map(e => e.textContent)"  # SVG text: no innerText
+    legend = page.eval_on_selector_all("#sweep-figure .legend .legendtext", svg_texts)
+    assert legend == ["low_confidence", 'margin <img src=x onerror="window.__xss=8">'], legend
+    title = page.eval_on_selector_all("#sweep-figure .gtitle", svg_texts)
+    assert any(f"Sweep {sweep_id} (browser sweep): quality vs cost" in t for t in title), title
+    axes = page.eval_on_selector_all("#sweep-figure .xtitle, #sweep-figure .ytitle", svg_texts)
+    assert "sequential model calls per token" in axes and any("valid %" in t for t in axes), axes
+    wait_text(page, "#sweep-cells", "margin <img")  # the label as text in the cell table
+    # the first cell is picked: its runs are listed, run A is its first run and run B offered
+    wait_text(page, "#sweep-runs-note", "3 runs")
+    page.wait_for_function("document.querySelector('#sweep-run-a input').value !== ''")
+    page.wait_for_function("document.querySelector('#sweep-run-b input').value.includes('same seed 0')")
+    page.screenshot(path=artifacts / "sweeps_tab.png", full_page=True)
+    # another cell from the table: its runs
+    click_row(page, "#sweep-cells", 1, "low_confidence (tokens_per_step = 4)")
+    wait_text(page, "#sweep-runs-note", "low_confidence (tokens_per_step = 4) on embedded")
+    cell = next(c["id"] for c in sweep_cells(services.store, sweep_id) if c["label"].endswith("= 4)"))
+    a, b = (r["run_id"] for r in sweep_rows(services.store, sweep_id, cell)[:2])
+    page.wait_for_function(f"document.querySelector('#sweep-run-a input').value === '{a}'")
+    click_row(page, "#sweep-runs", 1, b)  # the cell's second run is run A now
+    page.wait_for_function(f"document.querySelector('#sweep-run-a input').value === '{b}'")
+    page.wait_for_function("document.querySelector('#sweep-run-b input').value.includes('same seed 1')")
+    assert_not_injected(page)
+    page.click("#sweep-compare")
+    page.wait_for_function("document.querySelector('#compare-note')?.innerText.includes('differ')")
+    assert picked_runs(page)[0] == b and len(picked_runs(page)) == 2
+    page.screenshot(path=artifacts / "sweeps_compare.png", full_page=True)
 
 
 def test_prompt_with_markup_is_refused_and_shown_as_text(page):

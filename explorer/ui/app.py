@@ -1,4 +1,4 @@
-"""The Gradio app: Decode, Runs and Compare tabs over a store and a worker pool.
+"""The Gradio app: Decode, Runs, Compare and Sweeps tabs over a store and a worker pool.
 
 `build_app(services)` builds the Blocks; nothing lives in module globals. The model runs in
 the worker process (`explorer/worker.py`); this process validates requests, streams the
@@ -42,6 +42,7 @@ from explorer.ui.logic import (
 )
 from explorer.ui.permalink import open_permalink
 from explorer.ui.runs import runs_tab
+from explorer.ui.sweeps import sweeps_tab
 from explorer.ui.toasts import refuse, warn
 from explorer.ui.view import DecodeView, lineage, pending_analysis, render_all, status_html
 from explorer.views import figures as plots
@@ -63,7 +64,8 @@ HEADER = """# Diffusion-LM Trajectory Explorer
 Watch a masked diffusion language model fill in a text step by step. Pick a preset or type a prompt,
 choose how many tokens to commit per step (generation length / steps) and an unmasking strategy, then **Run**.
 Every step is stored: replay it with the player above the tokens (▶, the slider, or ← → Home End), colour the tokens by
-any metric, reopen runs in **Runs**, put up to four side by side in **Compare**.
+any metric, reopen runs in **Runs**, put up to four side by side in **Compare**, see the sweeps run from the command
+line (settings × seeds, quality against cost) in **Sweeps**.
 **Branch**: after a run, click any token to put another one there (or re-mask it) and decode the rest again."""
 
 ANALYSIS_NOTE = """#### Dependency violations and energies
@@ -92,9 +94,12 @@ def build_app(services: Services) -> gr.Blocks:
             with gr.Tab("Decode", id="decode"):
                 view, controls, handlers, panel = _decode_tab(services, cache, run_state, job_state)
             with gr.Tab("Runs", id="runs"):
-                runs_tab(services, cache, tabs, view, controls)
+                opener = runs_tab(services, cache, tabs, view, controls)
             with gr.Tab("Compare", id="compare") as compare_page:
                 compare = compare_tab(services, cache)
+            # A sweep's runs open in Decode as the Runs tab opens them, and go to Compare like a branch.
+            with gr.Tab("Sweeps", id="sweeps") as sweeps_page:
+                sweeps_tab(services, opener, compare, tabs, sweeps_page)
         # Opening Compare with no run A picked yet: the run shown in the Decode tab is run A.
         picked = compare.components["runs"]
         compare_page.select(compare.on_open, [run_state, picked], [picked], api_name=False)

@@ -163,11 +163,48 @@ class ExportDir:
             return path
 
 
+class RunOpener:
+    """Opens a stored run in the Decode tab: its view on the last step and, with the Decode form's
+    `controls` (ui/controls.py), the form filled with its settings, Re-run shown and the fields
+    marked changed since. Shared by every tab that opens a run (Runs, Sweeps)."""
+
+    def __init__(
+        self, services: Services, cache: ArraysCache, tabs: gr.Tabs, view: DecodeView, controls: dict | None = None
+    ) -> None:
+        self.services, self.cache, self.tabs, self.view, self.controls = services, cache, tabs, view, controls
+        self.form_fields = [controls[name] for name in RUN_FIELDS] if controls is not None else []
+
+    def outputs(self) -> list:
+        """The components opening a run sets, in the order an API client sees them."""
+        c = self.controls
+        form = [*self.form_fields, c["opened_run"], c["rerun_btn"], c["changed_since"]] if c is not None else []
+        return [*self.view.outputs("slider", "run_state"), self.tabs, *form]
+
+    def open(self, rid, metric) -> dict:
+        """{component: value}: the run `rid` in the Decode tab with heatmap `metric`, the tab selected."""
+        services, cache, controls = self.services, self.cache, self.controls
+        _get(services, cache, rid)
+        shown = {**self.view.stored(services, cache, int(rid), metric), self.tabs: gr.Tabs(selected="decode")}
+        if controls is None:
+            return shown
+        state = opened_state(services.store.get_run(int(rid)))
+        values = [state["form"][name] for name in RUN_FIELDS]
+        return {
+            **shown,
+            **dict(zip(self.form_fields, values)),
+            controls["opened_run"]: state,
+            controls["rerun_btn"]: gr.Button(visible=True),
+            controls["changed_since"]: changed_since(state, *values),
+        }
+
+
 def runs_tab(
     services: Services, cache: ArraysCache, tabs: gr.Tabs, view: DecodeView, controls: dict | None = None
-) -> None:
-    """The Runs tab. `controls`: the Decode form's components (ui/controls.py); with them, Open
-    also fills the form with the run's settings, shows Re-run and marks fields changed since."""
+) -> RunOpener:
+    """The Runs tab; what opens a run in the Decode tab (for the other tabs). `controls`: the Decode
+    form's components (ui/controls.py); with them, Open also fills the form with the run's
+    settings, shows Re-run and marks fields changed since."""
+    opener = RunOpener(services, cache, tabs, view, controls)
     exports = ExportDir()
     gr.Markdown(
         "Every run is stored. Filter, click a row to select it, then open it in the Decode tab (its settings "
@@ -221,28 +258,6 @@ def runs_tab(
     def select(evt: gr.SelectData, rows):
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         return rows.iloc[row, 0] if hasattr(rows, "iloc") else rows[row][0]
-
-    form_fields = [controls[name] for name in RUN_FIELDS] if controls is not None else []
-    form_outputs = (
-        [*form_fields, controls["opened_run"], controls["rerun_btn"], controls["changed_since"]]
-        if (controls is not None)
-        else []
-    )
-
-    def open_run(rid, metric):
-        _get(services, cache, rid)
-        shown = {**view.stored(services, cache, int(rid), metric), tabs: gr.Tabs(selected="decode")}
-        if controls is None:
-            return shown
-        state = opened_state(services.store.get_run(int(rid)))
-        values = [state["form"][name] for name in RUN_FIELDS]
-        return {
-            **shown,
-            **dict(zip(form_fields, values)),
-            controls["opened_run"]: state,
-            controls["rerun_btn"]: gr.Button(visible=True),
-            controls["changed_since"]: changed_since(state, *values),
-        }
 
     def export(rid):
         _get(services, cache, rid)
@@ -343,12 +358,7 @@ def runs_tab(
     run_id.change(
         selected, [run_id], [tags, note, confirm_btn, confirm_id], api_name="run_notes", show_progress="hidden"
     )
-    open_btn.click(
-        open_run,
-        [run_id, view.components["metric"]],
-        [*view.outputs("slider", "run_state"), tabs, *form_outputs],
-        api_name="open_run",
-    )
+    open_btn.click(opener.open, [run_id, view.components["metric"]], opener.outputs(), api_name="open_run")
     export_btn.click(export, [run_id], [exported, message], api_name="export_run")
     csv_btn.click(export_tables("csv"), [run_id], [exported, message], api_name="export_csv")
     parquet_btn.click(export_tables("parquet"), [run_id], [exported, message], api_name="export_parquet")
@@ -360,6 +370,7 @@ def runs_tab(
     upload.upload(do_import, [upload, *filters], [table, message, run_id], api_name="import_run")
     if controls is not None:
         wire_changed_since(controls)
+    return opener
 
 
 def _id_list(ids: list[int]) -> str:
