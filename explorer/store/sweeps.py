@@ -206,17 +206,7 @@ class TakenOver(RuntimeError):
 def attach(session: Session, cell_id: int, seed: int, attempt: str, run_id: int) -> None:
     """Record the run an attempt decodes, in the transaction that inserts the run's row (so no run of a
     sweep exists unlinked, and a later claim can delete it if the attempt dies); TakenOver if not ours."""
-    linked = session.execute(
-        update(SweepRun)
-        .where(
-            SweepRun.cell_id == cell_id,
-            SweepRun.seed == seed,
-            SweepRun.attempt == attempt,
-            SweepRun.status == "running",
-        )
-        .values(run_id=run_id, updated_at=datetime.now(UTC))
-    ).rowcount
-    if not linked:
+    if not session.execute(_own(cell_id, seed, attempt, run_id=run_id)).rowcount:
         raise TakenOver(f"seed {seed} of sweep cell {cell_id} was taken over by another attempt")
 
 
@@ -235,21 +225,23 @@ def fail(store: TrajectoryStore, cell_id: int, seed: int, attempt: str, error: s
     return _update_own(store, cell_id, seed, attempt, status="failed", error=message)
 
 
+def _own(cell_id: int, seed: int, attempt: str, **values):
+    """The UPDATE of (cell, seed) that only the attempt holding it, still running, may make."""
+    return (
+        update(SweepRun)
+        .where(
+            SweepRun.cell_id == cell_id,
+            SweepRun.seed == seed,
+            SweepRun.attempt == attempt,
+            SweepRun.status == "running",
+        )
+        .values(updated_at=datetime.now(UTC), **values)
+    )
+
+
 def _update_own(store: TrajectoryStore, cell_id: int, seed: int, attempt: str, **values) -> bool:
     with store.session() as s, s.begin():
-        return (
-            s.execute(
-                update(SweepRun)
-                .where(
-                    SweepRun.cell_id == cell_id,
-                    SweepRun.seed == seed,
-                    SweepRun.attempt == attempt,
-                    SweepRun.status == "running",
-                )
-                .values(updated_at=datetime.now(UTC), **values)
-            ).rowcount
-            > 0
-        )
+        return s.execute(_own(cell_id, seed, attempt, **values)).rowcount > 0
 
 
 # ---- reading -----------------------------------------------------------------------------------------
