@@ -211,6 +211,31 @@ def test_an_in_process_sweep_is_stored_and_summarised(tmp_path, reference):
     assert again.counts == {"done": 0, "skipped": 0, "failed": 0} and run_count(store) == 12
 
 
+def test_the_cli_lists_reports_and_deletes_a_sweep(tmp_path):
+    store = TrajectoryStore(f"sqlite:///{tmp_path}/s.db")
+    spec = parse_spec({**SPEC, "seeds": 1, "cells": SPEC["cells"][:1]})
+    first = run_sweep(store, spec, progress_bar=False).sweep_id
+    second = run_sweep(store, parse_spec({**SPEC, "seeds": 1, "cells": SPEC["cells"][:1], "name": "other"}),
+                       progress_bar=False).sweep_id  # fmt: skip
+    assert run_count(store) == 8
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "explorer", *args, "--db", store.url]
+        return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+    listing = cli("sweeps").stdout
+    assert "4/4" in listing and " tiny" in listing and " other" in listing
+    report = cli("sweep-report", str(first), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0 and "| embedded | low_confidence (tokens_per_step = 4) | 1 |" in report.stdout
+    assert {p.suffix for p in (tmp_path / "report").iterdir()} == {".md", ".json", ".html"}
+    assert cli("sweep-delete", str(first), "--keep-runs").stdout.strip().endswith("its 4 stored runs kept")
+    assert run_count(store) == 8 and table.get_sweep(store, first) is None
+    assert cli("sweep-delete", str(second)).stdout.strip().endswith("its 4 stored runs deleted")
+    assert run_count(store) == 4 and table.list_sweeps(store) == []
+    missing = cli("sweep-report", str(second))
+    assert missing.returncode == 2 and missing.stderr.startswith(f"error: no sweep {second}")
+
+
 def _wait_for_done(store: TrajectoryStore, n: int, process: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

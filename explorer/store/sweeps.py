@@ -144,17 +144,18 @@ def list_sweeps(store: TrajectoryStore, limit: int = 100) -> list[dict]:
     return out
 
 
-def delete_sweep(store: TrajectoryStore, sweep_id: int, with_runs: bool = True) -> bool:
-    """Delete a sweep, its cells and rows, and (`with_runs`) the stored runs it made."""
+def delete_sweep(store: TrajectoryStore, sweep_id: int, with_runs: bool = True) -> int:
+    """Delete a sweep, its cells and rows, and (`with_runs`) the stored runs it made; how many runs it had.
+    The sweep goes first: a run it held is never left linked to a deleted row."""
     with store.session() as s:
-        run_ids = s.scalars(select(SweepRun.run_id).where(SweepRun.sweep_id == sweep_id)).all()
-    for run_id in run_ids if with_runs else ():
-        if run_id is not None:
-            store.delete_run(run_id)
+        run_ids = [r for r in s.scalars(select(SweepRun.run_id).where(SweepRun.sweep_id == sweep_id)) if r is not None]
     with store.session() as s, s.begin():
         s.execute(delete(SweepRun).where(SweepRun.sweep_id == sweep_id))
         s.execute(delete(SweepCell).where(SweepCell.sweep_id == sweep_id))
-        return s.execute(delete(Sweep).where(Sweep.id == sweep_id)).rowcount > 0
+        s.execute(delete(Sweep).where(Sweep.id == sweep_id))
+    for run_id in run_ids if with_runs else ():
+        store.delete_run(run_id)
+    return len(run_ids)
 
 
 # ---- one (cell, seed) ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The sweep commands of the CLI (explorer/cli.py adds them): `sweep`, `sweep-report`, `sweeps`.
+"""The sweep commands of the CLI (explorer/cli.py adds them): `sweep`, `sweep-report`, `sweeps`, `sweep-delete`.
 
 python -m explorer sweep SPEC.toml [--db URL] [--ray auto|ADDRESS|local] [--resume]
 python -m explorer sweep-report SWEEP_ID [--out DIR]
@@ -46,6 +46,10 @@ def add_parsers(sub, add_store, sweep_id_type) -> None:
     add_store(r)
     ls = sub.add_parser("sweeps", help="list stored sweeps and their progress")
     add_store(ls)
+    d = sub.add_parser("sweep-delete", help="delete a sweep and (unless --keep-runs) the runs it stored")
+    d.add_argument("sweep_id", type=sweep_id_type, help="the sweep (see `sweeps`)")
+    d.add_argument("--keep-runs", action="store_true", help="keep its runs as ordinary stored runs")
+    add_store(d)
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -103,6 +107,19 @@ def sweeps(args: argparse.Namespace) -> None:
         )
 
 
+def sweep_delete(args: argparse.Namespace) -> None:
+    url = resolve_url(args.db, args.data_dir)
+    if existing_sqlite_file(url) is False:
+        raise ValueError(f"no database at {url}")
+    store = TrajectoryStore(url)
+    sweep = table.get_sweep(store, args.sweep_id)
+    if sweep is None:
+        raise ValueError(f"no sweep {args.sweep_id} in {store.url} (see `python -m explorer sweeps`)")
+    runs = table.delete_sweep(store, args.sweep_id, with_runs=not args.keep_runs)
+    kept = "kept" if args.keep_runs else "deleted"
+    print(f"deleted sweep {args.sweep_id} ({sweep['name']}); its {runs} stored runs {kept}")
+
+
 def _reading_store(args: argparse.Namespace) -> TrajectoryStore:
     url = resolve_url(args.db, args.data_dir)
     if existing_sqlite_file(url) is False:
@@ -110,4 +127,4 @@ def _reading_store(args: argparse.Namespace) -> TrajectoryStore:
     return TrajectoryStore(url, read_only=True)
 
 
-COMMANDS = {"sweep": sweep, "sweep-report": sweep_report, "sweeps": sweeps}
+COMMANDS = {"sweep": sweep, "sweep-report": sweep_report, "sweeps": sweeps, "sweep-delete": sweep_delete}
