@@ -270,6 +270,14 @@ def test_a_killed_driver_leaves_a_sweep_that_resume_finishes(tmp_path, reference
     _kill_driver_then_resume(tmp_path, f"sqlite:///{tmp_path}/s.db", reference, [])
 
 
+def test_a_sqlite_store_is_refused_for_a_cluster_of_several_nodes():
+    from explorer.sweeps.on_ray import shared_store_error
+
+    assert shared_store_error("sqlite:///runs.db", 1) is None  # one machine: every worker opens the file
+    assert "cannot be shared by the 3 nodes" in shared_store_error("sqlite:///runs.db", 3)
+    assert shared_store_error("postgresql+psycopg://u@h/db", 3) is None
+
+
 # ---- on a local Ray cluster ----------------------------------------------------------------------------
 
 

@@ -81,6 +81,17 @@ class SweepWorker:
         return len(run_block(self.store, block, self.models, metrics, progress.put))
 
 
+def shared_store_error(db_url: str, nodes: int) -> str | None:
+    """Why the store at `db_url` cannot serve a cluster of `nodes` machines (None: it can). A SQLite
+    file is one machine's: on other nodes the workers would each write a file of their own."""
+    if db_url.startswith("sqlite") and nodes > 1:
+        return (
+            f"a SQLite store ({db_url}) cannot be shared by the {nodes} nodes of this Ray cluster: "
+            "use a database every node reaches, e.g. --db postgresql+psycopg://user@host/db"
+        )
+    return None
+
+
 def worker_count(device: str, requested: int | None) -> int:
     """How many workers: as asked, else one per GPU (CUDA) or per CPU of the cluster."""
     if requested is not None:
@@ -105,6 +116,9 @@ def run_blocks(
         return 0
     connect(address)
     ray = import_ray()
+    reason = shared_store_error(db_url, sum(1 for node in ray.nodes() if node.get("Alive")))
+    if reason:
+        raise RayUnavailable(reason)
     from ray.util import ActorPool
     from ray.util.queue import Queue
 
