@@ -270,6 +270,20 @@ def test_a_killed_driver_leaves_a_sweep_that_resume_finishes(tmp_path, reference
     _kill_driver_then_resume(tmp_path, f"sqlite:///{tmp_path}/s.db", reference, [])
 
 
+def test_an_unreachable_cluster_is_one_line_and_stores_nothing(tmp_path):
+    pytest.importorskip("ray")
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC_TOML)
+    db = tmp_path / "s.db"
+    out = subprocess.run(
+        [sys.executable, "-m", "explorer", "sweep", str(spec), "--db", f"sqlite:///{db}", "--ray", "127.0.0.1:9"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2 and out.stderr.startswith("error: cannot connect to the Ray cluster at '127.0.0.1:9'")
+    assert out.stderr.count("\n") == 1 and "--resume" not in out.stderr
+    assert table.list_sweeps(TrajectoryStore(f"sqlite:///{db}")) == []
+
+
 def test_a_sqlite_store_is_refused_for_a_cluster_of_several_nodes():
     from explorer.sweeps.on_ray import shared_store_error
 

@@ -67,7 +67,9 @@ def sweep(args: argparse.Namespace) -> None:
             registry=registry,
             progress_bar=not args.no_progress,
         )
-    except (RayUnavailable, TaskFailed) as exc:
+    except RayUnavailable as exc:
+        raise ValueError(str(exc)) from None
+    except TaskFailed as exc:
         raise ValueError(f"{exc}; what finished is stored: rerun with --resume") from None
     print(_progress_line(progress, args.ray))
     for error in progress.errors:

@@ -106,6 +106,8 @@ def run_sweep(
 ) -> SweepProgress:
     """Run (or resume) the sweep; returns the progress the driver saw. The report reads the store."""
     check_metrics(spec)
+    if ray_address is not None:
+        on_ray.prepare(ray_address, store.url)  # an unreachable cluster, or a store it cannot share: nothing stored
     sweep_id = open_sweep(store, spec, resume)
     blocks = plan_blocks(store, sweep_id, spec)
     progress = SweepProgress(sweep_id, sum(len(b.seeds) for b in blocks), tasks=len(blocks))

@@ -16,7 +16,9 @@ per worker.
 
 from __future__ import annotations
 
+import os
 import queue as stdlib_queue
+import socket
 from collections.abc import Callable
 
 from explorer.adapters.registry import ModelRegistry
@@ -51,13 +53,38 @@ def connect(address: str) -> None:
     ray = import_ray()
     if ray.is_initialized():
         return
+    _check_reachable(address)
     try:
         if address == "local":
             ray.init(address="local", include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise RayUnavailable(f"cannot connect to the Ray cluster at {address!r}: {exc}") from None
+        hint = ""
+        if address not in ("local", "auto") and os.environ.get("RAY_AUTH_MODE") is None:
+            hint = " (if `ray start` said token authentication is enabled, set RAY_AUTH_MODE=token)"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RayUnavailable(f"cannot connect to the Ray cluster at {address!r}: {first}{hint}") from None
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A host:port that accepts no connection is refused at once (`ray.init` would retry for minutes)."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "local", "auto", ray://: Ray resolves these itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RayUnavailable(f"cannot connect to the Ray cluster at {address!r}: {exc.strerror or exc}") from None
+
+
+def prepare(address: str, db_url: str) -> None:
+    """Before a Ray sweep stores anything: join the cluster and check that every node can reach the store."""
+    connect(address)
+    ray = import_ray()
+    reason = shared_store_error(db_url, sum(1 for node in ray.nodes() if node.get("Alive")))
+    if reason:
+        raise RayUnavailable(reason)
 
 
 def wants_gpu(device: str) -> bool:
@@ -114,11 +141,8 @@ def run_blocks(
     workers used. Raises TaskFailed if a block failed for good."""
     if not blocks:
         return 0
-    connect(address)
+    prepare(address, db_url)
     ray = import_ray()
-    reason = shared_store_error(db_url, sum(1 for node in ray.nodes() if node.get("Alive")))
-    if reason:
-        raise RayUnavailable(reason)
     from ray.util import ActorPool
     from ray.util.queue import Queue
 
