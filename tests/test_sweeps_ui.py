@@ -259,3 +259,21 @@ def test_a_metric_the_spec_did_not_measure_reads_not_measured():
         [7, "x", "embedded", "1", "2 / 2", "not measured", "1.250 [1.000, 1.500]", "2.00", "0.500 [0.500, 0.500]",
          "0.50 [0.50, 0.50]", 1]
     ]  # fmt: skip
+
+
+def test_the_tab_watches_a_sweep_only_while_it_runs(tmp_path):
+    """The timer ticks for a sweep with a seed being decoded, and not for a finished or an idle one."""
+    from explorer.ui.sweeps import SweepsHandlers
+
+    store = TrajectoryStore(f"sqlite:///{tmp_path}/w.db")
+    spec = parse_spec({**SPEC, "seeds": 1})
+    finished = run_sweep(store, spec, progress_bar=False).sweep_id
+    waiting = parse_spec({**SPEC, "name": "being run"})
+    cells = [(c.key, c.label, c.to_json()) for c in waiting.cells]
+    sweep = sweep_store.create_sweep(store, waiting.name, waiting.to_json(), cells)
+    handlers = SweepsHandlers(Services(store, None, {}))
+    assert handlers.watch(finished).active is False and handlers.watch(sweep).active is False  # nothing claimed
+    cell = sweep_store.sweep_cells(store, sweep)[0]["id"]
+    assert sweep_store.claim(store, sweep, cell, 0, "host:1") is not None  # a worker took seed 0
+    assert handlers.watch(sweep).active is True
+    assert handlers.watch(None).active is False

@@ -46,6 +46,9 @@ SWEEP_SHOWN = ("details", "head", "figure", "cells", "cell")
 CELL_SHOWN = ("runs_note", "runs", "run_a")
 
 
+WATCH_S = 5.0  # how often a running sweep's list, figure and cells are read again
+
+
 def as_id(value, what: str) -> int:
     """A store id (a whole number from 1) from a picker, a table or an API client; refused otherwise."""
     if isinstance(value, str) and value.strip().lstrip("#").split(" ")[0].isdigit():
@@ -91,6 +94,14 @@ class SweepsHandlers:
             pd.DataFrame(cell_rows(summary), columns=CELL_COLUMNS),
             gr.Dropdown(choices=choices, value=cell),
         )
+
+    def watch(self, sweep_id) -> gr.Timer:
+        """Tick while the picked sweep is being run (seeds claimed, not all finished), so its list,
+        figure and cells advance without Refresh; stop once it is finished or nothing runs."""
+        picked = _maybe_id(sweep_id)
+        row = next((s for s in sweep_store.list_sweeps(self.services.store) if s["id"] == picked), None)
+        running = row is not None and row["running"] > 0 and row["done"] + row["failed"] < row["planned"]
+        return gr.Timer(active=running)
 
     def show_cell(self, sweep_id, cell_id, run_a) -> tuple:
         """The cell's runs (each seed), the note above them and run A (kept when it is one of them, else
@@ -163,7 +174,13 @@ def sweeps_tab(services: Services, opener: RunOpener, compare: CompareTab, tabs:
         h.show_sweep, sweep_in, sweep_out, api_name=False
     ).then(h.show_cell, cell_in, cell_out, api_name=False)
     c["list"].select(_picked_row(0), [c["list"]], [c["sweep"]], api_name=False)
-    c["sweep"].change(h.show_sweep, sweep_in, sweep_out, api_name="show_sweep")
+    c["sweep"].change(h.show_sweep, sweep_in, sweep_out, api_name="show_sweep").then(
+        h.watch, [c["sweep"]], [c["timer"]], api_name=False
+    )
+    # While a sweep runs (here or on a cluster), its list, figure and cells are read again every few seconds.
+    c["timer"].tick(h.listing, [c["sweep"]], listed, api_name=False, show_progress="hidden").then(
+        h.show_sweep, sweep_in, sweep_out, api_name=False, show_progress="hidden"
+    ).then(h.watch, [c["sweep"]], [c["timer"]], api_name=False)
     c["cells"].select(_picked_row(0), [c["cells"]], [c["cell"]], api_name=False)
     c["cell"].change(h.show_cell, cell_in, cell_out, api_name="sweep_cell")
     c["runs"].select(_picked_row(1), [c["runs"]], [c["run_a"]], api_name=False)
@@ -203,6 +220,7 @@ def _layout(services: Services, h: SweepsHandlers) -> dict:
             scale=4,
         )
         c["refresh"] = gr.Button("Refresh", elem_id="sweeps-refresh", scale=0, min_width=120)
+    c["timer"] = gr.Timer(WATCH_S, active=False)
     c["list"] = gr.Dataframe(
         value=h.sweeps_table, headers=SWEEP_COLUMNS, interactive=False, wrap=True, elem_id="sweeps-list"
     )
