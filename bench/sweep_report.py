@@ -36,14 +36,14 @@ from explorer.sweeps.stats import (
     RESAMPLES,
     SEED,
     Z,
+    auc_with_ci,
     bootstrap_ratio,
     interval_text,
     mean_ci,
-    percentiles,
     resample_counts,
+    weighted_auc,  # noqa: F401 (the bench's statistics, with auc_with_ci, live in explorer/sweeps/stats.py)
     wilson_interval,
 )
-from explorer.views.metrics import roc_auc
 
 GEN = 64  # generated tokens per run (bench/sweep.py's GEN)
 TARGET_VALID = 0.99
@@ -121,48 +121,6 @@ def by_key(runs: list[dict]) -> dict[str, list[dict]]:
     for r in runs:
         cells[r["key"]].append(r)
     return cells
-
-
-# ------------------------------------------------------------------------------------ statistics
-
-
-def pair_matrix(scores, labels, run_index, n_runs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The Mann-Whitney counts between runs: M[a, b] = sum over positives of run a and negatives of
-    run b of [positive scores higher] + 1/2 [tie]; and each run's positives and negatives."""
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=bool)
-    run_index = np.asarray(run_index, dtype=np.int64)
-    pos_s, pos_run = scores[labels], run_index[labels]
-    neg_s, neg_run = scores[~labels], run_index[~labels]
-    order = np.lexsort((neg_s, neg_run))
-    neg_s, neg_run = neg_s[order], neg_run[order]
-    bounds = np.searchsorted(neg_run, np.arange(n_runs + 1))
-    M = np.zeros((n_runs, n_runs))
-    for b in np.flatnonzero(bounds[1:] > bounds[:-1]):
-        neg_b = neg_s[bounds[b] : bounds[b + 1]]
-        below = np.searchsorted(neg_b, pos_s, "left") + np.searchsorted(neg_b, pos_s, "right")
-        M[:, b] = np.bincount(pos_run, weights=below / 2, minlength=n_runs)
-    return M, np.bincount(pos_run, minlength=n_runs), np.bincount(neg_run, minlength=n_runs)
-
-
-def weighted_auc(scores, labels, run_index, counts: np.ndarray) -> np.ndarray:
-    """ROC AUC (ties 1/2) with every token of run r counted counts[:, r] times: one AUC per row.
-
-    With all counts 1 this is the Mann-Whitney AUC of explorer.views.metrics.roc_auc."""
-    counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))  # (B, runs)
-    M, pos, neg = pair_matrix(scores, labels, run_index, counts.shape[1])
-    numerator = ((counts @ M) * counts).sum(axis=1)
-    denominator = (counts @ pos) * (counts @ neg)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / denominator, np.nan)
-
-
-def auc_with_ci(scores, labels, run_index, counts: np.ndarray) -> dict:
-    """Point AUC over every token, and a 95% interval from resampling runs (counts: (B, runs))."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
-    point = roc_auc(scores, labels)
-    boot = weighted_auc(scores, labels, run_index, counts)
-    return {"auc": point, "ci": percentiles(boot), "positives": int(labels.sum()), "negatives": int((~labels).sum())}
 
 
 # ---------------------------------------------------------------------------------------- cells

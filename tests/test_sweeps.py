@@ -367,3 +367,74 @@ def test_the_example_frontier_spec_is_the_bench_frontier():
     assert {normal(c.config) for c in spec.cells} == bench and len(spec.cells) == 48
     assert all(c.story_prompts == (c.temperature == 0) for c in spec.cells)
     assert load_spec(ROOT / "examples" / "sweeps" / "small.toml").cells  # the docs' example reads too
+
+
+# ---- the violation-score AUC, from the store -----------------------------------------------------------
+
+AUC_SPEC = {
+    "name": "auc",
+    "gen_length": 32,
+    "seeds": 12,
+    "temperatures": [1.0],
+    "metrics": ["checker", "violation_auc"],
+    "seeds_per_task": 12,
+    "cells": [{"strategy": "low_confidence", "tokens_per_step": [4, 8], "violations": True}],
+}
+
+
+def test_the_violation_auc_is_computed_per_cell_from_the_stored_events(tmp_path):
+    from explorer.store.database import Event
+    from explorer.sweeps.report import markdown
+
+    store = TrajectoryStore(f"sqlite:///{tmp_path}/s.db")
+    progress = run_sweep(store, parse_spec(AUC_SPEC), progress_bar=False)
+    assert progress.counts["done"] == 24
+    summary = summarise(store, progress.sweep_id)
+    for cell in summary.cells:
+        auc = cell["violation_auc"]
+        assert auc["runs"] == 12 and auc["reason"] is None and auc["positives"] >= 20 and auc["negatives"] > 0
+        for key, ci in (("auc", "auc_ci"), ("baseline_auc", "baseline_ci")):
+            assert 0 <= auc[ci][0] <= auc[key] <= auc[ci][1] <= 1 and auc[ci][0] < auc[ci][1]
+    # The same number by brute force from the cell's events: every (positive, negative) pair, ties 1/2.
+    cell = summary.cells[1]
+    rows = [r for r in table.sweep_rows(store, progress.sweep_id) if r["cell_id"] == cell["cell_id"]]
+    named = {r["run_id"]: set(r["metrics"]["named"]) for r in rows}
+    assert all(0 <= p < 32 for positions in named.values() for p in positions)  # the generated part, 0-based
+    with store.session() as s:
+        events = s.execute(
+            select(Event.run_id, Event.position, Event.violation_score, Event.prob).where(
+                Event.run_id.in_(list(named)), Event.kind == "commit"
+            )
+        ).all()
+    for run_id in named:  # each run commits its 32 generated positions once, numbered from 0
+        assert sorted(e.position for e in events if e.run_id == run_id) == list(range(32))
+    scored = [e for e in events if e.violation_score is not None]
+    assert len(events) == 12 * 32 and len(scored) == cell["violation_auc"]["tokens"]
+
+    def brute(score) -> float:
+        pos = [score(e) for e in scored if e.position in named[e.run_id]]
+        neg = [score(e) for e in scored if e.position not in named[e.run_id]]
+        return sum(float(p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+    assert cell["violation_auc"]["auc"] == pytest.approx(brute(lambda e: -e.violation_score))
+    assert cell["violation_auc"]["baseline_auc"] == pytest.approx(brute(lambda e: 1 - e.prob))
+    assert cell["violation_auc"]["positives"] == sum(e.position in named[e.run_id] for e in scored)
+    text = markdown(summary)
+    assert "| violation AUC | 1 - p AUC |" in text
+    assert f"({cell['violation_auc']['positives']} of {cell['violation_auc']['tokens']}) |" in text
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"metrics": ["violation_auc"]}, "metric 'violation_auc' labels tokens with the 'checker' metric"),
+        (
+            {"cells": [{"strategy": "low_confidence", "tokens_per_step": [4, 8], "violations": [True, False]}]},
+            "the cell 'low_confidence (tokens_per_step = 4, violations = False)' (embedded, T = 1) sets violations",
+        ),
+    ],
+)
+def test_a_violation_auc_without_the_checker_or_the_violation_pass_is_refused(change, message):
+    with pytest.raises(SpecError) as err:
+        parse_spec({**AUC_SPEC, **change})
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -73,7 +73,16 @@ METRICS: dict[str, Metric] = {
         models=CHECKED_MODELS,
     ),
     "ar_nll": Metric("ar_nll", "the AR scorer's NLL of the generation (nats per token)", _ar_nll, needs_scorer=True),
+    # Nothing per run: the summary reads the stored commit events' violation scores and probabilities
+    # and labels them with the checker's `named` positions (explorer/sweeps/summary.py).
+    "violation_auc": Metric(
+        "violation_auc",
+        "ROC AUC of the violation score (and of 1 - p) for the tokens the checker names, per cell",
+        lambda outcome: {},
+        models=CHECKED_MODELS,
+    ),
 }
+NEEDS = {"violation_auc": "checker"}  # a metric -> the metric it reads
 
 
 class CostTotals(Callback):

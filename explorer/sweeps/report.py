@@ -43,6 +43,14 @@ def markdown(summary: SweepSummary) -> str:
         "n = runs done in the cell.",
     ]
     checker, nll = "checker" in summary.metrics, "ar_nll" in summary.metrics
+    auc = "violation_auc" in summary.metrics
+    if auc:
+        lines += [
+            "",
+            'Violation AUC: ROC AUC of the violation score -S for "the checker names this token\'s position" '
+            "over the cell's co-committed tokens (positives of tokens after it), and of the baseline 1 - p; "
+            "95% intervals from resampling runs; per cell, never pooled; none under 20 positives.",
+        ]
     for t in sorted({c["temperature"] for c in summary.cells}):
         header = "| model | cell | n | tokens/step | calls/token | sequences/token | ms/token |"
         rule = "|---|---|---:|---:|---|---|---|"
@@ -50,9 +58,11 @@ def markdown(summary: SweepSummary) -> str:
             header, rule = header + " valid % | sentences % |", rule + "---|---|"
         if nll:
             header, rule = header + " AR NLL |", rule + "---|"
+        if auc:
+            header, rule = header + " violation AUC | 1 - p AUC |", rule + "---|---|"
         lines += ["", f"## T = {t:g}{' (greedy)' if t == 0 else ''}", "", header, rule]
         for c in (c for c in summary.cells if c["temperature"] == t):
-            lines.append(_row(c, checker, nll))
+            lines.append(_row(c, checker, nll) + (_auc_columns(c) if auc else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -72,6 +82,19 @@ def _row(c: dict, checker: bool, nll: bool) -> str:
     if nll:
         row += f" {interval_text(c['ar_nll'], c['ar_nll_ci'])} |"
     return row
+
+
+def _auc_columns(c: dict) -> str:
+    """The violation AUC (with its positives of tokens) and the 1 - p AUC; a dash and why when none."""
+    v = c.get("violation_auc")
+    if v is None:
+        return " - | - |"
+    if v["auc"] is None:
+        return f" - ({v['reason']}; {v['tokens']} tokens) | - |"
+    return (
+        f" {interval_text(v['auc'], v['auc_ci'])} ({v['positives']} of {v['tokens']}) |"
+        f" {interval_text(v['baseline_auc'], v['baseline_ci'])} |"
+    )
 
 
 def figure(summary: SweepSummary) -> go.Figure:

@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from explorer.decoding.config import DecodeConfig, Settings
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import ConfigError
-from explorer.sweeps.metrics import METRICS
+from explorer.sweeps.metrics import METRICS, NEEDS
 
 MAX_CELLS = 10_000
 MAX_SEEDS = 100_000
@@ -107,6 +107,9 @@ class _Spec(BaseModel):
         unknown = [m for m in value if m not in METRICS]
         if unknown:
             raise ValueError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+        for name, needed in NEEDS.items():
+            if name in value and needed not in value:
+                raise ValueError(f"metric {name!r} labels tokens with the {needed!r} metric: add {needed!r} to metrics")
         return value
 
     @model_validator(mode="after")
@@ -196,6 +199,13 @@ def parse_spec(data: dict) -> SweepSpec:
     if len(set(keys)) != len(keys):
         duplicate = next(c for c in cells if keys.count(c.key) > 1)
         raise SpecError(f"sweep spec: the cell {duplicate.label!r} appears twice (two groups give the same config)")
+    if "violation_auc" in spec.metrics:
+        off = next((c for c in cells if c.config.get("violations") is False), None)
+        if off is not None:
+            raise SpecError(
+                f"sweep spec: the cell {off.label!r} ({off.model}, T = {off.temperature:g}) sets violations = false: "
+                "metric 'violation_auc' reads the violation pass's scores"
+            )
     seeds = tuple(range(spec.seeds)) if isinstance(spec.seeds, int) else tuple(spec.seeds)
     return SweepSpec(spec.name, spec.model_dump(), cells, seeds)
 
