@@ -4,8 +4,8 @@
 #   bash bench/gpu_check.sh                   # from the repo root, on the GPU machine; results under $OUT
 #   bash bench/gpu_check.sh --prepare-wheels  # on a machine that reaches PyPI, before: see step 1
 #
-# Steps, each under `timeout` within a total budget of GPU_CHECK_BUDGET_S (default 285 s; a step that outlives its
-# timeout is killed 10 s later at worst, so the whole stays under 5 minutes):
+# Steps, each under `timeout` within a total budget of GPU_CHECK_BUDGET_S (default 300 s; a step that outlives its
+# timeout is killed 10 s later at worst, so the whole stays under 5.5 minutes):
 #   0. the GPU: nvidia-smi's name, memory and driver                                    (<= 15 s)
 #   1. install what the benchmark and the GPU tests import and the machine lacks       (<= 60 s)
 #      (sqlalchemy, alembic, pydantic, ... from requirements.txt; never torch: the machine's CUDA build of torch is
@@ -16,11 +16,16 @@
 #      adapters' bf16 / CUDA device resolution                                             (<= 90 s)
 #   3. bench/bench_gpu.py at the LLaDA-8B shape, bf16, random weights (nothing downloaded), 320 tokens, 64 steps,
 #      every section (engine, violations, uni, lookahead, compiled; compiling takes most of it); its JSON is
-#      rewritten after each section, so a timeout keeps the finished ones              (the rest, >= 115 s)
+#      rewritten after each section, so a timeout keeps the finished ones  (the rest but step 4's, typically >= 120 s)
+#   4. bench/bench_gemma_gpu.py: DiffusionGemma at the 26B-A4B text shape, bf16, random weights (nothing
+#      downloaded): transformers' generate() against explorer's iter_gemma_steps, same prompt / seed / settings,
+#      ms per denoising step and their ratio, decoder passes and final sequences (must be equal), peak memory
+#                                                                  (GPU_CHECK_GEMMA_S, default 90 s, kept for it)
 # Files under $OUT (default ./gpu_check_out): gpu_check.log (all of it), nvidia_smi.txt, bench_gpu.log,
-# bench_gpu.json, pytest.log, pytest.xml, summary.txt.
-# Without CUDA (a dry run on any machine) step 3 runs bench_gpu.py's CPU smoke mode instead.
-# Overrides: PYTHON (default python3), GPU_CHECK_BUDGET_S, BENCH_ARGS, GPU_CHECK_TESTS (pytest arguments).
+# bench_gpu.json, bench_gemma_gpu.log, bench_gemma_gpu.json, pytest.log, pytest.xml, summary.txt.
+# Without CUDA (a dry run on any machine) steps 3 and 4 run the CPU smoke modes (--tiny, --shape tiny) instead.
+# Overrides: PYTHON (default python3), GPU_CHECK_BUDGET_S, BENCH_ARGS, GEMMA_BENCH_ARGS, GPU_CHECK_GEMMA_S,
+# GPU_CHECK_TESTS (pytest arguments).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,12 +56,14 @@ OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/gpu_check_inductor}
-BUDGET=${GPU_CHECK_BUDGET_S:-285}
+BUDGET=${GPU_CHECK_BUDGET_S:-300}
+GEMMA_S=${GPU_CHECK_GEMMA_S:-90}
 START=$SECONDS
 
-# seconds for a step: its own cap, or what is left of the budget (5 s kept for the summary)
+# seconds for a step: its own cap, or what is left of the budget (5 s kept for the summary, and $2 s more kept
+# for the steps after it)
 allow() {
-    local left=$((BUDGET - (SECONDS - START) - 5))
+    local left=$((BUDGET - (SECONDS - START) - 5 - ${2:-0}))
     ((left < 1)) && left=1
     echo $(($1 < left ? $1 : left))
 }
@@ -104,9 +111,11 @@ if torch.cuda.is_available():
 EOF
 if $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     DEFAULT_BENCH_ARGS="--steps 64 --repeats 3"
+    DEFAULT_GEMMA_ARGS="--shape 26b-a4b --steps 16 --repeats 3"
 else
-    echo "no CUDA device here: step 3 runs the CPU smoke mode (a dry run of this script)"
+    echo "no CUDA device here: steps 3 and 4 run the CPU smoke modes (a dry run of this script)"
     DEFAULT_BENCH_ARGS="--tiny --device cpu --compile --compile-backend eager"
+    DEFAULT_GEMMA_ARGS="--shape tiny --repeats 1"
 fi
 
 TESTS=${GPU_CHECK_TESTS:-tests/test_gpu_bench.py "tests/test_worker.py::test_out_of_memory_is_recognised_and_explained" \
@@ -122,11 +131,20 @@ status+=("GPU tests: exit $rc$( ((rc == 124)) && echo ' (timed out)')")
 step "3. bench/bench_gpu.py ${BENCH_ARGS:-$DEFAULT_BENCH_ARGS}"
 # SIGINT first (the JSON already holds every finished section), then SIGKILL 10 s later.
 # shellcheck disable=SC2086
-timeout --signal=INT --kill-after=10 "$(allow 300)" \
+timeout --signal=INT --kill-after=10 "$(allow 300 "$GEMMA_S")" \
     $PY bench/bench_gpu.py ${BENCH_ARGS:-$DEFAULT_BENCH_ARGS} --json "$OUT/bench_gpu.json" 2>&1 |
     tee "$OUT/bench_gpu.log"
 rc=$?
 status+=("bench_gpu.py: exit $rc$( ((rc == 124)) && echo ' (timed out: bench_gpu.json keeps the finished sections)')")
+
+step "4. bench/bench_gemma_gpu.py ${GEMMA_BENCH_ARGS:-$DEFAULT_GEMMA_ARGS}"
+# Exit 1: the driver did not reproduce generate() (sequences or decoder passes differ); the JSON says which.
+# shellcheck disable=SC2086
+timeout --kill-after=10 "$(allow "$GEMMA_S")" \
+    $PY bench/bench_gemma_gpu.py ${GEMMA_BENCH_ARGS:-$DEFAULT_GEMMA_ARGS} --json "$OUT/bench_gemma_gpu.json" 2>&1 |
+    tee "$OUT/bench_gemma_gpu.log"
+rc=$?
+status+=("bench_gemma_gpu.py: exit $rc$( ((rc == 124)) && echo ' (timed out)')")
 
 step "summary"
 {
@@ -146,6 +164,16 @@ for name, section in d["sections"].items():
         print(f"{name:10} {r['value']:7.2f}x (target {target}) = {r['numerator']} / {r['denominator']}")
 for name, error in d["errors"].items():
     print(f"{name:10} FAILED: {error}")
+EOF
+    [[ -f "$OUT/bench_gemma_gpu.json" ]] && $PY - "$OUT/bench_gemma_gpu.json" <<'EOF'
+import json, sys
+
+d = json.load(open(sys.argv[1]))
+m, p = d["memory"]["max_allocated_bytes"], d["decoder_passes"]
+print(f"gemma {d['shape']}: iter_gemma_steps / generate {d['ratio']['value']:.3f}x per denoising step "
+      f"({d['ms_per_step']['iter_gemma_steps']:.2f} / {d['ms_per_step']['generate']:.2f} ms); "
+      f"passes {p['generate']} / {p['iter_gemma_steps']}; sequences identical: {d['sequences_identical']}; "
+      f"peak memory {m['generate']} / {m['iter_gemma_steps']} bytes")
 EOF
 } | tee "$OUT/summary.txt"
 }

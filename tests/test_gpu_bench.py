@@ -217,3 +217,57 @@ def test_cuda_out_of_memory_fails_the_run_and_the_next_run_recovers(tmp_path):
     result = run_decode(denoiser, prompt, config, [again])
     assert result.status == "completed" and result.token_ids == reference
     assert store.get_run(again.run_id)["status"] == "completed"
+
+
+# ---- DiffusionGemma: generate() against the step-by-step driver (bench/bench_gemma_gpu.py) ---------------------
+GEMMA_BENCH = ROOT / "bench" / "bench_gemma_gpu.py"
+
+
+def test_gemma_bench_tiny_on_the_cpu_reproduces_generate_and_writes_json(tmp_path):
+    pytest.importorskip("transformers")
+    out_json = tmp_path / "gemma.json"
+    done = subprocess.run(
+        [sys.executable, str(GEMMA_BENCH), "--shape", "tiny", "--repeats", "1", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300, env=ENV, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "GPU: none (CPU run)" in out
+    for label in (r"\(a\) model\.generate\(\)", r"\(b\) iter_gemma_steps"):
+        assert re.search(rf"^{label} +\d+\.\d+ +\d+\.\d+ +8 +n/a \(CPU\)$", out, re.M), (label, out)
+    assert re.search(r"^ratio iter_gemma_steps / generate = \d+\.\d+x \(", out, re.M), out
+    assert "decoder passes: generate [8], driver [8] (its GemmaResult [8]), expected 8: equal" in out
+    assert "final sequences of every run of (a) and (b): identical (32 tokens)" in out
+    last = json.loads(out.strip().splitlines()[-1])  # the JSON line ends the output
+    results = json.loads(out_json.read_text())
+    assert last == results
+    assert results["ok"] is True and results["sequences_identical"] is True
+    assert results["shape"] == "tiny" and results["device"] == "cpu" and results["gpu"] is None
+    assert results["decoder_passes"] == {
+        "generate": [8], "iter_gemma_steps": [8], "iter_gemma_steps_result": [8], "expected": 8, "equal": True,
+    }  # fmt: skip
+    settings = results["settings"]
+    assert (settings["prompt_length"], settings["canvases"], settings["max_denoising_steps"]) == (16, 2, 4)
+    assert settings["early_stop"] is False and settings["repeats"] == 1
+    assert results["model"]["layers"] == 2 and results["model"]["canvas_length"] == 8
+    steps = results["ms_per_step"]
+    assert set(steps) == {"generate", "iter_gemma_steps"} and min(steps.values()) > 0
+    assert results["ratio"]["value"] == pytest.approx(steps["iter_gemma_steps"] / steps["generate"])
+    assert [len(v) for v in results["ms_per_run"].values()] == [1, 1]
+    assert results["memory"]["max_allocated_bytes"] == {"generate": None, "iter_gemma_steps": None}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device: the benchmark would run")
+def test_gemma_bench_without_a_gpu_the_26b_shape_is_skipped():
+    done = subprocess.run(
+        [sys.executable, str(GEMMA_BENCH)], capture_output=True, text=True, timeout=120, env=ENV, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("skipped: no CUDA device")
+
+
+def test_the_gpu_check_runs_the_gemma_bench_last():
+    text = GPU_CHECK.read_text()
+    step = 'bench/bench_gemma_gpu.py ${GEMMA_BENCH_ARGS:-$DEFAULT_GEMMA_ARGS} --json "$OUT/bench_gemma_gpu.json"'
+    assert step in text and text.index(step) > text.index("bench/bench_gpu.py ${BENCH_ARGS")
+    assert 'DEFAULT_GEMMA_ARGS="--shape 26b-a4b' in text and 'DEFAULT_GEMMA_ARGS="--shape tiny' in text
