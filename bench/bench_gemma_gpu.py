@@ -1,4 +1,4 @@
-"""DiffusionGemma on the GPU: transformers' `generate()` against explorer's step-by-step driver, same model,
+"""DiffusionGemma on the GPU: transformers' `generate()` against explorer's engine, same model,
 prompt, seed and settings, timed in the same run.
 
     python bench/bench_gemma_gpu.py [--shape 26b-a4b] [--repeats 3] [--steps 16] [--json PATH]   # CUDA, bf16
@@ -6,15 +6,16 @@ prompt, seed and settings, timed in the same run.
     bash bench/gpu_check.sh                                   # the prepared device check (docs/benchmarks.md)
 
 (a) `model.generate(input_ids)` after `torch.manual_seed(seed)`;
-(b) `explorer.adapters.diffusion_gemma.iter_gemma_steps(model, input_ids, seed=seed)` consumed fully (every
-    `GemmaStep` built, its tensors copied to the host, as the explorer records them).
+(b) explorer's engine, `explorer.decoding.canvas_engine.iter_canvas_steps` on a `GemmaDenoiser` with the same
+    settings (`canvas_config`), consumed fully (every StepRecord built, its arrays copied to the host, as the
+    explorer records them).
 Both run on the model's generation config, set here: `max_new_tokens` = 2 canvases, a fixed `max_denoising_steps`,
 entropy bound 0.1, temperature 0.4..0.8, and no early stop (no stability / confidence threshold, no EOS), so each
 canvas takes every step and both make the same decoder passes. Each variant gets one warm-up run, then
 `--repeats` timed runs, interleaved (a, b, a, b, ...), the device synchronised around each; the medians are
 reported per denoising step (a run's time / its decoder passes) with the ratio (b) / (a). The decoder passes are
-counted by a forward pre-hook on the decoder (generate returns no count) and, for (b), also read from the
-driver's `GemmaResult`; they must be equal, and every final sequence of (a) and (b) must be identical, else the
+counted by a forward pre-hook on the decoder (generate returns no count) and, for (b), also as the engine's
+step count; they must be equal, and every final sequence of (a) and (b) must be identical, else the
 exit status is 1. torch.cuda.max_memory_allocated is recorded per variant (reset before each run).
 
 Shapes (random weights, nothing downloaded, built in place on the device in the target dtype):
@@ -179,6 +180,19 @@ def build_model(args, torch, device, dtype):
     return model
 
 
+class IdsCodec:
+    """The random model has no tokenizer: ids as text (the engine only needs ids)."""
+
+    def encode(self, text: str) -> list[int]:
+        return [int(word) for word in text.split()]
+
+    def decode(self, ids) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    def token_text(self, token_id: int) -> str:
+        return str(int(token_id))
+
+
 class PassCounter:
     """Decoder calls, counted by a forward pre-hook on the decoder (both generate and the driver call it)."""
 
@@ -199,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from explorer.adapters.diffusion_gemma import GemmaResult, iter_gemma_steps
+    from explorer.adapters.diffusion_gemma import GemmaDenoiser, canvas_config
+    from explorer.decoding.canvas_engine import iter_canvas_steps
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -248,15 +263,21 @@ def main(argv: list[str] | None = None) -> int:
         out = model.generate(input_ids)
         return out.sequences.cpu(), None
 
+    denoiser = GemmaDenoiser(f"diffusion_gemma-{args.shape}", model, IdsCodec(), device)
+    config = canvas_config(denoiser.defaults, seed=args.seed)
+
     def run_driver():
-        result = None
-        for item in iter_gemma_steps(model, input_ids, seed=args.seed):
-            result = item
-        assert isinstance(result, GemmaResult)
-        return result.sequences.cpu(), int(result.decoder_passes[0])
+        tokens, steps = [], 0
+        for record in iter_canvas_steps(denoiser, prompt[0].tolist(), config):
+            steps += 1
+            if record.extras.canvas.final:  # the canvas's final tokens: the state after its last step
+                canvas = record.extras.canvas
+                final = record.argmax[canvas.start : canvas.start + canvas.size]
+                tokens.extend(final.tolist())
+        return torch.cat([prompt, torch.tensor([tokens])], dim=-1), steps
 
     variants = {"a": run_generate, "b": run_driver}
-    names = {"a": "(a) model.generate()", "b": "(b) iter_gemma_steps"}
+    names = {"a": "(a) model.generate()", "b": "(b) the explorer's engine"}
     times: dict[str, list[float]] = {k: [] for k in variants}
     passes: dict[str, set[int]] = {k: set() for k in variants}  # per run, from the hook
     driver_passes: set[int] = set()  # from GemmaResult
@@ -300,11 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         passes_text = ",".join(str(p) for p in sorted(passes[key]))
         print(f"{names[key]:24} {ms[key]:10.2f} {per_step[key]:10.2f} {passes_text:>7} {memory:>14}")
     print(
-        f"ratio iter_gemma_steps / generate = {ratio:.3f}x "
+        f"ratio engine / generate = {ratio:.3f}x "
         f"({per_step['b']:.2f} ms / {per_step['a']:.2f} ms per denoising step, medians of {args.repeats})"
     )
     print(
-        f"decoder passes: generate {sorted(passes['a'])}, driver {sorted(passes['b'])} (its GemmaResult "
+        f"decoder passes: generate {sorted(passes['a'])}, engine {sorted(passes['b'])} (its step count "
         f"{sorted(driver_passes)}), expected {expected}: {'equal' if equal_passes else 'DIFFERENT'}"
     )
     print(
@@ -349,23 +370,23 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "repeats": args.repeats,
         },
-        "ms_per_run": {"generate": times["a"], "iter_gemma_steps": times["b"]},
-        "ms_per_step": {"generate": per_step["a"], "iter_gemma_steps": per_step["b"]},
+        "ms_per_run": {"generate": times["a"], "engine": times["b"]},
+        "ms_per_step": {"generate": per_step["a"], "engine": per_step["b"]},
         "ratio": {
             "value": ratio,
-            "numerator": "iter_gemma_steps consumed fully, ms per denoising step (median)",
+            "numerator": "engine consumed fully, ms per denoising step (median)",
             "denominator": "model.generate() after torch.manual_seed(seed), ms per denoising step (median)",
         },
         "decoder_passes": {
             "generate": sorted(passes["a"]),
-            "iter_gemma_steps": sorted(passes["b"]),
-            "iter_gemma_steps_result": sorted(driver_passes),
+            "engine": sorted(passes["b"]),
+            "engine_steps": sorted(driver_passes),
             "expected": expected,
             "equal": equal_passes,
         },
         "sequences_identical": identical,
         "memory": {
-            "max_allocated_bytes": {"generate": peak["a"], "iter_gemma_steps": peak["b"]},
+            "max_allocated_bytes": {"generate": peak["a"], "engine": peak["b"]},
         },
         "ok": identical and equal_passes,
     }
@@ -375,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(line + "\n")
     print(line)
     if not results["ok"]:
-        print("FAILED: the driver did not reproduce generate() (sequences or decoder passes differ)", file=sys.stderr)
+        print("FAILED: the engine did not reproduce generate() (sequences or decoder passes differ)", file=sys.stderr)
         return 1
     return 0
 

@@ -18,7 +18,7 @@
 #      every section (engine, violations, uni, lookahead, compiled; compiling takes most of it); its JSON is
 #      rewritten after each section, so a timeout keeps the finished ones  (the rest but step 4's, typically >= 120 s)
 #   4. bench/bench_gemma_gpu.py: DiffusionGemma at the 26B-A4B text shape, bf16, random weights (nothing
-#      downloaded): transformers' generate() against explorer's iter_gemma_steps, same prompt / seed / settings,
+#      downloaded): transformers' generate() against explorer's engine, same prompt / seed / settings,
 #      ms per denoising step and their ratio, decoder passes and final sequences (must be equal), peak memory
 #                                                                  (GPU_CHECK_GEMMA_S, default 90 s, kept for it)
 # Files under $OUT (default ./gpu_check_out): gpu_check.log (all of it), nvidia_smi.txt, bench_gpu.log,
@@ -170,10 +170,10 @@ import json, sys
 
 d = json.load(open(sys.argv[1]))
 m, p = d["memory"]["max_allocated_bytes"], d["decoder_passes"]
-print(f"gemma {d['shape']}: iter_gemma_steps / generate {d['ratio']['value']:.3f}x per denoising step "
-      f"({d['ms_per_step']['iter_gemma_steps']:.2f} / {d['ms_per_step']['generate']:.2f} ms); "
-      f"passes {p['generate']} / {p['iter_gemma_steps']}; sequences identical: {d['sequences_identical']}; "
-      f"peak memory {m['generate']} / {m['iter_gemma_steps']} bytes")
+print(f"gemma {d['shape']}: engine / generate {d['ratio']['value']:.3f}x per denoising step "
+      f"({d['ms_per_step']['engine']:.2f} / {d['ms_per_step']['generate']:.2f} ms); "
+      f"passes {p['generate']} / {p['engine']}; sequences identical: {d['sequences_identical']}; "
+      f"peak memory {m['generate']} / {m['engine']} bytes")
 EOF
 } | tee "$OUT/summary.txt"
 }

@@ -30,6 +30,7 @@ from explorer.branching.alternatives import AlternativesReport, RepairReport
 from explorer.branching.edits import EditSpec
 from explorer.branching.plan import BranchPlan, BranchRequest, plan_branch, stored_run
 from explorer.decoding.callbacks import Callback, CollectSteps
+from explorer.decoding.canvas_engine import check_canvas_config
 from explorer.decoding.config import ConfigError, DecodeConfig
 from explorer.decoding.engine import run_decode
 from explorer.decoding.protocols import ARScorer, Denoiser
@@ -63,7 +64,10 @@ def prepare(prompt: str, denoiser: Denoiser, config: DecodeConfig) -> list[int]:
     """Tokenise the prompt and validate the config against the model; raise ValueError subclasses."""
     prompt_ids = denoiser.encode(prompt)
     config.validate(denoiser.context_length, len(prompt_ids))
-    _check_mask(denoiser, config)
+    if getattr(denoiser, "loop", "masked") == "canvas":
+        check_canvas_config(config, denoiser.canvas_length)
+    else:
+        _check_mask(denoiser, config)
     return prompt_ids
 
 

@@ -29,7 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "ui": {"services", "views", "store", "decoding", "jobs", "presets", "models", "branching", "sweeps"},
     "presets": set(),
     "zerogpu": set(),
-    "__init__": {"api", "branching", "decoding", "store"},
+    "recording": {"decoding", "store"},  # a generate() call run in the user's own code, stored as a run
+    "__init__": {"api", "branching", "decoding", "store", "recording"},
     "__main__": {"cli"},
     "models": set(),  # the embedded models import nothing of the explorer
 }
@@ -37,6 +38,7 @@ ALLOWED: dict[str, set[str]] = {
 LATE_IMPORTS = {
     ("explorer.adapters.families", "explorer.adapters.hf"): "keeps transformers out of processes that serve "
     "only the embedded model",
+    ("explorer.adapters.families", "explorer.adapters.diffusion_gemma"): "the same for DiffusionGemma (transformers)",
     ("explorer.services", "explorer.ray_pool"): "imports Ray, which a server with local workers (the quick start) "
     "neither installs nor imports",
 }

@@ -14,8 +14,10 @@ import itertools
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -25,16 +27,16 @@ sys.path.insert(0, str(ROOT))
 import transformers
 from transformers.models.diffusion_gemma import generation_diffusion_gemma as tf_gen
 
-from explorer.adapters.diffusion_gemma import (
-    GemmaInputError,
-    GemmaResult,
-    GemmaStep,
-    gemma_settings,
-    iter_gemma_steps,
-    load_gemma,
-)
+from explorer.adapters.diffusion_gemma import GemmaDenoiser, canvas_config, load_gemma
 from explorer.adapters.errors import ModelLoadError
+from explorer.api import prepare
 from explorer.decoding import entropy_bound as rule
+from explorer.decoding.callbacks import CollectSteps
+from explorer.decoding.canvas_engine import iter_canvas_steps
+from explorer.decoding.config import DecodeConfig
+from explorer.decoding.engine import run_decode
+from explorer.decoding.records import DecodeResult, StepRecord
+from explorer.store.database import StoreWriter, TrajectoryStore
 
 VOCAB, CANVAS, WINDOW, EOS, PAD = 256, 8, 128, 1, 0
 PROMPT = torch.tensor([[2, 5, 6, 7, 8]])
@@ -141,41 +143,68 @@ def reference(model, ids: torch.Tensor, seed: int, **settings):
     return out, streamer.drafts
 
 
-def driven(model, ids: torch.Tensor, seed: int, **settings) -> tuple[list[GemmaStep], GemmaResult]:
-    torch.manual_seed(12345)  # the driver must not depend on the global RNG when given a seed
-    items = list(iter_gemma_steps(model, ids, seed=seed, **settings))
-    assert all(isinstance(item, GemmaStep) for item in items[:-1]) and isinstance(items[-1], GemmaResult)
-    return items[:-1], items[-1]
+class Codec:
+    """The tiny model has no tokenizer: ids as text."""
+
+    def encode(self, text: str) -> list[int]:
+        return [int(word) for word in text.split()]
+
+    def decode(self, ids) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    def token_text(self, token_id: int) -> str:
+        return str(int(token_id))
 
 
-def run_both(model, ids, seed, strength=0.0, eos=(), switch_at=None, **settings):
+@pytest.fixture(scope="module")
+def denoiser(model) -> GemmaDenoiser:
+    return GemmaDenoiser("tiny-gemma", model, Codec(), torch.device("cpu"))
+
+
+def engine_config(denoiser: GemmaDenoiser, seed: int, **settings) -> DecodeConfig:
+    """The engine's config for generate's keyword settings (the model's own, then these)."""
+    return canvas_config(replace(denoiser.defaults, **settings), seed=seed)
+
+
+def engine_run(
+    denoiser: GemmaDenoiser, ids: torch.Tensor, seed: int, **settings
+) -> tuple[list[StepRecord], DecodeResult]:
+    torch.manual_seed(12345)  # the engine must not depend on the global RNG
+    steps = CollectSteps()
+    result = run_decode(denoiser, ids[0].tolist(), engine_config(denoiser, seed, **settings), [steps])
+    return steps.steps, result
+
+
+def run_both(denoiser, ids, seed, strength=0.0, eos=(), **settings):
     """Both runs under the same hooks; returns (generate output, drafts, its decoder calls, steps, result)."""
-    bias = Bias(model, strength, eos, switch_at)
+    bias = Bias(denoiser.model, strength, eos)
     try:
-        out, drafts = reference(model, ids, seed, **settings)
+        out, drafts = reference(denoiser.model, ids, seed, **settings)
         calls = bias.decoder_calls
         bias.decoder_calls = 0
-        steps, result = driven(model, ids, seed, **settings)
+        steps, result = engine_run(denoiser, ids, seed, **settings)
         assert bias.decoder_calls == len(steps) == calls
     finally:
         bias.remove()
     return out, drafts, calls, steps, result
 
 
-def assert_identical(out, drafts, calls, steps, result) -> None:
-    assert torch.equal(result.sequences, out.sequences)
-    assert torch.equal(result.tokens_per_forward, out.tokens_per_forward)
+def assert_identical(out, drafts, calls, steps, result, prompt_length: int) -> None:
+    new = out.sequences[0, prompt_length:].tolist()
+    assert result.token_ids[: len(new)] == new  # generate's tokens; canvases it never ran stay noise
+    assert set(result.token_ids[len(new) :]) <= {VOCAB}
     assert len(steps) == len(drafts) == calls
-    for step, draft in zip(steps, drafts):
-        assert torch.equal(step.argmax, draft), (step.canvas_index, step.step_index)
-    if out.sequences.shape[0] == 1:  # one row: its pass count is the number of decoder calls
-        assert result.decoder_passes.tolist() == [calls]
+    for record, draft in zip(steps, drafts):
+        canvas = record.extras.canvas
+        assert torch.equal(torch.from_numpy(record.argmax[canvas.start : canvas.start + CANVAS]).long(), draft[0])
+    valid = sum(1 for token in new if token != PAD)
+    assert out.tokens_per_forward.item() == pytest.approx(valid / len(steps))
 
 
-def steps_per_canvas(steps: list[GemmaStep]) -> list[int]:
+def steps_per_canvas(steps: list[StepRecord]) -> list[int]:
     counts: dict[int, int] = {}
     for step in steps:
-        counts[step.canvas_index] = counts.get(step.canvas_index, 0) + 1
+        counts[step.block] = counts.get(step.block, 0) + 1
     return [counts[k] for k in sorted(counts)]
 
 
@@ -183,79 +212,100 @@ def steps_per_canvas(steps: list[GemmaStep]) -> list[int]:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_three_canvases_full_steps_identical(model, seed):
-    out, drafts, calls, steps, result = run_both(model, PROMPT, seed)
-    assert_identical(out, drafts, calls, steps, result)
+def test_three_canvases_full_steps_identical(denoiser, seed):
+    out, drafts, calls, steps, result = run_both(denoiser, PROMPT, seed)
+    assert_identical(out, drafts, calls, steps, result, PROMPT.shape[1])
     assert steps_per_canvas(steps) == [6, 6, 6]  # 20 new tokens -> 3 canvases of 8; never confident
-    assert result.sequences.shape == (1, 5 + 3 * CANVAS)
-    assert [s.temperature for s in steps[:6]] == pytest.approx([0.8, 0.4 + 0.4 * 5 / 6, 0.4 + 0.4 * 4 / 6,
-                                                                 0.6, 0.4 + 0.4 * 2 / 6, 0.4 + 0.4 / 6])  # fmt: skip
+    assert out.sequences.shape == (1, 5 + 3 * CANVAS)
+    assert [s.extras.canvas.temperature for s in steps[:6]] == pytest.approx(
+        [0.8, 0.4 + 0.4 * 5 / 6, 0.4 + 0.4 * 4 / 6, 0.6, 0.4 + 0.4 * 2 / 6, 0.4 + 0.4 / 6]
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 3])
-def test_early_stop_identical(model, seed):
+def test_early_stop_identical(denoiser, seed):
     settings = dict(max_denoising_steps=8, confidence_threshold=0.5, stability_threshold=2, entropy_bound=1.0)
-    out, drafts, calls, steps, result = run_both(model, PROMPT, seed, strength=6.0, **settings)
-    assert_identical(out, drafts, calls, steps, result)
+    out, drafts, calls, steps, result = run_both(denoiser, PROMPT, seed, strength=6.0, **settings)
+    assert_identical(out, drafts, calls, steps, result, PROMPT.shape[1])
     per_canvas = steps_per_canvas(steps)
     assert len(per_canvas) == 3 and min(per_canvas) < 8  # the stop fired in at least one canvas
-    last = [s for s in steps if s.finished_denoising.item()]
-    assert last and all(s.stable.item() and s.confident.item() for s in last)
-    assert all(s.steps_stable.item() >= 2 and s.mean_entropy.item() < 0.5 for s in last)
+    stopped = [s.extras.canvas for s in steps if s.extras.canvas.stop]
+    assert stopped and all(c.stable and c.confident and c.final for c in stopped)
+    assert all(c.steps_stable >= 2 and c.mean_entropy < 0.5 for c in stopped)
 
 
 @pytest.mark.parametrize("seed", [0, 2])
-def test_eos_ends_generation_and_pads_identical(model, seed):
+def test_eos_ends_generation_and_pads_identical(denoiser, seed):
     eos_at = 5 + CANVAS + 3  # canvas 1, its 4th position
     out, drafts, calls, steps, result = run_both(
-        model, PROMPT, seed, strength=8.0, eos=((0, eos_at),), max_new_tokens=40
+        denoiser, PROMPT, seed, strength=8.0, eos=((0, eos_at),), max_new_tokens=40
     )
-    assert_identical(out, drafts, calls, steps, result)
-    assert result.canvases == 2 < result.settings.canvases  # EOS in canvas 1 ended a 5-canvas run
-    tail = result.sequences[0, eos_at:]
+    assert_identical(out, drafts, calls, steps, result, PROMPT.shape[1])
+    assert steps_per_canvas(steps) and max(s.block for s in steps) == 1  # EOS in canvas 1 ended a 5-canvas run
+    tail = out.sequences[0, eos_at:]
     assert tail[0].item() == EOS and (tail[1:] == PAD).all() and len(tail) == CANVAS - 3
+    assert result.token_ids[2 * CANVAS :] == [VOCAB] * (3 * CANVAS)  # never run: noise, not pad
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_batch_with_one_row_finished_identical(model, seed):
-    """Row 0 is peaked (stops denoising at its 2nd step) and says EOS in canvas 0, so it is padded
-    afterwards while row 1 (unbiased) runs every step of every canvas. From the 4th step on, row 0's
-    bias moves to other tokens: generate keeps a stopped row's draft, canvas and logits frozen, so
-    its draft must not follow; the per-row pass counts differ."""
-    ids = torch.cat([PROMPT, torch.tensor([[2, 9, 9, 9, 4]])])
-    settings = dict(max_denoising_steps=8, confidence_threshold=0.5, stability_threshold=1, entropy_bound=1.0)
-    out, drafts, calls, steps, result = run_both(model, ids, seed, (8.0, 0.0), ((0, 6),), switch_at=3, **settings)
-    assert_identical(out, drafts, calls, steps, result)
-    assert (result.sequences[0, 5 + CANVAS :] == PAD).all() and result.sequences[0, 6].item() == EOS
-    assert steps_per_canvas(steps) == [8, 8, 8] and result.decoder_passes.tolist() == [2, 24]
-    first = [s for s in steps if s.canvas_index == 0]
-    assert all(torch.equal(s.argmax[0], first[1].argmax[0]) for s in first[1:])  # frozen after stopping
-    assert not torch.equal(first[1].canvas_in[1], first[7].canvas_in[1])  # row 1 kept denoising
-
-
-def test_global_rng_when_no_seed(model):
-    """seed=None draws from the global RNG, as generate does: seeding it gives generate's run."""
-    out, _ = reference(model, PROMPT, 7)
-    torch.manual_seed(7)
-    items = list(iter_gemma_steps(model, PROMPT, seed=None))
-    assert torch.equal(items[-1].sequences, out.sequences)
-
-
-def test_step_records_are_consistent(model):
-    steps, result = driven(model, PROMPT, 0)
-    for before, after in itertools.pairwise(steps):
-        if after.canvas_index == before.canvas_index:
-            assert torch.equal(after.canvas_in, before.canvas_out)
-            assert torch.equal(after.noise_in, before.renoised)
-            assert torch.equal(after.argmax_changed, after.argmax != before.argmax)
+def test_step_records_are_consistent(denoiser):
+    """The events replay the canvas: commits where an accepted token is new there, re-masks where a
+    kept token was re-noised, the last step commits the final draft; the canvas record chains."""
+    steps, result = engine_run(denoiser, PROMPT, 0)
+    state = np.full(3 * CANVAS, VOCAB)
+    for before, after in itertools.pairwise([None, *steps]):
+        canvas = after.extras.canvas
+        window = slice(canvas.start, canvas.start + CANVAS)
+        if before is not None and before.extras.canvas.canvas == canvas.canvas:
+            assert np.array_equal(canvas.noise_in, before.extras.canvas.renoised)
+            previous = before.argmax[window]
+            assert np.array_equal(canvas.flipped, after.argmax[window] != previous)
         else:
-            assert after.noise_in.all() and after.argmax_changed.all()
-    for step in steps:
-        assert torch.equal(step.renoised, ~step.accepted) and step.accepted.sum() >= 1
-        assert torch.equal(step.canvas_out[step.accepted], step.sampled[step.accepted])
-        assert ((step.sampled_prob > 0) & (step.sampled_prob <= 1)).all()
-        assert step.mean_entropy.item() == pytest.approx(step.entropy.mean().item())
-    assert result.settings.max_denoising_steps == 6 and result.settings.entropy_bound == 0.5  # the checkpoint's
+            assert canvas.noise_in.all() and canvas.flipped.all()
+        kept_in = state[window].copy()
+        assert np.array_equal(kept_in == VOCAB, canvas.noise_in)  # noise in the store is noise on the canvas
+        assert np.array_equal(canvas.tokens_in[~canvas.noise_in], kept_in[~canvas.noise_in])
+        state[after.committed] = after.tokens
+        state[after.remasked] = VOCAB
+        if canvas.final:
+            assert np.array_equal(state[window], after.argmax[window])  # no pad: no EOS in this run
+        else:
+            expected = np.where(canvas.accepted, canvas.sampled, VOCAB)
+            assert np.array_equal(state[window], expected)
+            assert np.array_equal(canvas.renoised, ~canvas.accepted) and canvas.accepted.sum() >= 1
+        assert np.array_equal(after.revised, after.previous != VOCAB)
+        assert np.isnan(after.entropy[: canvas.start]).all() and (after.argmax[canvas.start + CANVAS :] == -1).all()
+        assert canvas.mean_entropy == pytest.approx(float(after.entropy[window].mean()), rel=1e-5)
+    assert state.tolist() == result.token_ids
+    assert denoiser.defaults.max_denoising_steps == 6 and denoiser.defaults.entropy_bound == 0.5  # the checkpoint's
+
+
+def test_other_acceptance_rules_run_on_the_same_model(denoiser):
+    """The project's confidence rules accept over the same canvas: top-k grows linearly, threshold keeps >= tau."""
+    for strategy, knobs in (("low_confidence", {}), ("threshold", {"threshold": 0.3})):
+        config = replace(engine_config(denoiser, 0), strategy=strategy, **knobs)
+        steps = CollectSteps()
+        run_decode(denoiser, PROMPT[0].tolist(), config, [steps])
+        for record in steps.steps:
+            canvas = record.extras.canvas
+            if strategy == "low_confidence":
+                assert canvas.accepted.sum() == min(CANVAS, -(-CANVAS * (canvas.step + 1) // 6))
+            else:
+                best = canvas.sampled_prob.argmax()
+                assert (
+                    canvas.accepted[best]
+                    and (canvas.sampled_prob[canvas.accepted] >= 0.3).sum() >= canvas.accepted.sum() - 1
+                )
+
+
+def test_store_round_trip(denoiser, tmp_path):
+    store = TrajectoryStore(f"sqlite:///{tmp_path / 'runs.db'}")
+    steps = CollectSteps()
+    writer = StoreWriter(store, denoiser.token_text)
+    result = run_decode(denoiser, PROMPT[0].tolist(), engine_config(denoiser, 0), [steps, writer])
+    arrays = store.read_arrays(writer.run_id)
+    assert arrays.run["mask_id"] == VOCAB and arrays.tokens[:, -1].tolist() == result.token_ids
+    for stored, record in zip(arrays.extras, steps.steps):
+        assert stored.canvas.to_json() == record.extras.canvas.to_json()  # rounded as stored
 
 
 # --- the pure rule on hand-built logits ---------------------------------------------------------
@@ -382,25 +432,21 @@ def test_missing_checkpoint_refused(tmp_path):
 @pytest.mark.parametrize(
     ("ids", "settings", "words"),
     [
-        (PROMPT, dict(max_denoising_steps=0), "out of range"),
-        (PROMPT, dict(max_denoising_steps=5000), "out of range"),
-        (torch.full((1, 125), 7), {}, "window of 128"),
-        (PROMPT, dict(pixel_values=torch.zeros(1, 3, 4, 4)), "image inputs"),
+        (PROMPT, dict(block_length=4, gen_length=24), "canvases of 8"),
+        (PROMPT, dict(steps=0), "out of range"),
+        (PROMPT, dict(steps=30), "out of range"),
+        (torch.full((1, 125), 7), {}, "context 128 minus prompt 125"),
         (torch.tensor([[2, 255, 5]]), {}, "image tokens"),
-        (PROMPT, dict(t_min=0.9, t_max=0.5), "t_max"),
-        (PROMPT, dict(temperature=1.0), "unknown"),
-        (torch.zeros((1, 0), dtype=torch.long), {}, "non-empty"),
+        (PROMPT, dict(canvas_t_min=0.9, canvas_t_max=0.5), "above canvas-t-max"),
+        (PROMPT, dict(temperature=1.0), "linear schedule"),
+        (PROMPT, dict(strategy="margin"), "accepts with eb, low_confidence, threshold"),
+        (PROMPT, dict(energies=(("ar", 1.0),)), "energies"),
+        (PROMPT, dict(violations=True), "violations"),
     ],
 )
-def test_bad_inputs_refused(model, ids, settings, words):
-    with pytest.raises(GemmaInputError) as error:
-        list(iter_gemma_steps(model, ids, seed=0, **settings))
+def test_bad_inputs_refused(denoiser, ids, settings, words):
+    config = replace(engine_config(denoiser, 0), **settings)
+    with pytest.raises(ValueError) as error:
+        prompt_ids = prepare(" ".join(map(str, ids[0].tolist())), denoiser, config)
+        list(iter_canvas_steps(denoiser, prompt_ids, config))
     assert words in one_line(error)
-
-
-def test_settings_come_from_the_checkpoint_then_overrides(model):
-    settings = gemma_settings(model, 5)
-    assert (settings.max_new_tokens, settings.max_denoising_steps, settings.entropy_bound) == (20, 6, 0.5)
-    assert (settings.t_min, settings.t_max, settings.eos_token_id, settings.pad_token_id) == (0.4, 0.8, [EOS], PAD)
-    overridden = gemma_settings(model, 5, max_new_tokens=9, entropy_bound=2.0)
-    assert (overridden.max_new_tokens, overridden.entropy_bound, overridden.canvases) == (9, 2.0, 2)

@@ -219,7 +219,7 @@ def test_cuda_out_of_memory_fails_the_run_and_the_next_run_recovers(tmp_path):
     assert store.get_run(again.run_id)["status"] == "completed"
 
 
-# ---- DiffusionGemma: generate() against the step-by-step driver (bench/bench_gemma_gpu.py) ---------------------
+# ---- DiffusionGemma: generate() against the engine (bench/bench_gemma_gpu.py) ---------------------
 GEMMA_BENCH = ROOT / "bench" / "bench_gemma_gpu.py"
 
 
@@ -233,10 +233,10 @@ def test_gemma_bench_tiny_on_the_cpu_reproduces_generate_and_writes_json(tmp_pat
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "GPU: none (CPU run)" in out
-    for label in (r"\(a\) model\.generate\(\)", r"\(b\) iter_gemma_steps"):
+    for label in (r"\(a\) model\.generate\(\)", r"\(b\) the explorer's engine"):
         assert re.search(rf"^{label} +\d+\.\d+ +\d+\.\d+ +8 +n/a \(CPU\)$", out, re.M), (label, out)
-    assert re.search(r"^ratio iter_gemma_steps / generate = \d+\.\d+x \(", out, re.M), out
-    assert "decoder passes: generate [8], driver [8] (its GemmaResult [8]), expected 8: equal" in out
+    assert re.search(r"^ratio engine / generate = \d+\.\d+x \(", out, re.M), out
+    assert "decoder passes: generate [8], engine [8] (its step count [8]), expected 8: equal" in out
     assert "final sequences of every run of (a) and (b): identical (32 tokens)" in out
     last = json.loads(out.strip().splitlines()[-1])  # the JSON line ends the output
     results = json.loads(out_json.read_text())
@@ -244,17 +244,17 @@ def test_gemma_bench_tiny_on_the_cpu_reproduces_generate_and_writes_json(tmp_pat
     assert results["ok"] is True and results["sequences_identical"] is True
     assert results["shape"] == "tiny" and results["device"] == "cpu" and results["gpu"] is None
     assert results["decoder_passes"] == {
-        "generate": [8], "iter_gemma_steps": [8], "iter_gemma_steps_result": [8], "expected": 8, "equal": True,
+        "generate": [8], "engine": [8], "engine_steps": [8], "expected": 8, "equal": True,
     }  # fmt: skip
     settings = results["settings"]
     assert (settings["prompt_length"], settings["canvases"], settings["max_denoising_steps"]) == (16, 2, 4)
     assert settings["early_stop"] is False and settings["repeats"] == 1
     assert results["model"]["layers"] == 2 and results["model"]["canvas_length"] == 8
     steps = results["ms_per_step"]
-    assert set(steps) == {"generate", "iter_gemma_steps"} and min(steps.values()) > 0
-    assert results["ratio"]["value"] == pytest.approx(steps["iter_gemma_steps"] / steps["generate"])
+    assert set(steps) == {"generate", "engine"} and min(steps.values()) > 0
+    assert results["ratio"]["value"] == pytest.approx(steps["engine"] / steps["generate"])
     assert [len(v) for v in results["ms_per_run"].values()] == [1, 1]
-    assert results["memory"]["max_allocated_bytes"] == {"generate": None, "iter_gemma_steps": None}
+    assert results["memory"]["max_allocated_bytes"] == {"generate": None, "engine": None}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device: the benchmark would run")

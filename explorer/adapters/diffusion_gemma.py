@@ -1,39 +1,37 @@
-"""DiffusionGemma (transformers' `diffusion_gemma`, no remote code): a step-by-step block-diffusion driver.
+"""DiffusionGemma (transformers' `diffusion_gemma`, no remote code) as a canvas model for the engine.
 
 DiffusionGemma is an encoder-decoder block-diffusion model: the encoder reads the prompt and every
 finished canvas into a KV cache; the decoder refines one canvas of C tokens at a time, starting
 from uniform noise, conditioned on that cache and on its own previous logits (self-conditioning).
-`iter_gemma_steps` runs the same loop as `DiffusionGemmaGenerationMixin.generate` but yields one
-`GemmaStep` per decoder pass, then one `GemmaResult`, so every intermediate can be recorded.
+`GemmaDenoiser` gives the engine what it needs (explorer/decoding/protocols.py `CanvasDenoiser`):
+`begin(prompt)` encodes the prompt into a fresh cache, the session's `denoise` is one decoder
+pass, `append` puts a finished canvas into the cache (encoded lazily, at the next canvas's first
+pass, as generate does). The loop itself is explorer/decoding/canvas_engine.py.
 
-It is built to reproduce `generate()` exactly (same final sequence, same decoder-pass count, at
-every step the same argmax canvas generate hands to a streamer's `put_draft`): the step rule is
-explorer/decoding/entropy_bound.py (the same torch calls), the model is called through its own
-encoder, cache and mask builders, and random numbers are drawn in the order transformers draws
-them: per canvas one randint (the initial canvas), then per step one multinomial (B*C rows) and
-one randint (B*C, the re-noise canvas, drawn even for accepted positions and at the last step).
-Transformers draws from torch's global RNG; the driver draws from a `torch.Generator` seeded with
-`seed`, which gives the same stream as `torch.manual_seed(seed)` before `generate()` (same
-algorithm, same seeding) while leaving the global RNG alone. `seed=None` uses the global RNG.
-
-Identity holds for transformers' default dynamic cache; a checkpoint whose generation config asks
-for a static (compiled) cache runs here with a dynamic one, matching `generate(cache_implementation="dynamic")`.
-Text only: image inputs are refused.
+The model is called through its own encoder, cache and mask builders, exactly as
+`DiffusionGemmaGenerationMixin.generate` calls them, so the engine reproduces `generate()` (same
+final sequence, same decoder passes, same per-step draft). Identity holds for transformers'
+default dynamic cache; a checkpoint whose generation config asks for a static (compiled) cache
+runs here with a dynamic one, matching `generate(cache_implementation="dynamic")`.
+The generation settings a run uses default to the model's generation config (`canvas_defaults`,
+`canvas_config`). Text only: image tokens in a prompt are refused.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from explorer.adapters.devices import resolve_device, resolve_dtype
 from explorer.adapters.errors import ModelLoadError
-from explorer.decoding import entropy_bound as rule
+from explorer.adapters.hf import TextCodec, _load_tokenizer  # imported late by families: transformers only then
+from explorer.adapters.spec import ModelSpec
+from explorer.decoding.config import DecodeConfig
 
 FAMILY = "diffusion_gemma"
 MAX_CANVAS_LENGTH = 4096  # a canvas is one decoder pass; longer ones are configuration mistakes
@@ -78,43 +76,6 @@ class GemmaSettings:
     @property
     def canvases(self) -> int:
         return math.ceil(self.max_new_tokens / self.canvas_length)
-
-
-@dataclass(frozen=True)
-class GemmaStep:
-    """One denoising step (one decoder pass) of one canvas. Tensors are on the CPU."""
-
-    canvas_index: int
-    step_index: int  # 0-based within the canvas
-    remaining_step: int  # transformers' `cur_step`: N..1
-    canvas_in: torch.Tensor  # (B, C) long: the decoder's input canvas
-    noise_in: torch.Tensor  # (B, C) bool: position holds random noise (initial or re-noised), not a kept token
-    sampled: torch.Tensor  # (B, C) long: the multinomial draw
-    argmax: torch.Tensor  # (B, C) long: the draft (what generate hands to `put_draft`)
-    entropy: torch.Tensor  # (B, C) float32: per-position entropy of the temperature-scaled logits
-    sampled_prob: torch.Tensor  # (B, C) float32
-    accepted: torch.Tensor  # (B, C) bool
-    renoised: torch.Tensor  # (B, C) bool
-    argmax_changed: torch.Tensor  # (B, C) bool: differs from the previous step's draft (all True at step 0)
-    canvas_out: torch.Tensor  # (B, C) long: the next step's input canvas
-    mean_entropy: torch.Tensor  # (B,) float32
-    confidence_threshold: float | None
-    steps_stable: torch.Tensor  # (B,) long
-    stable: torch.Tensor  # (B,) bool
-    confident: torch.Tensor  # (B,) bool
-    finished_denoising: torch.Tensor  # (B,) bool: the canvas stops after this step
-    temperature: float | None
-
-
-@dataclass(frozen=True)
-class GemmaResult:
-    """The end of a run: what `generate()` returns."""
-
-    sequences: torch.Tensor  # (B, L) long: prompt + canvases, pad after EOS
-    decoder_passes: torch.Tensor  # (B,) int: decoder passes each row needed (generate's count)
-    tokens_per_forward: torch.Tensor  # (B,) float: non-pad new tokens / decoder passes
-    canvases: int
-    settings: GemmaSettings
 
 
 def load_gemma(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Any:
@@ -192,23 +153,6 @@ def gemma_settings(model: Any, prompt_length: int, **overrides: Any) -> GemmaSet
     )
 
 
-def _check_prompt(model: Any, input_ids: torch.Tensor, settings: GemmaSettings) -> None:
-    """Refuse what generate would run badly or not at all: image tokens, an empty prompt, a run past the window."""
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise GemmaInputError(
-            f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}"
-        )
-    if (input_ids == model.config.image_token_id).any():
-        raise GemmaInputError("the prompt contains image tokens; image inputs are not supported")
-    window = model.config.text_config.max_position_embeddings
-    needed = input_ids.shape[1] + settings.canvases * settings.canvas_length
-    if needed > window:
-        raise GemmaInputError(
-            f"prompt of {input_ids.shape[1]} tokens + {settings.canvases} canvas(es) of {settings.canvas_length} "
-            f"= {needed} positions, longer than the model's window of {window}"
-        )
-
-
 def _encode(model: Any, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> Any:
     """Run the encoder over `ids` (the prompt, then each finished canvas) into the KV cache.
 
@@ -227,219 +171,208 @@ def _encode(model: Any, ids: torch.Tensor, attention_mask: torch.Tensor, positio
     return out.cache
 
 
-def _finalize_canvas(
-    input_ids: torch.Tensor, finished: torch.Tensor, settings: GemmaSettings
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mark rows finished by max length or an EOS in the new canvas; pad what follows.
+class GemmaSession:
+    """One generation: the KV cache of the prompt and the finished canvases, and the positions of the
+    canvas being refined. Mirrors generate's 1.a (encode), 1.b (decoder mask) and 1.f (next canvas)."""
 
-    Mirrors `_finalize_canvas` with generate's stopping criteria (`MaxLengthCriteria`,
-    `EosTokenCriteria` over the whole canvas): rows finished at an earlier canvas get all-pad
-    canvases; in this canvas every token after the first EOS becomes pad (only when pad is set)."""
-    canvas_length = settings.canvas_length
-    this_canvas = torch.full_like(finished, input_ids.shape[1] >= settings.max_length)
-    eos = None
-    if settings.eos_token_id is not None:
-        eos = torch.tensor(settings.eos_token_id, device=input_ids.device)
-        this_canvas = this_canvas | torch.isin(input_ids[:, -canvas_length:], eos).any(dim=-1)
-    previously = finished
-    finished = previously | this_canvas
-    if settings.pad_token_id is not None and torch.any(finished):
-        input_ids[previously, -canvas_length:] = settings.pad_token_id
-        if eos is not None and torch.any(this_canvas):
-            new_tokens = input_ids[:, -canvas_length:]
-            is_eos = torch.isin(new_tokens, eos)
-            eos_cumsum = is_eos.cumsum(dim=-1)
-            pad_mask = (eos_cumsum > 0) & ~((eos_cumsum == 1) & is_eos)
-            new_tokens[pad_mask] = settings.pad_token_id
-    return input_ids, finished
+    def __init__(self, model: Any, prompt: torch.Tensor, canvas_length: int) -> None:
+        from transformers import DynamicCache
 
+        self.model, self.canvas_length = model, canvas_length
+        length = prompt.shape[1]
+        device = prompt.device
+        self.cache = DynamicCache(config=model.config.get_text_config(decoder=True))  # `_prepare_cache_for_generation`
+        self.attention_mask = torch.ones((1, length), dtype=torch.bool, device=device)
+        self.decoder_attention_mask = torch.nn.functional.pad(self.attention_mask, (0, canvas_length), value=True)
+        self.encoder_positions = torch.arange(0, length, dtype=torch.int32, device=device)[None]
+        self.decoder_positions = torch.arange(length, length + canvas_length, dtype=torch.int32, device=device)[None]
+        self.unprocessed: torch.Tensor | None = prompt  # encoded at the next canvas's first pass
+        self.masks: Any = None
+        self.embeddings_dtype = model.model.decoder.embed_tokens.weight.dtype
 
-def _temperature(settings: GemmaSettings, remaining_step: int) -> torch.Tensor | None:
-    if settings.t_min is None or settings.t_max is None:  # generate adds no temperature processor then
-        return None
-    return rule.linear_temperature(settings.t_min, settings.t_max, remaining_step, settings.max_denoising_steps)
-
-
-@torch.no_grad()
-def iter_gemma_steps(
-    model: Any, input_ids: torch.Tensor, *, seed: int | None, **overrides: Any
-) -> Iterator[GemmaStep | GemmaResult]:
-    """Decode like `model.generate(input_ids, **overrides)` after `torch.manual_seed(seed)`, yielding
-    a `GemmaStep` per decoder pass and a `GemmaResult` last. Mirrors `generate` step 1 (the canvas loop)."""
-    images = [k for k in IMAGE_KWARGS if k in overrides]
-    if images:
-        raise GemmaInputError(f"image inputs ({', '.join(images)}) are not supported; give a text-only prompt")
-    settings = gemma_settings(model, input_ids.shape[-1], **overrides)
-    _check_prompt(model, input_ids, settings)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
-    from transformers import DynamicCache
-
-    batch_size, cur_len = input_ids.shape
-    initial_len, canvas_length, device = cur_len, settings.canvas_length, input_ids.device
-    cache = DynamicCache(config=model.config.get_text_config(decoder=True))  # `_prepare_cache_for_generation`
-    finished_sequences = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    passes = torch.zeros(batch_size, dtype=torch.int, device=device)
-    encoder_positions = torch.arange(0, cur_len, dtype=torch.int32, device=device).unsqueeze(0)
-    decoder_positions = torch.arange(cur_len, cur_len + canvas_length, dtype=torch.int32, device=device).unsqueeze(0)
-    attention_mask = torch.ones((batch_size, cur_len), dtype=torch.bool, device=device)
-    decoder_attention_mask = torch.nn.functional.pad(attention_mask, (0, canvas_length), value=True)
-    unprocessed = input_ids
-    canvases = 0
-    for canvas_index in range(settings.canvases):
-        cache = _encode(model, unprocessed, attention_mask, encoder_positions, cache)  # 1.a
-        canvas = yield from _denoise_canvas(
-            model, settings, cache, decoder_attention_mask, decoder_positions, finished_sequences, passes,
-            canvas_index, generator,
-        )  # fmt: skip
-        canvases += 1
-        input_ids = torch.cat([input_ids, canvas], dim=-1)  # 1.d
-        input_ids, finished_sequences = _finalize_canvas(input_ids, finished_sequences, settings)  # 1.e
-        if torch.all(finished_sequences):
-            break
-        # 1.f `_prepare_kwargs_for_next_canvas`
-        cur_len += canvas_length
-        decoder_attention_mask = torch.nn.functional.pad(decoder_attention_mask, (0, canvas_length), value=True)
-        attention_mask = torch.nn.functional.pad(attention_mask, (0, canvas_length), value=True)
-        encoder_positions = decoder_positions
-        decoder_positions = torch.arange(cur_len, cur_len + canvas_length, dtype=torch.int32, device=device)[None]
-        unprocessed = input_ids[:, -canvas_length:]
-    yield _result(input_ids, passes, initial_len, canvases, settings)
-
-
-def _result(
-    input_ids: torch.Tensor, passes: torch.Tensor, initial_len: int, canvases: int, settings: GemmaSettings
-) -> GemmaResult:
-    """Mirrors `_compute_tokens_per_forward`: pad tokens are not counted as generated."""
-    new_tokens = input_ids[:, initial_len:]
-    if settings.pad_token_id is not None:
-        valid = (new_tokens != settings.pad_token_id).sum(dim=-1)
-    else:
-        valid = new_tokens.shape[1]
-    return GemmaResult(
-        sequences=input_ids.cpu(),
-        decoder_passes=passes.cpu(),
-        tokens_per_forward=(valid / passes).cpu(),
-        canvases=canvases,
-        settings=settings,
-    )
-
-
-def _denoise_canvas(
-    model: Any,
-    settings: GemmaSettings,
-    cache: Any,
-    decoder_attention_mask: torch.Tensor,
-    decoder_positions: torch.Tensor,
-    finished_sequences: torch.Tensor,
-    passes: torch.Tensor,
-    canvas_index: int,
-    generator: torch.Generator | None,
-) -> Iterator[GemmaStep]:
-    """The denoising loop of one canvas (generate 1.b-1.c); returns the final draft (B, C).
-
-    `passes` is incremented in place, as generate's `decoder_forward_passes`."""
-    batch_size, canvas_length = finished_sequences.shape[0], settings.canvas_length
-    device = finished_sequences.device
-    # 1.b `_prepare_denoiser_inputs`
-    current = rule.initial_canvas(batch_size, canvas_length, settings.vocab_size, device, generator)
-    masks = model.model.decoder.create_diffusion_decoder_attention_mask(
-        config=model.config,
-        inputs_embeds=current.unsqueeze(-1),
-        cache=cache,
-        decoder_attention_mask=decoder_attention_mask,
-    )
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    noise = torch.ones((batch_size, canvas_length), dtype=torch.bool, device=device)
-    argmax, self_conditioning, history, steps_stable, previous_argmax = current, None, None, None, None
-    embeddings_dtype = model.model.decoder.embed_tokens.weight.dtype
-    for step_index, remaining in enumerate(reversed(range(1, settings.max_denoising_steps + 1))):
-        passes += ~(finished | finished_sequences)
-        logits = model.forward(  # generate calls `self.forward` (not `__call__`): top-level hooks do not fire
-            decoder_input_ids=current,
+    def denoise(self, canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor:
+        if self.unprocessed is not None:  # a new canvas: encode what came before it, build its mask
+            self.cache = _encode(self.model, self.unprocessed, self.attention_mask, self.encoder_positions, self.cache)
+            self.unprocessed = None
+            self.masks = self.model.model.decoder.create_diffusion_decoder_attention_mask(
+                config=self.model.config,
+                inputs_embeds=canvas.unsqueeze(-1),
+                cache=self.cache,
+                decoder_attention_mask=self.decoder_attention_mask,
+            )
+        if self_conditioning is not None:
+            self_conditioning = self_conditioning.to(self.embeddings_dtype)  # generate 1.c.v
+        # generate calls `self.forward` (not `__call__`): top-level hooks do not fire
+        return self.model.forward(
+            decoder_input_ids=canvas,
             self_conditioning_logits=self_conditioning,
-            decoder_attention_mask=masks,
-            cache=cache,
-            decoder_position_ids=decoder_positions,
-        ).logits  # (B, C, V) float32
-        temperature = _temperature(settings, remaining)
-        scaled = rule.scale_logits(logits, temperature)  # (B, C, V)
-        proposal = rule.propose(scaled, generator)
-        acceptance = rule.accept(current, proposal.sampled, scaled, settings.entropy_bound)
-        renoised = rule.renoise(acceptance.canvas, acceptance.accepted, settings.vocab_size, generator)
-        new_argmax, new_current = proposal.argmax, renoised.canvas
-        check, was_finished = None, finished
-        if settings.stability_threshold is not None and settings.confidence_threshold is not None:
-            if finished.any():  # rows already finished keep their draft, canvas and logits
-                new_argmax = torch.where(finished[:, None], argmax, new_argmax)
-                new_current = torch.where(finished[:, None], current, new_current)
-                scaled = torch.where(finished[:, None, None], self_conditioning, scaled)
-            check = rule.stop_check(
-                history, new_argmax, previous_argmax, steps_stable, scaled,
-                settings.stability_threshold, settings.confidence_threshold,
-            )  # fmt: skip
-            history, steps_stable = check.history, check.steps_stable
-            finished = finished | check.stop
-        yield _step(
-            canvas_index, step_index, remaining, current, noise, proposal, acceptance, renoised, new_argmax,
-            previous_argmax, new_current, scaled, check, finished, temperature, settings,
-        )  # fmt: skip
-        noise = torch.where(was_finished[:, None], noise, renoised.renoised)  # frozen rows keep theirs
-        previous_argmax, argmax, current = new_argmax, new_argmax, new_current
-        self_conditioning = scaled.to(embeddings_dtype)  # 1.c.v
-        if torch.all(finished):
-            break
-    return argmax
+            decoder_attention_mask=self.masks,
+            cache=self.cache,
+            decoder_position_ids=self.decoder_positions,
+        ).logits  # (1, C, V) float32
+
+    def append(self, canvas: torch.Tensor) -> None:
+        """The finished canvas joins the context: `_prepare_kwargs_for_next_canvas`."""
+        c = self.canvas_length
+        pad = torch.nn.functional.pad
+        self.decoder_attention_mask = pad(self.decoder_attention_mask, (0, c), value=True)
+        self.attention_mask = pad(self.attention_mask, (0, c), value=True)
+        self.encoder_positions = self.decoder_positions
+        end = int(self.decoder_positions[0, -1]) + 1
+        self.decoder_positions = torch.arange(end, end + c, dtype=torch.int32, device=canvas.device)[None]
+        self.unprocessed = canvas
 
 
-def _step(
-    canvas_index: int,
-    step_index: int,
-    remaining: int,
-    current: torch.Tensor,
-    noise: torch.Tensor,
-    proposal: rule.Proposal,
-    acceptance: rule.Acceptance,
-    renoised: rule.Renoised,
-    argmax: torch.Tensor,
-    previous_argmax: torch.Tensor | None,
-    canvas_out: torch.Tensor,
-    scaled: torch.Tensor,
-    check: rule.StopCheck | None,
-    finished: torch.Tensor,
-    temperature: torch.Tensor | None,
-    settings: GemmaSettings,
-) -> GemmaStep:
-    """Pack one step's tensors (moved to the CPU) into a record."""
-    changed = torch.ones_like(argmax, dtype=torch.bool) if previous_argmax is None else argmax != previous_argmax
-    if check is None:  # no stopping criteria configured: report the quantities anyway
-        mean_entropy = acceptance.entropy.mean(dim=-1)
-        stable = confident = torch.zeros_like(finished)
-        steps_stable = torch.zeros(finished.shape, dtype=torch.long)
-    else:
-        mean_entropy, stable, confident, steps_stable = (
-            check.mean_entropy, check.stable, check.confident, check.steps_stable
-        )  # fmt: skip
-    return GemmaStep(
-        canvas_index=canvas_index,
-        step_index=step_index,
-        remaining_step=remaining,
-        canvas_in=current.cpu(),
-        noise_in=noise.cpu(),
-        sampled=proposal.sampled.cpu(),
-        argmax=argmax.cpu(),
-        entropy=acceptance.entropy.cpu(),
-        sampled_prob=proposal.sampled_prob.cpu(),
-        accepted=acceptance.accepted.cpu(),
-        renoised=renoised.renoised.cpu(),
-        argmax_changed=changed.cpu(),
-        canvas_out=canvas_out.cpu(),
-        mean_entropy=mean_entropy.cpu(),
+@dataclass(frozen=True)
+class CanvasDefaults:
+    """A DiffusionGemma checkpoint's generation settings (its generation config over transformers'
+    defaults), what a run uses unless told otherwise."""
+
+    canvas_length: int
+    max_new_tokens: int
+    max_denoising_steps: int
+    entropy_bound: float
+    t_min: float | None
+    t_max: float | None
+    stability_threshold: int | None
+    confidence_threshold: float | None
+
+    @property
+    def canvases(self) -> int:
+        return math.ceil(self.max_new_tokens / self.canvas_length)
+
+
+def canvas_defaults(model: Any) -> CanvasDefaults:
+    """The defaults of a loaded model, resolved by its own `_prepare_generation_config` (generate's precedence)."""
+    settings = gemma_settings(model, prompt_length=1)
+    return CanvasDefaults(
+        canvas_length=settings.canvas_length,
+        max_new_tokens=settings.max_new_tokens,
+        max_denoising_steps=settings.max_denoising_steps,
+        entropy_bound=settings.entropy_bound,
+        t_min=settings.t_min,
+        t_max=settings.t_max,
+        stability_threshold=settings.stability_threshold,
         confidence_threshold=settings.confidence_threshold,
-        steps_stable=steps_stable.cpu(),
-        stable=stable.cpu(),
-        confident=confident.cpu(),
-        finished_denoising=finished.cpu(),
-        temperature=None if temperature is None else float(temperature),
     )
+
+
+def canvas_config(defaults: CanvasDefaults, **settings: Any) -> DecodeConfig:
+    """The DecodeConfig of a run with the model's own settings (what `generate()` would use), then
+    `settings` (any DecodeConfig field). A schedule or stop the model leaves unset runs as generate
+    runs it: temperature 1 (t-min = t-max = 1) and no early stop (confidence 0)."""
+    no_stop = defaults.stability_threshold is None or defaults.confidence_threshold is None
+    no_schedule = defaults.t_min is None or defaults.t_max is None
+    base = DecodeConfig(
+        gen_length=defaults.canvases * defaults.canvas_length,
+        steps=defaults.canvases * defaults.max_denoising_steps,
+        block_length=defaults.canvas_length,
+        strategy="eb",
+        eb_gamma=defaults.entropy_bound,
+        canvas_t_min=1.0 if no_schedule else defaults.t_min,
+        canvas_t_max=1.0 if no_schedule else defaults.t_max,
+        canvas_stability=0 if no_stop else defaults.stability_threshold,
+        canvas_confidence=0.0 if no_stop else defaults.confidence_threshold,
+        violations=False,
+    )
+    return replace(base, **settings)
+
+
+class GemmaDenoiser:
+    """A loaded DiffusionGemma for the engine (`loop = "canvas"`); `mask_id` is the noise marker."""
+
+    loop = "canvas"
+    violations_default = False
+
+    def __init__(self, name: str, model: Any, codec: Any, device: torch.device) -> None:
+        self.name, self.model, self.codec, self.device = name, model, codec, device
+        self.defaults = canvas_defaults(model)
+        self.vocab_size = model.config.text_config.vocab_size
+        self.mask_id = self.vocab_size  # no token of the model: "this position holds noise"
+        self.canvas_length = model.config.canvas_length
+        self.context_length = model.config.text_config.max_position_embeddings
+        config = model._prepare_generation_config(None)[0]
+        eos = config.eos_token_id
+        self.eos_ids = () if eos is None else ((eos,) if isinstance(eos, int) else tuple(eos))
+        self.pad_id = config.pad_token_id
+        self.image_token_id = model.config.image_token_id
+
+    def begin(self, prompt_ids: list[int]) -> GemmaSession:
+        if self.image_token_id in prompt_ids:
+            raise GemmaInputError("the prompt contains image tokens; image inputs are not supported")
+        prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
+        return GemmaSession(self.model, prompt, self.canvas_length)
+
+    def encode(self, text: str) -> list[int]:
+        return self.codec.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.codec.decode(ids)
+
+    def token_text(self, token_id: int) -> str:
+        return self.codec.token_text(token_id)
+
+    def special_ids(self) -> frozenset[int]:
+        return frozenset({self.mask_id, *self.eos_ids, *([] if self.pad_id is None else [self.pad_id])})
+
+
+def _codec(tokenizer: Any, noise_marker: int) -> Any:
+    prefix = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    hidden = {i for i in tokenizer.all_special_ids if i is not None}
+    codec = TextCodec(tokenizer, noise_marker, prefix_ids=prefix, hidden_ids=hidden)
+    codec.mask_text = "[noise]"
+    return codec
+
+
+def load_entry(entry: Any) -> GemmaDenoiser:
+    """The registry's loader (family `diffusion_gemma`): a local folder or hub snapshot with a tokenizer."""
+    device = resolve_device(entry.device)
+    tokenizer = _load_tokenizer(entry)
+    try:
+        model = load_gemma(entry.path, device=device, dtype=resolve_dtype(entry.dtype, device))
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"model {entry.name!r}: {exc}") from None
+    return GemmaDenoiser(entry.name, model, _codec(tokenizer, model.config.text_config.vocab_size), device)
+
+
+def describe_entry(entry: Any) -> ModelSpec:
+    """What the UI needs without the weights: the tokenizer, the window, the canvas defaults."""
+    from transformers import DiffusionGemmaConfig
+    from transformers.models.diffusion_gemma.generation_diffusion_gemma import DiffusionGemmaGenerationConfig
+
+    folder = Path(entry.path)
+    if folder.is_dir():  # the raw file: the config class would fill a missing canvas_length with 256
+        raw = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+        if raw.get("model_type") != FAMILY:
+            kind = raw.get("model_type")
+            raise ModelLoadError(f"model {entry.name!r}: {folder} is a {kind!r} checkpoint, not {FAMILY!r}")
+        _check_canvas_length(raw.get("canvas_length"), folder)
+    try:
+        config = DiffusionGemmaConfig.from_pretrained(entry.path)
+    except Exception as exc:
+        raise ModelLoadError(f"model {entry.name!r}: cannot read the configuration of {entry.path!r}: {exc}") from None
+    defaults = dict(DiffusionGemmaGenerationConfig._get_default_generation_params())
+    if (folder / "generation_config.json").is_file() or not folder.is_dir():
+        own = DiffusionGemmaGenerationConfig.from_pretrained(entry.path)
+        defaults.update({k: v for k, v in own.to_dict().items() if k in defaults and v is not None})
+        if own.sampler_config is not None:
+            defaults["sampler_config"] = own.sampler_config
+    sampler = defaults["sampler_config"]
+    bound = sampler["entropy_bound"] if isinstance(sampler, dict) else sampler.entropy_bound
+    canvas = CanvasDefaults(
+        canvas_length=config.canvas_length,
+        max_new_tokens=defaults["max_new_tokens"],
+        max_denoising_steps=defaults["max_denoising_steps"],
+        entropy_bound=float(bound),
+        t_min=defaults["t_min"],
+        t_max=defaults["t_max"],
+        stability_threshold=defaults["stability_threshold"],
+        confidence_threshold=defaults["confidence_threshold"],
+    )
+    vocab = config.text_config.vocab_size
+    codec = _codec(_load_tokenizer(entry), vocab)
+    description = entry.description or f"DiffusionGemma (uniform-noise block diffusion) from {entry.path}"
+    return ModelSpec(
+        entry.name, FAMILY, config.text_config.max_position_embeddings, vocab, codec.encode, codec.token_text,
+        description, canvas=canvas,
+    )  # fmt: skip

@@ -8,6 +8,7 @@
 | `llada`     | LLaDA (`AutoModel`, remote code)                            | adapters/hf        |
 | `dream`     | Dream (`AutoModel`, remote code, logits shifted right by 1) | adapters/hf        |
 | `mdlm`      | MDLM (`AutoModelForMaskedLM`, remote code, takes a timestep)| adapters/hf        |
+| `diffusion_gemma` | DiffusionGemma (transformers, uniform-noise canvases) | adapters/diffusion_gemma |
 
 Which *models* exist is the operator's choice (`registry`); `loading.load_denoiser(name)` looks
 a name up there and calls its family's loader here.
@@ -45,14 +46,28 @@ def _hf_describer(family: str) -> Callable[[ModelEntry], ModelSpec]:
     return describe
 
 
+def _gemma_loader(entry: ModelEntry) -> Denoiser:
+    from explorer.adapters import diffusion_gemma  # transformers only when a DiffusionGemma is listed
+
+    return diffusion_gemma.load_entry(entry)
+
+
+def _gemma_describer(entry: ModelEntry) -> ModelSpec:
+    from explorer.adapters import diffusion_gemma
+
+    return diffusion_gemma.describe_entry(entry)
+
+
 # Family name -> loader (registry entry -> Denoiser) and describer (entry -> ModelSpec, no weights).
 MODEL_FAMILIES: dict[str, Callable[[ModelEntry], Denoiser]] = {
     "embedded": embedded.load_entry,
     "embedded_xdlm": embedded.load_xdlm_entry,
     **{family: _hf_loader(family) for family in HF_FAMILIES},
+    "diffusion_gemma": _gemma_loader,
 }
 MODEL_DESCRIBERS: dict[str, Callable[[ModelEntry], ModelSpec]] = {
     "embedded": embedded.describe_entry,
     "embedded_xdlm": embedded.describe_xdlm_entry,
     **{family: _hf_describer(family) for family in HF_FAMILIES},
+    "diffusion_gemma": _gemma_describer,
 }

@@ -22,3 +22,6 @@ class ModelSpec:
     # The uniform-noise share k the model was trained with (0: absorbing mask only, as MDLM and
     # LLaDA; XDLM's k otherwise): the UI sets the XDLM strategies' k to it when the model is picked.
     noise_k: float = 0.0
+    # A uniform-noise canvas model (DiffusionGemma): its generation settings (adapters/diffusion_gemma.py
+    # `CanvasDefaults`); None for a masked model. The UI fills the form from them when the model is picked.
+    canvas: object | None = None

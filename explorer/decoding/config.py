@@ -17,6 +17,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 
+from explorer.decoding.canvas_rules import CANVAS_KNOBS
 from explorer.decoding.energies import ENERGY_KNOBS, ENERGY_TERMS
 from explorer.decoding.knobs import ConfigError, Knob, Value, unique_knobs
 from explorer.decoding.model_pass import CFG_SCALE
@@ -29,7 +30,7 @@ __all__ = ["KNOBS", "KNOBS_BY_NAME", "OPTION_KNOBS", "ConfigError", "DecodeConfi
 
 OPTION_KNOBS: tuple[Knob, ...] = (PROPHET, CFG_SCALE)  # switches that apply to any strategy
 KNOBS: tuple[Knob, ...] = unique_knobs(
-    STRATEGY_KNOBS, OPTION_KNOBS, ENERGY_KNOBS, (VIOLATIONS_CAP, VIOLATION_RECENT_STEPS)
+    STRATEGY_KNOBS, OPTION_KNOBS, ENERGY_KNOBS, (VIOLATIONS_CAP, VIOLATION_RECENT_STEPS), CANVAS_KNOBS
 )
 KNOBS_BY_NAME: dict[str, Knob] = {knob.name: knob for knob in KNOBS}
 

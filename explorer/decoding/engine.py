@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from explorer.decoding.callbacks import Callback, RunStart
+from explorer.decoding.canvas_engine import iter_canvas_steps
 from explorer.decoding.config import DecodeConfig
 from explorer.decoding.energies import Candidates, EnergyRecord, EnergySkipped, choose, draw, next_best, random_orders
 from explorer.decoding.gates import GateRecord
+from explorer.decoding.knobs import ConfigError
 from explorer.decoding.model_pass import ModelPass
 from explorer.decoding.probes import GateInput, run_gate
 from explorer.decoding.prophet import ProphetCheck, prophet_check
@@ -551,7 +553,7 @@ def run_decode(
         generated[:] = resume.tokens
     n_steps, status = 0, "completed"
     try:
-        for record in iter_steps(denoiser, prompt_ids, config, ar_scorer, resume):
+        for record in _steps(denoiser, prompt_ids, config, ar_scorer, resume):
             generated[record.committed] = record.tokens
             generated[record.remasked] = denoiser.mask_id
             n_steps += 1
@@ -570,6 +572,21 @@ def run_decode(
     result = DecodeResult(status, generated.tolist(), denoiser.decode(generated.tolist()), n_steps)
     _end_all(callbacks, result)
     return result
+
+
+def _steps(
+    denoiser: Denoiser,
+    prompt_ids: Sequence[int],
+    config: DecodeConfig,
+    ar_scorer: ARScorer | None,
+    resume: Resume | None,
+) -> Iterator[StepRecord]:
+    """The loop the model decodes with: the masked one, or a uniform-noise canvas model's (`loop = "canvas"`)."""
+    if getattr(denoiser, "loop", "masked") != "canvas":
+        return iter_steps(denoiser, prompt_ids, config, ar_scorer, resume)
+    if resume is not None:
+        raise ConfigError("branching is not available for a uniform-noise canvas model's run yet")
+    return iter_canvas_steps(denoiser, prompt_ids, config)
 
 
 # Exceptions that carry no message of their own, said in words (a run's stored error text).

@@ -26,6 +26,35 @@ class Denoiser(Protocol):
     def token_text(self, token_id: int) -> str: ...
 
 
+class CanvasSession(Protocol):
+    """One generation of a canvas model: the prompt and every finished canvas are in its cache."""
+
+    def denoise(self, canvas: torch.Tensor, self_conditioning: torch.Tensor | None) -> torch.Tensor: ...
+    # (1, C) canvas, (1, C, V) the previous step's scaled logits or None -> (1, C, V) float32 logits
+    def append(self, canvas: torch.Tensor) -> None: ...  # a finished (1, C) canvas joins the context
+
+
+class CanvasDenoiser(Protocol):
+    """A uniform-noise block-diffusion model (DiffusionGemma): `loop = "canvas"`. It refines one
+    canvas of `canvas_length` tokens at a time from uniform noise; `mask_id` is the store's noise
+    marker (`vocab_size`: no token of the model)."""
+
+    name: str
+    loop: str  # "canvas"
+    mask_id: int
+    vocab_size: int
+    canvas_length: int
+    context_length: int
+    device: torch.device
+    eos_ids: tuple[int, ...]  # a canvas holding one ends the generation
+    pad_id: int | None  # written after the first EOS (and over canvases never run)
+
+    def begin(self, prompt_ids: list[int]) -> CanvasSession: ...
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+    def token_text(self, token_id: int) -> str: ...
+
+
 class Vocabulary(Protocol):
     """What an edit of a branch needs of a model's tokenizer (explorer/branching/edits.py)."""
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from explorer.decoding.canvas_record import CanvasRecord
 from explorer.decoding.energies import EnergyRecord, EnergySkipped, energy_from_json
 from explorer.decoding.gates import GateRecord
 from explorer.decoding.jsonvalues import as_float, as_int
@@ -65,7 +66,7 @@ class StepExtras:
     """What a step measured beyond the free metrics, each part present when it ran.
 
     Stored as JSON (`to_json`: {"violations": ..., "energy": ..., "prophet": ..., "schedule": ...,
-    "gate": ..., "cost": ...}, {} when none ran); `from_json` reads it back and raises ValueError
+    "gate": ..., "cost": ..., "canvas": ...}, {} when none ran); `from_json` reads it back and raises ValueError
     on anything malformed."""
 
     violations: ViolationRecord | None = None  # the pairwise pass over the committed set
@@ -74,6 +75,7 @@ class StepExtras:
     schedule: ScheduleMark | None = None  # where the block's schedule stood (for branches)
     gate: GateRecord | None = None  # a gated strategy's proposal and what it kept
     cost: StepCost | None = None  # calls and sequence forwards (every step the engine ran has it)
+    canvas: CanvasRecord | None = None  # a canvas model's step: noise, sampled, accepted, re-noised, flips
 
     @property
     def energy_ran(self) -> EnergyRecord | None:
@@ -121,6 +123,7 @@ _READERS = {
     "schedule": ScheduleMark.from_json,
     "gate": GateRecord.from_json,
     "cost": StepCost.from_json,
+    "canvas": CanvasRecord.from_json,
 }
 
 
