@@ -7,6 +7,7 @@ from explorer.branching.edits import Force, Remask
 from explorer.decoding.config import ConfigError, DecodeConfig
 from explorer.decoding.records import DecodeResult, StepRecord
 from explorer.decoding.strategies import STRATEGIES
+from explorer.recording import RecordingStreamer, record_dream_history
 from explorer.store.database import TrajectoryStore
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DecodeResult",
     "Decoded",
     "Force",
+    "RecordingStreamer",
     "Remask",
     "StepRecord",
     "TrajectoryStore",
@@ -23,5 +25,6 @@ __all__ = [
     "alternatives",
     "branch",
     "decode",
+    "record_dream_history",
     "repairs",
 ]
