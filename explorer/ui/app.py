@@ -37,14 +37,13 @@ from explorer.ui.logic import (
     preset_form,
     preset_opens,
     strategy_note,
-    token_text_for,
     violations_default,
 )
 from explorer.ui.permalink import open_permalink
 from explorer.ui.runs import runs_tab
 from explorer.ui.sweeps import sweeps_tab
 from explorer.ui.toasts import refuse, warn
-from explorer.ui.view import DecodeView, lineage, pending_analysis, render_all, status_html
+from explorer.ui.view import DecodeView, heat_figure, lineage, pending_analysis, render_all, status_html, step_figures
 from explorer.views import figures as plots
 from explorer.views import pairwise
 from explorer.views.player import LivePlayer, embed, stored_payload
@@ -421,15 +420,7 @@ class _DecodeHandlers:
         if arrays is None or not arrays.n_steps:
             return self.view.bind({"slider": gr.skip()})
         step = min(max(int(data.get("step", 0)), 0), int(arrays.steps[-1]))
-        token_text = token_text_for(self.services, arrays)
-        return self.view.bind(
-            {
-                "pair_s": pairwise.pairwise_matrix(arrays, step, "S", token_text),
-                "pair_a": pairwise.pairwise_matrix(arrays, step, "A", token_text),
-                "candidates": pairwise.candidate_energies(arrays, step),
-                "slider": gr.Slider(value=step),
-            }
-        )
+        return self.view.bind({**step_figures(self.services, arrays, step), "slider": gr.Slider(value=step)})
 
     def metric_changed(self, step, run_id, metric):
         """Another heatmap metric: only the heatmap is drawn again (at the step shown)."""
@@ -438,7 +429,7 @@ class _DecodeHandlers:
         arrays = self.cache.get(run_id)
         if arrays.run.get("status") == "running" or not arrays.n_steps:
             return gr.skip()
-        return plots.metric_heatmap(arrays, metric, step=min(int(step or 0), int(arrays.steps[-1])))
+        return heat_figure(arrays, metric, min(int(step or 0), int(arrays.steps[-1])))
 
     def load_preset(self, name):
         chosen = next((p for p in self.services.presets if p.name == name), None)

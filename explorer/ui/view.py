@@ -12,8 +12,10 @@ from explorer.branching.alternatives import CHECKED_MODELS
 from explorer.services import Services
 from explorer.store.arrays import RunArrays
 from explorer.ui.logic import ArraysCache, summarise, token_text_for, violation_cost_note
+from explorer.views import canvas_figures, pairwise
 from explorer.views import figures as plots
-from explorer.views import pairwise
+from explorer.views.canvas import draft_line, is_canvas_run
+from explorer.views.canvas_tokens import render_canvas_tokens
 from explorer.views.player import embed, stored_payload
 from explorer.views.speed import speed_html, speed_of
 from explorer.views.tokens import gate_line, render_tokens
@@ -50,6 +52,11 @@ ANALYSIS_TITLES = {
 }
 
 Shown = dict[str, object]  # output name -> value
+# A canvas model's run has no dependency-violation pass; its slots show the canvas's maps instead.
+CANVAS_COST_NOTE = (
+    "Canvas model (uniform noise): the maps below show each step's canvas instead of violations and energies: "
+    "accepted, argmax flips, entropy (nats), the stop criteria, noise going in."
+)
 
 
 def status_html(kind: str, text: str) -> str:
@@ -75,24 +82,44 @@ def render_view(
     line = summary.line() + (f" · {device}" if device else "")
     # A finished run on a server that runs models can be branched: the token view says how.
     branchable = services.pool is not None and summary.status != "running" and arrays.run.get("id") is not None
-    tokens = render_tokens(
-        arrays,
-        token_text,
-        step,
-        arrays.run.get("prompt", ""),
-        hint=BRANCH_HINT if branchable else "",
-        footer=gate_line(arrays, step, token_text),  # a gated run: what the step proposed and kept
-    )
+    canvas = is_canvas_run(arrays)
+    if canvas:  # a canvas model's run: noise as noise, this step's marks, and the step's draft below
+        tokens = render_canvas_tokens(
+            arrays,
+            token_text,
+            step,
+            arrays.run.get("prompt", ""),
+            hint=BRANCH_HINT if branchable else "",
+            footer=draft_line(arrays, step, token_text),
+        )
+    else:
+        tokens = render_tokens(
+            arrays,
+            token_text,
+            step,
+            arrays.run.get("prompt", ""),
+            hint=BRANCH_HINT if branchable else "",
+            footer=gate_line(arrays, step, token_text),  # a gated run: what the step proposed and kept
+        )
     if player:
-        tokens += embed(stored_payload(arrays, token_text, step, checker_marks(arrays, token_text)))
+        marks = None if canvas else checker_marks(arrays, token_text)
+        tokens += embed(stored_payload(arrays, token_text, step, marks))
     return {
         "status": status_html("ok" if summary.status in ("completed", "running") else "warn", line),
         "tokens": tokens,
-        "heat": plots.metric_heatmap(arrays, metric, step=step),
+        "heat": heat_figure(arrays, metric, step),
         "order": plots.commit_order_map(arrays, step=step),
         "bars": plots.tokens_per_step(arrays, step=step),
         "changes": plots.changes_map(arrays, step=step, token_text=token_text),
     }
+
+
+def heat_figure(arrays: RunArrays, metric: str, step: int | None):
+    """The heatmap slot: the metric while each position was masked, or for a canvas model's run
+    the metric at every position of each step's canvas."""
+    if is_canvas_run(arrays):
+        return canvas_figures.canvas_metric_heatmap(arrays, metric, step=step)
+    return plots.metric_heatmap(arrays, metric, step=step)
 
 
 def checker_marks(arrays: RunArrays, token_text) -> dict | None:
@@ -118,14 +145,38 @@ def render_analysis(services: Services, arrays: RunArrays, step: int | None, mar
     `marker`, default `step`), the pairwise S and A matrices and the candidates' energies of
     `step` (None: the run's most telling step), and the measured cost of the violations' extra pass."""
     marker = step if marker is None else marker
-    token_text = token_text_for(services, arrays)
+    if is_canvas_run(arrays):  # no violations or energies: the canvas's own maps in their slots
+        grids = canvas_figures.canvas_grids(arrays)
+        return {
+            "violation_heat": canvas_figures.accepted_map(arrays, step=marker, grids=grids),
+            "energy_heat": canvas_figures.flips_map(arrays, step=marker, grids=grids),
+            **step_figures(services, arrays, marker),
+            "violation_cost": CANVAS_COST_NOTE,
+        }
     return {
         "violation_heat": plots.violation_heatmap(arrays, step=marker),
         "energy_heat": plots.energy_heatmap(arrays, step=marker),
+        **step_figures(services, arrays, step),
+        "violation_cost": violation_cost_note(arrays),
+    }
+
+
+def step_figures(services: Services, arrays: RunArrays, step: int | None) -> Shown:
+    """The figures of one step (redrawn when the page's player comes to rest): the pairwise S and A
+    matrices and the candidates' energies of `step` (None: the run's most telling step); for a canvas
+    model's run the entropy map (nats), the stop criteria and the noise map, marked at `step`."""
+    if is_canvas_run(arrays):
+        grids = canvas_figures.canvas_grids(arrays)
+        return {
+            "pair_s": canvas_figures.canvas_entropy_heatmap(arrays, step=step),
+            "pair_a": canvas_figures.stop_criteria(arrays, step=step, grids=grids),
+            "candidates": canvas_figures.noise_map(arrays, step=step, grids=grids),
+        }
+    token_text = token_text_for(services, arrays)
+    return {
         "pair_s": pairwise.pairwise_matrix(arrays, step, "S", token_text),
         "pair_a": pairwise.pairwise_matrix(arrays, step, "A", token_text),
         "candidates": pairwise.candidate_energies(arrays, step),
-        "violation_cost": violation_cost_note(arrays),
     }
 
 

@@ -32,6 +32,8 @@ import numpy as np
 
 from explorer.decoding.records import StepRecord
 from explorer.store.arrays import RunArrays
+from explorer.views.canvas import draft_lines, is_canvas_run
+from explorer.views.canvas_tokens import canvas_segments
 from explorer.views.changes import Revision
 from explorer.views.tokens import MASK_GLYPH, TokenContext, commit_tooltip, gate_lines
 from explorer.views.verdict import TokenMark
@@ -48,10 +50,12 @@ def stored_payload(
 ) -> dict:
     """Every state of a stored run. `open_step`: the step the page shows first (None: the last);
     `marks`: the story checker's verdicts by generated position (its final tokens), or None where
-    the checker does not apply."""
+    the checker does not apply. A canvas model's run (`views.canvas.is_canvas_run`) is sent as
+    `views.canvas_tokens.canvas_segments` with its draft line per step."""
     steps = [int(s) for s in arrays.steps.tolist()]
     last = steps[-1] if steps else 0
-    gates = gate_lines(arrays, token_text)
+    canvas = is_canvas_run(arrays)  # a canvas model's run: noise drawn as noise, the draft line per step
+    gates = draft_lines(arrays, token_text) if canvas else gate_lines(arrays, token_text)
     return {
         "format": FORMAT,
         "key": f"run-{arrays.run.get('id')}",
@@ -60,11 +64,12 @@ def stored_payload(
         "done": arrays.run.get("status", "running") != "running",
         "G": arrays.gen_length,
         "steps": steps,
-        "seg": token_segments(arrays, token_text, marks or {}),
+        "seg": canvas_segments(arrays, token_text) if canvas else token_segments(arrays, token_text, marks or {}),
         "open": last if open_step is None else min(max(int(open_step), steps[0] if steps else 0), last),
         "entropy_top": _entropy_top(arrays),
         "checked": marks is not None,
-        **({"gates": {str(k): v for k, v in gates.items()}} if gates else {}),  # a gated run's line per step
+        # a gated run's line per step (a canvas run's draft), in the `.gate-line` under the tokens
+        **({"gates": {str(k): v for k, v in gates.items()}} if gates else {}),
     }
 
 
