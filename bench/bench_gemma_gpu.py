@@ -213,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from explorer.adapters.diffusion_gemma import GemmaDenoiser, canvas_config
+    from explorer.adapters.diffusion_gemma import GemmaDenoiser
     from explorer.decoding.canvas_engine import iter_canvas_steps
+    from explorer.decoding.canvas_settings import canvas_config
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"

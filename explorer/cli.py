@@ -24,6 +24,7 @@ from explorer.api import alternatives, branch, decode, prepare, repairs, run_mod
 from explorer.branching.alternatives import CHECKED_MODELS, MAX_TOP, AlternativesReport, RepairReport
 from explorer.branching.edits import Remask, parse_force, parse_position
 from explorer.decoding.callbacks import ProgressBar, StopFlag
+from explorer.decoding.canvas_settings import canvas_config
 from explorer.decoding.config import KNOBS, DecodeConfig
 from explorer.decoding.energies import ENERGY_TERMS
 from explorer.decoding.knobs import Knob
@@ -336,11 +337,14 @@ def _stop_on_signals():
 
 
 def _decode(args: argparse.Namespace) -> None:
-    settings = _settings(args)
-    if settings["steps"] is None:
-        settings["steps"] = settings["gen_length"]  # one token per step
-    config = DecodeConfig(**settings)
     denoiser = load_denoiser(args.model, registry=resolve_registry(args.models_config))
+    if getattr(denoiser, "loop", "masked") == "canvas":  # DiffusionGemma: its own settings, then the flags given
+        config = canvas_config(denoiser.defaults, **_settings(_given_settings(args.argv)))
+    else:
+        settings = _settings(args)
+        if settings["steps"] is None:
+            settings["steps"] = settings["gen_length"]  # one token per step
+        config = DecodeConfig(**settings)
     prepare(args.prompt, denoiser, config)  # all input checks before the database is touched
     store = None if args.no_store else TrajectoryStore(args.db, args.data_dir)
     if store is not None:
@@ -656,8 +660,17 @@ COMMANDS = {
 }
 
 
+def _given_settings(argv: Sequence[str]) -> argparse.Namespace:
+    """Only the decode settings given on the command line (a canvas model fills the rest itself)."""
+    parser = _Parser(prog="python -m explorer decode", add_help=False)
+    _add_settings(parser, inherit=True)
+    return parser.parse_known_args(list(argv))[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         COMMANDS[args.command](args)
     except (ValueError, StoreError, CliError) as exc:

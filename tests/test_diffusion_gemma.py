@@ -27,12 +27,13 @@ sys.path.insert(0, str(ROOT))
 import transformers
 from transformers.models.diffusion_gemma import generation_diffusion_gemma as tf_gen
 
-from explorer.adapters.diffusion_gemma import GemmaDenoiser, canvas_config, load_gemma
+from explorer.adapters.diffusion_gemma import GemmaDenoiser, load_gemma
 from explorer.adapters.errors import ModelLoadError
 from explorer.api import prepare
 from explorer.decoding import entropy_bound as rule
 from explorer.decoding.callbacks import CollectSteps
 from explorer.decoding.canvas_engine import iter_canvas_steps
+from explorer.decoding.canvas_settings import canvas_config
 from explorer.decoding.config import DecodeConfig
 from explorer.decoding.engine import run_decode
 from explorer.decoding.records import DecodeResult, StepRecord

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from explorer.adapters.devices import resolve_device, resolve_dtype
 from explorer.adapters.errors import ModelLoadError
 from explorer.adapters.hf import TextCodec, _load_tokenizer  # imported late by families: transformers only then
 from explorer.adapters.spec import ModelSpec
-from explorer.decoding.config import DecodeConfig
+from explorer.decoding.canvas_settings import CanvasDefaults
 
 FAMILY = "diffusion_gemma"
 MAX_CANVAS_LENGTH = 4096  # a canvas is one decoder pass; longer ones are configuration mistakes
@@ -93,8 +93,15 @@ def load_gemma(path: str | Path, *, device: str | torch.device = "cpu", dtype: t
         raise ModelLoadError(f"{folder} is a {model_type!r} checkpoint, not {FAMILY!r}")
     _check_canvas_length(raw.get("canvas_length"), folder)
     from transformers import DiffusionGemmaForBlockDiffusion
+    from transformers.utils import logging as hf_logging
 
-    model = DiffusionGemmaForBlockDiffusion.from_pretrained(folder, local_files_only=True, dtype=dtype)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a CLI's stderr carries its one-line error, not a loading bar
+    try:
+        model = DiffusionGemmaForBlockDiffusion.from_pretrained(folder, local_files_only=True, dtype=dtype)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return model.to(device).eval()
 
 
@@ -223,25 +230,6 @@ class GemmaSession:
         self.unprocessed = canvas
 
 
-@dataclass(frozen=True)
-class CanvasDefaults:
-    """A DiffusionGemma checkpoint's generation settings (its generation config over transformers'
-    defaults), what a run uses unless told otherwise."""
-
-    canvas_length: int
-    max_new_tokens: int
-    max_denoising_steps: int
-    entropy_bound: float
-    t_min: float | None
-    t_max: float | None
-    stability_threshold: int | None
-    confidence_threshold: float | None
-
-    @property
-    def canvases(self) -> int:
-        return math.ceil(self.max_new_tokens / self.canvas_length)
-
-
 def canvas_defaults(model: Any) -> CanvasDefaults:
     """The defaults of a loaded model, resolved by its own `_prepare_generation_config` (generate's precedence)."""
     settings = gemma_settings(model, prompt_length=1)
@@ -255,27 +243,6 @@ def canvas_defaults(model: Any) -> CanvasDefaults:
         stability_threshold=settings.stability_threshold,
         confidence_threshold=settings.confidence_threshold,
     )
-
-
-def canvas_config(defaults: CanvasDefaults, **settings: Any) -> DecodeConfig:
-    """The DecodeConfig of a run with the model's own settings (what `generate()` would use), then
-    `settings` (any DecodeConfig field). A schedule or stop the model leaves unset runs as generate
-    runs it: temperature 1 (t-min = t-max = 1) and no early stop (confidence 0)."""
-    no_stop = defaults.stability_threshold is None or defaults.confidence_threshold is None
-    no_schedule = defaults.t_min is None or defaults.t_max is None
-    base = DecodeConfig(
-        gen_length=defaults.canvases * defaults.canvas_length,
-        steps=defaults.canvases * defaults.max_denoising_steps,
-        block_length=defaults.canvas_length,
-        strategy="eb",
-        eb_gamma=defaults.entropy_bound,
-        canvas_t_min=1.0 if no_schedule else defaults.t_min,
-        canvas_t_max=1.0 if no_schedule else defaults.t_max,
-        canvas_stability=0 if no_stop else defaults.stability_threshold,
-        canvas_confidence=0.0 if no_stop else defaults.confidence_threshold,
-        violations=False,
-    )
-    return replace(base, **settings)
 
 
 class GemmaDenoiser:

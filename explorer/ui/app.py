@@ -27,10 +27,12 @@ from explorer.ui.compare import compare_tab
 from explorer.ui.controls import decode_controls, visible_knobs
 from explorer.ui.form import preset_of, wire_rerun
 from explorer.ui.logic import (
+    CANVAS_FORM_FIELDS,
     DECODE_FIELDS,
     ArraysCache,
     RequestError,
     build_config,
+    canvas_form_fields,
     device_label,
     model_noise_k,
     model_note,
@@ -181,8 +183,12 @@ def _decode_tab(
         api_name=False,
     )
     # `input`: a person picking a model (opening a stored run or a preset sets these fields itself).
+    canvas_fields = [c[name] for name in CANVAS_FORM_FIELDS]
     c["model"].input(
-        handlers.model_changed, [c["model"]], [c["violations"], c["model_note"], c["xdlm_k"]], api_name=False
+        handlers.model_changed,
+        [c["model"]],
+        [c["violations"], c["model_note"], c["xdlm_k"], *canvas_fields],
+        api_name=False,
     )
     return view, c, handlers, panel
 
@@ -457,7 +463,10 @@ class _DecodeHandlers:
         }
 
     def model_changed(self, name):
-        """The violations box's default for the model, what the model is, and the XDLM strategies'
-        k set to the noise the model was trained with (0 for a masked model)."""
+        """The violations box's default for the model, what the model is, the XDLM strategies'
+        k set to the noise the model was trained with (0 for a masked model), and for a canvas
+        model (DiffusionGemma) its own lengths, steps and acceptance rule (the others unchanged)."""
         spec = self.services.models.get(name)
-        return violations_default(spec), model_note(spec), model_noise_k(spec)
+        fields = canvas_form_fields(spec)
+        canvas = [fields[name] if fields else gr.skip() for name in CANVAS_FORM_FIELDS]
+        return violations_default(spec), model_note(spec), model_noise_k(spec), *canvas

@@ -16,6 +16,9 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 
 from explorer.branching.alternatives import CHECKED_MODELS
+from explorer.decoding.canvas_engine import check_canvas_config
+from explorer.decoding.canvas_rules import CANVAS_KNOBS
+from explorer.decoding.canvas_settings import canvas_config
 from explorer.decoding.config import KNOBS, KNOBS_BY_NAME, ConfigError, DecodeConfig
 from explorer.decoding.cost import estimated_passes
 from explorer.decoding.energies import ENERGY_TERMS
@@ -88,6 +91,19 @@ def model_noise_k(spec) -> float:
     return spec.noise_k if spec is not None else KNOBS_BY_NAME["xdlm_k"].default
 
 
+# The form fields a canvas model (DiffusionGemma) sets when it is picked: its own settings.
+CANVAS_FORM_FIELDS = ("gen_length", "steps", "block_length", "strategy", "eb_gamma", "temperature")
+
+
+def canvas_form_fields(spec) -> dict | None:
+    """The Decode form's values for a canvas model's own generation settings (None: not a canvas model)."""
+    defaults = getattr(spec, "canvas", None)
+    if defaults is None:
+        return None
+    config = canvas_config(defaults)
+    return {name: getattr(config, name) for name in CANVAS_FORM_FIELDS}
+
+
 def violations_default(spec) -> bool:
     """The Dependency violations box for a model: on for the embedded model (its extra pass is
     cheap), off for the others (a batched pass of n copies per step)."""
@@ -131,8 +147,14 @@ def build_config(services: Services, form: dict) -> DecodeConfig:
         **_energy_fields(form, spec),
         violations=bool(form.get("violations")),
     )
+    canvas = getattr(spec, "canvas", None)
+    if canvas is not None:  # a canvas model: its schedule and stop are its own (not in the form)
+        own = canvas_config(canvas)
+        config = replace(config, **{knob.name: getattr(own, knob.name) for knob in CANVAS_KNOBS})
     try:
         config.validate(spec.context_length, len(spec.encode(prompt)))
+        if canvas is not None:
+            check_canvas_config(config, canvas.canvas_length)
     except (ConfigError, ValueError) as exc:
         raise RequestError(str(exc)) from None
     check_budget(config, services.limits.max_job_passes)
