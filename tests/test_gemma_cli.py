@@ -97,3 +97,85 @@ def test_wrong_family_checkpoint_is_refused(models_config, tmp_path, capsys):
     config.write_text(json.dumps({"models": [{"name": "g", "family": "diffusion_gemma", "path": str(wrong)}]}))
     code, _, err = run_cli(capsys, "decode", "--prompt", "once", "--model", "g", "--models-config", str(config))
     assert code == 2 and "not 'diffusion_gemma'" in err and err.count("\n") == 1, err
+
+
+# --- branching: the parent's steps replayed, then the edits on the canvas in progress ------------
+
+
+@pytest.fixture(scope="module")
+def parent(models_config, tmp_path_factory):
+    from explorer import decode
+    from explorer.decoding.canvas_settings import canvas_config
+
+    denoiser = load_denoiser("tiny-gemma", load_registry(models_config))
+    store = TrajectoryStore(f"sqlite:///{tmp_path_factory.mktemp('branch') / 'runs.db'}")
+    out = decode("once upon a time", denoiser, canvas_config(denoiser.defaults, seed=5), store=store)
+    return denoiser, store, out
+
+
+def step_json(record) -> tuple:
+    return (record.step, record.committed.tolist(), record.tokens.tolist(), record.remasked.tolist(),
+            record.argmax.tolist(), record.extras.canvas.to_json())  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["mid_canvas", "canvas_end", "prompt"])
+def test_a_branch_without_edits_reproduces_the_parent(parent, where):
+    from explorer import branch
+
+    denoiser, store, out = parent
+    finals = [r.step for r in out.steps if r.extras.canvas.final]
+    k = {"mid_canvas": 2, "canvas_end": finals[0], "prompt": -1}[where]
+    child = branch(out.run_id, k, store, model=denoiser)
+    assert [step_json(r) for r in child.steps] == [step_json(r) for r in out.steps[k + 1 :]]
+    assert child.token_ids == out.token_ids
+
+
+def test_force_and_renoise_edit_the_canvas_in_progress(parent):
+    from explorer import Force, Remask, branch
+
+    denoiser, store, out = parent
+    k = 2
+    after = out.steps[k + 1].extras.canvas  # what the parent's next step read
+    kept = [after.start + i for i in range(after.size) if not after.noise_in[i]]
+    noise = [after.start + i for i in range(after.size) if after.noise_in[i]]
+    assert kept and noise
+    child = branch(out.run_id, k, store, edits=[Force(noise[0], "girl"), Remask(kept[0])], model=denoiser)
+    first = child.steps[0].extras.canvas
+    girl = denoiser.vocabulary()["girl"]
+    assert first.tokens_in[noise[0] - first.start] == girl and not first.noise_in[noise[0] - first.start]
+    assert first.noise_in[kept[0] - first.start]  # re-noised: noise again, with a fresh random token
+    stored = store.read_arrays(child.run_id)
+    assert stored.edits.size == 2 and sorted(stored.edits.forced.tolist()) == [False, True]
+
+
+def test_a_branch_may_change_the_acceptance_rule(parent):
+    from explorer import branch
+
+    denoiser, store, out = parent
+    child = branch(out.run_id, 1, store, model=denoiser, strategy="low_confidence")
+    assert child.steps[0].step == 2
+    j = child.steps[0].extras.canvas.step
+    assert child.steps[0].extras.canvas.accepted.sum() == -(-8 * (j + 1) // 6)  # top-k over the canvas
+
+
+@pytest.mark.parametrize(
+    ("step", "edit", "words"),
+    [
+        (2, ("force", 20, "girl"), "outside the canvas in progress"),
+        (2, ("force", 3, "<eos>"), "special token"),
+        (2, ("settings", "strategy", "margin"), "accepts with eb"),
+    ],
+)
+def test_bad_branches_are_refused_before_anything_is_stored(parent, step, edit, words):
+    from explorer import Force, branch
+
+    denoiser, store, out = parent
+    before = len(store.list_runs())
+    kind, a, b = edit
+    with pytest.raises(ValueError) as error:
+        if kind == "force":
+            branch(out.run_id, step, store, edits=[Force(a, b)], model=denoiser)
+        else:
+            branch(out.run_id, step, store, model=denoiser, **{a: b})
+    assert words in str(error.value) and "\n" not in str(error.value)
+    assert len(store.list_runs()) == before

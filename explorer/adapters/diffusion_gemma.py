@@ -280,7 +280,14 @@ class GemmaDenoiser:
         return self.codec.token_text(token_id)
 
     def special_ids(self) -> frozenset[int]:
-        return frozenset({self.mask_id, *self.eos_ids, *([] if self.pad_id is None else [self.pad_id])})
+        """The noise marker, EOS, pad and the tokenizer's specials: never written by an edit."""
+        pad = [] if self.pad_id is None else [self.pad_id]
+        return frozenset({self.mask_id, *self.eos_ids, *pad, *self.codec.hidden_ids, self.image_token_id})
+
+    def vocabulary(self) -> dict[str, int]:
+        """Token text -> id of every ordinary token (what a branch's forced token is looked up in)."""
+        special = self.special_ids()
+        return {self.codec.token_text(i): i for i in sorted(self.codec.vocab_ids - special)}
 
 
 def _codec(tokenizer: Any, noise_marker: int) -> Any:

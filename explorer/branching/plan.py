@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 
 from explorer.branching.edits import EditError, EditSpec, Force, Remask, resolve_token
+from explorer.decoding.canvas_engine import check_canvas_config
 from explorer.decoding.config import DecodeConfig
 from explorer.decoding.protocols import Denoiser
 from explorer.decoding.resume import Edit, Origin, Resume, ScheduleMark
@@ -72,6 +73,10 @@ def plan_branch(store: TrajectoryStore, denoiser: Denoiser, request: BranchReque
     config = _settings(parent_config, request.settings, denoiser, len(run["prompt_ids"]))
     tokens, conf = state_after(arrays, k)
     edits = apply_edits(denoiser, tokens, conf, request.edits, k)
+    if getattr(denoiser, "loop", "masked") == "canvas":  # replayed to step k, then edited (canvas_engine.py)
+        _check_canvas_edits(arrays, k, parent_config.block_size, edits)
+        resume = Resume(tokens, conf, k + 1, parent=parent_config)
+        return BranchPlan(run["prompt"], list(run["prompt_ids"]), config, resume, Origin(run["id"], k, tuple(edits)))
     replan = (config.steps, config.block_size) != (parent_config.steps, parent_config.block_size)
     resume = _resume(arrays, k, tokens, conf, parent_config, edits, replan)
     return BranchPlan(run["prompt"], list(run["prompt_ids"]), config, resume, Origin(run["id"], k, tuple(edits)))
@@ -103,6 +108,26 @@ def _check_model(store: TrajectoryStore, run: dict, denoiser: Denoiser) -> None:
             )
 
 
+def _check_canvas_edits(arrays: RunArrays, k: int, canvas_length: int, edits: list[Edit]) -> None:
+    """A canvas model's branch continues the canvas in progress after step k (the next one when step
+    k ended its canvas): its edits must lie there, since earlier canvases are already in the cache."""
+    if k < 0:
+        start = 0
+    else:
+        canvas = arrays.extras[k].canvas
+        if canvas is None:
+            raise BranchError(f"step {k} has no canvas record (a recorded run): it cannot be branched")
+        start = canvas.start + (canvas_length if canvas.final else 0)
+    if start >= arrays.gen_length:
+        raise BranchError(f"the run's last canvas ended at step {k}: nothing is left to branch")
+    outside = [e.position for e in edits if not start <= e.position < start + canvas_length]
+    if outside:
+        raise BranchError(
+            f"position {outside[0]} is outside the canvas in progress after step {k}; a canvas model's branch edits "
+            f"positions {start}..{start + canvas_length - 1}"
+        )
+
+
 def _settings(parent: DecodeConfig, settings: Mapping[str, object], denoiser: Denoiser, prompt_length: int):
     unknown = sorted(set(settings) - _FIELDS)
     if unknown:
@@ -111,6 +136,8 @@ def _settings(parent: DecodeConfig, settings: Mapping[str, object], denoiser: De
         raise BranchError(f"a branch keeps its parent's generation length ({parent.gen_length})")
     config = replace(parent, **settings)
     config.validate(denoiser.context_length, prompt_length)  # ConfigError is a ValueError
+    if getattr(denoiser, "loop", "masked") == "canvas":
+        check_canvas_config(config, denoiser.canvas_length)
     return config
 
 

@@ -39,6 +39,7 @@ from explorer.decoding.config import DecodeConfig
 from explorer.decoding.knobs import ConfigError
 from explorer.decoding.protocols import CanvasDenoiser, CanvasSession
 from explorer.decoding.records import StepCost, StepExtras, StepRecord
+from explorer.decoding.resume import CANVAS_EDIT_STREAM, step_seed
 
 TOP_K = 3  # alternatives recorded per committed position, as the masked engine
 
@@ -90,12 +91,28 @@ class _Canvas:
     steps_stable: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class CanvasBranch:
+    """A branch of a canvas run: the parent's steps 0..k are replayed with the parent's settings
+    (the same seed: the same draws, the same self-conditioning and cache, nothing recorded), then
+    the edits change the canvas in progress, and the run goes on with the branch's settings.
+    Replaying rather than restoring is what makes a branch exact: the self-conditioning logits and
+    the random generator's state are not stored."""
+
+    parent: DecodeConfig
+    after_step: int  # k: -1 = from the prompt
+    kept: np.ndarray  # (G,) the stored state after step k, edits applied: checks the replay
+    edits: tuple = ()  # resume.Edit: force (a kept token) or remask (fresh noise) in the canvas in progress
+
+
 @torch.no_grad()
 def iter_canvas_steps(
-    denoiser: CanvasDenoiser, prompt_ids: Sequence[int], config: DecodeConfig
+    denoiser: CanvasDenoiser, prompt_ids: Sequence[int], config: DecodeConfig, branch: CanvasBranch | None = None
 ) -> Iterator[StepRecord]:
-    """Yield one StepRecord per decoder pass until every canvas is finished or an EOS ends the run."""
+    """Yield one StepRecord per decoder pass until every canvas is finished or an EOS ends the run
+    (a branch: from step k + 1 on)."""
     check_canvas_config(config, denoiser.canvas_length)
+    first = -1 if branch is None else branch.after_step  # steps up to this one are replayed
     generator = torch.Generator(device=denoiser.device).manual_seed(config.seed)
     session = denoiser.begin(list(prompt_ids))
     kept = np.full(config.gen_length, denoiser.mask_id, dtype=np.int64)  # (G,) the stored state
@@ -108,16 +125,52 @@ def iter_canvas_steps(
             rule.initial_canvas(1, config.block_size, denoiser.vocab_size, denoiser.device, generator),
             np.ones(config.block_size, dtype=bool),
         )
-        for j in range(config.steps_per_block):
+        final, j = None, 0
+        while final is None:
+            if branch is not None and step == first + 1:
+                _edit(denoiser, branch, canvas, kept, kept_prob)
+            settings = branch.parent if branch is not None and step <= first else config
             began = time.perf_counter()
-            record, final = _step(denoiser, session, config, canvas, j, generator, kept, kept_prob, step)
-            yield replace(record, seconds=time.perf_counter() - began)
-            step += 1
-            if final is not None:
-                break
+            record, final = _step(denoiser, session, settings, canvas, j, generator, kept, kept_prob, step)
+            if step > first:
+                yield replace(record, seconds=time.perf_counter() - began)
+            step, j = step + 1, j + 1
         session.append(final)
         if _has_eos(denoiser, final):
             return
+
+
+def _edit(denoiser: CanvasDenoiser, branch: CanvasBranch, canvas: _Canvas, kept: np.ndarray, prob: np.ndarray) -> None:
+    """Check that the replay reached the parent's state, then apply the branch's edits to the canvas
+    in progress: a forced token is kept there; a re-noised position gets a fresh uniform token (from
+    its own stream, so the run's draws stay the parent's)."""
+    edited = np.zeros(kept.shape, bool)
+    edited[[e.position for e in branch.edits]] = True
+    if not np.array_equal(kept[~edited], branch.kept[~edited]):
+        raise RuntimeError(
+            f"replaying the parent's steps 0..{branch.after_step} did not give its stored state: "
+            "was it decoded by this model, with these weights?"
+        )
+    noise = torch.Generator(device=denoiser.device).manual_seed(
+        step_seed(branch.parent.seed, branch.after_step + 1, CANVAS_EDIT_STREAM)
+    )
+    for edit in branch.edits:
+        i = edit.position - canvas.start
+        if not 0 <= i < canvas.noise.size:
+            raise ConfigError(f"position {edit.position} is outside the canvas in progress ({_span(canvas)})")
+        if edit.kind == "force":
+            canvas.current[0, i], canvas.noise[i] = edit.token_id, False
+            kept[edit.position], prob[edit.position] = edit.token_id, edit.prob
+        else:
+            canvas.current[0, i] = int(
+                torch.randint(0, denoiser.vocab_size, (1,), generator=noise, device=denoiser.device)
+            )
+            canvas.noise[i] = True
+            kept[edit.position], prob[edit.position] = denoiser.mask_id, np.nan
+
+
+def _span(canvas: _Canvas) -> str:
+    return f"positions {canvas.start}..{canvas.start + canvas.noise.size - 1}"
 
 
 def _step(
@@ -134,7 +187,8 @@ def _step(
     """Run step j of a canvas, update the host state; the record and the final canvas (None: go on)."""
     n = config.steps_per_block
     logits = session.denoise(canvas.current, canvas.self_conditioning)  # (1, C, V)
-    temperature = rule.linear_temperature(config.canvas_t_min, config.canvas_t_max, n - j, n)
+    # n - j steps remain (a branch with fewer steps than its parent's canvas had run: its last)
+    temperature = rule.linear_temperature(config.canvas_t_min, config.canvas_t_max, max(n - j, 1), n)
     scaled = rule.scale_logits(logits, temperature)  # (1, C, V)
     proposal = rule.propose(scaled, generator)
     strategy = CANVAS_RULES[config.strategy]
@@ -149,7 +203,7 @@ def _step(
     if canvas.previous_argmax is not None:
         flipped = (proposal.argmax != canvas.previous_argmax)[0].cpu().numpy()
     stop = bool(check.stop[0])
-    final = _finalize(denoiser, proposal.argmax.clone()) if stop or j == n - 1 else None
+    final = _finalize(denoiser, proposal.argmax.clone()) if stop or j >= n - 1 else None
     probs = torch.softmax(scaled[0], dim=-1)  # (C, V) float32
     record = _record(
         denoiser, config, canvas, (j, step, float(temperature)), proposal, acceptance, renoised, check, probs,

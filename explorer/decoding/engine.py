@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from explorer.decoding.callbacks import Callback, RunStart
-from explorer.decoding.canvas_engine import iter_canvas_steps
+from explorer.decoding.canvas_engine import CanvasBranch, iter_canvas_steps
 from explorer.decoding.config import DecodeConfig
 from explorer.decoding.energies import Candidates, EnergyRecord, EnergySkipped, choose, draw, next_best, random_orders
 from explorer.decoding.gates import GateRecord
@@ -553,7 +553,7 @@ def run_decode(
         generated[:] = resume.tokens
     n_steps, status = 0, "completed"
     try:
-        for record in _steps(denoiser, prompt_ids, config, ar_scorer, resume):
+        for record in _steps(denoiser, prompt_ids, config, ar_scorer, resume, origin):
             generated[record.committed] = record.tokens
             generated[record.remasked] = denoiser.mask_id
             n_steps += 1
@@ -580,13 +580,19 @@ def _steps(
     config: DecodeConfig,
     ar_scorer: ARScorer | None,
     resume: Resume | None,
+    origin: Origin | None,
 ) -> Iterator[StepRecord]:
     """The loop the model decodes with: the masked one, or a uniform-noise canvas model's (`loop = "canvas"`)."""
     if getattr(denoiser, "loop", "masked") != "canvas":
         return iter_steps(denoiser, prompt_ids, config, ar_scorer, resume)
-    if resume is not None:
-        raise ConfigError("branching is not available for a uniform-noise canvas model's run yet")
-    return iter_canvas_steps(denoiser, prompt_ids, config)
+    if resume is None:
+        return iter_canvas_steps(denoiser, prompt_ids, config)
+    if not isinstance(resume.parent, DecodeConfig):
+        raise ConfigError("a canvas model's branch replays its parent's steps: give the parent's settings")
+    edits = origin.edits if origin is not None else ()
+    return iter_canvas_steps(
+        denoiser, prompt_ids, config, CanvasBranch(resume.parent, resume.step - 1, resume.tokens, edits)
+    )
 
 
 # Exceptions that carry no message of their own, said in words (a run's stored error text).

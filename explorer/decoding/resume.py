@@ -25,6 +25,7 @@ DEVICE_STREAM, HOST_STREAM = 0, 1
 # The energies' candidates 1..k-1 draw from streams CANDIDATE_STREAM + j (candidate 0 is the
 # step's own draw): the strategy's rule with independent noise.
 CANDIDATE_STREAM = 16
+CANVAS_EDIT_STREAM = 2  # a canvas model's branch: the fresh noise of its re-noise edits
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -71,6 +72,9 @@ class Resume:
     step_in_block: int = 0  # j: steps the block has run
     block_n_masked: int = 0  # masks in the block when it started (LLaDA's schedule reads it)
     block_revisions: int = 0  # revisions the block has made so far (xdlm_revise's budget)
+    # A canvas model's branch replays the parent's steps 0..k with the parent's settings (its
+    # DecodeConfig), since its self-conditioning logits and random state are not stored.
+    parent: object | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.shape != self.commit_conf.shape or self.tokens.ndim != 1:
