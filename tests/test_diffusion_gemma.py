@@ -282,13 +282,20 @@ def test_step_records_are_consistent(denoiser):
 
 def test_other_acceptance_rules_run_on_the_same_model(denoiser):
     """The project's confidence rules accept over the same canvas: top-k grows linearly, threshold keeps >= tau."""
-    for strategy, knobs in (("low_confidence", {}), ("threshold", {"threshold": 0.3})):
+    for strategy, knobs in (("low_confidence", {}), ("threshold", {"threshold": 0.3}), ("pairwise_gate", {})):
         config = replace(engine_config(denoiser, 0), strategy=strategy, **knobs)
         steps = CollectSteps()
         run_decode(denoiser, PROMPT[0].tolist(), config, [steps])
         for record in steps.steps:
             canvas = record.extras.canvas
-            if strategy == "low_confidence":
+            if strategy == "pairwise_gate":  # K = 8 probe passes per step, the gate's verdict is what was accepted
+                gate = record.extras.gate
+                assert record.extras.cost.calls == 9 and gate.accepted[0] and len(gate.proposed) == CANVAS
+                assert (
+                    sorted(np.array(gate.proposed)[gate.accepted].tolist())
+                    == (np.flatnonzero(canvas.accepted) + canvas.start).tolist()
+                )
+            elif strategy == "low_confidence":
                 assert canvas.accepted.sum() == min(CANVAS, -(-CANVAS * (canvas.step + 1) // 6))
             else:
                 best = canvas.sampled_prob.argmax()

@@ -193,7 +193,13 @@ def _step(
     proposal = rule.propose(scaled, generator)
     strategy = CANVAS_RULES[config.strategy]
     knobs = config.knob_values(strategy.knobs)
-    acceptance = strategy.accept(CanvasStep(canvas.current, proposal, scaled, j, n, knobs))
+    choice = strategy.accept(
+        CanvasStep(
+            canvas.current, proposal, scaled, j, n, knobs, temperature, canvas.start,
+            lambda row: session.denoise(row, canvas.self_conditioning),
+        )
+    )  # fmt: skip
+    acceptance = choice.acceptance
     renoised = rule.renoise(acceptance.canvas, acceptance.accepted, denoiser.vocab_size, generator)
     check = rule.stop_check(
         canvas.history, proposal.argmax, canvas.previous_argmax, canvas.steps_stable, scaled,
@@ -209,6 +215,11 @@ def _step(
         denoiser, config, canvas, (j, step, float(temperature)), proposal, acceptance, renoised, check, probs,
         final, flipped,
     )  # fmt: skip
+    if choice.probe_calls:  # a gated rule: its probe passes and its proposal
+        cost = StepCost(calls=1 + choice.probe_calls, sequences=1 + choice.probe_calls)
+        record = replace(
+            record, forward_passes=cost.sequences, extras=replace(record.extras, cost=cost, gate=choice.gate)
+        )
     record = _apply(record, kept, kept_prob, denoiser.mask_id)
     canvas.current, canvas.noise = renoised.canvas, renoised.renoised[0].cpu().numpy()
     canvas.self_conditioning, canvas.history = scaled, check.history

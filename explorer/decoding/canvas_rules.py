@@ -10,9 +10,14 @@ rules apply the same way, over the whole canvas, recomputed every step:
 | `eb`             | lowest-entropy positions while sum H - max H <= gamma (DiffusionGemma's) | eb_gamma   |
 | `low_confidence` | the ceil(C (j + 1) / N) positions whose sampled token is most probable   | (none)     |
 | `threshold`      | every position whose sampled token has p >= tau, and always the best one | threshold  |
+| `pairwise_gate`  | of the K most probable sampled tokens, those with no contradiction with  | lookahead_k, |
+|                  | a more probable kept one: S_ij >= -tau and no flip (the project's rule)  | gate_tau   |
 
-The knobs are the masked strategies' own (one knob, one place: explorer/decoding/strategies.py).
-Each rule is a pure function of the step's tensors, tested on hand-built logits.
+The knobs are the masked strategies' own (one knob, one place: explorer/decoding/strategies.py,
+gates.py). Each rule is a function of the step's tensors, tested through the engine; the
+dependency-aware one also calls the model (`CanvasStep.probe`: K more decoder passes, one per
+proposed token, each with that token written into the canvas) and records what it proposed and
+kept (`GateRecord`), as the masked pairwise gate does.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from explorer.decoding import entropy_bound as rule
+from explorer.decoding.gates import GATE_TAU, LOOKAHEAD_K, GateRecord, accept_pairwise
 from explorer.decoding.knobs import Knob, Value
 from explorer.decoding.strategies import EB_GAMMA, THRESHOLD
 
@@ -38,14 +44,26 @@ class CanvasStep:
     step: int  # j, from 0
     steps: int  # N, the canvas's step budget
     knobs: Mapping[str, Value]
+    temperature: torch.Tensor | None = None  # the step's, for the probe's logits
+    start: int = 0  # the canvas's first generated position (a gate records positions)
+    probe: Callable[[torch.Tensor], torch.Tensor] | None = None  # (1, C) canvas -> (1, C, V) logits
 
 
-def entropy_bound(step: CanvasStep) -> rule.Acceptance:
+@dataclass(frozen=True)
+class CanvasChoice:
+    """What a rule accepted, and for a gated rule what it proposed and how many decoder passes it ran."""
+
+    acceptance: rule.Acceptance
+    gate: GateRecord | None = None
+    probe_calls: int = 0
+
+
+def entropy_bound(step: CanvasStep) -> CanvasChoice:
     """DiffusionGemma's rule, exactly as transformers applies it."""
-    return rule.accept(step.current, step.proposal.sampled, step.scaled, float(step.knobs["eb_gamma"]))
+    return CanvasChoice(rule.accept(step.current, step.proposal.sampled, step.scaled, float(step.knobs["eb_gamma"])))
 
 
-def top_confidence(step: CanvasStep) -> rule.Acceptance:
+def top_confidence(step: CanvasStep) -> CanvasChoice:
     """Accept the k most probable sampled tokens, k growing linearly to the whole canvas at step N."""
     canvas_length = step.current.shape[-1]
     k = min(canvas_length, math.ceil(canvas_length * (step.step + 1) / step.steps))
@@ -54,7 +72,7 @@ def top_confidence(step: CanvasStep) -> rule.Acceptance:
     return _accepted(step, accepted)
 
 
-def confidence_threshold(step: CanvasStep) -> rule.Acceptance:
+def confidence_threshold(step: CanvasStep) -> CanvasChoice:
     """Accept every sampled token at least `threshold` probable, and always the most probable one."""
     prob = step.proposal.sampled_prob  # (1, C)
     accepted = prob >= float(step.knobs["threshold"])
@@ -62,15 +80,45 @@ def confidence_threshold(step: CanvasStep) -> rule.Acceptance:
     return _accepted(step, accepted.scatter(-1, best, True))
 
 
-def _accepted(step: CanvasStep, accepted: torch.Tensor) -> rule.Acceptance:
+def pairwise_gate(step: CanvasStep) -> CanvasChoice:
+    """The dependency-aware rule on a canvas: propose the K most probable sampled tokens; probe row i
+    writes token i alone into the canvas and reads every other proposed token's log-probability:
+    D_ij = log p(y_j | canvas + y_i) - log q(y_j), S_ij = (D_ij + D_ji) / 2, flip_ij when the argmax at
+    j changes. Keep, in proposal order, each token with S >= -tau and no flip against every kept one
+    (`gates.accept_pairwise`); the most probable is always kept."""
+    k = min(int(step.knobs["lookahead_k"]), step.current.shape[-1])
+    order = torch.argsort(step.proposal.sampled_prob[0], descending=True, stable=True)[:k]  # (K,)
+    tokens = step.proposal.sampled[0, order]  # (K,)
+    log_q = torch.log_softmax(step.scaled[0].float(), dim=-1)  # (C, V)
+    base, top = log_q[order, tokens], log_q[order].argmax(-1)  # (K,)
+    D, flip = torch.zeros(k, k, dtype=torch.float64), torch.zeros(k, k, dtype=torch.bool)
+    for i in range(k):
+        row = step.current.clone()
+        row[0, order[i]] = tokens[i]
+        log_p = torch.log_softmax(rule.scale_logits(step.probe(row), step.temperature)[0].float(), dim=-1)
+        D[i] = (log_p[order, tokens] - base).double().cpu()
+        flip[i] = (log_p[order].argmax(-1) != top).cpu()
+    D.fill_diagonal_(0.0)
+    flip.fill_diagonal_(False)
+    S, flips = ((D + D.T) / 2).numpy(), flip.numpy()
+    keep = accept_pairwise(S, flips, float(step.knobs["gate_tau"]))
+    accepted = torch.zeros_like(step.current, dtype=torch.bool)
+    accepted[0, order[torch.from_numpy(keep)]] = True
+    score = [0.0 if j == 0 else float(min(0.0, S[j, :j][keep[:j]].min(initial=0.0))) for j in range(k)]
+    clash = [bool((flips[j, :j] | flips[:j, j])[keep[:j]].any()) for j in range(k)]
+    gate = GateRecord("pairwise", (order + step.start).tolist(), tokens.tolist(), keep.tolist(), score, clash)
+    return CanvasChoice(_accepted(step, accepted).acceptance, gate, probe_calls=k)
+
+
+def _accepted(step: CanvasStep, accepted: torch.Tensor) -> CanvasChoice:
     canvas = torch.where(accepted, step.proposal.sampled, step.current)
-    return rule.Acceptance(canvas=canvas, accepted=accepted, entropy=rule.token_entropy(step.scaled))
+    return CanvasChoice(rule.Acceptance(canvas=canvas, accepted=accepted, entropy=rule.token_entropy(step.scaled)))
 
 
 @dataclass(frozen=True)
 class CanvasRule:
     name: str  # the strategy it stands for (STRATEGIES' name)
-    accept: Callable[[CanvasStep], rule.Acceptance]
+    accept: Callable[[CanvasStep], CanvasChoice]
     knobs: tuple[Knob, ...]
     summary: str
 
@@ -81,6 +129,9 @@ CANVAS_RULES: dict[str, CanvasRule] = {
         CanvasRule("eb", entropy_bound, (EB_GAMMA,), "DiffusionGemma's entropy bound (its generate())"),
         CanvasRule("low_confidence", top_confidence, (), "the most probable sampled tokens, linearly more per step"),
         CanvasRule("threshold", confidence_threshold, (THRESHOLD,), "every sampled token at least tau probable"),
+        CanvasRule(
+            "pairwise_gate", pairwise_gate, (LOOKAHEAD_K, GATE_TAU), "the most probable tokens that do not contradict"
+        ),
     )
 }
 
