@@ -14,9 +14,9 @@ from explorer.decoding.records import DecodeResult, StepCost, StepExtras, StepRe
 from explorer.store.database import StoreWriter, TrajectoryStore
 
 ONE_PASS = StepExtras(cost=StepCost(calls=1, sequences=1))  # one decoder pass of one sequence
-# A commit's probability where the recording has none: the store's events need a number in [0, 1]
-# (SQLite turns NaN into NULL, which the column refuses), and no argmax commit has p = 0.
-UNKNOWN_PROB = 0.0
+# A commit's probability where the recording has none: unknown, stored as NULL (events.prob,
+# migration 0004) and read back as NaN; views show "p unknown", bundles carry null.
+UNKNOWN_PROB = float("nan")
 
 
 def token_texter(tokenizer, mask_id: int) -> Callable[[int], str]:

@@ -64,7 +64,10 @@ events, a tree whose parent links point forward or at the run itself) raises `Bu
 with one line saying what is wrong and where (prefixed `runs[i]` in a version 2 bundle), and
 writes nothing. A database failure while inserting raises `StoreError`; the transaction is
 rolled back. JSON has no NaN or infinity: JSON numbers must be finite. Float16 metric blobs
-may hold NaN (the "undefined" marker of `read_arrays`) but not infinity.
+may hold NaN (the "undefined" marker of `read_arrays`) but not infinity; an event's `prob` is
+null where it is unknown (stored NULL, read as NaN), and an argmax blob holds -1 where the step
+had no logits. A canvas model's run (its mask id the noise marker, one past the vocabulary)
+carries each step's `extras.canvas`, checked against the vocabulary and gen_length.
 """
 
 from __future__ import annotations
@@ -194,6 +197,9 @@ def _entry_out(s: Session, run: Run) -> dict:
         for st in steps
     ]
     event_out = [{name: getattr(ev, name) for name in EVENT_FIELDS} for ev in events]
+    for ev in event_out:  # unknown: NULL, or a NaN a PostgreSQL store kept from before migration 0004
+        if ev["prob"] is not None and ev["prob"] != ev["prob"]:
+            ev["prob"] = None
     entry = {"run": run_out, "parent_ref": _parent_ref(s, run), "steps": step_out, "events": event_out}
     notes = s.get(RunNote, run.id)
     if notes is not None and (notes.tags or notes.note or notes.preset):

@@ -5,10 +5,12 @@ the checks that need several parts of a run at once, so that every accepted bund
 Two layers:
 - the models (`BundleV1`, `BundleV2` and their parts) check every object's fields: types
   (strict: no string for a number, no boolean for an integer), finiteness, static bounds
-  (token ids are int32 as in the store's blobs, probabilities in [0, 1]), the exact shapes of
-  a step's typed extras (violations, energies, Prophet's check, the schedule mark);
+  (token ids are int32 as in the store's blobs, -1 in an argmax blob only: no logits at that
+  position; probabilities in [0, 1], an event's null: unknown), the exact shapes of a step's
+  typed extras (violations, energies, Prophet's check, the schedule mark, a canvas model's step);
 - `check_entry` checks one run against the server's caps (`Caps`: gen_length and the number of
-  steps, the vocabulary of the named model when it is known) and against itself: blob lengths,
+  steps, the vocabulary of the named model when it is known, the run's mask id also one past it:
+  a canvas model's noise marker) and against itself: blob lengths,
   positions within gen_length, steps in order, the config as a `DecodeConfig`, the event rules
   (edits at the branch step, commits counted, a commit fills a mask, a revision changes a
   visible token, one change per position and step).
@@ -53,6 +55,7 @@ BLOB_DTYPES = {"argmax": "<i4", "confidence": "<f2", "entropy": "<f2", "margin":
 DTYPE_NAMES = {"<i4": "int32", "<f2": "float16"}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 TOKEN_ID_MAX = 2**31 - 1  # token ids are int32 in the store's blobs and arrays
+NO_ARGMAX = -1  # an argmax blob's value at a position without logits (outside a canvas, a recorded run)
 MAX_MESSAGE_CHARS = 300
 # The defaults of explorer.services.Limits (a test checks they agree); the server passes its own.
 DEFAULT_MAX_GEN_LENGTH = 256
@@ -146,9 +149,12 @@ class _Blob(_Model):
         if len(raw) % itemsize:
             raise ValueError(f"is {len(raw)} bytes, not a whole number of {DTYPE_NAMES[dtype]} values")
         values = np.frombuffer(raw, dtype=dtype)
-        if dtype == "<i4" and (values < 0).any():
-            bad = int(np.flatnonzero(values < 0)[0])
-            raise ValueError(f"position {bad} holds token id {int(values[bad])}, token ids are non-negative")
+        if dtype == "<i4" and (values < NO_ARGMAX).any():  # -1: no logits at that position
+            bad = int(np.flatnonzero(values < NO_ARGMAX)[0])
+            raise ValueError(
+                f"position {bad} holds token id {int(values[bad])}, token ids are non-negative "
+                f"({NO_ARGMAX}: no logits at that position)"
+            )
         if dtype == "<f2" and np.isinf(values).any():
             bad = int(np.flatnonzero(np.isinf(values))[0])
             raise ValueError(f"position {bad} is {float(values[bad])}; infinity is not allowed")
@@ -309,6 +315,38 @@ class Gate(_Model):
         return self
 
 
+class Canvas(_Model):
+    """CanvasRecord.to_json (explorer/decoding/canvas_record.py): one step of a uniform-noise canvas
+    model over its C positions start..start+C-1 (the arrays aligned), and the stop quantities."""
+
+    canvas: Count
+    start: Count
+    step: Count
+    tokens_in: list[TokenId]
+    noise_in: list[Flag01]
+    sampled: list[TokenId]
+    sampled_prob: list[Prob]
+    accepted: list[Flag01]
+    renoised: list[Flag01]
+    flipped: list[Flag01]
+    mean_entropy: Finite
+    confidence_threshold: Finite | None
+    steps_stable: Count
+    stable: Annotated[bool, Field(strict=True)]
+    confident: Annotated[bool, Field(strict=True)]
+    stop: Annotated[bool, Field(strict=True)]
+    temperature: Finite | None
+    final: Annotated[bool, Field(strict=True)]
+
+    @model_validator(mode="after")
+    def _aligned(self):
+        n = len(self.tokens_in)
+        for name in ("noise_in", "sampled", "sampled_prob", "accepted", "renoised", "flipped"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n} canvas positions (tokens_in)")
+        return self
+
+
 class Cost(_Model):
     calls: Count
     sequences: Count
@@ -336,6 +374,7 @@ class Extras(_Model):
     schedule: Schedule | None = None
     gate: Gate | None = None
     cost: Cost | None = None
+    canvas: Canvas | None = None
 
 
 # ---- rows ---------------------------------------------------------------------------------------
@@ -361,7 +400,7 @@ class EventRow(_Model):
     kind: Literal[EVENT_KINDS]  # type: ignore[valid-type]
     token_id: TokenId
     token_text: _column(Event, "token_text")  # type: ignore[valid-type]
-    prob: Prob
+    prob: Prob | None  # null: unknown (a recorded run without logits)
     top_ids: list[TokenId]
     top_probs: list[Prob]
     violation_score: Finite | None
@@ -497,7 +536,7 @@ def describe(exc: ValidationError) -> str:
     where, rest = _where(loc)
     field = _path(rest)
     subject = f"{where}: {field}" if field else where
-    shown = f"{value!r:.60}" if not isinstance(value, (dict, list)) else ""
+    shown = f"{value!r:.60}" if not isinstance(value, (dict, list, type(None))) else ""
     if kind in _EXPECTED:
         nullable = " or null" if _nullable(exc, err) else ""
         got = f"{type_name(value)} {shown}".rstrip()
@@ -533,6 +572,9 @@ def _nullable(exc: ValidationError, err: dict) -> bool:
         "parent_run_id",
         "branch_step",
         "violation_score",
+        "prob",
+        "confidence_threshold",
+        "temperature",
         "extras",
         "preset",
         "parent_ref",
@@ -559,16 +601,22 @@ def _plain_json(where: str, name: str, value: object) -> None:
         raise BundleError(f"{where}: {name} is not plain JSON ({exc})") from None
 
 
-def _check_tokens(label: str, name: str, ids, vocab: int | None, model: str, scalar: bool = False) -> None:
+def _check_tokens(
+    label: str, name: str, ids, vocab: int | None, model: str, scalar: bool = False, noise: bool = False
+) -> None:
+    """Token ids within the model's vocabulary 0..vocab-1; with `noise`, also the noise marker
+    `vocab` (one past the vocabulary: a canvas model's mask id, "this position holds noise")."""
     if vocab is None:
         return
     ids = np.asarray(ids, dtype=np.int64).ravel()
-    bad = np.flatnonzero(ids >= vocab)
+    top = vocab if noise else vocab - 1
+    bad = np.flatnonzero(ids > top)
     if bad.size:
         at = name if scalar else f"{name}[{int(bad[0])}]"
+        marker = f"; {vocab}: the noise marker" if noise else ""
         raise BundleError(
             f"{label}: {at}: token id {int(ids[bad[0]])} is outside the vocabulary of model {model!r:.60} "
-            f"(0..{vocab - 1})"
+            f"(0..{top}{marker})"
         )
 
 
@@ -607,10 +655,11 @@ def _check_run(run: RunRow, n_steps: int, caps: Caps, vocab: int | None) -> None
         )
     if run.branch_step is not None and run.branch_step > max(n_steps - 1, -1):
         raise BundleError(f"{where}: branch_step {run.branch_step} is outside -1..{max(n_steps - 1, -1)}")
-    _check_tokens(where, "mask_id", [run.mask_id], vocab, run.model, scalar=True)
+    _check_tokens(where, "mask_id", [run.mask_id], vocab, run.model, scalar=True, noise=True)
     _check_tokens(where, "prompt_ids", run.prompt_ids, vocab, run.model)
-    if run.final_token_ids is not None:
-        _check_tokens(where, "final_token_ids", run.final_token_ids, vocab, run.model)
+    if run.final_token_ids is not None:  # a canvas run's positions never filled hold its noise marker
+        noise = vocab is not None and run.mask_id == vocab
+        _check_tokens(where, "final_token_ids", run.final_token_ids, vocab, run.model, noise=noise)
     _check_config(run)
 
 
@@ -656,6 +705,16 @@ def _check_extras(label: str, extras: Extras, raw: dict, g: int, vocab: int | No
         outside = [p for p in positions if p >= g]
         if outside:
             raise BundleError(f"{where}.{name}: position {outside[0]} is outside 0..{g - 1}")
+    if extras.canvas is not None:
+        canvas = extras.canvas
+        end = canvas.start + len(canvas.tokens_in)
+        if end > g:
+            raise BundleError(
+                f"{where}.canvas: positions {canvas.start}..{end - 1} (start {canvas.start}, "
+                f"{len(canvas.tokens_in)} canvas positions) are outside 0..{g - 1}"
+            )
+        _check_tokens(f"{where}.canvas", "tokens_in", canvas.tokens_in, vocab, model)
+        _check_tokens(f"{where}.canvas", "sampled", canvas.sampled, vocab, model)
     if extras.violations is not None:
         _check_tokens(f"{where}.violations", "tokens", extras.violations.tokens, vocab, model)
         _check_tokens(f"{where}.violations", "cross_tokens", extras.violations.cross_tokens or [], vocab, model)

@@ -3,7 +3,9 @@
 Tables: `runs` (one per decode), `steps` (per-position arrays as compact typed blobs) and
 `events` (one row per commit, revision, re-mask or edit, for SQL across runs). A *revision*
 (XDLM: a visible token changed into another) is a commit at a position that held a token; it is
-stored with kind `revise`, so `COMMIT_EVENTS` covers both kinds wherever commits are read.
+stored with kind `revise`, so `COMMIT_EVENTS` covers both kinds wherever commits are read. An
+event's `prob` is NULL where it is unknown (a run recorded without logits): NaN is written as
+NULL on every backend and NULL is read back as NaN.
 `StoreWriter` is the engine callback that writes a run: its row first (status `running`), steps
 in batched transactions, then the final status. `TrajectoryStore.read_arrays` reads a run back
 as (position x step) arrays.
@@ -170,7 +172,7 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(16), default="commit")
     token_id: Mapped[int] = mapped_column(Integer)
     token_text: Mapped[str] = mapped_column(String(200))
-    prob: Mapped[float] = mapped_column(Float)
+    prob: Mapped[float | None] = mapped_column(Float)  # NULL: unknown (a recorded run without logits; migration 0004)
     top_ids: Mapped[list] = mapped_column(JSON)
     top_probs: Mapped[list] = mapped_column(JSON)
     violation_score: Mapped[float | None] = mapped_column(Float)
@@ -468,7 +470,7 @@ class TrajectoryStore:
                         "kind": "revise" if revised[i] else "commit",
                         "token_id": tok,
                         "token_text": token_text(tok),
-                        "prob": prob,
+                        "prob": _prob_in(prob),
                         "top_ids": r.top_ids[i].tolist(),
                         "top_probs": [round(p, 5) for p in r.top_probs[i].tolist()],
                         "violation_score": scores.get(pos),
@@ -483,7 +485,7 @@ class TrajectoryStore:
                         "kind": "remask",
                         "token_id": tok,
                         "token_text": token_text(tok),
-                        "prob": prob,
+                        "prob": _prob_in(prob),
                         "top_ids": [],
                         "top_probs": [],
                         "violation_score": None,
@@ -682,7 +684,7 @@ class TrajectoryStore:
                 "committed": [e.position for e in by_step.get(st.step, [])],
                 "tokens": [e.token_id for e in by_step.get(st.step, [])],
                 "token_texts": [e.token_text for e in by_step.get(st.step, [])],
-                "probs": [e.prob for e in by_step.get(st.step, [])],
+                "probs": [_prob_out(e.prob) for e in by_step.get(st.step, [])],
                 "revised": [e.kind == "revise" for e in by_step.get(st.step, [])],
             }
             for st in steps
@@ -800,12 +802,23 @@ def _copy_prefix(s: Session, origin: Origin, run_id: int, token_text: Callable[[
                 kind=edit.event_kind,
                 token_id=edit.token_id,
                 token_text=token_text(edit.token_id),
-                prob=edit.prob,
+                prob=_prob_in(edit.prob),
                 top_ids=[],
                 top_probs=[],
                 violation_score=None,
             )
         )
+
+
+def _prob_in(prob: float | None) -> float | None:
+    """An event's probability as stored: NaN (unknown) as NULL on every backend (SQLite would
+    make it NULL anyway; PostgreSQL would keep a NaN that JSON bundles cannot carry)."""
+    return None if prob is None or prob != prob else float(prob)
+
+
+def _prob_out(prob: float | None) -> float:
+    """A stored event probability as read: NULL (unknown) is NaN."""
+    return float("nan") if prob is None else float(prob)
 
 
 def _commits(rows) -> Commits:
@@ -820,7 +833,7 @@ def _commits(rows) -> Commits:
         step=np.fromiter((r[0] for r in rows), np.int64, n),
         position=np.fromiter((r[1] for r in rows), np.int64, n),
         token=np.fromiter((r[2] for r in rows), np.int64, n),
-        prob=np.fromiter((r[3] for r in rows), np.float32, n),
+        prob=np.fromiter((_prob_out(r[3]) for r in rows), np.float32, n),
         top_ids=top_ids,
         top_probs=top_probs,
         revised=np.fromiter((bool(r[6]) for r in rows), bool, n),

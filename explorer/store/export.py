@@ -2,12 +2,15 @@
 then CSV or Parquet bytes, or a zip of the three.
 
 - `steps`: one row per step: step, block, n_committed (commits and revisions), n_revised,
-  n_remasked, masked_before, seconds, forward_passes.
+  n_remasked, masked_before, seconds, forward_passes; for a canvas model's run (steps with
+  `extras.canvas`) also its stop quantities: canvas, canvas_step, mean_entropy, steps_stable,
+  stop, n_accepted and n_renoised (null at a step without them).
 - `positions`: one row per (step, position): the model's argmax token and its confidence,
   entropy and margin at that step (stored as float16, exported as float32: exact).
 - `events`: one row per stored event, in the order they were written: step, position, kind
-  (commit | revise | remask | force | remask_edit), token_id, token_text, prob, violation_score
-  (null where none), top_ids and top_probs (the alternatives at a commit; empty otherwise).
+  (commit | revise | remask | force | remask_edit), token_id, token_text, prob (null where
+  unknown: a recorded run without logits), violation_score (null where none), top_ids and
+  top_probs (the alternatives at a commit; empty otherwise).
 
 Every table starts with run_id. Parquet keeps the types (lists as lists) and carries the run
 row (id, model, prompt, config, ...) as JSON in the schema metadata under b"run"; CSV is UTF-8
@@ -60,6 +63,7 @@ def _read(store: TrajectoryStore, run_id: int):
                 Step.confidence,
                 Step.entropy,
                 Step.margin,
+                Step.extras,
             )
             .where(Step.run_id == run_id)
             .order_by(Step.step)
@@ -105,7 +109,10 @@ def run_tables(store: TrajectoryStore, run_id: int) -> dict[str, pa.Table]:
             "seconds": pa.array([r.seconds for r in steps], pa.float64()),
             "forward_passes": pa.array([r.forward_passes for r in steps], pa.int64()),
         }
-    ).replace_schema_metadata(meta)
+    )
+    for name, column in _canvas_columns([r.extras for r in steps]).items():
+        step_table = step_table.append_column(name, column)
+    step_table = step_table.replace_schema_metadata(meta)
 
     def blobs(index: int, dtype: str, out) -> np.ndarray:  # (S * G,) step-major, as stored
         if not steps:
@@ -132,13 +139,43 @@ def run_tables(store: TrajectoryStore, run_id: int) -> dict[str, pa.Table]:
             "kind": pa.array(kinds, pa.string()),
             "token_id": pa.array([e.token_id for e in events], pa.int64()),
             "token_text": pa.array([e.token_text for e in events], pa.string()),
-            "prob": pa.array([e.prob for e in events], pa.float64()),
+            "prob": pa.array([e.prob if e.prob == e.prob else None for e in events], pa.float64()),  # NaN: null
             "violation_score": pa.array([e.violation_score for e in events], pa.float64()),
             "top_ids": pa.array([list(e.top_ids or []) for e in events], pa.list_(pa.int64())),
             "top_probs": pa.array([list(e.top_probs or []) for e in events], pa.list_(pa.float64())),
         }
     ).replace_schema_metadata(meta)
     return {"steps": step_table, "positions": position_table, "events": event_table}
+
+
+# A canvas step's stop quantities as step columns: name -> (type, its value from extras.canvas)
+CANVAS_COLUMNS = {
+    "canvas": (pa.int64(), lambda c: c["canvas"]),
+    "canvas_step": (pa.int64(), lambda c: c["step"]),
+    "mean_entropy": (pa.float64(), lambda c: c["mean_entropy"]),
+    "steps_stable": (pa.int64(), lambda c: c["steps_stable"]),
+    "stop": (pa.bool_(), lambda c: c["stop"]),
+    "n_accepted": (pa.int64(), lambda c: int(sum(c["accepted"]))),
+    "n_renoised": (pa.int64(), lambda c: int(sum(c["renoised"]))),
+}
+
+
+def _canvas_columns(extras: list) -> dict[str, pa.Array]:
+    """The canvas columns of the steps table when some step has `extras.canvas` (else none);
+    null at a step without it or whose record is malformed."""
+    records = [e.get("canvas") if isinstance(e, dict) else None for e in extras]
+    if not any(isinstance(c, dict) for c in records):
+        return {}
+    out = {}
+    for name, (kind, value) in CANVAS_COLUMNS.items():
+        values = []
+        for record in records:
+            try:
+                values.append(value(record) if isinstance(record, dict) else None)
+            except (KeyError, TypeError, ValueError):
+                values.append(None)
+        out[name] = pa.array(values, kind)
+    return out
 
 
 def csv_bytes(table: pa.Table) -> bytes:

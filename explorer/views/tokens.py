@@ -435,7 +435,7 @@ def _tooltip(
     c = arrays.commits
     later = events.later(position, committed_at)
     if i is None or int(c.token[i]) != token:  # a token a branch's edit forced: the model gave it no probability
-        return commit_tooltip(position, committed_at, False, later, math.nan, [], token_text)
+        return commit_tooltip(position, committed_at, False, later, None, [], token_text)
     pairs = list(zip(c.top_ids[i].tolist(), c.top_probs[i].tolist()))
     return commit_tooltip(position, committed_at, bool(c.revised[i]), later, float(c.prob[i]), pairs, token_text)
 
@@ -445,17 +445,17 @@ def commit_tooltip(
     committed_at: int,
     revised: bool,
     later: str | None,
-    prob: float,
+    prob: float | None,
     top: Sequence[tuple[int, float]],
     token_text: Callable[[int], str],
 ) -> str:
     """The tooltip of a visible token, plain text: where, when (and what happened next), p and
-    the top alternatives when that token was written."""
+    the top alternatives when that token was written (prob None: none, a forced token; NaN: unknown)."""
     parts = [f"position {position}", f"{'revised' if revised else 'committed'} at step {committed_at}"]
     if later is not None:
         parts.append(later)
-    if np.isfinite(prob):
-        parts.append(f"p = {prob:.2f}")
+    if prob is not None:
+        parts.append(f"p = {prob:.2f}" if np.isfinite(prob) else "p unknown")
     alternatives = [f"{token_text(int(t))} {float(p):.2f}" for t, p in top if t >= 0 and np.isfinite(p)]
     if alternatives:
         parts.append(f"top-{len(alternatives)}: " + ", ".join(alternatives))

@@ -4,7 +4,7 @@ writable open: `upgrade(engine)` brings any database to the newest revision in o
 Revisions live in versions/: `0001` is the schema of every release before migrations existed
 (runs, steps, events, run_notes), `0002` records a running run's owner (process id, host name,
 heartbeat) and makes SQLite run ids never reused (AUTOINCREMENT), `0003` adds the sweep tables
-(explorer/store/sweeps.py). A database written before
+(explorer/store/sweeps.py), `0004` lets `events.prob` be NULL (an unknown probability). A database written before
 migrations (tables, no `alembic_version`) goes through `0001` too: it creates only the tables
 that database lacks (a release before run_notes had none), so old and new databases take one
 path. A new revision: add versions/NNNN_<what>.py with `down_revision` the previous head, and
