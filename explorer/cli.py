@@ -7,6 +7,7 @@ status 2, and nothing written to the database.
 from __future__ import annotations
 
 import argparse
+import math
 import contextlib
 import json
 import signal
@@ -474,7 +475,7 @@ def _stored_lines(store: TrajectoryStore, run_id: int, arrays=None) -> list[_Ste
         for j in np.flatnonzero(commits.step == step).tolist():
             position, token = int(commits.position[j]), int(commits.token[j])
             old = f"{text(int(before[position]))}->" if commits.revised[j] else ""
-            changes.append((position, f"{position}:{old}{text(token)}({float(commits.prob[j]):.2f})"))
+            changes.append((position, f"{position}:{old}{text(token)}({_prob_text(float(commits.prob[j]))})"))
         remasked = [
             f"{p}:{text(t)}"
             for s, p, t in zip(remasks.step.tolist(), remasks.position.tolist(), remasks.token.tolist())
@@ -607,7 +608,12 @@ def _change(denoiser, record, i: int) -> str:
     position, token, prob = int(record.committed[i]), int(record.tokens[i]), float(record.probs[i])
     revised = record.revised.size == record.n_committed and bool(record.revised[i])
     old = f"{denoiser.token_text(int(record.previous[i]))}->" if revised else ""
-    return f"{position}:{old}{denoiser.token_text(token)}({prob:.2f})"
+    return f"{position}:{old}{denoiser.token_text(token)}({_prob_text(prob)})"
+
+
+def _prob_text(prob: float) -> str:
+    """A commit's probability, or `p ?` where the run does not know it (a recorded generate())."""
+    return f"{prob:.2f}" if math.isfinite(prob) else "p ?"
 
 
 def _runs(args: argparse.Namespace) -> None:

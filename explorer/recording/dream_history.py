@@ -5,7 +5,7 @@ whole sequence (prompt included) after that step, masked positions holding the m
 entry becomes one stored step: a position that went from mask to a token is committed, token to
 mask is re-masked, token to another token is a revision. The history holds no probabilities, so
 the argmax is -1 and confidence, entropy and margin are NaN throughout, and every commit's
-probability is stored as 0 (`UNKNOWN_PROB`: unknown; the store's events need a number).
+probability is unknown (`UNKNOWN_PROB`, NaN: stored as NULL, shown as "p unknown").
 """
 
 from __future__ import annotations
