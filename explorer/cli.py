@@ -7,9 +7,9 @@ status 2, and nothing written to the database.
 from __future__ import annotations
 
 import argparse
-import math
 import contextlib
 import json
+import math
 import signal
 import sys
 from collections.abc import Sequence
