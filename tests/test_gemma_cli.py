@@ -179,3 +179,20 @@ def test_bad_branches_are_refused_before_anything_is_stored(parent, step, edit, 
             branch(out.run_id, step, store, model=denoiser, **{a: b})
     assert words in str(error.value) and "\n" not in str(error.value)
     assert len(store.list_runs()) == before
+
+
+def test_compare_in_replay_only_mode_draws_canvas_runs_as_canvases(parent):
+    """A replay-only server (no model) opens a canvas run and its branch in Compare: noise as noise."""
+    from explorer import branch
+    from explorer.services import Services
+    from explorer.ui.compare import load_runs, render_view
+    from explorer.ui.logic import ArraysCache
+
+    denoiser, store, out = parent
+    child = branch(out.run_id, 3, store, model=denoiser, strategy="threshold")
+    services = Services.create(store.url, replay_only=True)
+    runs = load_runs(ArraysCache(services), [out.run_id, child.run_id])
+    shown = render_view(services, runs, "confidence", "step", 4)
+    for name in ("tokens_a", "tokens_b"):
+        html = shown[name].value
+        assert "canvas-view" in html and 'class="tok noise' in html  # step 4 is mid-canvas: noise shows

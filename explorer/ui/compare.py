@@ -48,6 +48,8 @@ from explorer.ui.toasts import refuse
 from explorer.ui.view import status_html
 from explorer.views import align
 from explorer.views import figures as plots
+from explorer.views.canvas import is_canvas_run
+from explorer.views.canvas_tokens import render_canvas_tokens
 from explorer.views.tokens import render_tokens
 
 MAX_RUNS = 4
@@ -423,16 +425,19 @@ def render_view(services: Services, runs: list[RunArrays], metric: str, mode: st
             out[heat_name] = gr.Plot(value=None, visible=False)
             continue
         r = runs[i]
-        view = render_tokens(
-            r,
-            texts[i],
-            shown_steps[i],
-            r.run["prompt"],
-            highlight=differ,
-            highlight_label=DIFF_LABEL,
-            outline_step=False,
-        )
-        view = outline_kinds(view, parted, first_label)
+        if is_canvas_run(r):  # a canvas model's run: noise drawn as noise, the step's accepted / re-noised marks
+            view = render_canvas_tokens(r, texts[i], shown_steps[i], r.run["prompt"])
+        else:
+            view = render_tokens(
+                r,
+                texts[i],
+                shown_steps[i],
+                r.run["prompt"],
+                highlight=differ,
+                highlight_label=DIFF_LABEL,
+                outline_step=False,
+            )
+            view = outline_kinds(view, parted, first_label)
         out[tokens_name] = gr.HTML(value=run_head(i, r, steps[i]) + view, visible=True)
         label = f"Run {LETTERS[i]} (#{r.run['id']}): {metric}"
         out[heat_name] = gr.Plot(value=figures[i], label=label, visible=True)
