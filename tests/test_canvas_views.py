@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -23,7 +24,13 @@ from explorer.store.arrays import RunArrays
 from explorer.store.database import StoreWriter, TrajectoryStore
 from explorer.views import canvas_figures
 from explorer.views.canvas import canvas_grids, draft_line, draft_lines, draft_text, is_canvas_run
-from explorer.views.canvas_tokens import NOISE_GLYPH, canvas_segments, render_canvas_tokens
+from explorer.views.canvas_tokens import (
+    NOISE_GLYPH,
+    UNSTARTED_GLYPH,
+    canvas_legend,
+    canvas_segments,
+    render_canvas_tokens,
+)
 from explorer.views.player import stored_payload
 from explorer.views.tokens import MASK_GLYPH, render_tokens
 
@@ -181,14 +188,24 @@ def test_noise_is_drawn_as_noise_never_as_text(run):
     spans = spans_of(render_canvas_tokens(run, token_text, 0, "a <prompt>"))
     assert len(spans) == G  # one .tok span per position, in order
     # after step 0: 0 and 2 kept (accepted), 1 and 3 noise, canvas 1 not started
-    assert [shown(s) for s in spans] == ["<b>", NOISE_GLYPH, "t6", NOISE_GLYPH] + [MASK_GLYPH] * 4
+    assert [shown(s) for s in spans] == ["<b>", NOISE_GLYPH, "t6", NOISE_GLYPH] + [UNSTARTED_GLYPH] * 4
     noise = spans[1]
     assert "noise" in classes(noise) and "masked" not in classes(noise)
     assert "t12" not in shown(noise)  # the random token only in the hover
     assert "noise (random token 't12' this step)" in tip(noise)
     assert "renoised" in classes(noise) and "remasked" not in classes(noise)  # it held no kept token
-    for i in range(4, 8):
-        assert classes(spans[i]) == {"tok", "masked"} and "not started" in tip(spans[i])
+    for i in range(4, 8):  # an empty dashed box: unlike the noise chip and the masked placeholder
+        assert classes(spans[i]) == {"tok", "unstarted"} and "not started" in tip(spans[i])
+        assert "dashed" in spans[i] and NOISE_GLYPH not in spans[i] and MASK_GLYPH not in spans[i]
+
+
+def test_the_legend_names_each_mark_by_a_mark_not_a_colour():
+    legend = canvas_legend()
+    # accepted: the ✓ badge class (static/tokens.css), not an underline in a colour of the step ramp
+    assert 'class="tok kept accepted"' in legend and "✓ = accepted at this step" in legend
+    assert "inset 0 -3px" not in legend
+    assert "↺ = re-noised" in legend and "pink top bar" in legend
+    assert 'class="tok unstarted"' in legend and "empty dashed box = its canvas has not started" in legend
 
 
 def test_token_text_is_escaped(run):
@@ -209,6 +226,7 @@ def test_accepted_renoised_and_flip_marks(run):
     spans = spans_of(render_canvas_tokens(run, token_text, 1, ""))
     assert [shown(s) for s in spans[:4]] == ["<b>", "t5", NOISE_GLYPH, NOISE_GLYPH]
     assert "accepted" in classes(spans[0]) and "accepted" in classes(spans[1])
+    assert "inset 0 -3px" not in spans[0]  # the ✓ badge (static/tokens.css), whatever the step colour
     lost = spans[2]  # held the kept token 6 going in, re-noised at step 1; its argmax flipped 6 -> 8
     assert {"noise", "renoised", "remasked", "flipped"} <= classes(lost)
     assert 'data-remasks="1"' in lost
@@ -290,7 +308,13 @@ def test_stop_criteria_trace_the_records(run):
     assert list(traces["stopped here"].x) == [2, 4]
     assert canvas_figures.boundary_steps(run) == [(0, 0), (3, 1)]
     boundaries = [s for s in fig.layout.shapes if s.name == "canvas boundary"]
-    assert [b.x0 for b in boundaries] == [-0.5, 2.5]
+    assert [b.x0 for b in boundaries] == [-0.5, -0.5, 2.5, 2.5]  # in both panels
+    # two stacked panels on one step axis: the entropy on top, the steps stable below
+    assert traces["mean entropy"].yaxis == "y" and traces["confidence threshold"].yaxis == "y"
+    assert traces["stability threshold"].yaxis == "y2" and fig.layout.xaxis2.title.text == "decoding step"
+    assert fig.layout.yaxis.domain[0] > fig.layout.yaxis2.domain[1]
+    markers = [s for s in fig.layout.shapes if s.name == "selected step"]
+    assert [m.x0 for m in markers] == [3, 3]
 
 
 # ---- a streamer's run, the Decode tab, a masked run ------------------------------------------------------
@@ -325,17 +349,36 @@ class _Services:
 
 
 def test_the_decode_tab_shows_the_canvas(run):
-    from explorer.ui.view import VIEW, heat_figure, render_all, render_view, step_figures
+    from explorer.ui.view import (
+        CANVAS_ANALYSIS_NOTE,
+        CANVAS_TITLES,
+        VIEW,
+        heat_figure,
+        render_all,
+        render_view,
+        step_figures,
+    )
 
     run.run["final_text"] = "x"
     shown_all = render_all(_Services(), run, 1, "confidence", None)
     assert set(shown_all) <= set(VIEW)
     assert "canvas-view" in shown_all["tokens"] and "canvas-draft" in shown_all["tokens"]
-    assert "Accepted" in shown_all["violation_heat"].layout.title.text
-    assert "flips" in shown_all["energy_heat"].layout.title.text
-    assert "Entropy" in shown_all["pair_s"].layout.title.text
-    assert "Stop criteria" in shown_all["pair_a"].layout.title.text
-    assert "Noise" in shown_all["candidates"].layout.title.text
+    # the analysis slots: the canvas's maps (the page's player relabels them), its note, no reading guide
+    figure = {name: shown_all[name] for name in CANVAS_TITLES}
+    assert "Accepted" in figure["violation_heat"].layout.title.text
+    assert "flips" in figure["energy_heat"].layout.title.text
+    assert "Entropy" in figure["pair_s"].layout.title.text
+    assert "Stop criteria" in figure["pair_a"].layout.title.text
+    assert "Noise" in figure["candidates"].layout.title.text
+    assert shown_all["analysis_note"] == CANVAS_ANALYSIS_NOTE and "Dependency violations" not in CANVAS_ANALYSIS_NOTE
+    assert shown_all["reading_guide"]["visible"] is False
+    # the status line and the figures every run has, in a canvas run's words
+    status = html.unescape(shown_all["status"])
+    assert f"tokens kept · {run.n_steps} decoder passes" in status and "tokens/pass" in status, status
+    assert "committed" not in status and "AR-ness" not in status and "revision" not in status
+    assert shown_all["bars"].layout.title.text.startswith("Tokens kept per step")
+    assert shown_all["changes"].layout.title.text.startswith("What changed where: kept, replaced, re-noised")
+    assert not any("unmask" in (t.name or "") or "re-mask" in (t.name or "") for t in shown_all["changes"].data)
     assert "canvas" in heat_figure(run, "entropy", 1).layout.title.text
     assert set(step_figures(_Services(), run, 2)) == {"pair_s", "pair_a", "candidates"}
     opened = render_view(_Services(), run, 4, "entropy", None, player=True)["tokens"]
@@ -346,4 +389,21 @@ def test_a_masked_run_is_rendered_as_before():
     arrays = synthetic_arrays(6, 3)
     fragment = render_tokens(arrays, str, 1, "p")
     assert "canvas" not in fragment and "noise" not in fragment
-    assert "gates" not in stored_payload(arrays, str)
+    payload = stored_payload(arrays, str)
+    assert "gates" not in payload and payload["canvas"] is False
+
+
+def test_a_masked_run_gets_the_analysis_labels_back():
+    from explorer.ui.view import ANALYSIS_NOTE, ANALYSIS_TITLES, CANVAS_TITLES, analysis_frame, pending_analysis
+
+    figures = {name: go.Figure() for name in ANALYSIS_TITLES}
+    masked, canvas = analysis_frame(figures, canvas=False), analysis_frame(figures, canvas=True)
+    assert all(masked[name] is figures[name] and canvas[name] is figures[name] for name in figures)  # the API's
+    assert masked["analysis_note"] == ANALYSIS_NOTE and masked["reading_guide"]["visible"] is True
+    assert canvas["analysis_note"] != ANALYSIS_NOTE and canvas["reading_guide"]["visible"] is False
+    assert set(CANVAS_TITLES) == set(ANALYSIS_TITLES)
+    assert pending_analysis(True)["pair_a"].layout.title.text.startswith("Stop criteria")
+    assert pending_analysis()["pair_a"].layout.title.text.startswith("Pairwise A of a step")
+    # the page's player relabels the plots by elem_id with the same words
+    player = (Path(__file__).resolve().parents[1] / "static" / "components" / "player.js").read_text()
+    assert all(f'"{label}"' in player for label in CANVAS_TITLES.values())

@@ -45,7 +45,16 @@ from explorer.ui.permalink import open_permalink
 from explorer.ui.runs import runs_tab
 from explorer.ui.sweeps import sweeps_tab
 from explorer.ui.toasts import refuse, warn
-from explorer.ui.view import DecodeView, heat_figure, lineage, pending_analysis, render_all, status_html, step_figures
+from explorer.ui.view import (
+    ANALYSIS_NOTE,
+    DecodeView,
+    heat_figure,
+    lineage,
+    pending_analysis,
+    render_all,
+    status_html,
+    step_figures,
+)
 from explorer.views import figures as plots
 from explorer.views import pairwise
 from explorer.views.player import LivePlayer, embed, stored_payload
@@ -68,13 +77,6 @@ Every step is stored: replay it with the player above the tokens (▶, the slide
 any metric, reopen runs in **Runs**, put up to four side by side in **Compare**, see the sweeps run from the command
 line (settings × seeds, quality against cost) in **Sweeps**.
 **Branch**: after a run, click any token to put another one there (or re-mask it) and decode the rest again."""
-
-ANALYSIS_NOTE = """#### Dependency violations and energies
-Tokens committed in the same step are chosen without seeing each other. **Dependency violations** (tick the box
-on the left) measure, for each pair, how knowing one token changes the model's belief in the other: strongly
-negative S = they contradict each other (like *an* + *girl*). **Energies** (the accordion on the left) choose
-among several candidate fillings of a step. The maps below show where this happened; the matrices and the
-candidates show the step picked with the step slider."""
 
 REPLAY_ONLY_NOTE = """**Replay-only server: no model is loaded here, so Run is disabled.**
 This server shows stored runs. Open one from the **Runs** tab (click a row, then *Open in Decode*)
@@ -237,7 +239,8 @@ def _figures_column(services: Services) -> tuple[dict, dict]:
     with gr.Row():
         f["order"] = gr.Plot(label="Commit order", elem_id="order")
         f["bars"] = gr.Plot(label="Tokens per step", elem_id="bars")
-    gr.Markdown(ANALYSIS_NOTE, elem_id="analysis-note")
+    # Relabelled, with another note and no reading guide, while a canvas model's run is shown (ui/view.py).
+    f["analysis_note"] = gr.Markdown(ANALYSIS_NOTE, elem_id="analysis-note")
     with gr.Row():
         f["violation_heat"] = gr.Plot(label="Dependency violations", elem_id="violation-heatmap")
         f["energy_heat"] = gr.Plot(label="Energy", elem_id="energy-heatmap")
@@ -246,7 +249,7 @@ def _figures_column(services: Services) -> tuple[dict, dict]:
         f["pair_a"] = gr.Plot(label="Pairwise A of a step", elem_id="pairwise-a")
     with gr.Row():
         f["candidates"] = gr.Plot(label="Energies of a step's candidates", elem_id="candidates")
-        gr.Markdown(pairwise.READING_GUIDE, elem_id="reading-guide")
+        f["reading_guide"] = gr.Markdown(pairwise.READING_GUIDE, elem_id="reading-guide")
     return f, panel
 
 
@@ -265,7 +268,8 @@ class _DecodeHandlers:
     def __init__(self, services: Services, cache: ArraysCache, view: DecodeView, controls: dict) -> None:
         self.services, self.cache, self.view, self.controls = services, cache, view, controls
         self.form = {name: controls[name] for name in DECODE_FIELDS if name != "metric"}  # what a preset fills
-        self.pending = pending_analysis()  # the same for every run: built once
+        # the same for every run of a kind (masked, or a canvas model's): built once
+        self.pending = {canvas: pending_analysis(canvas) for canvas in (False, True)}
 
     def live_tokens(self, run: dict, payload: dict) -> str:
         """The token view of a decoding run: the prompt and the new steps for the page's player,
@@ -365,7 +369,12 @@ class _DecodeHandlers:
                     self.services.store.set_run_preset(run_id, run.get("preset"))
                     prefix = self.services.store.read_arrays(run_id) if parent is not None else None
                     starting = status_html("busy", "Starting…" + (f" · {device}" if device else ""))
-                    shown = {**self.pending, **self.live_start(run, live, metric, prefix), "run_state": run_id}
+                    # a canvas model's labels; copies: Gradio pops an update's value from the dict it gets
+                    pending = {
+                        name: dict(value) if isinstance(value, dict) else value
+                        for name, value in self.pending[getattr(spec, "canvas", None) is not None].items()
+                    }
+                    shown = {**pending, **self.live_start(run, live, metric, prefix), "run_state": run_id}
                     if prefix is not None:
                         shown.update(lineage(self.services, prefix, live=True))
                     yield bind({**shown, "status": starting})

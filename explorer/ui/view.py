@@ -15,6 +15,7 @@ from explorer.ui.logic import ArraysCache, summarise, token_text_for, violation_
 from explorer.views import canvas_figures, pairwise
 from explorer.views import figures as plots
 from explorer.views.canvas import draft_line, is_canvas_run
+from explorer.views.canvas import status_line as canvas_status_line
 from explorer.views.canvas_tokens import render_canvas_tokens
 from explorer.views.player import embed, stored_payload
 from explorer.views.speed import speed_html, speed_of
@@ -23,7 +24,8 @@ from explorer.views.verdict import final_verdict
 
 # What the Decode tab shows of a run state, by name (the /decode, /scrub and /open_run outputs
 # start with these, in this order; the branch line and its two buttons only change when another
-# run is shown; the changes map came later, so it is last and the earlier outputs keep their place).
+# run is shown; the changes map came later, so it is last and the earlier outputs keep their place;
+# then the analysis section's note and its reading guide, which say what the maps show for this run).
 VIEW = (
     "status",
     "tokens",
@@ -41,8 +43,12 @@ VIEW = (
     "open_parent",
     "changes",
     "speed",
+    "analysis_note",
+    "reading_guide",
 )
 BRANCH_HINT = "Click (tap) any token to branch from it: the branch starts after the step on the slider."
+# The analysis section's plot labels: a masked run's, and what the same slots show for a canvas run
+# (the page's player relabels the plots: static/components/player.js CANVAS_LABELS, by elem_id).
 ANALYSIS_TITLES = {
     "violation_heat": "Dependency violations",
     "energy_heat": "Energy",
@@ -50,6 +56,25 @@ ANALYSIS_TITLES = {
     "pair_a": "Pairwise A of a step",
     "candidates": "Energies of a step's candidates",
 }
+CANVAS_TITLES = {
+    "violation_heat": "Accepted tokens",
+    "energy_heat": "Argmax flips",
+    "pair_s": "Entropy of the canvas",
+    "pair_a": "Stop criteria",
+    "candidates": "Noise going in",
+}
+ANALYSIS_NOTE = """#### Dependency violations and energies
+Tokens committed in the same step are chosen without seeing each other. **Dependency violations** (tick the box
+on the left) measure, for each pair, how knowing one token changes the model's belief in the other: strongly
+negative S = they contradict each other (like *an* + *girl*). **Energies** (the accordion on the left) choose
+among several candidate fillings of a step. The maps below show where this happened; the matrices and the
+candidates show the step picked with the step slider."""
+CANVAS_ANALYSIS_NOTE = """#### What each step did to its canvas
+A canvas model (uniform noise) has no dependency violations or energies: each step samples a token at every
+position of its canvas (a block of the text), **accepts** some and **re-noises** the rest with random tokens; its
+argmax is the step's *draft*, and the canvas stops once that draft is stable and confident. The maps below are
+position × step, grey outside the step's canvas: which tokens were accepted, where the draft's argmax changed,
+each position's entropy (nats), the stop criteria, and where noise went into the step."""
 
 Shown = dict[str, object]  # output name -> value
 # A canvas model's run has no dependency-violation pass; its slots show the canvas's maps instead.
@@ -79,10 +104,12 @@ def render_view(
     run opened or ended; the page then scrubs it without asking the server)."""
     token_text = token_text_for(services, arrays)
     summary = summarise(arrays, text, arrays.run["model"])
-    line = summary.line() + (f" · {device}" if device else "")
+    canvas = is_canvas_run(arrays)
+    # A canvas run's line in its own words: tokens kept, decoder passes, kept tokens re-noised.
+    line = canvas_status_line(arrays, summary.status, forward_passes(services, arrays)) if canvas else summary.line()
+    line += f" · {device}" if device else ""
     # A finished run on a server that runs models can be branched: the token view says how.
     branchable = services.pool is not None and summary.status != "running" and arrays.run.get("id") is not None
-    canvas = is_canvas_run(arrays)
     if canvas:  # a canvas model's run: noise as noise, this step's marks, and the step's draft below
         tokens = render_canvas_tokens(
             arrays,
@@ -104,14 +131,27 @@ def render_view(
     if player:
         marks = None if canvas else checker_marks(arrays, token_text)
         tokens += embed(stored_payload(arrays, token_text, step, marks))
+
+    def worded(fig):  # a canvas run's words, and a tick every other step on the half-width figures
+        if canvas:
+            canvas_figures.in_canvas_words(fig)
+            canvas_figures.step_ticks(fig, arrays.n_steps)
+        return fig
+
     return {
         "status": status_html("ok" if summary.status in ("completed", "running") else "warn", line),
         "tokens": tokens,
         "heat": heat_figure(arrays, metric, step),
-        "order": plots.commit_order_map(arrays, step=step),
-        "bars": plots.tokens_per_step(arrays, step=step),
-        "changes": plots.changes_map(arrays, step=step, token_text=token_text),
+        "order": worded(plots.commit_order_map(arrays, step=step)),
+        "bars": worded(plots.tokens_per_step(arrays, step=step)),
+        "changes": worded(plots.changes_map(arrays, step=step, token_text=token_text)),
     }
+
+
+def forward_passes(services: Services, arrays: RunArrays) -> int | None:
+    """The decoder passes a stored run's steps ran (None: not stored, or no store here)."""
+    store, run_id = getattr(services, "store", None), arrays.run.get("id")
+    return store.forward_passes(int(run_id)) if store is not None and run_id is not None else None
 
 
 def heat_figure(arrays: RunArrays, metric: str, step: int | None):
@@ -147,17 +187,29 @@ def render_analysis(services: Services, arrays: RunArrays, step: int | None, mar
     marker = step if marker is None else marker
     if is_canvas_run(arrays):  # no violations or energies: the canvas's own maps in their slots
         grids = canvas_figures.canvas_grids(arrays)
-        return {
+        figures = {
             "violation_heat": canvas_figures.accepted_map(arrays, step=marker, grids=grids),
             "energy_heat": canvas_figures.flips_map(arrays, step=marker, grids=grids),
             **step_figures(services, arrays, marker),
-            "violation_cost": CANVAS_COST_NOTE,
         }
-    return {
+        return {**analysis_frame(figures, canvas=True), "violation_cost": CANVAS_COST_NOTE}
+    figures = {
         "violation_heat": plots.violation_heatmap(arrays, step=marker),
         "energy_heat": plots.energy_heatmap(arrays, step=marker),
         **step_figures(services, arrays, step),
-        "violation_cost": violation_cost_note(arrays),
+    }
+    return {**analysis_frame(figures, canvas=False), "violation_cost": violation_cost_note(arrays)}
+
+
+def analysis_frame(figures: Shown, canvas: bool) -> Shown:
+    """The analysis section for a masked or a canvas run: `figures` (by slot name) as they are, the
+    section's note, and the pairwise matrices' reading guide (hidden for a canvas run, which has no
+    pairwise matrices). The plots' labels follow the run shown in the page (static/components/
+    player.js, from the player's payload: CANVAS_TITLES), so the API's outputs stay the figures."""
+    return {
+        **figures,
+        "analysis_note": CANVAS_ANALYSIS_NOTE if canvas else ANALYSIS_NOTE,
+        "reading_guide": gr.update(visible=not canvas),
     }
 
 
@@ -222,13 +274,15 @@ def _settings_changed(services: Services, run: dict) -> bool:
     return parent is not None and parent.get("config") != run.get("config")
 
 
-def pending_analysis() -> Shown:
-    """The violations and energies section while a run decodes: says when it will show."""
+def pending_analysis(canvas: bool = False) -> Shown:
+    """The analysis section while a run (of a canvas model: `canvas`) decodes: says when it will show."""
+    titles = CANVAS_TITLES if canvas else ANALYSIS_TITLES
     shown: Shown = {
         name: plots.empty_figure(title, "Shown when the run ends.", f"pending-{title}")
-        for name, title in ANALYSIS_TITLES.items()
+        for name, title in titles.items()
     }
-    return {**shown, "violation_cost": "Cost: measured when the run ends."}
+    cost = CANVAS_COST_NOTE if canvas else "Cost: measured when the run ends."
+    return {**analysis_frame(shown, canvas), "violation_cost": cost}
 
 
 @dataclass

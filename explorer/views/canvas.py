@@ -126,6 +126,25 @@ def stability_threshold(arrays: RunArrays, grids: CanvasGrids | None = None) -> 
     return (float(min(stable)), True) if stable else (None, False)
 
 
+def status_line(arrays: RunArrays, status: str, passes: int | None = None) -> str:
+    """The status line of a canvas run, in its own words: 'run 1 · completed · 18 steps · 24/24
+    tokens kept · 18 decoder passes · 1.33 tokens/pass · 6 kept tokens re-noised' (`passes`: the
+    decoder passes the run's steps ran, None: one a step)."""
+    G, S = arrays.gen_length, arrays.n_steps
+    run_id = arrays.run.get("id")
+    kept = int((arrays.tokens[:, -1] != int(arrays.run["mask_id"])).sum()) if S else 0
+    passes = S if passes is None or passes <= 0 else int(passes)
+    parts = [f"run {run_id}" if run_id is not None else "live run", status, f"{S} steps", f"{kept}/{G} tokens kept"]
+    if passes:
+        parts += [f"{passes} decoder pass" + ("" if passes == 1 else "es"), f"{kept / passes:.2f} tokens/pass"]
+    lost = sum(
+        int((r.renoised & ~r.noise_in).sum()) for r in (canvas_record(arrays, c) for c in range(S)) if r is not None
+    )
+    if lost:
+        parts.append(f"{lost} kept token" + (" re-noised" if lost == 1 else "s re-noised"))
+    return " · ".join(parts)
+
+
 # ---- the draft of a step -----------------------------------------------------------------------------
 
 

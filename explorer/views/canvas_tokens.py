@@ -3,9 +3,10 @@
 A position of the step's canvas that holds noise (the run's mask id in `RunArrays.tokens`) is a
 hatched grey chip showing a noise glyph, never the random token's text: that token is only named
 in the hover. Kept tokens are text, coloured by the step that kept them (as `views.tokens`), and
-this step's accepted positions, re-noised positions and argmax flips are marked. Positions whose
-canvas has not started are the masked placeholder. A run with no canvas record (a streamer's run:
-drafts only) shows its kept tokens and placeholders.
+this step's accepted positions (a ✓ badge and a dark green border, whatever the step colour),
+re-noised positions (the ↺ badge) and argmax flips (a pink top bar) are marked. Positions whose
+canvas has not started are an empty dashed box holding a faint dot. A run with no canvas record (a
+streamer's run: drafts only) shows its kept tokens and masked placeholders.
 
 Canvas spans carry their colour inline and no `data-c`, so the page's player shows them as sent
 (static/components/player.js restyles only spans with `data-c`). Every string from the model or
@@ -30,7 +31,9 @@ NOISE_STYLE = (
     "background: repeating-linear-gradient(135deg, #f1f3f5 0 3px, #dee2e6 3px 6px); color: #868e96; "
     "border: 1px dotted #adb5bd"
 )
-ACCEPTED_COLOUR = "#2f9e44"  # an underline: accepted at this step
+ACCEPTED_COLOUR = "#2b8a3e"  # accepted at this step: a ✓ badge and a border of this colour (static/tokens.css)
+UNSTARTED_GLYPH = "·"
+UNSTARTED_STYLE = "background: transparent; color: #adb5bd; border: 1px dashed #adb5bd"
 RENOISED_COLOUR = "#e8590c"  # as the ↺ badge of re-masked tokens (static/tokens.css)
 BEFORE_ANY_STEP = -1
 
@@ -88,8 +91,7 @@ class CanvasTokens:
             i = position - record.start
             notes += _step_notes(record, i, self.token_text, int(self.arrays.steps[column]))
             if record.accepted[i]:
-                classes.append("accepted")
-                shadows.append(f"inset 0 -3px 0 {ACCEPTED_COLOUR}")
+                classes.append("accepted")  # static/tokens.css: the ✓ badge and a dark green border
             if record.flipped[i] and record.step > 0:
                 classes.append("flipped")
                 shadows.append(f"inset 0 3px 0 {DRAFT_FLIP_COLOUR}")
@@ -184,7 +186,7 @@ def canvas_legend(hint: str = "") -> str:
     """One line explaining a canvas run's token view."""
     gradient = ", ".join(STEP_RAMP)
     noise = f'<span class="tok noise" style="{NOISE_STYLE}">{NOISE_GLYPH}</span>'
-    accepted = f'<span class="tok" style="box-shadow: inset 0 -3px 0 {ACCEPTED_COLOUR}">word</span>'
+    accepted = '<span class="tok kept accepted" style="background: #35b779; color: #000000">word</span>'
     lost = (
         f'<span class="tok noise remasked" data-remasks="1" style="{NOISE_STYLE}; '
         f'outline: 2px dashed {RENOISED_COLOUR}">{NOISE_GLYPH}</span>'
@@ -194,15 +196,21 @@ def canvas_legend(hint: str = "") -> str:
     return (
         '<div class="tokens-legend canvas-legend"><span class="legend-colour">colour = step at which the token was '
         f'kept: early → late <span class="ramp" style="background: linear-gradient(to right, {gradient})"></span>; '
-        f"</span>{noise} = noise (a random token, named in the hover); {accepted} = accepted at this step; "
-        f"{lost} ↺ = re-noised: lost its kept token at this step; {flip} = its argmax changed at this step; "
-        f'<span class="tok masked">{MASK_GLYPH}</span> = canvas not started; below: the step\'s draft (argmax)'
-        f"{tail}</div>"
+        f"</span>{noise} = noise (a random token, named in the hover); {accepted} ✓ = accepted at this step; "
+        f"{lost} ↺ = re-noised: lost its kept token at this step; {flip} pink top bar = its argmax changed at "
+        f"this step; {_unstarted_chip()} empty dashed box = its canvas has not started; below: the step's draft "
+        f"(argmax){tail}</div>"
     )
 
 
 def not_started(position: int) -> str:
-    return placeholder(position, "its canvas has not started")
+    """An empty dashed box with a faint dot: nothing there yet (unlike noise, which is a random token)."""
+    return _unstarted_chip(f"position {position} · its canvas has not started")
+
+
+def _unstarted_chip(tip: str = "") -> str:
+    title = f' data-tip="{_esc(tip)}"' if tip else ""
+    return f'<span class="tok unstarted" style="{UNSTARTED_STYLE}"{title}>{UNSTARTED_GLYPH}</span>'
 
 
 def placeholder(position: int, why: str) -> str:

@@ -68,6 +68,7 @@ def stored_payload(
         "open": last if open_step is None else min(max(int(open_step), steps[0] if steps else 0), last),
         "entropy_top": _entropy_top(arrays),
         "checked": marks is not None,
+        "canvas": canvas,  # the page's key says what a canvas run's colours and marks mean
         # a gated run's line per step (a canvas run's draft), in the `.gate-line` under the tokens
         **({"gates": {str(k): v for k, v in gates.items()}} if gates else {}),
     }

@@ -20,11 +20,18 @@ const COLOUR_BY = {
   checker: "story checker: ✓ fine · ✗ blamed · ! involved",
 };
 const SPEEDS = [1, 2, 4, 8, 16, 32];
+// A canvas model's run fills the analysis section's plots with the canvas's maps: their labels, by
+// elem_id (as explorer/ui/view.py CANVAS_TITLES). A masked run gets the labels the page was built with.
+const CANVAS_LABELS = {
+  "violation-heatmap": "Accepted tokens", "energy-heatmap": "Argmax flips", "pairwise-s": "Entropy of the canvas",
+  "pairwise-a": "Stop criteria", "candidates": "Noise going in",
+};
 
 const state = {
   key: null, run: null, G: 0, steps: [], starts: [], html: [], index: 0, follow: true, done: false,
   colour: "step", speed: 4, timer: null, entropyTop: 1, checked: false, notify: null, url: null,
   meta: [], styled: [], styleKey: "", shown: [], nodes: null, heatCols: [], heatSteps: [], gates: {},
+  canvas: false,
 };
 const host = element.closest("#tokens") || element;  // the component's container (its elem_id)
 host.explorerPlayer = state;
@@ -45,7 +52,7 @@ function load(payload) {
       meta: Array.from({length: payload.G}, () => []), styled: Array.from({length: payload.G}, () => []),
       shown: new Int32Array(payload.G).fill(-1), nodes: null, lineStep: undefined, lineKey: "",
       heatCols: [], heatSteps: [], gates: {},
-      entropyTop: payload.entropy_top || 1, checked: !!payload.checked,
+      entropyTop: payload.entropy_top || 1, checked: !!payload.checked, canvas: !!payload.canvas,
     });
     stop();
   }
@@ -255,6 +262,16 @@ function updateBar() {
   if (href) link.href = href;
   bar.querySelector(".pl-play").textContent = state.timer ? "❚❚ Pause" : "▶ Play";
   bar.querySelector(".pl-play").setAttribute("aria-label", state.timer ? "Pause" : "Play");
+  // A canvas model's run: its spans carry their own colour and marks (explorer/views/canvas_tokens.py),
+  // so there is no colouring to pick and the key says what those mean.
+  bar.querySelector(".pl-colour-label").style.display = state.canvas ? "none" : "";
+  if (state.canvas) {
+    bar.querySelector(".pl-key").innerHTML = "colour = the step the token was kept at: early → late " +
+      '<span class="ramp pl-ramp pl-ramp-step"></span>' + (step === null ? "" : `; what step ${step} did: ` +
+      '<b class="pl-key-accepted">✓</b> accepted · <b class="pl-key-renoised">↺</b> re-noised · ' +
+      '<span class="pl-key-flip">pink top bar</span> = argmax changed (key under the tokens)');
+    return;
+  }
   const key = COLOUR_BY[state.colour];
   bar.querySelector(".pl-key").innerHTML =
     `colour = ${key} <span class="ramp pl-ramp pl-ramp-${state.colour}"></span>` +
@@ -296,6 +313,18 @@ function markPicked() {
 function renderGate() {
   const line = $(".gate-line");
   if (line) line.innerHTML = state.gates[String(state.steps.length ? state.steps[state.index] : -1)] || "";
+}
+
+// The analysis plots' labels for the run shown (Gradio draws a label as an icon, then a text node).
+function relabel() {
+  for (const [id, canvasLabel] of Object.entries(CANVAS_LABELS)) {
+    const label = document.querySelector(`#${id} [data-testid="block-label"]`);
+    const text = label && Array.from(label.childNodes).reverse().find((node) => node.nodeType === Node.TEXT_NODE);
+    if (!text) continue;
+    if (label.dataset.maskedLabel === undefined) label.dataset.maskedLabel = text.data.trim();
+    const want = state.canvas ? canvasLabel : label.dataset.maskedLabel;
+    if (text.data.trim() !== want) text.data = ` ${want}`;
+  }
 }
 
 function show(moved) {
@@ -421,7 +450,7 @@ if (!window.explorerPlayerKeys) {
   });
 }
 state.go = go;
-state.feed = (payload) => { load(payload); show(false); };  // what a new value does (benchmarks, tests)
+state.feed = (payload) => { load(payload); relabel(); show(false); };  // what a new value does (benchmarks, tests)
 state.toggle = () => (state.timer ? stop() : play());
 
 // A click on a token: its position, the run and the step shown, to the server (the branch panel).
@@ -441,10 +470,12 @@ function refresh() {
   const payload = readPayload();
   if (!payload) {  // a view the server drew whole (no run, or the API's): shown as it came
     stop();
-    Object.assign(state, {key: null, run: null, G: 0, steps: [], nodes: null});
+    Object.assign(state, {key: null, run: null, G: 0, steps: [], nodes: null, canvas: false});
+    relabel();
     return;
   }
   load(payload);
+  relabel();
   ensureBar();
   show(false);
 }
