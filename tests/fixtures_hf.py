@@ -301,64 +301,16 @@ def write_config(path: Path, models: list[dict], ar_scorers: list[dict] | None =
 
 
 # ---- DiffusionGemma (transformers, no remote code) -------------------------------------------------
-GEMMA_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")
-GEMMA_VOCAB = 128  # the last three ids: <boi>, <eoi>, <image>
-
-
-def gemma_words() -> list[str]:
-    """The story words of the embedded model's vocabulary: a random DiffusionGemma over them shows
-    words, not ids, in the app (its weights are random: the words mean nothing)."""
-    from models import EMBEDDED_DIR
-
-    words = json.loads((EMBEDDED_DIR / "vocab.json").read_text())["vocab"]
-    return [w for w in words if not w.startswith("<")]
+GEMMA_VOCAB = 128  # models/gemma_story.py's vocabulary: the story words, the last three ids multimodal
 
 
 def build_gemma(parent: Path, seed: int = 0, **generation) -> Path:
-    """A tiny random DiffusionGemma (bench/bench_gemma_gpu.py's TINY text shape, a 128-word
-    vocabulary, canvases of 8) with a word-level tokenizer and a generation config."""
-    import transformers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.models.diffusion_gemma import generation_diffusion_gemma as tf_gen
+    """A tiny random DiffusionGemma (hidden 32, canvases of 8, 24 new tokens, 6 steps per canvas,
+    entropy bound 1.0) with models/gemma_story.py's word-level tokenizer: the story model's shape
+    without its training, so its outputs carry no meaning and every test can build one."""
+    from models import gemma_story
 
     folder = unique(parent, "gemma")
-    vocab = {tok: i for i, tok in enumerate(GEMMA_SPECIALS)}
-    for word in gemma_words():
-        vocab[word] = len(vocab)
-    while len(vocab) < GEMMA_VOCAB - 3:
-        vocab[f"<unused{len(vocab)}>"] = len(vocab)
-    for tok in ("<boi>", "<eoi>", "<image>"):
-        vocab[tok] = len(vocab)
-    extra = [t for t in vocab if t.startswith("<") and t not in GEMMA_SPECIALS]
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=_wordlevel(vocab, "<unk>"),
-        pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>", additional_special_tokens=extra,
-    )  # fmt: skip
-    tokenizer.save_pretrained(folder)
-    text = dict(
-        vocab_size=GEMMA_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, global_head_dim=16, max_position_embeddings=128, sliding_window=16,
-        layer_types=["sliding_attention", "full_attention"], pad_token_id=0, eos_token_id=1, bos_token_id=2,
-        num_experts=2, top_k_experts=1, moe_intermediate_size=32, tie_word_embeddings=False,
-    )  # fmt: skip
-    vision = dict(
-        model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, head_dim=8,
-    )  # fmt: skip
-    config = transformers.DiffusionGemmaConfig(
-        text_config=text, vision_config=vision, canvas_length=8, image_token_id=GEMMA_VOCAB - 1,
-        boi_token_id=GEMMA_VOCAB - 3, eoi_token_id=GEMMA_VOCAB - 2, tie_word_embeddings=False,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = transformers.DiffusionGemmaForBlockDiffusion(config).eval()
-    settings = dict(
-        max_new_tokens=24, max_denoising_steps=6, t_min=0.4, t_max=0.8, stability_threshold=1,
-        confidence_threshold=0.05, eos_token_id=1, pad_token_id=0,
-    )  # fmt: skip
-    settings.update(generation)
-    bound = settings.pop("entropy_bound", 1.0)
-    model.generation_config = tf_gen.DiffusionGemmaGenerationConfig(
-        sampler_config=tf_gen.EntropyBoundSamplerConfig(entropy_bound=bound), **settings
-    )
-    model.save_pretrained(folder)
+    settings = {"max_denoising_steps": 6, "entropy_bound": 1.0, **generation}
+    gemma_story.build(folder, hidden=32, seed=seed, **settings).save_pretrained(folder)
     return folder

@@ -18,12 +18,15 @@ branch_child.png (the branch decoded), branch_compare.png (with its parent, at t
 branch_runs_tree.png (the Runs tab with the branches under their parent) and
 branch_panel_mobile.png (390 x 844, a token tapped); XDLM: xdlm_full.png (an embedded-xdlm run with
 revisions) and xdlm_compare.png (that run against the MDLM on the same prompt and seed), and
-docs/screenshot_xdlm.png (the tokens with a revised token's history up, and the changes map).
+docs/screenshot_xdlm.png (the tokens with a revised token's history up, and the changes map);
+DiffusionGemma (the story-gemma example on its own server): gemma_full.png and docs/screenshot_gemma.png
+(a middle step's noise chips, accepted tokens and draft, over the canvas maps).
 Skipped when /usr/bin/chromium or playwright is missing.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import os
@@ -1130,3 +1133,137 @@ def test_a_gated_run_says_what_each_step_kept(page, artifacts):
     speed = page.inner_text("#speed")
     assert "model calls per token" in speed, speed
     page.screenshot(path=artifacts / "lookahead_gate.png", full_page=True)
+
+
+# ---- a uniform-noise canvas model (DiffusionGemma) -----------------------------------------------
+
+CANVAS_LINE_JS = """() => { const line = document.querySelector('#tokens .tokens-line');
+  const count = (s) => line ? line.querySelectorAll(s).length : 0;
+  return {noise: count('.tok.noise'), kept: count('.tok.kept'), accepted: count('.tok.accepted'),
+          unstarted: count('.tok.unstarted')}; }"""
+# The analysis plots' labels (Gradio's block labels, which the page's player sets for a canvas run).
+PLOT_LABELS_JS = """() => ['violation-heatmap', 'energy-heatmap', 'pairwise-s', 'pairwise-a', 'candidates'].map(
+  id => document.querySelector(`#${id} [data-testid="block-label"]`).textContent.trim())"""
+
+
+def stacked_screenshot(page, path: Path, *regions: tuple[str, str]) -> None:
+    """One picture of several full-width regions of the page (each from the top of one element to
+    the bottom of another), stacked top to bottom with a grey rule where the page was cut."""
+    shots = []
+    for top, bottom in regions:
+        first, last = page.locator(top).bounding_box(), page.locator(bottom).bounding_box()
+        scroll = page.evaluate("window.scrollY")
+        height = last["y"] + last["height"] - first["y"] + 16
+        clip = {"x": 0, "y": first["y"] + scroll - 8, "width": VIEWPORT["width"], "height": height}
+        shots.append(base64.b64encode(page.screenshot(full_page=True, clip=clip)).decode())
+    sheet = page.context.new_page()
+    try:
+        rule = '<hr style="margin: 0; border: 0; border-top: 6px double #adb5bd">'
+        images = [f'<img style="display: block" src="data:image/png;base64,{shot}">' for shot in shots]
+        sheet.set_content(f'<body style="margin: 0; background: white">{rule.join(images)}</body>')
+        sheet.wait_for_function("() => Array.from(document.images).every(image => image.complete)")
+        sheet.screenshot(path=path, full_page=True)
+    finally:
+        sheet.close()
+
+
+def test_a_canvas_model_shows_noise_accepted_tokens_and_its_draft(browser, tmp_path, artifacts):
+    """story-gemma (the tiny DiffusionGemma trained on the story grammar, committed in
+    models/embedded/gemma) offered by examples/models/story-gemma.toml: picking it sets the form to
+    its own settings, a run decodes, and a middle step shows noise chips, accepted tokens, the
+    draft line and the canvas heatmaps (docs/screenshot_gemma.png)."""
+    from explorer.adapters.registry import load_registry
+    from explorer.views.canvas import canvas_record
+
+    registry = load_registry(DOCS.parent / "examples" / "models" / "story-gemma.toml")
+    with running_app(tmp_path, registry=registry) as (services, url):
+        context = browser.new_context(viewport=VIEWPORT)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        try:
+            page.goto(url)
+            page.wait_for_selector("#run-btn")
+            # Picking the model fills the form with its own settings.
+            choose(page, "Model", "story-gemma")
+            page.wait_for_function("() => document.querySelector('#gen-length input').value === '24'")
+            assert page.get_by_label("Block length (0 = one block)", exact=True).input_value() == "8"
+            assert page.input_value("#steps input") == "24"
+            assert page.input_value("#strategy input") == "eb"
+            assert not page.locator("#violations input").is_checked()
+
+            status = run_and_wait(page)
+            assert "completed" in status, status
+            run_id = run_id_of(status)
+            page.wait_for_function("() => document.querySelector('#tokens').explorerPlayer.key.startsWith('run-')")
+            for figure in ("#heatmap", "#order", "#bars", "#changes"):
+                plot_drawn(page, figure)
+
+            # A step of the second canvas with both noise and accepted tokens (the first canvas kept
+            # before it, the third not started).
+            arrays = services.store.read_arrays(run_id)
+            records = [(column, canvas_record(arrays, column)) for column in range(arrays.n_steps)]
+            mixed = [
+                column
+                for column, record in records
+                if record is not None and record.accepted.any() and not record.accepted.all()
+            ]
+            assert mixed, "no step both accepted and re-noised tokens"
+            second = [column for column in mixed if records[column][1].canvas == 1]
+            step = int(arrays.steps[(second or mixed)[len(second or mixed) // 2]])
+            show_step(page, step)
+            shown = page.evaluate(CANVAS_LINE_JS)
+            assert shown["noise"] > 0 and shown["accepted"] > 0, shown
+            assert "draft (argmax) at step" in page.inner_text("#tokens .canvas-draft")
+            legend = page.inner_text("#tokens .canvas-legend")
+            assert "noise" in legend and "accepted at this step" in legend, legend
+            assert shown["unstarted"] > 0, shown  # the third canvas: empty dashed boxes, not noise
+            noise_tip = tooltip_of(page, page.locator("#tokens .tokens-line .tok.noise").first)
+            assert "noise" in noise_tip, noise_tip
+            page.mouse.move(0, 0)
+            # The player's key and the analysis section speak of the canvas, not of a masked run.
+            key = page.inner_text("#tokens .pl-key")
+            assert "kept at" in key and "✓" in key and "outlined" not in key, key
+            assert not page.locator("#tokens .pl-colour-label").is_visible()
+            canvas_labels = [
+                "Accepted tokens",
+                "Argmax flips",
+                "Entropy of the canvas",
+                "Stop criteria",
+                "Noise going in",
+            ]
+            assert page.evaluate(PLOT_LABELS_JS) == canvas_labels
+            assert "What each step did to its canvas" in page.inner_text("#analysis-note")
+            assert not page.locator("#reading-guide").is_visible()
+
+            # The screenshot: the tokens at that step, then the canvas maps (the analysis slots).
+            DOCS.mkdir(exist_ok=True)
+            # (the maps' step markers are the page's; the per-step figures are drawn again by the server)
+            page.wait_for_function(f"() => ({MARKER_TAGS_JS})()['energy-heatmap'] === 'step {step}'")
+            page.wait_for_function(f"""() => ['#pairwise-s', '#pairwise-a', '#candidates'].every(id =>
+                Array.from(document.querySelectorAll(`${{id}} .annotation-text`))
+                     .some(t => t.textContent === 'step {step}'))""")
+            stacked_screenshot(
+                page, DOCS / "screenshot_gemma.png", ("#status", "#tokens"), ("#analysis-note", "#candidates")
+            )
+            page.screenshot(path=artifacts / "gemma_full.png", full_page=True)
+
+            # A masked run shown next puts the masked run's labels, note and guide back.
+            masked = run_id_of(
+                Client(url, verbose=False).predict(*decode_args(gen_length=16, steps=4), api_name="/decode")[0]
+            )
+            open_tab(page, "Runs")
+            page.get_by_role("button", name="Refresh").click()
+            wait_for_table_row(page, masked)
+            set_number(page, "#selected-run input", masked)
+            page.get_by_role("button", name="Open in Decode").click()
+            page.wait_for_function(f"document.querySelector('#status').innerText.includes('run {masked} ·')")
+            page.wait_for_function(f"() => document.querySelector('#tokens').explorerPlayer.run === {masked}")
+            assert page.evaluate(PLOT_LABELS_JS)[0] == "Dependency violations"
+            assert "Dependency violations and energies" in page.inner_text("#analysis-note")
+            assert page.locator("#reading-guide").is_visible()
+            assert page.locator("#tokens .pl-colour-label").is_visible()
+        finally:
+            context.close()
+    assert not errors, f"JavaScript errors in the page: {errors}"
