@@ -407,3 +407,26 @@ def test_a_masked_run_gets_the_analysis_labels_back():
     # the page's player relabels the plots by elem_id with the same words
     player = (Path(__file__).resolve().parents[1] / "static" / "components" / "player.js").read_text()
     assert all(f'"{label}"' in player for label in CANVAS_TITLES.values())
+
+
+def test_the_live_view_draws_noise_and_unstarted_canvases():
+    """While a canvas run decodes, the live frames draw its canvas's noise as noise chips (a re-noised
+    kept token outlined) and canvases not yet started as empty boxes, never as masked ▒."""
+    from explorer.views.player import LivePlayer
+
+    records = canvas_records()
+    live = LivePlayer("live-1", G, NOISE, token_text, "confidence", canvas=True)
+    first = live.frame(records[:1], 1)
+    initial = [seg for seg in first["seg"] if seg[1] == -1]
+    assert len(initial) == G and all("unstarted" in seg[2] and "░" not in seg[2] for seg in initial)
+    step0 = {seg[0]: seg[2] for seg in first["seg"] if seg[1] == 0}
+    canvas = records[0].extras.canvas
+    for i in range(canvas.size):
+        span = step0[canvas.start + i]
+        assert ("tok noise" in span) == (not canvas.accepted[i]), span  # accepted: its token; else noise
+    later = live.frame(records[1:], 1)
+    lost = {int(p) for r in records[1:] for p in r.remasked}
+    assert lost, "the hand-built run re-noises a kept token"
+    renoised = [seg for seg in later["seg"] if seg[0] in lost and "remasked" in seg[2]]
+    assert renoised and all("░" in seg[2] and "outline" in seg[2] for seg in renoised)
+    assert not any("▒" in seg[2] for seg in first["seg"] + later["seg"])

@@ -348,7 +348,8 @@ class _DecodeHandlers:
         job_id, bind = handle.job.job_id, self.view.bind
         began, last, new = time.monotonic(), 0.0, []
         spec = self.services.models[run["model"]]
-        live = LivePlayer(f"live-{job_id}", run["gen_length"], run["mask_id"], spec.token_text, metric)
+        canvas = getattr(spec, "canvas", None) is not None
+        live = LivePlayer(f"live-{job_id}", run["gen_length"], run["mask_id"], spec.token_text, metric, canvas)
         what = "Decoding" if parent is None else f"Decoding the branch of run {parent}"
         yield bind(
             {

@@ -203,6 +203,14 @@ def canvas_legend(hint: str = "") -> str:
     )
 
 
+def live_noise(position: int, step: int, lost: bool) -> str:
+    """A noise chip of a run still decoding (the live view: no hover detail until the run ends)."""
+    tip = f"position {position} · noise after step {step}" + (" · its kept token was re-noised" if lost else "")
+    style = NOISE_STYLE + (f"; outline: 2px dashed {RENOISED_COLOUR}" if lost else "")
+    classes, badge = ("tok noise remasked", ' data-remasks="1"') if lost else ("tok noise", "")
+    return f'<span class="{classes}"{badge} style="{style}" data-tip="{_esc(tip)}">{NOISE_GLYPH}</span>'
+
+
 def not_started(position: int) -> str:
     """An empty dashed box with a faint dot: nothing there yet (unlike noise, which is a random token)."""
     return _unstarted_chip(f"position {position} · its canvas has not started")

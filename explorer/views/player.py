@@ -33,7 +33,7 @@ import numpy as np
 from explorer.decoding.records import StepRecord
 from explorer.store.arrays import RunArrays
 from explorer.views.canvas import draft_lines, is_canvas_run
-from explorer.views.canvas_tokens import canvas_segments
+from explorer.views.canvas_tokens import canvas_segments, live_noise, not_started
 from explorer.views.changes import Revision
 from explorer.views.tokens import MASK_GLYPH, TokenContext, commit_tooltip, gate_lines
 from explorer.views.verdict import TokenMark
@@ -123,8 +123,17 @@ class LivePlayer:
     """The token view's segments of a run that is still decoding, frame by frame: each frame
     carries only the steps that arrived since the last one."""
 
-    def __init__(self, key: str, gen_length: int, mask_id: int, token_text: Callable[[int], str], metric: str) -> None:
+    def __init__(
+        self,
+        key: str,
+        gen_length: int,
+        mask_id: int,
+        token_text: Callable[[int], str],
+        metric: str,
+        canvas: bool = False,
+    ) -> None:
         self.key, self.G, self.mask_id, self.token_text, self.metric = key, gen_length, mask_id, token_text, metric
+        self.canvas = canvas  # a canvas model's run: noise drawn as noise, unstarted canvases as empty boxes
         self.current = np.full(gen_length, mask_id, dtype=np.int64)  # (G,) the sequence so far
         self.prob = np.full(gen_length, np.nan, dtype=np.float32)  # (G,) p of the token standing there
         self.started = False
@@ -133,7 +142,8 @@ class LivePlayer:
         """The new steps' segments (the first frame resets the page's copy of the run)."""
         segments, steps, heat = [], [], []
         if not self.started:
-            segments = [[p, BEFORE_ANY_STEP, _masked(p)] for p in range(self.G)]
+            blank = not_started if self.canvas else _masked
+            segments = [[p, BEFORE_ANY_STEP, blank(p)] for p in range(self.G)]
         for record in records:
             masked = self.current == self.mask_id  # (G,) before this step
             heat.append(_column(getattr(record, self.metric), masked))
@@ -181,6 +191,8 @@ class LivePlayer:
                 [position, record.step, f'<span class="{classes}"{badge}{attrs} data-tip="{_esc(tip)}">{text}</span>']
             )
             self.current[position], self.prob[position] = token, prob
+        if record.extras.canvas is not None:
+            return out + self._noise(record)
         for position, token in zip(record.remasked.tolist(), record.remasked_tokens.tolist()):
             note = f"position {position} · re-masked at step {record.step}: took away '{self.token_text(token)}'"
             out.append(
@@ -192,6 +204,17 @@ class LivePlayer:
             )
             self.current[position], self.prob[position] = self.mask_id, np.nan
         return out
+
+    def _noise(self, record: StepRecord) -> list[list]:
+        """A canvas step: its re-noised positions and every position of its canvas still noise."""
+        canvas, lost = record.extras.canvas, set(record.remasked.tolist())
+        self.current[record.remasked], self.prob[record.remasked] = self.mask_id, np.nan
+        positions = range(canvas.start, canvas.start + canvas.size)
+        return [
+            [p, record.step, live_noise(p, record.step, p in lost)]
+            for p in positions
+            if self.current[p] == self.mask_id
+        ]
 
 
 def embed(payload: dict) -> str:
