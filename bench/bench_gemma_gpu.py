@@ -180,19 +180,6 @@ def build_model(args, torch, device, dtype):
     return model
 
 
-class IdsCodec:
-    """The random model has no tokenizer: ids as text (the engine only needs ids)."""
-
-    def encode(self, text: str) -> list[int]:
-        return [int(word) for word in text.split()]
-
-    def decode(self, ids) -> str:
-        return " ".join(str(int(i)) for i in ids)
-
-    def token_text(self, token_id: int) -> str:
-        return str(int(token_id))
-
-
 class PassCounter:
     """Decoder calls, counted by a forward pre-hook on the decoder (both generate and the driver call it)."""
 
@@ -213,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from explorer.adapters.diffusion_gemma import GemmaDenoiser
+    from explorer.adapters.diffusion_gemma import GemmaDenoiser, IdsCodec
     from explorer.decoding.canvas_engine import iter_canvas_steps
     from explorer.decoding.canvas_settings import canvas_config
 

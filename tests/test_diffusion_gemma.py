@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import transformers
 from transformers.models.diffusion_gemma import generation_diffusion_gemma as tf_gen
 
-from explorer.adapters.diffusion_gemma import GemmaDenoiser, load_gemma
+from explorer.adapters.diffusion_gemma import GemmaDenoiser, IdsCodec, load_gemma
 from explorer.adapters.errors import ModelLoadError
 from explorer.api import prepare
 from explorer.decoding import entropy_bound as rule
@@ -144,22 +144,9 @@ def reference(model, ids: torch.Tensor, seed: int, **settings):
     return out, streamer.drafts
 
 
-class Codec:
-    """The tiny model has no tokenizer: ids as text."""
-
-    def encode(self, text: str) -> list[int]:
-        return [int(word) for word in text.split()]
-
-    def decode(self, ids) -> str:
-        return " ".join(str(int(i)) for i in ids)
-
-    def token_text(self, token_id: int) -> str:
-        return str(int(token_id))
-
-
 @pytest.fixture(scope="module")
 def denoiser(model) -> GemmaDenoiser:
-    return GemmaDenoiser("tiny-gemma", model, Codec(), torch.device("cpu"))
+    return GemmaDenoiser("tiny-gemma", model, IdsCodec(), torch.device("cpu"))
 
 
 def engine_config(denoiser: GemmaDenoiser, seed: int, **settings) -> DecodeConfig:

@@ -20,8 +20,6 @@ The generation settings a run uses default to the model's generation config (`ca
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,46 +34,10 @@ from explorer.decoding.canvas_settings import CanvasDefaults
 FAMILY = "diffusion_gemma"
 MAX_CANVAS_LENGTH = 4096  # a canvas is one decoder pass; longer ones are configuration mistakes
 MAX_DENOISING_STEPS = 1024  # steps per canvas
-IMAGE_KWARGS = ("pixel_values", "image_position_ids", "mm_token_type_ids", "mm_encoder_outputs")
-# generation settings a caller may override; anything else is refused rather than silently ignored
-SETTINGS = (
-    "max_new_tokens",
-    "max_length",
-    "max_denoising_steps",
-    "entropy_bound",
-    "t_min",
-    "t_max",
-    "stability_threshold",
-    "confidence_threshold",
-    "eos_token_id",
-    "pad_token_id",
-)
 
 
 class GemmaInputError(ValueError):
     """A prompt or a setting DiffusionGemma cannot run; the message is one line saying what to change."""
-
-
-@dataclass(frozen=True)
-class GemmaSettings:
-    """The generation settings a run used: the model's generation config, then the caller's overrides."""
-
-    canvas_length: int
-    vocab_size: int
-    max_new_tokens: int
-    max_length: int
-    max_denoising_steps: int
-    entropy_bound: float
-    t_min: float | None
-    t_max: float | None
-    stability_threshold: int | None
-    confidence_threshold: float | None
-    eos_token_id: list[int] | None
-    pad_token_id: int | None
-
-    @property
-    def canvases(self) -> int:
-        return math.ceil(self.max_new_tokens / self.canvas_length)
 
 
 def load_gemma(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Any:
@@ -112,52 +74,19 @@ def _check_canvas_length(canvas_length: Any, where: Any) -> None:
         raise ModelLoadError(f"{where}: canvas_length {canvas_length!r} is out of range 1..{MAX_CANVAS_LENGTH}")
 
 
-def gemma_settings(model: Any, prompt_length: int, **overrides: Any) -> GemmaSettings:
-    """The settings `generate(**overrides)` would use: the model's generation config, transformers'
-    global defaults for what it leaves unset, then the overrides (`entropy_bound` sets the sampler).
-
-    Resolved by the model's own `_prepare_generation_config` and `_prepare_generated_length`, so the
-    precedence (and the max_length / max_new_tokens rule) is exactly generate's."""
-    unknown = sorted(set(overrides) - set(SETTINGS))
-    if unknown:
-        raise GemmaInputError(f"unknown DiffusionGemma setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if "entropy_bound" in overrides:
-        from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
-
-        overrides["sampler_config"] = EntropyBoundSamplerConfig(entropy_bound=float(overrides.pop("entropy_bound")))
+def _generation_config(model: Any) -> Any:
+    """The generation config `generate()` would use: the model's own, transformers' defaults for what
+    it leaves unset (resolved by the model's `_prepare_generation_config`: generate's precedence)."""
     _check_canvas_length(model.config.canvas_length, "model config")
-    steps = overrides.get("max_denoising_steps")
-    if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= MAX_DENOISING_STEPS):
-        raise GemmaInputError(f"max_denoising_steps {steps!r} is out of range 1..{MAX_DENOISING_STEPS}")
     try:
-        config, model_kwargs = model._prepare_generation_config(None, **overrides)
-        max_length, max_new_tokens = model._prepare_generated_length(config, prompt_length)
+        config, _ = model._prepare_generation_config(None)
     except ValueError as error:  # transformers' own validation (t_min > t_max, negative thresholds, ...)
-        raise GemmaInputError(str(error).splitlines()[0]) from None
-    if model_kwargs:
-        raise GemmaInputError(f"settings not understood by DiffusionGemma: {', '.join(sorted(model_kwargs))}")
+        raise ModelLoadError(f"the generation config: {str(error).splitlines()[0]}") from None
     if not 1 <= config.max_denoising_steps <= MAX_DENOISING_STEPS:
-        raise GemmaInputError(
+        raise ModelLoadError(
             f"max_denoising_steps {config.max_denoising_steps} is out of range 1..{MAX_DENOISING_STEPS}"
         )
-    if max_new_tokens is None or max_new_tokens < 1:
-        raise GemmaInputError(f"max_new_tokens {max_new_tokens!r} leaves nothing to generate")
-    eos = config.eos_token_id
-    return GemmaSettings(
-        canvas_length=model.config.canvas_length,
-        vocab_size=model.config.text_config.vocab_size,
-        max_new_tokens=max_new_tokens,
-        max_length=max_length,
-        max_denoising_steps=config.max_denoising_steps,
-        entropy_bound=config.sampler_config.entropy_bound,
-        t_min=config.t_min,
-        t_max=config.t_max,
-        stability_threshold=config.stability_threshold,
-        confidence_threshold=config.confidence_threshold,
-        eos_token_id=None if eos is None else ([eos] if isinstance(eos, int) else list(eos)),
-        pad_token_id=config.pad_token_id,
-    )
+    return config
 
 
 def _encode(model: Any, ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> Any:
@@ -231,18 +160,32 @@ class GemmaSession:
 
 
 def canvas_defaults(model: Any) -> CanvasDefaults:
-    """The defaults of a loaded model, resolved by its own `_prepare_generation_config` (generate's precedence)."""
-    settings = gemma_settings(model, prompt_length=1)
+    """The settings a run of a loaded model uses unless told otherwise (what its `generate()` uses)."""
+    config = _generation_config(model)
+    _, max_new_tokens = model._prepare_generated_length(config, 1)
     return CanvasDefaults(
-        canvas_length=settings.canvas_length,
-        max_new_tokens=settings.max_new_tokens,
-        max_denoising_steps=settings.max_denoising_steps,
-        entropy_bound=settings.entropy_bound,
-        t_min=settings.t_min,
-        t_max=settings.t_max,
-        stability_threshold=settings.stability_threshold,
-        confidence_threshold=settings.confidence_threshold,
+        canvas_length=model.config.canvas_length,
+        max_new_tokens=max_new_tokens,
+        max_denoising_steps=config.max_denoising_steps,
+        entropy_bound=config.sampler_config.entropy_bound,
+        t_min=config.t_min,
+        t_max=config.t_max,
+        stability_threshold=config.stability_threshold,
+        confidence_threshold=config.confidence_threshold,
     )
+
+
+class IdsCodec:
+    """Text as token ids ("2 17 40"): for a checkpoint with no tokenizer (a test's, the GPU bench's)."""
+
+    def encode(self, text: str) -> list[int]:
+        return [int(word) for word in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    def token_text(self, token_id: int) -> str:
+        return str(int(token_id))
 
 
 class GemmaDenoiser:
@@ -258,7 +201,7 @@ class GemmaDenoiser:
         self.mask_id = self.vocab_size  # no token of the model: "this position holds noise"
         self.canvas_length = model.config.canvas_length
         self.context_length = model.config.text_config.max_position_embeddings
-        config = model._prepare_generation_config(None)[0]
+        config = _generation_config(model)
         eos = config.eos_token_id
         self.eos_ids = () if eos is None else ((eos,) if isinstance(eos, int) else tuple(eos))
         self.pad_id = config.pad_token_id

@@ -150,57 +150,24 @@ def stop_criteria(arrays: RunArrays, step: int | None = None, grids: CanvasGrids
         return empty_figure(title, NO_RECORDS, revision)
     steps = np.asarray(arrays.steps, dtype=np.int64)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1)
-    fig.add_trace(
-        go.Scatter(
-            x=steps,
-            y=_series(grids.mean_entropy),
-            mode="lines+markers",
-            name="mean entropy",
-            line=dict(color=ENTROPY_COLOUR),
-            hovertemplate="step %{x}<br>mean entropy %{y:.4f} nats<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
+
+    def line(y, name: str, colour: str, hover: str, row: int, dashed: bool = False) -> None:
+        style = dict(color=colour, dash="dash") if dashed else dict(color=colour, shape="hv" if row == 2 else "linear")
+        mode = "lines" if dashed else "lines+markers"
+        trace = go.Scatter(x=steps, y=y, mode=mode, name=name, line=style, hovertemplate=hover + "<extra></extra>")
+        fig.add_trace(trace, row=row, col=1)
+
+    line(_series(grids.mean_entropy), "mean entropy", ENTROPY_COLOUR, "step %{x}<br>mean entropy %{y:.4f} nats", 1)
     if np.isfinite(grids.threshold).any():
-        fig.add_trace(
-            go.Scatter(
-                x=steps,
-                y=_series(grids.threshold),
-                mode="lines",
-                name="confidence threshold",
-                line=dict(color=ENTROPY_COLOUR, dash="dash"),
-                hovertemplate="step %{x}<br>confidence threshold %{y:.4f} nats<extra></extra>",
-            ),
-            row=1,
-            col=1,
-        )
-    fig.add_trace(
-        go.Scatter(
-            x=steps,
-            y=_series(grids.steps_stable),
-            mode="lines+markers",
-            name="steps stable",
-            line=dict(color=STABLE_COLOUR, shape="hv"),
-            hovertemplate="step %{x}<br>%{y} steps with the same argmax<extra></extra>",
-        ),
-        row=2,
-        col=1,
-    )
+        hover = "step %{x}<br>confidence threshold %{y:.4f} nats"
+        line(_series(grids.threshold), "confidence threshold", ENTROPY_COLOUR, hover, 1, dashed=True)
+    hover = "step %{x}<br>%{y} steps with the same argmax"
+    line(_series(grids.steps_stable), "steps stable", STABLE_COLOUR, hover, 2)
     threshold, inferred = stability_threshold(arrays, grids)
     if threshold is not None:
-        fig.add_trace(
-            go.Scatter(
-                x=steps,
-                y=np.where(grids.canvas >= 0, threshold, np.nan).tolist(),
-                mode="lines",
-                name="stability threshold" + (" (inferred)" if inferred else ""),
-                line=dict(color=STABLE_COLOUR, dash="dash"),
-                hovertemplate="step %{x}<br>stability threshold %{y} steps<extra></extra>",
-            ),
-            row=2,
-            col=1,
-        )
+        name = "stability threshold" + (" (inferred)" if inferred else "")
+        y = np.where(grids.canvas >= 0, threshold, np.nan).tolist()
+        line(y, name, STABLE_COLOUR, "step %{x}<br>stability threshold %{y} steps", 2, dashed=True)
     stops = np.flatnonzero(grids.stop)
     if stops.size:
         fig.add_trace(
