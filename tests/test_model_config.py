@@ -141,7 +141,7 @@ def test_remote_code_is_refused_unless_the_file_allows_it(tmp_path):
 
 
 def test_families_and_which_need_remote_code():
-    families = {"embedded", "embedded_xdlm", "masked_lm", "llada", "dream", "mdlm"}
+    families = {"embedded", "embedded_xdlm", "masked_lm", "llada", "dream", "mdlm", "diffusion_gemma"}
     assert set(MODEL_FAMILIES) == set(MODEL_DESCRIBERS) == families
     assert REMOTE_CODE_FAMILIES == {"llada", "dream", "mdlm"}
 
@@ -159,7 +159,7 @@ BAD = [
     (
         {"models": [{"name": "x", "family": "gpt", "path": "p"}]},
         "models[0] ('x'): field 'family': must be one of "
-        "embedded, embedded_xdlm, masked_lm, llada, dream, mdlm (got 'gpt')",
+        "embedded, embedded_xdlm, masked_lm, llada, dream, mdlm, diffusion_gemma (got 'gpt')",
     ),
     (
         {"models": [{"name": "x", "family": "llada", "path": "p", "dtype": "fp8"}]},

@@ -6,7 +6,7 @@ from the `--models-config` flag or the `EXPLORER_MODELS_CONFIG` environment vari
     # models.toml
     [[models]]
     name = "llada-8b-instruct"          # what --model / the UI use
-    family = "llada"                    # embedded | masked_lm | llada | dream | mdlm
+    family = "llada"                    # embedded | masked_lm | llada | dream | mdlm | diffusion_gemma
     path = "GSAI-ML/LLaDA-8B-Instruct"  # hub id, or a folder (see below)
     dtype = "auto"                      # auto | float32 | bfloat16 | float16 (auto: bf16 on CUDA, else fp32)
     device = "auto"                     # auto | cpu | cuda | cuda:N (auto: CUDA when available)
