@@ -32,6 +32,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
+from explorer.decoding.records import StepExtras
 from explorer.store.database import Event, Run, Step, TrajectoryStore, _run_dict
 
 TABLES = ("steps", "positions", "events")
@@ -148,34 +149,28 @@ def run_tables(store: TrajectoryStore, run_id: int) -> dict[str, pa.Table]:
     return {"steps": step_table, "positions": position_table, "events": event_table}
 
 
-# A canvas step's stop quantities as step columns: name -> (type, its value from extras.canvas)
+# A canvas step's stop quantities as step columns: name -> (type, its value from the step's CanvasRecord)
 CANVAS_COLUMNS = {
-    "canvas": (pa.int64(), lambda c: c["canvas"]),
-    "canvas_step": (pa.int64(), lambda c: c["step"]),
-    "mean_entropy": (pa.float64(), lambda c: c["mean_entropy"]),
-    "steps_stable": (pa.int64(), lambda c: c["steps_stable"]),
-    "stop": (pa.bool_(), lambda c: c["stop"]),
-    "n_accepted": (pa.int64(), lambda c: int(sum(c["accepted"]))),
-    "n_renoised": (pa.int64(), lambda c: int(sum(c["renoised"]))),
+    "canvas": (pa.int64(), lambda c: c.canvas),
+    "canvas_step": (pa.int64(), lambda c: c.step),
+    "mean_entropy": (pa.float64(), lambda c: c.mean_entropy),
+    "steps_stable": (pa.int64(), lambda c: c.steps_stable),
+    "stop": (pa.bool_(), lambda c: c.stop),
+    "n_accepted": (pa.int64(), lambda c: int(c.accepted.sum())),
+    "n_renoised": (pa.int64(), lambda c: int(c.renoised.sum())),
 }
 
 
 def _canvas_columns(extras: list) -> dict[str, pa.Array]:
     """The canvas columns of the steps table when some step has `extras.canvas` (else none);
-    null at a step without it or whose record is malformed."""
-    records = [e.get("canvas") if isinstance(e, dict) else None for e in extras]
-    if not any(isinstance(c, dict) for c in records):
+    null at a step without it or whose record is malformed (read as the views read it)."""
+    records = [StepExtras.lenient(e).canvas for e in extras]
+    if all(record is None for record in records):
         return {}
-    out = {}
-    for name, (kind, value) in CANVAS_COLUMNS.items():
-        values = []
-        for record in records:
-            try:
-                values.append(value(record) if isinstance(record, dict) else None)
-            except (KeyError, TypeError, ValueError):
-                values.append(None)
-        out[name] = pa.array(values, kind)
-    return out
+    return {
+        name: pa.array([None if record is None else value(record) for record in records], kind)
+        for name, (kind, value) in CANVAS_COLUMNS.items()
+    }
 
 
 def csv_bytes(table: pa.Table) -> bytes:

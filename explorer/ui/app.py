@@ -373,7 +373,7 @@ class _DecodeHandlers:
                     # a canvas model's labels; copies: Gradio pops an update's value from the dict it gets
                     pending = {
                         name: dict(value) if isinstance(value, dict) else value
-                        for name, value in self.pending[getattr(spec, "canvas", None) is not None].items()
+                        for name, value in self.pending[canvas].items()
                     }
                     shown = {**pending, **self.live_start(run, live, metric, prefix), "run_state": run_id}
                     if prefix is not None:

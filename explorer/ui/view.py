@@ -14,7 +14,7 @@ from explorer.store.arrays import RunArrays
 from explorer.ui.logic import ArraysCache, summarise, token_text_for, violation_cost_note
 from explorer.views import canvas_figures, pairwise
 from explorer.views import figures as plots
-from explorer.views.canvas import draft_line, is_canvas_run
+from explorer.views.canvas import CanvasGrids, draft_line, is_canvas_run
 from explorer.views.canvas import status_line as canvas_status_line
 from explorer.views.canvas_tokens import render_canvas_tokens
 from explorer.views.player import embed, stored_payload
@@ -190,7 +190,7 @@ def render_analysis(services: Services, arrays: RunArrays, step: int | None, mar
         figures = {
             "violation_heat": canvas_figures.accepted_map(arrays, step=marker, grids=grids),
             "energy_heat": canvas_figures.flips_map(arrays, step=marker, grids=grids),
-            **step_figures(services, arrays, marker),
+            **step_figures(services, arrays, marker, grids),
         }
         return {**analysis_frame(figures, canvas=True), "violation_cost": CANVAS_COST_NOTE}
     figures = {
@@ -213,12 +213,13 @@ def analysis_frame(figures: Shown, canvas: bool) -> Shown:
     }
 
 
-def step_figures(services: Services, arrays: RunArrays, step: int | None) -> Shown:
+def step_figures(services: Services, arrays: RunArrays, step: int | None, grids: CanvasGrids | None = None) -> Shown:
     """The figures of one step (redrawn when the page's player comes to rest): the pairwise S and A
     matrices and the candidates' energies of `step` (None: the run's most telling step); for a canvas
-    model's run the entropy map (nats), the stop criteria and the noise map, marked at `step`."""
+    model's run the entropy map (nats), the stop criteria and the noise map, marked at `step` (`grids`:
+    its records' grids when the caller has them already)."""
     if is_canvas_run(arrays):
-        grids = canvas_figures.canvas_grids(arrays)
+        grids = grids if grids is not None else canvas_figures.canvas_grids(arrays)
         return {
             "pair_s": canvas_figures.canvas_entropy_heatmap(arrays, step=step),
             "pair_a": canvas_figures.stop_criteria(arrays, step=step, grids=grids),

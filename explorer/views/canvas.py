@@ -51,8 +51,9 @@ def canvas_record(arrays: RunArrays, column: int) -> CanvasRecord | None:
     return record
 
 
-def column_of(arrays: RunArrays, step: int | None) -> int:
-    """The column of the state after `step` (None: the last; -1: before any step)."""
+def state_column(arrays: RunArrays, step: int | None) -> int:
+    """The column of the state after `step` (None: the last; -1: before any step; a step not stored:
+    the last one before it). `views.changes.column_of` is the exact column of a stored step."""
     if step is None:
         return arrays.n_steps - 1
     return int(np.searchsorted(arrays.steps, int(step), side="right")) - 1
@@ -152,7 +153,7 @@ def draft_text(arrays: RunArrays, step: int | None, token_text: Callable[[int], 
     """The argmax draft of `step` (None: the last) as escaped HTML: a caption, then one chip per
     position the step has an argmax for (its canvas), those whose argmax changed at this step in the
     flip colour; '' when the step has no draft (before any step, or no argmax recorded)."""
-    column = column_of(arrays, step)
+    column = state_column(arrays, step)
     if column < 0 or column >= arrays.n_steps:
         return ""
     argmax = np.asarray(arrays.argmax[:, column], dtype=np.int64)  # (G,)

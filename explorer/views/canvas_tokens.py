@@ -23,7 +23,7 @@ import numpy as np
 
 from explorer.decoding.canvas_record import CanvasRecord
 from explorer.store.arrays import RunArrays
-from explorer.views.canvas import DRAFT_FLIP_COLOUR, canvas_record, column_of
+from explorer.views.canvas import DRAFT_FLIP_COLOUR, canvas_record, state_column
 from explorer.views.tokens import MASK_GLYPH, STEP_RAMP, step_colour
 
 NOISE_GLYPH = "░"
@@ -147,7 +147,7 @@ def render_canvas_tokens(
     """The prompt, then every generated position after `step` (None: the last): one `.tok` span a
     position, in order (as `views.tokens.render_tokens`), a legend, `hint` (plain text), then
     `footer` (markup: the draft line)."""
-    spans = CanvasTokens.of(arrays, token_text).spans(column_of(arrays, step))
+    spans = CanvasTokens.of(arrays, token_text).spans(state_column(arrays, step))
     prompt = f'<span class="prompt">{_esc(prompt_text)}</span>' if prompt_text else ""
     line = separator.join([prompt, *spans] if prompt else spans)
     run_id = arrays.run.get("id")
